@@ -1,0 +1,136 @@
+"""Probe stage: one row of metadata per input file, errors included.
+
+duration, frame count, fps (and whether it varies), size, sample aspect ratio, rotation, codec, pixel
+format, audio, bytes and a deterministic video id. A file that is not a video, empty, truncated or
+undecodable gets a row whose `error` says so; the run goes on.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from curation import tables
+from curation.stage import Stage
+from curation.video import (VideoError, first_video_stream, frame_rotation, open_container, stream_rotation,
+                            stream_sar, video_id_for)
+
+
+def _size(source: str) -> int:
+    if "://" in source and not source.startswith("file://"):
+        import pyarrow.fs as pafs
+
+        fs, path = pafs.FileSystem.from_uri(source)
+        return fs.get_file_info(path).size or 0
+    import os
+
+    return os.path.getsize(source.removeprefix("file://"))
+
+
+def probe_video(source: str, count_frames: bool = True) -> dict:
+    """Metadata of one file; raises VideoError with a clear message when it is not a usable video."""
+    size = _size(source)
+    if size == 0:
+        raise VideoError(f"{source}: empty file (0 bytes)")
+    with open_container(source) as c:
+        st = first_video_stream(c, source)
+        cc = st.codec_context
+        rotation = stream_rotation(st)
+        fps = float(st.average_rate or st.guessed_rate or 0)
+        pts: list[int] = []
+        first = None
+        frames = 0
+        try:
+            if count_frames:
+                # Demux + decode every frame: container frame counts are often missing or wrong,
+                # and a file that does not decode to the end is truncated or corrupt.
+                for fr in c.decode(st):
+                    if first is None:
+                        first = fr
+                        rotation = frame_rotation(fr) or rotation
+                    if fr.pts is not None:
+                        pts.append(fr.pts)
+                    frames += 1
+            else:
+                frames = st.frames
+        except Exception as e:  # FFmpeg errors mid-stream: the file is truncated or corrupt
+            raise VideoError(f"{source}: decode failed after {frames} frames ({type(e).__name__}: {e})") from None
+        if count_frames and frames == 0:
+            raise VideoError(f"{source}: no decodable video frames")
+        tb = float(st.time_base) if st.time_base else 0.0
+        vfr = False
+        if len(pts) > 2:
+            d = np.diff(np.sort(np.asarray(pts, dtype=np.float64)))
+            d = d[d > 0]
+            if len(d):
+                vfr = bool((d.max() - d.min()) / np.median(d) > 0.01)
+                # Average rate from timestamps: exact for VFR files whose header rate is nominal.
+                span = (pts and (max(pts) - min(pts)) * tb) or 0
+                if span > 0 and frames > 1:
+                    fps = (frames - 1) / span if vfr else fps or (frames - 1) / span
+        if st.duration and tb:
+            duration = float(st.duration * tb)
+        elif c.duration:
+            duration = c.duration / 1e6
+        else:
+            duration = frames / fps if fps else 0.0
+        if len(pts) > 1 and tb:
+            duration = max(duration, (max(pts) - min(pts)) * tb + 1.0 / max(fps, 1e-6)) if not st.duration else duration
+        sar = stream_sar(st)
+        w, h = cc.width, cc.height
+        dw, dh = round(w * sar), h
+        if rotation in (90, 270):
+            dw, dh = dh, dw
+        return {
+            "video_id": video_id_for(source), "source": source, "bytes": size, "duration_s": duration,
+            "frames": frames, "fps": fps, "vfr": vfr, "width": w, "height": h, "display_width": dw,
+            "display_height": dh, "sar": sar, "rotation": rotation, "codec": cc.name,
+            "pix_fmt": cc.pix_fmt or (first.format.name if first is not None else None),
+            "has_audio": bool(c.streams.audio), "error": None,
+        }
+
+
+class ProbeStage(Stage):
+    """Ray stage wrapper of probe_video: rows {"source"} -> rows of the videos table."""
+
+    name = "probe"
+
+    def __init__(self, count_frames: bool = True, resources=None) -> None:
+        super().__init__(resources)
+        self.count_frames = count_frames
+
+    def process_row(self, row: dict) -> list[dict]:
+        return [probe_video(row["source"], self.count_frames)]
+
+    def error_rows(self, row: dict, message: str) -> list[dict]:
+        src = row["source"]
+        size = None
+        try:
+            size = _size(src)
+        except OSError:
+            pass
+        blank = {f.name: None for f in tables.VIDEOS}
+        return [{**blank, "video_id": video_id_for(src), "source": src, "bytes": size, "error": message}]
+
+
+def run(cfg: "object", ctx: "object") -> dict:
+    """Probe every input not yet in the videos table (rows with errors are retried)."""
+    from curation.runner import run_pipeline
+    from curation.stage import StageResources
+    from curation.storage import expand_inputs
+
+    storage = ctx.storage
+    sources = expand_inputs(cfg.inputs)
+    done = {r["source"] for r in tables.read_table(storage, "videos", tables.VIDEOS).to_pylist() if not r["error"]}
+    todo = [{"source": s} for s in sources if s not in done]
+    stage = ProbeStage(cfg.probe.count_frames, StageResources.from_config(cfg.probe.resources))
+    counts = {"inputs": len(sources), "skipped": len(sources) - len(todo), "probed": 0, "errors": 0}
+
+    def sink(rows: list[dict]) -> None:
+        tables.write_part(storage, "videos", rows, tables.VIDEOS)
+        counts["probed"] += len(rows)
+        counts["errors"] += sum(1 for r in rows if r.get("error"))
+
+    run_pipeline(todo, [stage], sink, sink_every=max(1, min(64, len(todo) // 10 or 1)), progress=cfg.ray.progress)
+    errs = [f"{r['source']}: {r['error']}" for r in tables.read_table(storage, "videos", tables.VIDEOS).to_pylist()
+            if r["error"]]
+    ctx.stages.setdefault("probe", {})["errors"] = errs
+    return counts

@@ -1,0 +1,137 @@
+"""Ray Data runner: a list of stages becomes one streaming pipeline.
+
+read items -> map_batches(stage 1) -> map_batches(stage 2) -> ... -> driver sink
+
+Stateful stages run as actor pools (models load once per actor), stateless ones as tasks; each
+declares its CPUs/GPUs. Results stream back to the driver, which writes them as Parquet parts as they
+arrive (see curation.tables.write_part): a killed run keeps everything already written, and the rows
+are small (clip files are written by the workers themselves).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Callable, Iterable
+
+from curation.stage import Stage
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to the cluster (`ray job submit` sets RAY_ADDRESS) or start an embedded local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    # Workers must import this project: ship the checkout when we start Ray ourselves; under
+    # `ray job submit --working-dir .` the job's working dir is already on every worker's path.
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {"env_vars": {"PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", "")}}
+    if address:
+        ray.init(address=address, log_to_driver=True, runtime_env=None if os.environ.get("RAY_JOB_ID") else env)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=env,
+                 _node_ip_address="127.0.0.1")
+
+
+class _Wrap:
+    """Callable class for Ray Data: builds the stage once per actor and converts batch formats."""
+
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+        self.stage.ensure_setup()
+
+    def __call__(self, batch: "object") -> "object":
+        return _to_batch(self.stage(_from_batch(batch)))
+
+
+def _from_batch(batch: "object") -> list[dict]:
+    return batch.to_dict("records")
+
+
+def _to_batch(rows: list[dict]) -> "object":
+    import pandas as pd
+
+    return pd.DataFrame(rows if rows else [{"__empty__": True}]) if rows else pd.DataFrame({"__empty__": []})
+
+
+def _stateless(stage: Stage) -> Callable:
+    def fn(batch: "object") -> "object":
+        return _to_batch(stage(_from_batch(batch)))
+    return fn
+
+
+def run_pipeline(items: list[dict], stages: list[Stage], sink: Callable[[list[dict]], None],
+                 sink_every: int = 1, progress: bool = True) -> int:
+    """Run `stages` over `items` on Ray, handing finished rows to `sink` in arrival order.
+
+    `sink` is called with a list of rows each time `sink_every` rows have arrived (and at the end).
+    Returns the number of rows produced.
+    """
+    import ray
+
+    if not items:
+        return 0
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.execution_options.preserve_order = False
+    # One item per block so work spreads across workers even for a handful of long videos.
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    for st in stages:
+        r = st.resources
+        common = dict(batch_format="pandas", batch_size=r.batch_size, num_cpus=r.num_cpus)
+        if r.num_gpus:
+            common["num_gpus"] = r.num_gpus
+        if st.stateful:
+            ds = ds.map_batches(_Wrap, fn_constructor_args=(st,), concurrency=r.workers or 1, **common)
+        else:
+            if r.workers:
+                common["concurrency"] = r.workers
+            ds = ds.map_batches(_stateless(st), **common)
+    n = 0
+    pending: list[dict] = []
+    for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
+        if "__empty__" in batch.columns:
+            batch = batch[batch["__empty__"].isna()].drop(columns="__empty__") if len(batch.columns) > 1 else batch.iloc[0:0]
+        rows = [{k: _clean(v) for k, v in r.items()} for r in batch.to_dict("records")]
+        pending.extend(rows)
+        n += len(rows)
+        if len(pending) >= sink_every:
+            sink(pending)
+            pending = []
+    if pending:
+        sink(pending)
+    return n
+
+
+def _clean(v: object) -> object:
+    """pandas turns nulls into NaN and lists into numpy arrays; give the sink plain Python values."""
+    import numpy as np
+
+    if isinstance(v, np.ndarray):
+        return [_clean(x) for x in v.tolist()]
+    if isinstance(v, (np.floating,)):
+        v = float(v)
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.bool_,)):
+        return bool(v)
+    if isinstance(v, float) and v != v:
+        return None
+    return v
+
+
+class Progress:
+    """A one-line progress report on stderr for driver-side loops (Ray shows its own bars too)."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.total, self.label, self.done, self.t0 = total, label, 0, time.time()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        rate = self.done / max(time.time() - self.t0, 1e-9)
+        print(f"[{self.label}] {self.done}/{self.total} ({rate:.2f}/s)", file=sys.stderr, flush=True)

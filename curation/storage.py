@@ -1,0 +1,120 @@
+"""The dataset root: a local folder or an object-store URI, reached through pyarrow.fs.
+
+Every write goes to a temporary name and is renamed into place (on object stores, where rename is
+not atomic, the object is written once under its final name, which is itself atomic), so a killed
+run never leaves a half-written file where a reader would trust it.
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from typing import Iterator
+
+import pyarrow.fs as pafs
+
+
+@dataclass
+class Storage:
+    """A dataset root. `root` is a local path or a URI (s3://bucket/prefix, gs://..., file:///...)."""
+
+    root: str
+
+    def __post_init__(self) -> None:
+        if "://" not in self.root:
+            self.root = os.path.abspath(os.path.expanduser(self.root))
+        self.fs, self.base = pafs.FileSystem.from_uri(self.root) if "://" in self.root else (
+            pafs.LocalFileSystem(), self.root)
+        self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def path(self, rel: str) -> str:
+        """Filesystem path (for self.fs) of a path relative to the root."""
+        return posixpath.join(self.base, rel)
+
+    def local_path(self, rel: str) -> str | None:
+        """An OS path when the root is local, else None (callers then stream bytes)."""
+        return self.path(rel) if self.is_local else None
+
+    def uri(self, rel: str) -> str:
+        return self.path(rel) if self.is_local else f"{self.root.rstrip('/')}/{rel}"
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+
+    def makedirs(self, rel: str) -> None:
+        self.fs.create_dir(self.path(rel), recursive=True)
+
+    def list(self, rel: str, suffix: str = "") -> list[str]:
+        """Relative paths of the files directly under `rel` ending with `suffix`, sorted."""
+        sel = pafs.FileSelector(self.path(rel), allow_not_found=True)
+        out = []
+        for info in self.fs.get_file_info(sel):
+            if info.type == pafs.FileType.File and info.base_name.endswith(suffix) \
+                    and not info.base_name.startswith(".tmp-"):
+                out.append(posixpath.join(rel, info.base_name))
+        return sorted(out)
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self.path(rel)) as f:
+            return f.read()
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Atomic write: temporary name then rename (local), single put (object stores)."""
+        parent = posixpath.dirname(rel)
+        if parent:
+            self.makedirs(parent)
+        if not self.is_local:
+            with self.fs.open_output_stream(self.path(rel)) as f:
+                f.write(data)
+            return
+        tmp = self.path(posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(rel)}"))
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path(rel))
+
+    def put_file(self, local_src: str, rel: str) -> None:
+        """Move a finished local file into the root atomically (rename locally, upload remotely)."""
+        parent = posixpath.dirname(rel)
+        if parent:
+            self.makedirs(parent)
+        if self.is_local:
+            os.replace(local_src, self.path(rel))
+        else:
+            pafs.copy_files(local_src, self.path(rel), source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=self.fs)
+            os.remove(local_src)
+
+    def delete(self, rel: str) -> None:
+        if self.exists(rel):
+            self.fs.delete_file(self.path(rel))
+
+    def walk_files(self, rel: str) -> Iterator[str]:
+        sel = pafs.FileSelector(self.path(rel), recursive=True, allow_not_found=True)
+        for info in self.fs.get_file_info(sel):
+            if info.type == pafs.FileType.File:
+                yield posixpath.relpath(info.path, self.base)
+
+
+def expand_inputs(patterns: list[str]) -> list[str]:
+    """Expand input globs (local paths or object-store URIs) into a sorted list of file URIs/paths."""
+    import glob
+    import fnmatch
+
+    out: list[str] = []
+    for pat in patterns:
+        if "://" in pat:
+            fs, path = pafs.FileSystem.from_uri(pat)
+            scheme = pat.split("://", 1)[0]
+            base = path.split("*", 1)[0].rsplit("/", 1)[0] if "*" in path else path
+            infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)) \
+                if "*" in path else [fs.get_file_info(path)]
+            for info in infos:
+                if info.type == pafs.FileType.File and fnmatch.fnmatch(info.path, path):
+                    out.append(f"{scheme}://{info.path}")
+        else:
+            hits = glob.glob(os.path.expanduser(pat), recursive=True)
+            out.extend(os.path.abspath(h) for h in hits if os.path.isfile(h))
+    return sorted(set(out))
