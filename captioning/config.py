@@ -1,0 +1,92 @@
+"""The `caption` section of pipelines.yaml.
+
+Plain pydantic (no torch, no vllm: curation.config imports this to validate the whole file before any
+work). Every knob of the caption stage and of `python -m captioning recaption` lives here.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CaptionResources(_Strict):
+    """How one step of the caption stage runs on Ray (same fields as curation.config.Resources)."""
+
+    num_cpus: float = Field(1.0, gt=0)  # CPUs reserved per worker
+    num_gpus: float = Field(0.0, ge=0)  # GPUs per worker (the vllm engine: tensor_parallel_size)
+    workers: int | None = Field(None, ge=1)  # actor/task concurrency; None = as many as CPUs allow
+    batch_size: int = Field(1, ge=1)  # clips handed to one call
+
+
+class OpenAIEngineConfig(_Strict):
+    """Any OpenAI-compatible chat endpoint (`vllm serve`, `transformers serve`, a hosted API)."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"  # the server's /v1 root
+    api_key_env: str | None = "OPENAI_API_KEY"  # env var holding the key (sent as Bearer; never logged)
+    concurrency: int = Field(8, ge=1)  # requests in flight per worker (the server batches them)
+    timeout_s: float = Field(300.0, gt=0)  # per request, connect + generate
+    max_retries: int = Field(3, ge=0)  # re-sends after a connection error, timeout, 429 or 5xx
+    backoff_s: float = Field(1.0, ge=0)  # first retry delay; doubles each retry (with jitter)
+    video_as: Literal["frames", "video_url"] = "frames"  # sampled JPEG frames as images, or the clip mp4 as a video_url
+
+
+class VLLMEngineConfig(_Strict):
+    """vLLM's offline engine (`vllm.LLM`), one per Ray actor."""
+
+    tensor_parallel_size: int = Field(1, ge=1)  # GPUs one model is split over (the actor reserves as many)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)  # share of each GPU vLLM may take (weights + KV cache)
+    max_model_len: int | None = Field(None, ge=256)  # context length; None = the model's own
+    dtype: str = "auto"  # "auto", "bfloat16", "float16", "float32" (CPU)
+    enforce_eager: bool = False  # skip CUDA graphs (faster start, slower steps)
+    max_num_seqs: int | None = Field(None, ge=1)  # concurrent sequences in the engine; None = vLLM's default
+    seed: int = 0  # sampling seed of the engine
+
+
+class TransformersEngineConfig(_Strict):
+    """transformers in this process: small models, and the default when no server or GPU is set up."""
+
+    device: str = "auto"  # "auto" (cuda if present), "cpu", "cuda:0", ...
+    dtype: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU), "bfloat16", "float16", "float32"
+    attn_implementation: str | None = None  # e.g. "sdpa", "flash_attention_2"; None = transformers' choice
+
+
+class CaptionConfig(_Strict):
+    """Caption stage: which engine/model/prompt captions which clips, into which captions run."""
+
+    run: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$")  # run name: rows go to <root>/captions/<run>/
+    engine: Literal["transformers", "vllm", "openai"] = "transformers"  # which engine captions
+    model: str = "Qwen/Qwen2.5-VL-7B-Instruct"  # local folder or hub name (openai: the served model name)
+    prompt: str = "dense-v1"  # name of a versioned template in captioning/prompts.py
+    prompt_text: str | None = None  # a custom prompt instead of the template (its hash is stored the same way)
+    video_input: Literal["video", "frames"] = "video"  # frames go in as one video (with fps metadata) or as images
+    sample_fps: float = Field(1.0, gt=0)  # frames sampled per second of clip (CogVLM2-Caption: ~1 fps)
+    max_frames: int = Field(24, ge=1)  # cap; longer clips are sampled uniformly down to this many
+    min_frames: int = Field(2, ge=1)  # floor for very short clips (Qwen-VL videos need >= 2)
+    max_side: int = Field(448, ge=28)  # frames are downscaled so the longer side is at most this (pixels)
+    jpeg_quality: int = Field(90, ge=1, le=100)  # JPEG quality of the encoded frames
+    max_tokens: int = Field(512, ge=1)  # new tokens per caption (CogVLM2-Caption allows up to 2048)
+    temperature: float = Field(0.0, ge=0)  # 0 = greedy (CogVLM2-Caption decodes near-greedy)
+    top_p: float = Field(1.0, gt=0, le=1)  # nucleus sampling when temperature > 0
+    retry_bad: int = Field(1, ge=0)  # re-generations of an empty/truncated/looping caption before flagging it
+    only_kept: bool = True  # caption only clips whose scores row has passed=true (no scores table: all ok clips)
+    sink_every: int = Field(8, ge=1)  # caption rows per written Parquet part (smaller = less lost on a kill)
+    openai: OpenAIEngineConfig = OpenAIEngineConfig()
+    vllm: VLLMEngineConfig = VLLMEngineConfig()
+    transformers: TransformersEngineConfig = TransformersEngineConfig()
+    frames_resources: CaptionResources = CaptionResources(num_cpus=1, batch_size=4)  # CPU step: decode + JPEG
+    resources: CaptionResources = CaptionResources(num_cpus=1, workers=1, batch_size=8)  # engine step
+
+    @model_validator(mode="after")
+    def _check(self) -> "CaptionConfig":
+        if self.min_frames > self.max_frames:
+            raise ValueError(f"min_frames ({self.min_frames}) must be <= max_frames ({self.max_frames})")
+        if self.engine == "vllm" and self.resources.num_gpus and \
+                self.resources.num_gpus < self.vllm.tensor_parallel_size:
+            raise ValueError(f"resources.num_gpus ({self.resources.num_gpus}) must be >= "
+                             f"vllm.tensor_parallel_size ({self.vllm.tensor_parallel_size})")
+        return self
