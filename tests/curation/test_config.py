@@ -1,0 +1,64 @@
+"""pipelines.yaml validation: every error names the key path; --set overrides."""
+import os
+
+import pytest
+
+from curation.config import ConfigError, load_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def write(tmp_path, text: str) -> str:
+    (tmp_path / "v.mp4").write_bytes(b"x")
+    p = tmp_path / "p.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_valid_config_and_relative_paths(tmp_path):
+    cfg = load_config(write(tmp_path, "root: out\ninputs: ['*.mp4']\n"))
+    assert cfg.root == str(tmp_path / "out")
+    assert cfg.split.detector == "content"
+
+
+@pytest.mark.parametrize("text,key,reason", [
+    ("root: o\ninputs: ['*.mp4']\nsplit: {treshold: 3}\n", "split.treshold", "unknown key"),
+    ("root: o\ninputs: ['*.mp4']\nsplit: {min_clip_s: abc}\n", "split.min_clip_s", "valid number"),
+    ("root: o\ninputs: ['*.mp4']\nsplit: {min_clip_s: -1}\n", "split.min_clip_s", "greater than 0"),
+    ("root: o\ninputs: ['*.mp4']\nsplit: {detector: magic}\n", "split.detector", "content"),
+    ("root: o\ninputs: ['*.mp4']\nsplit: {min_clip_s: 10, max_clip_s: 5}\n", "split", "max_clip_s"),
+    ("root: o\ninputs: ['*.mp4']\nbogus: 1\n", "bogus", "unknown key"),
+    ("inputs: ['*.mp4']\n", "root", "Field required"),
+])
+def test_errors_name_the_key(tmp_path, text, key, reason):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    msg = str(e.value)
+    assert f"{key}:" in msg and reason in msg, msg
+
+
+def test_missing_input_fails_before_work(tmp_path):
+    with pytest.raises(ConfigError, match="inputs: no file matches .*nothing-here"):
+        load_config(write(tmp_path, "root: o\ninputs: ['nothing-here/*.mp4']\n"))
+
+
+def test_set_overrides_and_validates(tmp_path):
+    p = write(tmp_path, "root: o\ninputs: ['*.mp4']\n")
+    cfg = load_config(p, ["split.threshold=30", "split.detector=adaptive", "ray.num_cpus=2"])
+    assert (cfg.split.threshold, cfg.split.detector, cfg.ray.num_cpus) == (30.0, "adaptive", 2)
+    with pytest.raises(ConfigError, match="split.crf"):
+        load_config(p, ["split.crf=99"])
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        load_config(p, ["split.crf"])
+
+
+def test_repository_pipelines_yaml_is_valid():
+    cfg = load_config(os.path.join(REPO, "pipelines.yaml"), check_inputs=False)
+    assert cfg.split.preset == "veryfast"
+
+
+def test_cli_reports_config_error(tmp_path, capsys):
+    from curation.__main__ import main
+
+    assert main(["run", write(tmp_path, "root: o\ninputs: ['*.mp4']\nsplit: {crf: 80}\n")]) == 2
+    assert "split.crf" in capsys.readouterr().err

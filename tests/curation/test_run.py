@@ -1,0 +1,116 @@
+"""Probe + split through Ray: tables, manifest, resume, a killed run, and `ray job submit` to a real head."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from curation import tables
+from curation.config import load_config
+from curation.pipeline import RunContext, run_stages
+from curation.storage import Storage
+from curation.synth import Scene, make_video
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def make_inputs(folder, n: int, frames: int = 60, size=(128, 80)) -> None:
+    os.makedirs(folder, exist_ok=True)
+    for k in range(n):
+        make_video(os.path.join(folder, f"v{k}.mp4"), [Scene(frames, 2, k), Scene(frames, 3, k + 50)], *size, 24.0)
+
+
+def write_cfg(tmp_path, root, raw, extra: str = "") -> str:
+    p = tmp_path / f"p-{os.path.basename(str(root))}.yaml"
+    p.write_text(f"root: {root}\ninputs: ['{raw}/*.mp4', '{raw}/*.txt']\nray: {{num_cpus: 2, progress: false}}\n"
+                 f"split: {{min_clip_s: 1.0}}\n{extra}")
+    return str(p)
+
+
+def snapshot(root: str) -> tuple:
+    st = Storage(root)
+    clips = sorted((r["clip_id"], r["start_frame"], r["end_frame"], r["frames"], r["status"], r["path"])
+                   for r in tables.read_table(st, "clips", tables.CLIPS).to_pylist())
+    files = sorted(p for p in st.walk_files("clips") if p.endswith(".mp4"))
+    return clips, files
+
+
+def test_probe_split_resume(ray_local, tmp_path):
+    raw = tmp_path / "raw"
+    make_inputs(str(raw), 2)
+    (raw / "notes.txt").write_text("not a video")
+    cfg = load_config(write_cfg(tmp_path, tmp_path / "root", raw))
+    ctx = run_stages(cfg, ["probe", "split"])
+    st = Storage(cfg.root)
+    videos = tables.read_table(st, "videos", tables.VIDEOS).to_pylist()
+    assert len(videos) == 3 and sum(1 for v in videos if v["error"]) == 1
+    clips, files = snapshot(cfg.root)
+    assert len(clips) == 4 and len(files) == 4 and {c[1] for c in clips} == {0, 60}
+    assert ctx.stages["split"]["counts"]["clips"] == 4
+    man = json.loads(st.read_bytes(f"runs/{ctx.run_id}.json"))
+    assert man["config"]["split"]["min_clip_s"] == 1.0 and "ray" in man["versions"]
+    assert any("notes.txt" in e for e in man["stages"]["probe"]["errors"])
+    # A second run skips everything already done and changes nothing.
+    ctx2 = run_stages(cfg, ["probe", "split"])
+    assert ctx2.stages["split"]["counts"]["skipped"] == 2 and ctx2.stages["split"]["counts"]["split"] == 0
+    assert snapshot(cfg.root) == (clips, files)
+    # A new input is picked up alone.
+    make_video(str(raw / "late.mp4"), [Scene(48, 2, 99)], 96, 64, 24.0)
+    ctx3 = run_stages(cfg, ["probe", "split"])
+    assert ctx3.stages["split"]["counts"]["split"] == 1
+
+
+def _cli(cfg: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "curation", "run", cfg, "--stage", "probe,split", *extra]
+
+
+@pytest.mark.heavy
+def test_killed_run_resumes_to_identical_result(tmp_path):
+    raw = tmp_path / "raw"
+    make_inputs(str(raw), 8, frames=90, size=(320, 192))
+    env = {**os.environ, "PYTHONPATH": REPO}
+    ref = write_cfg(tmp_path, tmp_path / "ref", raw)
+    subprocess.run(_cli(ref), check=True, cwd=REPO, env=env, capture_output=True)
+    killed = write_cfg(tmp_path, tmp_path / "killed", raw)
+    proc = subprocess.Popen(_cli(killed, "--set", "ray.num_cpus=1"), cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    clips_dir = tmp_path / "killed" / "clips"
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(p.endswith(".parquet") for p in os.listdir(clips_dir)
+                                                 if clips_dir.exists()):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = snapshot(str(tmp_path / "killed"))[0]
+    assert 0 < len({c[0].split("_")[0] for c in partial}) < 8, "the kill must land mid-run"
+    subprocess.run(_cli(killed), check=True, cwd=REPO, env=env, capture_output=True)
+    assert snapshot(str(tmp_path / "killed")) == snapshot(str(tmp_path / "ref"))
+    leftovers = [f for _, _, fs in os.walk(tmp_path / "killed") for f in fs if f.startswith(".tmp-")]
+    assert not leftovers
+
+
+@pytest.mark.heavy
+def test_ray_job_submit_to_real_head(tmp_path):
+    raw = tmp_path / "raw"
+    make_inputs(str(raw), 2)
+    cfg = write_cfg(tmp_path, tmp_path / "root", raw)
+    bindir = os.path.dirname(sys.executable)
+    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"], "RAY_USAGE_STATS_ENABLED": "0"}
+    ray = os.path.join(bindir, "ray")
+    port, dash = 6391, 8266
+    subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                    "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
+                    "--disable-usage-stats"], check=True, env=env, capture_output=True)
+    try:
+        out = subprocess.run([ray, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", REPO,
+                              "--", sys.executable, "-m", "curation", "run", cfg, "--stage", "probe,split"],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "succeeded" in out.stdout
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
+    clips, files = snapshot(str(tmp_path / "root"))
+    assert len(clips) == 4 and len(files) == 4
