@@ -1,0 +1,88 @@
+"""The engine contract: a batch of clips (sampled JPEG frames + prompt) in, one generation per clip out.
+
+Engines never raise for one bad clip: a failure is a `Generation` with `error` set, so the stage
+writes an error row for that clip and a re-run retries exactly those.
+"""
+from __future__ import annotations
+
+import io
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from captioning.config import CaptionConfig
+from captioning.prompts import Prompt
+
+
+@dataclass
+class CaptionRequest:
+    """One clip to caption, as the CPU frame step prepared it."""
+
+    clip_id: str
+    frames: list[bytes]  # JPEG frames in time order (all the same size)
+    fps: float  # rate the frames were sampled at (the model's video metadata)
+    video: bytes | None = None  # the clip's mp4, only when openai.video_as == "video_url"
+
+
+@dataclass
+class SamplingParams:
+    """Decoding settings of one call (a retry of a bad caption samples at a higher temperature)."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int = 0
+
+
+@dataclass
+class Generation:
+    """What an engine returns for one clip."""
+
+    text: str = ""  # raw model output (post-processing happens in the stage)
+    finish_reason: str | None = None  # "stop" or "length" (OpenAI's names)
+    tokens_in: int | None = None  # prompt tokens, visual tokens included
+    tokens_out: int | None = None  # generated tokens
+    latency_s: float = 0.0  # wall time this clip waited (for a batched engine: its batch's time)
+    error: str | None = None  # set when no caption came back; the clip is retried on re-run
+
+
+class Engine(ABC):
+    """Common shape of every engine. Built once per worker (Ray actor); `generate` is called per batch."""
+
+    name: str = "engine"
+
+    def __init__(self, cfg: CaptionConfig) -> None:
+        self.cfg = cfg
+        self.model = cfg.model
+
+    @abstractmethod
+    def generate(self, requests: list[CaptionRequest], prompt: Prompt, params: SamplingParams) -> list[Generation]:
+        """One Generation per request, in order."""
+
+    def close(self) -> None:
+        """Release servers, clients or GPU memory."""
+
+
+def decode_frames(frames: list[bytes]) -> "list":
+    """JPEG bytes -> RGB PIL images (local engines; the remote one sends the bytes as they are)."""
+    from PIL import Image
+
+    out = []
+    for b in frames:
+        im = Image.open(io.BytesIO(b))
+        out.append(im.convert("RGB"))
+    return out
+
+
+def video_metadata(n_frames: int, fps: float) -> dict:
+    """Metadata of a pre-sampled video, in the shape HF video processors and vLLM take: the frames are
+    all there is (no further sampling) and `fps` places them in time (Qwen-VL's temporal positions)."""
+    return {"fps": float(fps), "duration": n_frames / float(fps), "total_num_frames": n_frames,
+            "frames_indices": list(range(n_frames)), "video_backend": "opencv", "do_sample_frames": False}
+
+
+def messages(prompt: Prompt, n_images: int | None, video: bool) -> list[dict]:
+    """Chat messages in the HF chat-template shape: the video (or images) first, then the prompt."""
+    parts: list[dict] = [{"type": "video"}] if video else [{"type": "image"} for _ in range(n_images or 0)]
+    parts.append({"type": "text", "text": prompt.user})
+    msgs = [{"role": "system", "content": prompt.system}] if prompt.system else []
+    return msgs + [{"role": "user", "content": parts}]

@@ -1,0 +1,125 @@
+"""Any OpenAI-compatible chat endpoint: `vllm serve`, `transformers serve`, a hosted API.
+
+Requests of a batch go out concurrently (at most `openai.concurrency` in flight; the server batches
+them), each with a timeout and retries with exponential backoff and jitter on connection errors,
+timeouts, 429 and 5xx. Other 4xx (a prompt too long, a bad model name) fail at once: retrying cannot
+help. The API key is read from the environment variable named in the config and only ever placed in
+the Authorization header: it is never logged, printed or stored.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import random
+import time
+
+from captioning.config import CaptionConfig
+from captioning.engines.base import CaptionRequest, Engine, Generation, SamplingParams
+from captioning.prompts import Prompt
+
+log = logging.getLogger(__name__)
+
+_RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+def chat_payload(model: str, req: CaptionRequest, prompt: Prompt, params: SamplingParams,
+                 video_as: str = "frames") -> dict:
+    """The /v1/chat/completions body for one clip: frames as data-URL images (or the mp4), then the prompt."""
+    if video_as == "video_url":
+        if req.video is None:
+            raise ValueError(f"clip {req.clip_id}: video_as=video_url but the clip bytes were not loaded")
+        url = "data:video/mp4;base64," + base64.b64encode(req.video).decode()
+        parts: list[dict] = [{"type": "video_url", "video_url": {"url": url}}]
+    else:
+        parts = [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(f).decode()}}
+                 for f in req.frames]
+    parts.append({"type": "text", "text": prompt.user})
+    msgs = [{"role": "system", "content": prompt.system}] if prompt.system else []
+    body = {"model": model, "messages": msgs + [{"role": "user", "content": parts}],
+            "max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p}
+    if params.temperature > 0:
+        body["seed"] = params.seed
+    return body
+
+
+def parse_response(data: dict) -> Generation:
+    """A Generation from a chat-completion response body."""
+    choice = (data.get("choices") or [{}])[0]
+    msg = choice.get("message") or {}
+    usage = data.get("usage") or {}
+    return Generation(text=msg.get("content") or "", finish_reason=choice.get("finish_reason"),
+                      tokens_in=usage.get("prompt_tokens"), tokens_out=usage.get("completion_tokens"))
+
+
+class OpenAIEngine(Engine):
+    name = "openai"
+
+    def __init__(self, cfg: CaptionConfig) -> None:
+        super().__init__(cfg)
+        import httpx
+
+        o = cfg.openai
+        self.o = o
+        self.url = o.base_url.rstrip("/") + "/chat/completions"
+        headers = {}
+        key = os.environ.get(o.api_key_env) if o.api_key_env else None
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        # One loop for the engine's life, so the connection pool is reused across batches.
+        self._loop = asyncio.new_event_loop()
+        limits = httpx.Limits(max_connections=o.concurrency, max_keepalive_connections=o.concurrency)
+        self._client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(o.timeout_s, connect=10.0),
+                                         limits=limits)
+
+    def __repr__(self) -> str:  # never show the headers (the key)
+        return f"OpenAIEngine(url={self.url!r}, model={self.model!r})"
+
+    def generate(self, requests: list[CaptionRequest], prompt: Prompt, params: SamplingParams) -> list[Generation]:
+        return self._loop.run_until_complete(self._batch(requests, prompt, params))
+
+    async def _batch(self, requests: list[CaptionRequest], prompt: Prompt, params: SamplingParams) -> list[Generation]:
+        sem = asyncio.Semaphore(self.o.concurrency)
+
+        async def one(req: CaptionRequest) -> Generation:
+            async with sem:
+                return await self._one(req, prompt, params)
+
+        return list(await asyncio.gather(*(one(r) for r in requests)))
+
+    async def _one(self, req: CaptionRequest, prompt: Prompt, params: SamplingParams) -> Generation:
+        import httpx
+
+        t0 = time.perf_counter()
+        try:
+            body = chat_payload(self.model, req, prompt, params, self.o.video_as)
+        except ValueError as e:
+            return Generation(error=str(e))
+        err = ""
+        for attempt in range(self.o.max_retries + 1):
+            if attempt:
+                delay = self.o.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random())
+                await asyncio.sleep(delay)
+            try:
+                r = await self._client.post(self.url, json=body)
+            except httpx.TimeoutException as e:
+                err = f"timeout after {self.o.timeout_s:.0f}s ({type(e).__name__})"
+                continue
+            except httpx.TransportError as e:
+                err = f"connection error: {type(e).__name__}: {e}"
+                continue
+            if r.status_code == 200:
+                g = parse_response(r.json())
+                g.latency_s = time.perf_counter() - t0
+                return g
+            err = f"HTTP {r.status_code}: {r.text[:300]}"
+            if r.status_code not in _RETRY_STATUS:
+                break
+        log.warning("clip %s: no caption from %s after %d attempt(s): %s", req.clip_id, self.url, attempt + 1, err)
+        return Generation(error=f"{err} (after {attempt + 1} attempt(s))", latency_s=time.perf_counter() - t0)
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            self._loop.run_until_complete(self._client.aclose())
+            self._loop.close()

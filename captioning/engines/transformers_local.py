@@ -1,0 +1,76 @@
+"""transformers in this process: small models, CPU runs, and the default when nothing is served.
+
+A batch is one padded `generate` call (left padding, so every row's new tokens start at the same
+column). Clips go in as one video each (with the sampling fps, so temporal positions are right) or
+as a list of images, as `caption.video_input` says.
+"""
+from __future__ import annotations
+
+import time
+
+from captioning.config import CaptionConfig
+from captioning.engines.base import (CaptionRequest, Engine, Generation, SamplingParams, decode_frames, messages,
+                                    video_metadata)
+from captioning.prompts import Prompt
+
+
+class TransformersEngine(Engine):
+    name = "transformers"
+
+    def __init__(self, cfg: CaptionConfig) -> None:
+        super().__init__(cfg)
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        t = cfg.transformers
+        self.torch = torch
+        self.device = t.device if t.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        if t.dtype == "auto":
+            dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        else:
+            dtype = getattr(torch, t.dtype)
+        kw = {"attn_implementation": t.attn_implementation} if t.attn_implementation else {}
+        self.processor = AutoProcessor.from_pretrained(cfg.model)
+        self.processor.tokenizer.padding_side = "left"
+        self.model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=dtype, **kw).to(self.device).eval()
+        self.model_name = cfg.model
+        gc = self.model.generation_config
+        eos = gc.eos_token_id if gc.eos_token_id is not None else self.processor.tokenizer.eos_token_id
+        self.eos = set(eos if isinstance(eos, list) else [eos])
+        self.pad = self.processor.tokenizer.pad_token_id
+
+    def generate(self, requests: list[CaptionRequest], prompt: Prompt, params: SamplingParams) -> list[Generation]:
+        if not requests:
+            return []
+        t0 = time.perf_counter()
+        video = self.cfg.video_input == "video"
+        frames = [decode_frames(r.frames) for r in requests]
+        texts = [self.processor.apply_chat_template(messages(prompt, len(f), video), add_generation_prompt=True,
+                                                    tokenize=False) for f in frames]
+        if video:
+            inputs = self.processor(text=texts, videos=frames, padding=True, return_tensors="pt",
+                                    videos_kwargs={"do_sample_frames": False, "video_metadata": [
+                                        {k: v for k, v in video_metadata(len(f), r.fps).items()
+                                         if k != "do_sample_frames"} for f, r in zip(frames, requests)]})
+        else:
+            inputs = self.processor(text=texts, images=[img for f in frames for img in f], padding=True,
+                                    return_tensors="pt")
+        inputs = inputs.to(self.device)
+        sample = params.temperature > 0
+        if sample:
+            self.torch.manual_seed(params.seed)
+        with self.torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=params.max_tokens, do_sample=sample,
+                                      temperature=params.temperature if sample else None,
+                                      top_p=params.top_p if sample else None, top_k=None)
+        new = out[:, inputs["input_ids"].shape[1]:].tolist()
+        n_in = inputs["attention_mask"].sum(dim=1).tolist()
+        dt = time.perf_counter() - t0
+        gens = []
+        for row, nin in zip(new, n_in):
+            stop = next((i for i, tok in enumerate(row) if tok in self.eos), None)
+            toks = row if stop is None else row[:stop]
+            text = self.processor.tokenizer.decode(toks, skip_special_tokens=True)
+            gens.append(Generation(text=text, finish_reason="stop" if stop is not None else "length",
+                                   tokens_in=int(nin), tokens_out=len(toks) + (stop is not None), latency_s=dt))
+        return gens

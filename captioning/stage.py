@@ -1,0 +1,203 @@
+"""The caption stage: clips -> sampled JPEG frames (CPU workers) -> engine (actor pool) -> captions table.
+
+    clips (+ scores.passed) -> SampleFrames (Ray tasks, CPU) -> Caption (Ray actors, engine) -> sink
+                                                                     -> captions/<run>/part-*.parquet
+
+Every clip that goes in comes out as exactly one row: a caption (possibly flagged), or an error
+(unreadable clip, server down, ...). Rows are written as they arrive; a re-run of the same run skips
+clips that have a caption and retries the error rows.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from datetime import datetime, timezone
+
+from captioning import postprocess
+from captioning.config import CaptionConfig
+from captioning.engines import CaptionRequest, Generation, SamplingParams
+from captioning.frames import sample_frames, sample_frames_from_bytes
+from captioning.prompts import get_prompt
+from captioning.table import CAPTIONS, done_ids, normalize, table_name, write_run_info
+from curation.stage import Stage, StageResources, run_local
+from curation.storage import Storage
+from curation.tables import read_table, write_part
+
+log = logging.getLogger(__name__)
+
+# Temperature of the re-generation of a bad caption: greedy decoding would repeat the same output.
+RETRY_TEMPERATURE = 0.7
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class SampleFrames(Stage):
+    """CPU step: decode a clip at `sample_fps` and JPEG-encode its frames (stateless Ray tasks)."""
+
+    name = "caption-frames"
+
+    def __init__(self, cfg: CaptionConfig) -> None:
+        super().__init__(StageResources.from_config(cfg.frames_resources))
+        self.cfg = cfg
+
+    def process_row(self, row: dict) -> list[dict]:
+        want_video = self.cfg.engine == "openai" and self.cfg.openai.video_as == "video_url"
+        if row.get("tar"):  # a WebDataset sample: read its mp4 member in place
+            data = read_range(row["tar"], row["offset"], row["size"])
+            frames, fps = sample_frames_from_bytes(data, row.get("duration_s"), self.cfg)
+        else:
+            frames, fps = sample_frames(row["path"], row["duration_s"], self.cfg)
+            data = read_range(row["path"], 0, None) if want_video else None
+        return [{"clip_id": row["clip_id"], "frames": frames, "fps": fps,
+                 "video": data if want_video else None, "error": None}]
+
+    def error_rows(self, row: dict, message: str) -> list[dict]:
+        return [{"clip_id": row["clip_id"], "frames": [], "fps": 0.0, "video": None, "error": f"frames: {message}"}]
+
+
+class Caption(Stage):
+    """Engine step: one engine per worker (loaded in setup), a batch of clips per call."""
+
+    name = "caption"
+    stateful = True
+
+    def __init__(self, cfg: CaptionConfig) -> None:
+        super().__init__(StageResources.from_config(cfg.resources))
+        self.cfg = cfg
+        self.prompt = get_prompt(cfg.prompt, cfg.prompt_text)
+        self.engine = None
+
+    def setup(self) -> None:
+        from captioning.engines import make_engine
+
+        self.engine = make_engine(self.cfg)
+
+    def __call__(self, rows: list[dict]) -> list[dict]:
+        self.ensure_setup()
+        out = [self._row(r["clip_id"], Generation(error=r["error"]), 0, []) for r in rows if r.get("error")]
+        todo = [r for r in rows if not r.get("error")]
+        if not todo:
+            return out
+        reqs = [CaptionRequest(r["clip_id"], list(r["frames"]), float(r["fps"]), r.get("video")) for r in todo]
+        params = SamplingParams(self.cfg.max_tokens, self.cfg.temperature, self.cfg.top_p)
+        try:
+            gens = self.engine.generate(reqs, self.prompt, params)
+        except Exception as e:  # the engine itself broke: every clip of the batch gets the error
+            gens = [Generation(error=f"engine: {type(e).__name__}: {e}") for _ in reqs]
+        results = [_judge(g) for g in gens]
+        retries = [0] * len(reqs)
+        for attempt in range(1, self.cfg.retry_bad + 1):
+            bad = [i for i, (g, text, flags) in enumerate(results) if g.error is None and flags]
+            if not bad:
+                break
+            p = SamplingParams(self.cfg.max_tokens, max(self.cfg.temperature, RETRY_TEMPERATURE), self.cfg.top_p,
+                               seed=attempt)
+            try:
+                again = self.engine.generate([reqs[i] for i in bad], self.prompt, p)
+            except Exception as e:
+                log.warning("retry of %d bad captions failed: %s", len(bad), e)
+                break
+            for i, g in zip(bad, again):
+                retries[i] += 1
+                new = _judge(g)
+                if g.error is None and len(new[2]) <= len(results[i][2]):
+                    results[i] = new
+        for r, req, (g, text, flags), n in zip(todo, reqs, results, retries):
+            out.append(self._row(req.clip_id, g, len(req.frames), flags, text, n))
+        return out
+
+    def _row(self, clip_id: str, g: Generation, frames: int, flags: list[str], text: str | None = None,
+             retries: int = 0) -> dict:
+        return {"clip_id": clip_id, "text": None if g.error else text, "raw_text": None if g.error else g.text,
+                "model": self.cfg.model, "engine": self.cfg.engine, "prompt": self.prompt.name,
+                "prompt_hash": self.prompt.hash, "frames": frames, "tokens_in": g.tokens_in,
+                "tokens_out": g.tokens_out, "latency_s": g.latency_s, "finish_reason": g.finish_reason,
+                "flags": flags, "retries": retries, "error": g.error, "created_at": _now()}
+
+
+def _judge(g: Generation) -> tuple[Generation, str, list[str]]:
+    text = postprocess.clean(g.text or "")
+    return g, text, ([] if g.error else postprocess.quality_flags(text, g.finish_reason))
+
+
+def read_range(uri: str, offset: int, size: int | None) -> bytes:
+    """Bytes of a local file or object-store URI (a tar member's data, or a whole clip)."""
+    if "://" in uri and not uri.startswith("file://"):
+        import pyarrow.fs as pafs
+
+        fs, path = pafs.FileSystem.from_uri(uri)
+        with fs.open_input_file(path) as f:
+            f.seek(offset)
+            return f.read(size) if size is not None else f.read()
+    with open(uri.removeprefix("file://"), "rb") as f:
+        f.seek(offset)
+        return f.read(size) if size is not None else f.read()
+
+
+def clip_items(storage: Storage, cfg: CaptionConfig) -> list[dict]:
+    """Work items from the clips table: ok clips, and with `only_kept` those whose scores row passed."""
+    clips = read_table(storage, "clips")
+    if clips.num_rows == 0:
+        raise ValueError(f"{storage.root}: no clips table (run the split stage first)")
+    rows = [r for r in clips.to_pylist() if r.get("status", "ok") == "ok" and r.get("path")]
+    if cfg.only_kept:
+        scores = read_table(storage, "scores")
+        if scores.num_rows:
+            kept = {r["clip_id"] for r in scores.select(["clip_id", "passed"]).to_pylist() if r["passed"]}
+            rows = [r for r in rows if r["clip_id"] in kept]
+        else:
+            print("[caption] no scores table: captioning every ok clip (run the filter stage to caption only "
+                  "kept clips)", file=sys.stderr)
+    return [{"clip_id": r["clip_id"], "path": storage.uri(r["path"]),
+             "duration_s": (r["frames"] / r["fps"]) if r.get("fps") and r.get("frames") else None} for r in rows]
+
+
+def caption_items(storage: Storage, cfg: CaptionConfig, items: list[dict], local: bool = False,
+                  progress: bool = True) -> dict:
+    """Caption work items into `captions/<cfg.run>`, skipping clips already captioned in that run.
+
+    `local` runs the two steps in this process (tests, small jobs); otherwise on the current Ray.
+    Returns counts: clips asked, skipped (already done), captioned, flagged, errors.
+    """
+    from curation.runner import run_pipeline
+
+    done = done_ids(storage, cfg.run)
+    todo = [i for i in items if i["clip_id"] not in done]
+    prompt = get_prompt(cfg.prompt, cfg.prompt_text)
+    write_run_info(storage, cfg.run, {"engine": cfg.engine, "model": cfg.model, "prompt": prompt.name,
+                                      "prompt_hash": prompt.hash, "prompt_system": prompt.system,
+                                      "prompt_user": prompt.user, "started_at": _now(),
+                                      "config": cfg.model_dump(mode="json")})
+    counts = {"clips": len(items), "skipped": len(items) - len(todo), "captioned": 0, "flagged": 0, "errors": 0}
+    table = table_name(cfg.run)
+
+    def sink(rows: list[dict]) -> None:
+        rows = [normalize(r) for r in rows]
+        write_part(storage, table, rows, schema=CAPTIONS)
+        for r in rows:
+            key = "errors" if r["error"] else ("flagged" if r["flags"] else "captioned")
+            counts[key] += 1
+
+    stages = [SampleFrames(cfg), Caption(cfg)]
+    t0 = time.time()
+    if local:
+        step = cfg.sink_every
+        try:
+            for i in range(0, len(todo), step):
+                sink(run_local(stages, todo[i:i + step]))
+        finally:
+            if stages[1].engine is not None:
+                stages[1].engine.close()
+    else:
+        run_pipeline(todo, stages, sink, sink_every=cfg.sink_every, progress=progress)
+    counts["seconds"] = round(time.time() - t0, 3)
+    return counts
+
+
+def run(cfg: "object", ctx: "object") -> dict:
+    """Pipeline entry (`python -m curation run pipelines.yaml --stage caption`)."""
+    return caption_items(ctx.storage, cfg.caption, clip_items(ctx.storage, cfg.caption),
+                         progress=cfg.ray.progress)

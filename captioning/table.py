@@ -1,0 +1,76 @@
+"""The captions table: `<root>/captions/<run>/part-*.parquet`, one row per clip per captioning run.
+
+A run is append-only: a re-run writes new parts for the clips still missing or failed. Readers use
+`read_captions`, which keeps one row per clip — a caption over an error, and the later of two of the
+same kind — so a clip that failed and was filled on re-run counts once, with its caption.
+"""
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+from curation.storage import Storage
+from curation.tables import read_table
+
+CAPTIONS = pa.schema([
+    ("clip_id", pa.string()),
+    ("text", pa.string()),            # cleaned caption (boilerplate opening stripped); null on error
+    ("raw_text", pa.string()),        # what the model returned, before clean-up
+    ("model", pa.string()),           # model folder / hub name / served name
+    ("engine", pa.string()),          # "vllm", "openai" or "transformers"
+    ("prompt", pa.string()),          # template name (or "custom")
+    ("prompt_hash", pa.string()),     # sha256 (16 hex) of the exact prompt text sent
+    ("frames", pa.int32()),           # frames sent to the model
+    ("tokens_in", pa.int32()),        # prompt tokens including visual tokens (as the engine reports)
+    ("tokens_out", pa.int32()),       # generated tokens
+    ("latency_s", pa.float64()),      # wall time of the request (batched engines: of the batch)
+    ("finish_reason", pa.string()),   # "stop" or "length"
+    ("flags", pa.list_(pa.string())), # quality problems left after the retry: empty / truncated / looping
+    ("retries", pa.int32()),          # re-generations spent on a bad caption
+    ("error", pa.string()),           # why there is no caption (frames or engine); null when captioned
+    ("created_at", pa.string()),      # UTC time the row was written (ISO 8601)
+])
+
+_INT_COLUMNS = [f.name for f in CAPTIONS if pa.types.is_integer(f.type)]
+
+
+def table_name(run: str) -> str:
+    return f"captions/{run}"
+
+
+def normalize(row: dict) -> dict:
+    """A row in the schema's types (rows that went through pandas carry floats for ints, arrays for lists)."""
+    out = {f.name: row.get(f.name) for f in CAPTIONS}
+    for c in _INT_COLUMNS:
+        if out[c] is not None:
+            out[c] = int(out[c])
+    out["flags"] = list(out["flags"] or [])
+    return out
+
+
+def read_captions(storage: Storage, run: str) -> pa.Table:
+    """One row per clip of a captions run (see module doc for which row wins)."""
+    t = read_table(storage, table_name(run), schema=CAPTIONS, key="")
+    if t.num_rows == 0:
+        return t
+    rows = t.to_pylist()
+    best: dict[str, int] = {}
+    for i, r in enumerate(rows):  # parts come in write order
+        j = best.get(r["clip_id"])
+        if j is None or r["error"] is None or rows[j]["error"] is not None:
+            best[r["clip_id"]] = i
+    return t.take(sorted(best.values()))
+
+
+def done_ids(storage: Storage, run: str) -> set[str]:
+    """Clips of the run that have a caption (error rows are not done: a re-run retries them)."""
+    t = read_table(storage, table_name(run), schema=CAPTIONS, key="")
+    if t.num_rows == 0:
+        return set()
+    return {c for c, e in zip(t.column("clip_id").to_pylist(), t.column("error").to_pylist()) if e is None}
+
+
+def write_run_info(storage: Storage, run: str, info: dict) -> None:
+    """`captions/<run>/run.json`: engine, model, prompt text and hash, config of the run's latest start."""
+    storage.write_bytes(f"{table_name(run)}/run.json", json.dumps(info, indent=2, default=str).encode())
