@@ -1,0 +1,639 @@
+"""Training loader over WebDataset shards: bucketed batches of frames in [-1, 1], resumable exactly.
+
+API (what the trainer codes against)
+------------------------------------
+    from shards.loader import ShardLoader
+
+    loader = ShardLoader(cfg, rank=0, world_size=1, seed=0)
+    #   cfg: a PipelineConfig (uses cfg.shard.loader; shards default to <root>/shards/<writer.name>/),
+    #        a ShardConfig or a LoaderConfig (then `shards` must be set), or a dict of LoaderConfig fields.
+    #   Optional keyword `root=` resolves the default shard folder when cfg is not a PipelineConfig.
+    for batch in loader:            # one pass = one epoch; the next `for` runs the next epoch
+        batch["frames"]             # torch.float32, (B, F, C, H, W), values in [-1, 1]; C = 3 (RGB)
+        batch["captions"]           # list[str] of length B ("" when a sample has no caption)
+        batch["keys"]               # list[str]: sample keys (clip ids for our own shards)
+        batch["meta"]               # list[dict]: the sample's .json plus "_sample": {fps, indices, bucket, url}
+        batch["bucket"]             # (F, H, W) of this batch: every batch has one shape
+    state = loader.state_dict()     # plain dict (JSON-able): the position after the last batch yielded
+    loader.load_state_dict(state)   # the next iteration continues with exactly the batch that came next
+    loader.stats                    # this epoch: {"samples", "batches", "bad": {key: reason},
+                                    #              "skipped": {key: reason}, "uncaptioned": int}
+    loader.epoch                    # the epoch the next (or current) iteration runs
+    loader.set_epoch(e)             # jump to an epoch (resets the position)
+
+Every batch holds samples of one bucket (frames F = 4k+1 at the target fps, resized keeping aspect to
+cover HxW, then cropped). Images (jpg/png members) are 1-frame samples of the 1-frame buckets.
+Corrupt or undecodable samples never stop the loader: they are skipped and listed by key in
+`stats["bad"]`; samples that fit no bucket (too short) are listed in `stats["skipped"]`.
+
+How it works
+------------
+Each rank runs `num_workers` DataLoader workers ("streams"; 0 workers = one stream in-process). The
+epoch's shard list (shuffled with seed+epoch) is dealt round-robin to the world_size * num_workers
+streams. A stream reads its tars, shuffles samples in a seeded buffer, picks each sample's bucket and
+frame indices from its metadata (shards.buckets), decodes it (PyAV, or decord) and emits a batch when a
+bucket is full; at the end partial batches are emitted (unless drop_last), so every sample appears
+exactly once per epoch. Batches from streams are handed out in a fixed round-robin order.
+
+Exact resume: a stream's output is a deterministic function of (seed, epoch, rank, stream, shards) and
+of which samples failed to decode. The state records, per stream, how many batches were consumed and
+the bad keys reported so far. On resume a stream replays its prefix without decoding (bucket choice
+needs only metadata; the known bad keys are dropped at the same places), then goes on decoding.
+"""
+from __future__ import annotations
+
+import fnmatch
+import glob
+import io
+import json
+import os
+import random
+import hashlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from shards.buckets import Plan, choose_bucket, plan_sample, sample_rng
+from shards.config import Bucket, LoaderConfig, ShardConfig
+
+STATE_VERSION = 1
+
+
+class SampleError(RuntimeError):
+    """A sample that cannot become frames; the message says why (reported by key in the stats)."""
+
+
+# ----------------------------------------------------------------------------------------- shards ---
+
+def resolve_shards(entries: list[str]) -> list[str]:
+    """Expand folders, globs and brace patterns ({000..009}) into a sorted list of tar paths/URLs."""
+    out: list[str] = []
+    for entry in entries:
+        for item in _braces(entry):
+            found = _expand_one(item)
+            if not found:
+                raise FileNotFoundError(f"shards: {item!r} matches no .tar file")
+            out.extend(found)
+    return sorted(set(out))
+
+
+def _braces(pattern: str) -> list[str]:
+    try:
+        from braceexpand import braceexpand
+
+        return list(braceexpand(pattern))
+    except ImportError:
+        return [pattern]
+
+
+def _expand_one(item: str) -> list[str]:
+    if "://" in item and not item.startswith(("http://", "https://")):
+        import pyarrow.fs as pafs
+
+        scheme = item.split("://", 1)[0]
+        fs, path = pafs.FileSystem.from_uri(item)
+        prefix = "" if scheme == "file" else f"{scheme}://"
+        if any(c in path for c in "*?["):
+            base = path.split("*", 1)[0].split("?", 1)[0].rsplit("/", 1)[0]
+            infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+            return [prefix + i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path)]
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+            return [prefix + i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".tar")
+                    and not i.base_name.startswith(".tmp-")]
+        return [prefix + path] if info.type == pafs.FileType.File else []
+    if item.startswith(("http://", "https://", "pipe:")):
+        return [item]
+    item = os.path.expanduser(item)
+    if os.path.isdir(item):
+        return [os.path.join(item, f) for f in sorted(os.listdir(item)) if f.endswith(".tar")
+                and not f.startswith(".tmp-")]
+    return [os.path.abspath(p) for p in glob.glob(item) if os.path.isfile(p)]
+
+
+def open_shard(url: str) -> Any:
+    """A readable binary stream for a local path, an object-store URI (pyarrow.fs) or http/pipe: (webdataset)."""
+    if url.startswith(("http://", "https://", "pipe:")):
+        import webdataset as wds
+
+        return wds.gopen(url)
+    if "://" in url:
+        import pyarrow.fs as pafs
+
+        fs, path = pafs.FileSystem.from_uri(url)
+        return fs.open_input_stream(path)
+    return open(url, "rb")
+
+
+def iter_tar_samples(url: str, errors: list[tuple[str, str]]) -> Iterator[dict]:
+    """Samples ({"__key__", ext: bytes, ...}) of one tar; a broken tar records an error and ends early."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    def handler(exn: Exception) -> bool:
+        errors.append((f"{url}", f"unreadable tar: {type(exn).__name__}: {exn.args[0] if exn.args else exn}"))
+        return False  # stop this shard: the rest of a broken tar stream cannot be trusted
+
+    try:
+        stream = open_shard(url)
+    except Exception as e:
+        errors.append((url, f"cannot open shard: {type(e).__name__}: {e}"))
+        return
+    try:
+        files = tar_file_expander([{"url": url, "stream": stream}], handler=handler)
+        yield from group_by_keys(files, handler=handler)
+    finally:
+        stream.close()
+
+
+# -------------------------------------------------------------------------------------- decoding ---
+
+@dataclass
+class Info:
+    """What bucketing needs to know about a sample, from its .json or its container header."""
+
+    kind: str  # "video" or "image"
+    ext: str  # the member holding the media
+    width: int  # display size (upright, square pixels)
+    height: int
+    frames: int  # decodable frames (1 for images)
+    fps: float  # source frame rate (0 for images)
+    rotation: int = 0  # clockwise degrees applied after decode
+
+
+def sample_info(sample: dict, meta: dict, cfg: LoaderConfig) -> Info:
+    """Kind, size, length and rate of a sample; raises SampleError when it has no usable media."""
+    for ext in cfg.video_exts:
+        if ext in sample:
+            m = meta.get("clip", meta)
+            if all(isinstance(m.get(k), (int, float)) and m.get(k) for k in ("width", "height", "frames", "fps")):
+                return Info("video", ext, int(m["width"]), int(m["height"]), int(m["frames"]), float(m["fps"]))
+            return _probe_video(sample[ext], ext)
+    for ext in cfg.image_exts:
+        if ext in sample:
+            try:
+                from PIL import Image
+
+                with Image.open(io.BytesIO(sample[ext])) as im:
+                    w, h = im.size
+            except Exception as e:
+                raise SampleError(f".{ext} is not a readable image ({type(e).__name__}: {e})") from None
+            return Info("image", ext, w, h, 1, 0.0)
+    members = sorted(k for k in sample if not k.startswith("__"))
+    raise SampleError(f"no video or image member (has {members})")
+
+
+# Demuxers that accept a lone still image: such bytes under a video name are not a video.
+_IMAGE_FORMATS = {"image2", "jpeg_pipe", "png_pipe", "webp_pipe", "bmp_pipe", "gif", "mjpeg", "tiff_pipe"}
+
+
+def _probe_video(data: bytes, ext: str) -> Info:
+    import av
+
+    from curation.video import stream_rotation, stream_sar
+
+    try:
+        with av.open(io.BytesIO(data), "r") as c:
+            if c.format.name in _IMAGE_FORMATS or any(n in _IMAGE_FORMATS for n in c.format.name.split(",")):
+                raise SampleError(f".{ext} holds a still image ({c.format.name}), not a video")
+            if not c.streams.video:
+                raise SampleError(f".{ext} has no video stream")
+            st = c.streams.video[0]
+            fps = float(st.average_rate or st.guessed_rate or 0)
+            frames = int(st.frames or 0)
+            if not frames and st.duration and st.time_base and fps:
+                frames = int(float(st.duration * st.time_base) * fps)
+            if not frames and c.duration and fps:
+                frames = int(c.duration / 1e6 * fps)
+            w, h = st.codec_context.width, st.codec_context.height
+            w = int(round(w * stream_sar(st)))
+            rot = stream_rotation(st)
+    except SampleError:
+        raise
+    except Exception as e:
+        raise SampleError(f".{ext} is not a decodable video ({type(e).__name__}: {e})") from None
+    if not w or not h or frames <= 0:
+        raise SampleError(f".{ext}: no frames or no size in the container header")
+    if rot in (90, 270):
+        w, h = h, w
+    return Info("video", ext, w, h, frames, fps, rot)
+
+
+def decode_video_pyav(data: bytes, plan: Plan, bucket: Bucket, info: Info, threads: int = 1) -> np.ndarray:
+    """Decode the planned frames from mp4 bytes in memory -> (F, H, W, 3) uint8, resized and cropped."""
+    import av
+
+    wanted = {}
+    for k, i in enumerate(plan.indices):
+        wanted.setdefault(i, []).append(k)
+    last = max(wanted)
+    out = np.empty((len(plan.indices), bucket.height, bucket.width, 3), np.uint8)
+    rw, rh = plan.resize
+    # swscale resizes in the coded orientation; rotation is applied after.
+    tw, th = (rh, rw) if info.rotation in (90, 270) else (rw, rh)
+    x, y = plan.crop
+    got, prev = 0, None
+    try:
+        with av.open(io.BytesIO(data), "r") as c:
+            st = c.streams.video[0]
+            st.thread_type = "AUTO" if threads != 1 else "SLICE"
+            st.codec_context.thread_count = threads
+            for i, fr in enumerate(c.decode(st)):
+                if i > last:
+                    break
+                if i not in wanted:
+                    continue
+                arr = fr.reformat(width=tw, height=th, format="rgb24", interpolation="BILINEAR").to_ndarray()
+                if info.rotation:
+                    arr = np.rot90(arr, k=-(info.rotation // 90))
+                prev = arr[y:y + bucket.height, x:x + bucket.width]
+                for k in wanted[i]:
+                    out[k] = prev
+                    got += 1
+    except av.error.FFmpegError as e:
+        raise SampleError(f"decode failed after {got} of {len(plan.indices)} frames ({e})") from None
+    if got < len(plan.indices):
+        # Headers can over-state the frame count by a frame or two: repeat the last frame then;
+        # a bigger shortfall means a truncated clip.
+        if prev is None or len(plan.indices) - got > 2:
+            raise SampleError(f"clip ended after {got} of {len(plan.indices)} sampled frames (needs frame {last})")
+        out[got:] = prev
+    return out
+
+
+def decode_video_decord(data: bytes, plan: Plan, bucket: Bucket, info: Info, threads: int = 1) -> np.ndarray:
+    """Same as decode_video_pyav with decord (no rotation support: decord ignores the display matrix)."""
+    import decord
+
+    rw, rh = plan.resize
+    try:
+        vr = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), width=rw, height=rh, num_threads=threads)
+        n = len(vr)
+        idx = [min(i, n - 1) for i in plan.indices]
+        if max(plan.indices) - (n - 1) > 2:
+            raise SampleError(f"clip has {n} frames, needs frame {max(plan.indices)}")
+        arr = vr.get_batch(idx).asnumpy()
+    except SampleError:
+        raise
+    except Exception as e:
+        raise SampleError(f"decord failed ({type(e).__name__}: {e})") from None
+    x, y = plan.crop
+    return np.ascontiguousarray(arr[:, y:y + bucket.height, x:x + bucket.width])
+
+
+def decode_image(data: bytes, plan: Plan, bucket: Bucket) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im = im.convert("RGB").resize(plan.resize, Image.BILINEAR)
+            arr = np.asarray(im)
+    except Exception as e:
+        raise SampleError(f"image decode failed ({type(e).__name__}: {e})") from None
+    x, y = plan.crop
+    return arr[None, y:y + bucket.height, x:x + bucket.width]
+
+
+def to_tensor(frames: list[np.ndarray]) -> "Any":
+    """(B, F, H, W, 3) uint8 arrays -> torch float (B, F, 3, H, W) in [-1, 1]."""
+    x = torch.from_numpy(np.stack(frames)).permute(0, 1, 4, 2, 3).float()
+    return x.div_(127.5).sub_(1.0)
+
+
+# ---------------------------------------------------------------------------------------- stream ---
+
+@dataclass
+class StreamSpec:
+    """Everything a stream (one DataLoader worker of one rank) needs; picklable."""
+
+    shards: list[str]  # the epoch's full shard list (already shuffled); each stream takes its slice
+    cfg: LoaderConfig
+    seed: int
+    epoch: int
+    rank: int
+    world_size: int
+    streams: int  # logical streams per rank (= num_workers, or 1 in-process)
+    offset: int = 0  # physical worker p plays logical stream (p + offset) % streams (resume order)
+    skip: dict[int, int] = field(default_factory=dict)  # logical stream -> items already consumed
+    known_bad: dict[int, dict[str, str]] = field(default_factory=dict)  # stream -> bad keys seen in that prefix
+    ended: set[int] = field(default_factory=set)  # streams already finished this epoch
+
+
+@dataclass
+class _Pending:
+    key: str
+    caption: str
+    meta: dict
+    plan: Plan
+    info: Info
+    data: bytes | None  # media bytes, kept only for samples replayed without decoding
+    frames: np.ndarray | None
+
+
+def shard_order(shards: list[str], seed: int, epoch: int, shuffle: bool) -> list[str]:
+    order = sorted(shards)
+    if shuffle:
+        random.Random(f"shards/{seed}/{epoch}").shuffle(order)
+    return order
+
+
+def run_stream(spec: StreamSpec, logical: int) -> Iterator[dict]:
+    """The items of one logical stream: batches (kind="batch") then one end marker (kind="end").
+
+    Every item carries the bad/skipped keys found since the previous item, so the consumer's state
+    always knows the bad keys of the prefix it has consumed.
+    """
+    cfg, buckets = spec.cfg, spec.cfg.buckets
+    g = spec.rank * spec.streams + logical
+    total = spec.world_size * spec.streams
+    if logical in spec.ended:
+        yield {"kind": "end", "stream": logical, "index": -1, "bad": {}, "skipped": {}, "uncaptioned": 0}
+        return
+    my_shards = spec.shards[g::total]
+    skip = spec.skip.get(logical, 0)
+    known_bad = spec.known_bad.get(logical, {})
+    bad: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    uncaptioned = 0
+    emitted = 0
+    pending: dict[int, list[_Pending]] = {}
+    tar_errors: list[tuple[str, str]] = []
+    rng = random.Random(f"buffer/{spec.seed}/{spec.epoch}/{g}")
+
+    def samples() -> Iterator[dict]:
+        for url in my_shards:
+            for s in iter_tar_samples(url, tar_errors):
+                s["__url__"] = url
+                yield s
+            while tar_errors:
+                u, msg = tar_errors.pop(0)
+                bad[f"{u}#tar"] = msg
+
+    def shuffled() -> Iterator[dict]:
+        if cfg.shuffle_buffer <= 1:
+            yield from samples()
+            return
+        buf: list[dict] = []
+        for s in samples():
+            buf.append(s)
+            if len(buf) >= cfg.shuffle_buffer:
+                j = rng.randrange(len(buf))
+                buf[j], buf[-1] = buf[-1], buf[j]
+                yield buf.pop()
+        rng.shuffle(buf)
+        yield from buf
+
+    def batch_size(b: int) -> int:
+        return buckets[b].batch_size or cfg.batch_size
+
+    def emit(b: int, members: list[_Pending]) -> dict | None:
+        nonlocal emitted, bad, skipped, uncaptioned
+        emitted += 1
+        if emitted <= skip:
+            # Replayed prefix: consumed before the resume, its bad/skipped keys already reported.
+            bad, skipped, uncaptioned = {}, {}, 0
+            return None
+        frames = []
+        for p in members:
+            if p.frames is None:  # decoded lazily: it was buffered during the replay
+                p.frames = decode(p.data, p.plan, p.info)
+            frames.append(p.frames)
+        item = {"kind": "batch", "stream": logical, "index": emitted - 1, "bucket": (
+            buckets[b].frames, buckets[b].height, buckets[b].width), "frames": to_tensor(frames),
+            "captions": [p.caption for p in members], "keys": [p.key for p in members],
+            "meta": [p.meta for p in members], "bad": bad, "skipped": skipped, "uncaptioned": uncaptioned}
+        bad, skipped, uncaptioned = {}, {}, 0
+        return item
+
+    def decode(data: bytes, plan: Plan, info: Info) -> np.ndarray:
+        b = buckets[plan.bucket]
+        if info.kind == "image":
+            return decode_image(data, plan, b)
+        fn = decode_video_decord if cfg.decoder == "decord" else decode_video_pyav
+        return fn(data, plan, b, info, cfg.decode_threads)
+
+    for s in shuffled():
+        key = s["__key__"]
+        replay = emitted < skip
+        try:
+            if replay and key in known_bad:
+                raise SampleError(known_bad[key])
+            meta = _json(s)
+            info = sample_info(s, meta, cfg)
+            b = choose_bucket(buckets, info.width, info.height, info.frames, info.fps, cfg.fps,
+                              info.kind == "image")
+            if b is None:
+                skipped[key] = (f"no bucket fits: {info.kind} {info.width}x{info.height}, {info.frames} frames "
+                                f"at {info.fps:g} fps (target {cfg.fps:g} fps)")
+                continue
+            rs = sample_rng(spec.seed, spec.epoch, key)
+            plan = plan_sample(buckets, b, info.width, info.height, info.frames, info.fps, cfg.fps,
+                               rs if cfg.random_start or cfg.crop == "random" else None, cfg.crop)
+            if not cfg.random_start and plan.indices[0] != 0:
+                plan = Plan(plan.bucket, tuple(i - plan.indices[0] for i in plan.indices), plan.fps, plan.resize,
+                            plan.crop)
+            data = s[info.ext]
+            frames = None if replay else decode(data, plan, info)
+        except SampleError as e:
+            bad[key] = str(e)
+            continue
+        except Exception as e:  # anything else a broken sample can raise: still never a crash
+            bad[key] = f"{type(e).__name__}: {e}"
+            continue
+        caption = _caption(s, meta)
+        if not caption:
+            uncaptioned += 1
+        m = dict(meta)
+        m["_sample"] = {"url": s.get("__url__"), "fps": plan.fps, "indices": list(plan.indices),
+                        "bucket": plan.bucket, "source_size": [info.width, info.height]}
+        pending.setdefault(b, []).append(_Pending(key, caption, m, plan, info, data if replay else None, frames))
+        if len(pending[b]) >= batch_size(b):
+            item = emit(b, pending.pop(b))
+            if item is not None:
+                yield item
+    if not cfg.drop_last:
+        for b in sorted(pending):
+            item = emit(b, pending[b])
+            if item is not None:
+                yield item
+    else:
+        for b in sorted(pending):
+            for p in pending[b]:
+                skipped[p.key] = "dropped with the last partial batch (drop_last)"
+    yield {"kind": "end", "stream": logical, "index": emitted, "bad": bad, "skipped": skipped,
+           "uncaptioned": uncaptioned}
+
+
+def _json(sample: dict) -> dict:
+    raw = sample.get("json")
+    if raw is None:
+        return {}
+    try:
+        m = json.loads(raw)
+    except Exception as e:
+        raise SampleError(f".json is not valid JSON ({e})") from None
+    return m if isinstance(m, dict) else {"json": m}
+
+
+def _caption(sample: dict, meta: dict) -> str:
+    for ext in ("txt", "caption"):
+        if ext in sample:
+            return sample[ext].decode("utf-8", "replace").strip()
+    cap = meta.get("caption")
+    if isinstance(cap, dict):
+        cap = cap.get("text")
+    return cap.strip() if isinstance(cap, str) else ""
+
+
+# ------------------------------------------------------------------------------------ DataLoader ---
+
+class StreamDataset(torch.utils.data.IterableDataset):
+    """The torch face of the streams: DataLoader worker p plays logical stream (p + offset) % streams."""
+
+    def __init__(self, spec: StreamSpec) -> None:
+        self.spec = spec
+
+    def __iter__(self) -> Iterator[dict]:
+        wi = torch.utils.data.get_worker_info()
+        physical = wi.id if wi is not None else 0
+        if wi is not None:
+            torch.set_num_threads(1)  # workers already run in parallel
+        return run_stream(self.spec, (physical + self.spec.offset) % self.spec.streams)
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _loader_config(cfg: Any) -> tuple[LoaderConfig, str | None, str]:
+    """(loader config, dataset root or None, writer name) from any accepted config form."""
+    root, name = None, "default"
+    if hasattr(cfg, "shard") and hasattr(cfg, "root"):  # PipelineConfig
+        root, name, cfg = cfg.root, cfg.shard.writer.name, cfg.shard.loader
+    elif isinstance(cfg, ShardConfig):
+        name, cfg = cfg.writer.name, cfg.loader
+    elif isinstance(cfg, dict):
+        cfg = LoaderConfig.model_validate(cfg)
+    if not isinstance(cfg, LoaderConfig):
+        raise TypeError(f"ShardLoader: expected PipelineConfig, ShardConfig, LoaderConfig or dict, got {type(cfg)}")
+    return cfg, root, name
+
+
+class ShardLoader:
+    """Iterable over bucketed batches of one rank; see the module docstring for the API."""
+
+    def __init__(self, cfg: Any, rank: int = 0, world_size: int = 1, seed: int = 0, root: str | None = None,
+                 shards: list[str] | None = None) -> None:
+        self.cfg, cfg_root, name = _loader_config(cfg)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"ShardLoader: rank {rank} is outside world_size {world_size}")
+        root = root or cfg_root
+        entries = shards or self.cfg.shards
+        if entries is None:
+            if root is None:
+                raise ValueError("ShardLoader: no shards given (loader.shards) and no dataset root to find them")
+            entries = [f"{root.rstrip('/')}/shards/{name}"]
+        self.shards = resolve_shards(entries)
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.streams = max(1, self.cfg.num_workers)
+        self.epoch = 0
+        self.stats: dict = {}
+        self._reset_position()
+
+    # -- position ------------------------------------------------------------------------------------
+    def _reset_position(self) -> None:
+        self._consumed: dict[int, int] = {}
+        self._bad: dict[int, dict[str, str]] = {}
+        self._ended: set[int] = set()
+        self._next = 0  # logical stream whose batch comes next
+        self._fresh = True  # at an epoch start: stats are reset when iteration begins
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._reset_position()
+
+    def state_dict(self) -> dict:
+        return {"version": STATE_VERSION, "epoch": self.epoch, "seed": self.seed, "rank": self.rank,
+                "world_size": self.world_size, "streams": self.streams, "next": self._next,
+                "shards": hashlib.sha1("\n".join(self.shards).encode()).hexdigest()[:16],
+                "consumed": {str(k): v for k, v in self._consumed.items()},
+                "bad": {str(k): dict(v) for k, v in self._bad.items()}, "ended": sorted(self._ended),
+                "fresh": self._fresh, "stats": json.loads(json.dumps(self.stats))}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"loader state version {state.get('version')!r} != {STATE_VERSION}")
+        for k, mine in (("seed", self.seed), ("rank", self.rank), ("world_size", self.world_size),
+                        ("streams", self.streams)):
+            if state[k] != mine:
+                raise ValueError(f"loader state was saved with {k}={state[k]}, this loader has {k}={mine}: "
+                                 "exact resume needs the same seed, rank, world size and num_workers")
+        digest = hashlib.sha1("\n".join(self.shards).encode()).hexdigest()[:16]
+        if state["shards"] != digest:
+            raise ValueError("loader state was saved over a different shard list")
+        self.epoch = state["epoch"]
+        self._consumed = {int(k): v for k, v in state["consumed"].items()}
+        self._bad = {int(k): dict(v) for k, v in state["bad"].items()}
+        self._ended = set(state["ended"])
+        self._next = state["next"]
+        self._fresh = state["fresh"]
+        self.stats = json.loads(json.dumps(state["stats"]))
+
+    # -- iteration -----------------------------------------------------------------------------------
+    def _spec(self) -> StreamSpec:
+        return StreamSpec(shard_order(self.shards, self.seed, self.epoch, self.cfg.shuffle_shards), self.cfg,
+                          self.seed, self.epoch, self.rank, self.world_size, self.streams, self._next,
+                          dict(self._consumed), {k: dict(v) for k, v in self._bad.items()}, set(self._ended))
+
+    def _items(self, spec: StreamSpec) -> Iterator[dict]:
+        if self.cfg.num_workers == 0:
+            yield from run_stream(spec, 0)
+            return
+        dl = torch.utils.data.DataLoader(StreamDataset(spec), batch_size=None, num_workers=self.cfg.num_workers,
+                                         prefetch_factor=self.cfg.prefetch_factor, collate_fn=_identity)
+        yield from dl
+
+    def __iter__(self) -> Iterator[dict]:
+        if self._fresh:
+            self.stats = {"samples": 0, "batches": 0, "bad": {}, "skipped": {}, "uncaptioned": 0}
+            self._fresh = False
+        spec = self._spec()
+        queues: dict[int, deque] = {s: deque() for s in range(self.streams)}
+        done = set(self._ended)
+        items = self._items(spec)
+        while len(done) < self.streams:
+            s = self._next
+            if s in done:
+                self._next = (s + 1) % self.streams
+                continue
+            # Streams are served in a fixed round-robin order, whatever order workers deliver in.
+            while not queues[s]:
+                try:
+                    it = next(items)
+                except StopIteration:
+                    raise RuntimeError(f"loader stream {s} ended without its end marker") from None
+                queues[it["stream"]].append(it)
+            it = queues[s].popleft()
+            self._account(it)
+            if it["kind"] == "end":
+                done.add(s)
+                self._ended.add(s)
+                continue
+            self._next = (s + 1) % self.streams
+            yield {k: it[k] for k in ("frames", "captions", "keys", "meta", "bucket")}
+        self.epoch += 1
+        self._reset_position()
+
+    def _account(self, it: dict) -> None:
+        s = it["stream"]
+        self._bad.setdefault(s, {}).update(it["bad"])
+        self.stats["bad"].update(it["bad"])
+        self.stats["skipped"].update(it["skipped"])
+        self.stats["uncaptioned"] += it["uncaptioned"]
+        if it["kind"] == "batch":
+            self._consumed[s] = it["index"] + 1
+            self.stats["batches"] += 1
+            self.stats["samples"] += len(it["keys"])
