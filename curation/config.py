@@ -138,7 +138,7 @@ def load_config(path: str, overrides: list[str] | None = None, check_inputs: boo
         data["inputs"] = [i if not isinstance(i, str) or "://" in i else os.path.join(base, os.path.expanduser(i))
                           for i in data["inputs"]]
     try:
-        cfg = PipelineConfig.model_validate(data)
+        cfg = PipelineConfig.model_validate(data, context={"base_dir": base})  # sections resolve relative paths
     except ValidationError as e:
         raise ConfigError(f"{path}: invalid configuration\n{_format(e)}") from None
     if check_inputs:

@@ -1,0 +1,249 @@
+"""Filter stage: decode each kept clip once, score it, keep or drop it, write every score.
+
+clips table (status "ok") -> [decode step: CPU tasks]  -> [model step: CLIP actors] -> scores table
+                              sample frames at filter.     embed frames once (shared),
+                              sample_fps, every size the   model scorers (aesthetic,
+                              scorers need; CPU scorers    zero-shot, probes), then the
+                              (motion) run here            keep/drop decision
+
+The two steps are separate Ray Data operators, so decoding of the next clips overlaps model scoring.
+One row per clip in <root>/scores/part-*.parquet, kept or dropped alike: every score as a flat column,
+`passed`, `reasons` (the rules a clip broke, e.g. "motion_mean<0.01"), the clip's CLIP embedding, and
+errors as rows. The Arrow schema is built from the configured scorers; the rules are stored in its
+metadata (`filter.rules`) so `inspect` can mark thresholds without the config file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from curation import tables
+from curation.filters.base import ClipFrames, FrameSpec, Rule, ScorerSet
+from curation.filters.config import FilterConfig
+from curation.stage import Stage, StageResources
+
+# Columns of the scores table before and after the scorers' own columns.
+BASE_FIELDS: list[tuple[str, pa.DataType]] = [
+    ("clip_id", pa.string()),        # key, as in the clips table
+    ("video_id", pa.string()),
+    ("source", pa.string()),         # the raw video the clip came from
+    ("path", pa.string()),           # clip file relative to the root
+    ("start_s", pa.float64()),       # position in the source video
+    ("end_s", pa.float64()),
+    ("frames_sampled", pa.int32()),  # sampled frames every scorer saw
+]
+TAIL_FIELDS: list[tuple[str, pa.DataType]] = [
+    ("passed", pa.bool_()),               # kept by every rule (false for errors)
+    ("reasons", pa.list_(pa.string())),   # rules broken, e.g. "motion_mean<0.01"; ["error"] for errors
+    ("clip_embedding", pa.list_(pa.float32())),  # mean of the frames' CLIP embeddings, L2-normalised
+    ("error", pa.string()),               # null unless decoding or scoring failed
+    ("decode_s", pa.float32()),           # seconds spent decoding (+ CPU scorers)
+    ("score_s", pa.float32()),            # seconds spent in the model step (per clip share of its batch)
+]
+_PAYLOAD = "_frames"  # pickled ClipFrames handed from the decode step to the model step
+
+
+def scores_schema(scorers: ScorerSet, extra_meta: dict[str, str] | None = None) -> pa.Schema:
+    """Explicit schema: base columns, one column per scorer metric, decision and embedding."""
+    fields = BASE_FIELDS + list(scorers.columns().items()) + TAIL_FIELDS
+    meta = {"filter.rules": json.dumps([r.__dict__ for r in scorers.rules()]), **(extra_meta or {})}
+    return pa.schema(fields, metadata=meta)
+
+
+def rules_of(schema: pa.Schema) -> list[Rule]:
+    """The keep-rules a scores part was written with (from its schema metadata)."""
+    raw = (schema.metadata or {}).get(b"filter.rules")
+    return [Rule(**r) for r in json.loads(raw)] if raw else []
+
+
+def decide(row: dict, rules: list[Rule]) -> dict:
+    """Set `passed` and `reasons` from the rules (errors are never passed)."""
+    if row.get("error"):
+        row["passed"], row["reasons"] = False, ["error"]
+        return row
+    reasons = [r for r in (rule.reason(row.get(rule.column)) for rule in rules) if r]
+    row["passed"], row["reasons"] = not reasons, reasons
+    return row
+
+
+def _base(row: dict) -> dict:
+    return {k: row.get(k) for k, _ in BASE_FIELDS}
+
+
+class DecodeStage(Stage):
+    """CPU step: decode one clip once, run the CPU scorers, hand the model step the frames it needs."""
+
+    name = "filter.decode"
+
+    def __init__(self, root: str, cfg: FilterConfig, scorers: ScorerSet, model_specs: list[FrameSpec],
+                 resources: StageResources | None = None) -> None:
+        super().__init__(resources)
+        self.root, self.cfg, self.scorers, self.model_specs = root, cfg, scorers, model_specs
+        cpu = scorers.by_step("cpu")
+        self.specs = [s for sc in scorers.scorers for s in sc.frame_specs()] + model_specs
+        self.mv_cells = next((sc.mv_cells() for sc in cpu if sc.mv_cells()), None)
+
+    def setup(self) -> None:
+        from curation.storage import Storage
+
+        self.storage = Storage(self.root)
+        for sc in self.scorers.by_step("cpu"):
+            sc.setup()
+
+    def process_row(self, row: dict) -> list[dict]:
+        from curation.filters.decode import decode_clip
+
+        t0 = time.perf_counter()
+        clip = decode_clip(self.storage.uri(row["path"]), self.specs, self.cfg.sample_fps, self.cfg.max_frames,
+                           self.mv_cells)
+        out = {**_base(row), "frames_sampled": len(clip.times), "error": None}
+        for sc in self.scorers.by_step("cpu"):
+            for m, v in sc.score(clip).items():
+                out[f"{sc.name}_{m}"] = v
+        keys = {s.key for s in self.model_specs}
+        slim = ClipFrames(clip.times, {k: v for k, v in clip.frames.items() if k in keys}, clip.width,
+                          clip.height, clip.fps)
+        out[_PAYLOAD] = pickle.dumps(slim, protocol=5)
+        out["decode_s"] = time.perf_counter() - t0
+        return [out]
+
+    def error_rows(self, row: dict, message: str) -> list[dict]:
+        return [{**_base(row), "error": message, _PAYLOAD: None}]
+
+
+class ScoreStage(Stage):
+    """Model step (a Ray actor when models are configured): CLIP once per batch, model scorers, decision."""
+
+    name = "filter.score"
+
+    def __init__(self, cfg: FilterConfig, scorers: ScorerSet, clip_spec: FrameSpec | None,
+                 resources: StageResources | None = None) -> None:
+        super().__init__(resources)
+        self.cfg, self.scorers, self.clip_spec = cfg, scorers, clip_spec
+        self.model_scorers = scorers.by_step("model")
+        self.rules = scorers.rules()
+        self.stateful = bool(self.model_scorers or clip_spec)  # actors only when there is a model to hold
+
+    def setup(self) -> None:
+        self.encoder = None
+        if self.clip_spec is not None:
+            import torch
+
+            torch.set_num_threads(max(1, int(self.resources.num_cpus)))
+            from curation.filters.clip_model import ClipEncoder
+
+            self.encoder = ClipEncoder(self.cfg.clip, use_gpu=self.resources.num_gpus > 0)
+        for sc in self.model_scorers:
+            sc.setup(self.encoder)
+
+    def __call__(self, rows: list[dict]) -> list[dict]:
+        self.ensure_setup()
+        good = [r for r in rows if not r.get("error") and r.get(_PAYLOAD) is not None]
+        if good:
+            try:
+                self._score(good)
+            except Exception as e:  # a failing batch becomes error rows, the run goes on
+                for r in good:
+                    r["error"] = f"scoring failed: {type(e).__name__}: {e}"
+        out = []
+        for r in rows:
+            r.pop(_PAYLOAD, None)
+            out.append(decide(r, self.rules))
+        return out
+
+    def _score(self, rows: list[dict]) -> None:
+        t0 = time.perf_counter()
+        clips: list[ClipFrames] = [pickle.loads(r[_PAYLOAD]) for r in rows]
+        embs: list[np.ndarray | None] = [None] * len(clips)
+        if self.encoder is not None:
+            frames = [c.frames[self.clip_spec.key] for c in clips]
+            flat = self.encoder.embed_frames(np.concatenate(frames))
+            embs = np.split(flat, np.cumsum([len(f) for f in frames])[:-1])
+        for sc in self.model_scorers:
+            for r, vals in zip(rows, sc.score_batch(clips, embs)):
+                for m, v in vals.items():
+                    r[f"{sc.name}_{m}"] = v
+        dt = (time.perf_counter() - t0) / len(rows)
+        for r, e in zip(rows, embs):
+            r["score_s"] = dt
+            if e is not None and self.cfg.store_embedding:
+                m = e.mean(axis=0)
+                r["clip_embedding"] = (m / max(float(np.linalg.norm(m)), 1e-12)).astype(np.float32).tolist()
+
+
+def build_stages(root: str, cfg: FilterConfig) -> tuple[DecodeStage, ScoreStage, ScorerSet]:
+    """The two steps of the filter stage for a config (also used by the benchmark and tests)."""
+    scorers = ScorerSet.from_config(cfg.enabled_scorers())
+    clip_spec = None
+    if scorers.needs_embedding():
+        from curation.filters.clip_model import image_size
+
+        clip_spec = FrameSpec("rgb24", image_size(cfg.clip), square_crop=True)
+    model_specs = ([clip_spec] if clip_spec else []) + [s for sc in scorers.by_step("model") for s in sc.frame_specs()]
+    dec = DecodeStage(root, cfg, scorers, model_specs, StageResources.from_config(cfg.decode))
+    sco = ScoreStage(cfg, scorers, clip_spec, StageResources.from_config(cfg.model))
+    return dec, sco, scorers
+
+
+def ensure_demo_models(cfg: FilterConfig) -> None:
+    """Build tiny random models in filter.demo_models when a configured model under it is missing."""
+    if not cfg.demo_models:
+        return
+    base = os.path.abspath(cfg.demo_models)
+    wanted = [cfg.clip.model] + [getattr(s, "weights") for s in cfg.enabled_scorers().values() if hasattr(s, "weights")]
+    missing = [p for p in wanted if os.path.abspath(p).startswith(base + os.sep) and not os.path.exists(p)]
+    if missing:
+        from curation.filters.make_tiny import make_tiny
+
+        print(f"[filter] WARNING: {', '.join(missing)} missing: building tiny RANDOM demo models in {base} "
+              "(scores are meaningless; set filter.demo_models: null and real weights for real runs)",
+              file=sys.stderr, flush=True)
+        make_tiny(base)
+
+
+def todo_clips(storage: "object", rescore: bool) -> tuple[list[dict], int]:
+    """Clips with status ok not yet scored (errors are retried); returns (todo, skipped)."""
+    clips = [r for r in tables.read_table(storage, "clips", tables.CLIPS).to_pylist() if r["status"] == "ok"]
+    done: set[str] = set()
+    if not rescore and storage.list("scores", ".parquet"):
+        t = tables.read_table(storage, "scores")
+        if t.num_rows:
+            done = {c for c, e in zip(t.column("clip_id").to_pylist(), t.column("error").to_pylist()) if not e}
+    todo = [{k: r[k] for k, _ in BASE_FIELDS if k in r} for r in clips if r["clip_id"] not in done]
+    return todo, len(clips) - len(todo)
+
+
+def run(cfg: "object", ctx: "object") -> dict:
+    """Score every ok clip not yet in the scores table; returns counts."""
+    from curation.runner import run_pipeline
+
+    fcfg: FilterConfig = cfg.filter
+    storage = ctx.storage
+    ensure_demo_models(fcfg)
+    dec, sco, scorers = build_stages(storage.root, fcfg)
+    schema = scores_schema(scorers, {"filter.config": fcfg.model_dump_json()})
+    todo, skipped = todo_clips(storage, fcfg.rescore)
+    counts = {"clips": len(todo) + skipped, "skipped": skipped, "scored": 0, "kept": 0, "dropped": 0, "errors": 0}
+    errors: list[str] = []
+
+    def sink(rows: list[dict]) -> None:
+        tables.write_part(storage, "scores", rows, schema)
+        counts["scored"] += len(rows)
+        for r in rows:
+            if r.get("error"):
+                counts["errors"] += 1
+                errors.append(f"{r['clip_id']} ({r.get('path')}): {r['error']}")
+            else:
+                counts["kept" if r["passed"] else "dropped"] += 1
+
+    run_pipeline(todo, [dec, sco], sink, sink_every=max(1, min(256, len(todo) // 10 or 1)),
+                 progress=cfg.ray.progress)
+    ctx.stages.setdefault("filter", {})["errors"] = errors
+    return counts

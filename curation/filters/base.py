@@ -1,0 +1,135 @@
+"""The scorer contract: what a filter declares (frames it needs, metrics it writes) and computes.
+
+A scorer runs in one of two Ray steps:
+- "cpu": inside the decode step, on the frames just decoded (motion: optical flow or codec vectors);
+- "model": inside the model actor, with the frames and the shared CLIP embeddings of a batch of clips.
+Each clip is decoded once; every scorer gets the same sampled frames at the sizes it declared.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from curation.filters.config import ScorerConfig
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    """One size/format of the sampled frames (decoded once per clip, shared by scorers that ask)."""
+
+    fmt: Literal["rgb24", "gray"]  # pixel format handed to the scorer
+    short_side: int  # frames are scaled so their shorter side is this (aspect kept, never below 8 px)
+    square_crop: bool = False  # centre crop to short_side x short_side after scaling (CLIP input)
+
+    @property
+    def key(self) -> str:
+        return f"{self.fmt}{self.short_side}{'sq' if self.square_crop else ''}"
+
+
+@dataclass
+class ClipFrames:
+    """What the decode step produced for one clip."""
+
+    times: np.ndarray  # (T,) seconds from the start of the clip of each sampled frame
+    frames: dict[str, np.ndarray]  # FrameSpec.key -> (T, H, W[, 3]) uint8
+    width: int  # display size of the clip (upright)
+    height: int
+    fps: float  # source frame rate of the clip
+    # Codec motion vectors, reduced per decoded frame to a grid of cells: (N,) times and
+    # (N, G, G) mean displacement in pixels per frame (NaN where a cell had no vector). None unless asked.
+    mv_times: np.ndarray | None = None
+    mv_grid: np.ndarray | None = None
+    decoded_frames: int = 0  # every frame the decoder produced (all are decoded; sampled ones converted)
+
+
+@dataclass
+class Rule:
+    """Drop a clip when `column` < min or > max; `reason` names it in the scores table."""
+
+    column: str
+    min: float | None = None
+    max: float | None = None
+
+    def reason(self, value: float | None) -> str | None:
+        if value is None or value != value:  # NaN / missing: cannot judge, does not drop
+            return None
+        if self.min is not None and value < self.min:
+            return f"{self.column}<{self.min:g}"
+        if self.max is not None and value > self.max:
+            return f"{self.column}>{self.max:g}"
+        return None
+
+
+class Scorer:
+    """Base class of a filter. Subclasses set `Config`, `step`, and implement `metrics` and `score`."""
+
+    Config: ClassVar[type[ScorerConfig]] = ScorerConfig
+    step: ClassVar[Literal["cpu", "model"]] = "cpu"
+    needs_embedding: ClassVar[bool] = False  # model step: wants the shared per-frame CLIP embeddings
+
+    def __init__(self, name: str, cfg: ScorerConfig) -> None:
+        self.name, self.cfg = name, cfg
+        bad = set(cfg.thresholds) - set(self.metrics())
+        if bad:
+            raise ValueError(f"filter.scorers.{name}.thresholds: unknown metric(s) {sorted(bad)}; "
+                             f"this scorer writes {sorted(self.metrics())}")
+
+    def metrics(self) -> dict[str, pa.DataType]:
+        """Metric name -> Arrow type; columns are `<name>_<metric>`."""
+        raise NotImplementedError
+
+    def frame_specs(self) -> list[FrameSpec]:
+        """Frames this scorer reads (the decoder produces each distinct spec once)."""
+        return []
+
+    def mv_cells(self) -> int | None:
+        """Ask the decoder for codec motion vectors reduced to a G x G grid (None: not needed)."""
+        return None
+
+    def setup(self, encoder: Any = None) -> None:
+        """Load models once per worker; model-step scorers get the shared CLIP encoder."""
+
+    def score(self, clip: ClipFrames, embeddings: np.ndarray | None = None) -> dict[str, Any]:
+        """Metric values of one clip (embeddings: (T, D) L2-normalised, when needs_embedding)."""
+        raise NotImplementedError
+
+    def score_batch(self, clips: list[ClipFrames], embeddings: list[np.ndarray | None]) -> list[dict[str, Any]]:
+        """Batch version (model scorers override to run one forward pass per batch)."""
+        return [self.score(c, e) for c, e in zip(clips, embeddings)]
+
+    def columns(self) -> dict[str, pa.DataType]:
+        return {f"{self.name}_{m}": t for m, t in self.metrics().items()}
+
+    def rules(self) -> list[Rule]:
+        return [Rule(f"{self.name}_{m}", t.min, t.max) for m, t in self.cfg.thresholds.items()]
+
+
+@dataclass
+class ScorerSet:
+    """The configured scorers of a run, split by step."""
+
+    scorers: list[Scorer] = field(default_factory=list)
+
+    @classmethod
+    def from_config(cls, scorers_cfg: dict[str, ScorerConfig]) -> "ScorerSet":
+        from curation.filters.registry import scorer_class
+
+        return cls([scorer_class(c.type)(name, c) for name, c in scorers_cfg.items() if c.enabled])
+
+    def by_step(self, step: str) -> list[Scorer]:
+        return [s for s in self.scorers if s.step == step]
+
+    def needs_embedding(self) -> bool:
+        return any(s.needs_embedding for s in self.scorers)
+
+    def columns(self) -> dict[str, pa.DataType]:
+        out: dict[str, pa.DataType] = {}
+        for s in self.scorers:
+            out.update(s.columns())
+        return out
+
+    def rules(self) -> list[Rule]:
+        return [r for s in self.scorers for r in s.rules()]
