@@ -1,0 +1,298 @@
+"""Weights in the published diffusers layout (CogVideoX-2b/5b/1.5: `transformer/` and `vae/` folders of
+`config.json` + `diffusion_pytorch_model*.safetensors`) <-> our modules.
+
+- load_diffusers_transformer(folder | state_dict, config=None) -> ExpertTransformer
+- load_diffusers_vae(folder | state_dict, config=None) -> CausalVAE
+- export_transformer(model) / export_vae(model) -> diffusers-format state dict
+- save_diffusers(model, folder): config.json + diffusion_pytorch_model.safetensors that diffusers'
+  from_pretrained reads.
+
+Only key names change (every tensor keeps its shape and values), so each direction is a list of regex
+renames; tests/model checks that load -> export reproduces a diffusers state dict exactly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import torch
+
+from model.transformer import ExpertTransformer, TransformerConfig
+from model.vae import CausalVAE, VAEConfig
+
+# ours -> diffusers key renames (\1, \2 carry block indices), then the reverse table.
+TRANSFORMER_KEYS = [
+    (r"patch_proj\.", "patch_embed.proj."),
+    (r"text_proj\.", "patch_embed.text_proj."),
+    (r"time_mlp\.0\.", "time_embedding.linear_1."),
+    (r"time_mlp\.2\.", "time_embedding.linear_2."),
+    (r"ofs_mlp\.0\.", "ofs_embedding.linear_1."),
+    (r"ofs_mlp\.2\.", "ofs_embedding.linear_2."),
+    (r"blocks\.(\d+)\.norm(\d)\.mod\.", r"transformer_blocks.\1.norm\2.linear."),
+    (r"blocks\.(\d+)\.norm(\d)\.norm\.", r"transformer_blocks.\1.norm\2.norm."),
+    (r"blocks\.(\d+)\.attn\.to_(q|k|v)\.", r"transformer_blocks.\1.attn1.to_\2."),
+    (r"blocks\.(\d+)\.attn\.norm_(q|k)\.", r"transformer_blocks.\1.attn1.norm_\2."),
+    (r"blocks\.(\d+)\.attn\.to_out\.", r"transformer_blocks.\1.attn1.to_out.0."),
+    (r"blocks\.(\d+)\.ff\.fc1\.", r"transformer_blocks.\1.ff.net.0.proj."),
+    (r"blocks\.(\d+)\.ff\.fc2\.", r"transformer_blocks.\1.ff.net.2."),
+    (r"norm_final\.", "norm_final."),
+    (r"out_mod\.", "norm_out.linear."),
+    (r"out_norm\.", "norm_out.norm."),
+    (r"proj_out\.", "proj_out."),
+]
+
+TRANSFORMER_BACK = [
+    (r"patch_embed\.proj\.", "patch_proj."),
+    (r"patch_embed\.text_proj\.", "text_proj."),
+    (r"time_embedding\.linear_1\.", "time_mlp.0."),
+    (r"time_embedding\.linear_2\.", "time_mlp.2."),
+    (r"ofs_embedding\.linear_1\.", "ofs_mlp.0."),
+    (r"ofs_embedding\.linear_2\.", "ofs_mlp.2."),
+    (r"transformer_blocks\.(\d+)\.norm(\d)\.linear\.", r"blocks.\1.norm\2.mod."),
+    (r"transformer_blocks\.(\d+)\.norm(\d)\.norm\.", r"blocks.\1.norm\2.norm."),
+    (r"transformer_blocks\.(\d+)\.attn1\.to_(q|k|v)\.", r"blocks.\1.attn.to_\2."),
+    (r"transformer_blocks\.(\d+)\.attn1\.norm_(q|k)\.", r"blocks.\1.attn.norm_\2."),
+    (r"transformer_blocks\.(\d+)\.attn1\.to_out\.0\.", r"blocks.\1.attn.to_out."),
+    (r"transformer_blocks\.(\d+)\.ff\.net\.0\.proj\.", r"blocks.\1.ff.fc1."),
+    (r"transformer_blocks\.(\d+)\.ff\.net\.2\.", r"blocks.\1.ff.fc2."),
+    (r"norm_final\.", "norm_final."),
+    (r"norm_out\.linear\.", "out_mod."),
+    (r"norm_out\.norm\.", "out_norm."),
+    (r"proj_out\.", "proj_out."),
+]
+
+# VAE: our modules mirror the diffusers tree; causal convs are plain Conv3d subclasses (no `.conv`
+# wrapper), samplers are single modules, the mid block is `mid`.
+_CONV = r"(conv_in|conv_out|conv1|conv2|conv_y|conv_b)"
+VAE_KEYS = [
+    (r"(encoder|decoder)\.mid\.(\d+)\.", r"\1.mid_block.resnets.\2."),
+    (r"\.downsample\.", ".downsamplers.0."),
+    (r"\.upsample\.", ".upsamplers.0."),
+    (r"\.norm(1|2|_out)\.norm\.", r".norm\1.norm_layer."),
+    (r"\." + _CONV + r"\.(weight|bias)$", r".\1.conv.\2"),
+    (r"^" + _CONV + r"\.(weight|bias)$", r"\1.conv.\2"),
+]
+# diffusers -> ours, inverted by hand where a pattern is not a plain rename.
+_VAE_BACK = [
+    (r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.", r"\1.mid.\2."),
+    (r"\.downsamplers\.0\.", ".downsample."),
+    (r"\.upsamplers\.0\.", ".upsample."),
+    (r"\.norm(1|2|_out)\.norm_layer\.", r".norm\1.norm."),
+    (r"\." + _CONV + r"\.conv\.(weight|bias)$", r".\1.\2"),
+]
+
+
+def _rename(key: str, pairs) -> str:
+    for pat, rep in pairs:
+        new, n = re.subn(pat, rep, key)
+        if n:
+            key = new
+    return key
+
+
+def _to_diffusers_transformer(key: str) -> str:
+    for ours, theirs in TRANSFORMER_KEYS:
+        new, n = re.subn("^" + ours, theirs, key)
+        if n:
+            return new
+    raise KeyError(f"no diffusers name for transformer parameter {key}")
+
+
+def _from_diffusers_transformer(key: str) -> str:
+    for theirs, ours in TRANSFORMER_BACK:
+        new, n = re.subn("^" + theirs, ours, key)
+        if n:
+            return new
+    raise KeyError(f"unknown diffusers transformer key {key}")
+
+
+def _to_diffusers_vae(key: str) -> str:
+    return _rename(key, VAE_KEYS)
+
+
+def _from_diffusers_vae(key: str) -> str:
+    return _rename(key, _VAE_BACK)
+
+
+# -- configs -----------------------------------------------------------------------------------------
+def transformer_config_from_diffusers(cfg: dict) -> TransformerConfig:
+    if cfg.get("use_learned_positional_embeddings"):
+        raise NotImplementedError("learned positional embeddings (CogVideoX-5b-I2V 1.0) are not supported")
+    act = cfg.get("activation_fn", "gelu-approximate")
+    if act != "gelu-approximate" or cfg.get("timestep_activation_fn", "silu") != "silu":
+        raise NotImplementedError(f"activation {act} not supported")
+    return TransformerConfig(
+        num_heads=cfg.get("num_attention_heads", 30), head_dim=cfg.get("attention_head_dim", 64),
+        num_layers=cfg.get("num_layers", 30), in_channels=cfg.get("in_channels", 16),
+        out_channels=cfg.get("out_channels") or cfg.get("in_channels", 16),
+        time_embed_dim=cfg.get("time_embed_dim", 512), text_embed_dim=cfg.get("text_embed_dim", 4096),
+        max_text_len=cfg.get("max_text_seq_length", 226), patch_size=cfg.get("patch_size", 2),
+        patch_size_t=cfg.get("patch_size_t"), use_rope=cfg.get("use_rotary_positional_embeddings", False),
+        sample_height=cfg.get("sample_height", 60), sample_width=cfg.get("sample_width", 90),
+        sample_frames=cfg.get("sample_frames", 49), temporal_compression=cfg.get("temporal_compression_ratio", 4),
+        spatial_interpolation_scale=cfg.get("spatial_interpolation_scale", 1.875),
+        temporal_interpolation_scale=cfg.get("temporal_interpolation_scale", 1.0),
+        attention_bias=cfg.get("attention_bias", True), patch_bias=cfg.get("patch_bias", True),
+        norm_eps=cfg.get("norm_eps", 1e-5), flip_sin_to_cos=cfg.get("flip_sin_to_cos", True),
+        freq_shift=cfg.get("freq_shift", 0), ofs_embed_dim=cfg.get("ofs_embed_dim"),
+    )
+
+
+def transformer_config_to_diffusers(c: TransformerConfig) -> dict:
+    return {
+        "_class_name": "CogVideoXTransformer3DModel",
+        "num_attention_heads": c.num_heads, "attention_head_dim": c.head_dim, "in_channels": c.in_channels,
+        "out_channels": c.out_channels, "flip_sin_to_cos": c.flip_sin_to_cos, "freq_shift": c.freq_shift,
+        "time_embed_dim": c.time_embed_dim, "ofs_embed_dim": c.ofs_embed_dim, "text_embed_dim": c.text_embed_dim,
+        "num_layers": c.num_layers, "dropout": 0.0, "attention_bias": c.attention_bias,
+        "sample_width": c.sample_width, "sample_height": c.sample_height, "sample_frames": c.sample_frames,
+        "patch_size": c.patch_size, "patch_size_t": c.patch_size_t,
+        "temporal_compression_ratio": c.temporal_compression, "max_text_seq_length": c.max_text_len,
+        "activation_fn": "gelu-approximate", "timestep_activation_fn": "silu", "norm_elementwise_affine": True,
+        "norm_eps": c.norm_eps, "spatial_interpolation_scale": c.spatial_interpolation_scale,
+        "temporal_interpolation_scale": c.temporal_interpolation_scale,
+        "use_rotary_positional_embeddings": c.use_rope, "use_learned_positional_embeddings": False,
+        "patch_bias": c.patch_bias,
+    }
+
+
+def vae_config_from_diffusers(cfg: dict) -> VAEConfig:
+    if cfg.get("use_quant_conv") or cfg.get("use_post_quant_conv"):
+        raise NotImplementedError("quant_conv / post_quant_conv are not used by CogVideoX")
+    return VAEConfig(
+        in_channels=cfg.get("in_channels", 3), out_channels=cfg.get("out_channels", 3),
+        block_out_channels=tuple(cfg.get("block_out_channels", (128, 256, 256, 512))),
+        latent_channels=cfg.get("latent_channels", 16), layers_per_block=cfg.get("layers_per_block", 3),
+        norm_num_groups=cfg.get("norm_num_groups", 32), norm_eps=cfg.get("norm_eps", 1e-6),
+        temporal_compression=int(cfg.get("temporal_compression_ratio", 4)),
+        sample_height=cfg.get("sample_height", 480), sample_width=cfg.get("sample_width", 720),
+        scaling_factor=cfg.get("scaling_factor", 1.15258426),
+    )
+
+
+def vae_config_to_diffusers(c: VAEConfig) -> dict:
+    n = len(c.block_out_channels)
+    return {
+        "_class_name": "AutoencoderKLCogVideoX", "in_channels": c.in_channels, "out_channels": c.out_channels,
+        "down_block_types": ["CogVideoXDownBlock3D"] * n, "up_block_types": ["CogVideoXUpBlock3D"] * n,
+        "block_out_channels": list(c.block_out_channels), "latent_channels": c.latent_channels,
+        "layers_per_block": c.layers_per_block, "act_fn": "silu", "norm_eps": c.norm_eps,
+        "norm_num_groups": c.norm_num_groups, "temporal_compression_ratio": c.temporal_compression,
+        "sample_height": c.sample_height, "sample_width": c.sample_width, "scaling_factor": c.scaling_factor,
+        "shift_factor": None, "latents_mean": None, "latents_std": None, "force_upcast": True,
+        "use_quant_conv": False, "use_post_quant_conv": False, "invert_scale_latents": False,
+    }
+
+
+# -- reading ------------------------------------------------------------------------------------------
+def _read_folder(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """State dict and config.json of a diffusers model folder (single or sharded safetensors / bin)."""
+    from safetensors.torch import load_file
+
+    cfg = {}
+    if os.path.exists(os.path.join(path, "config.json")):
+        with open(os.path.join(path, "config.json")) as f:
+            cfg = json.load(f)
+    state: dict[str, torch.Tensor] = {}
+    index = [n for n in os.listdir(path) if n.endswith(".safetensors.index.json")]
+    if index:
+        with open(os.path.join(path, index[0])) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        for shard in shards:
+            state.update(load_file(os.path.join(path, shard)))
+    else:
+        files = sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
+        if files:
+            for name in files:
+                state.update(load_file(os.path.join(path, name)))
+        else:
+            bins = sorted(n for n in os.listdir(path) if n.endswith(".bin"))
+            if not bins:
+                raise FileNotFoundError(f"no safetensors or bin weights in {path}")
+            for name in bins:
+                state.update(torch.load(os.path.join(path, name), map_location="cpu", weights_only=True))
+    return state, cfg
+
+
+def _resolve(path_or_state, subfolder: str):
+    """(state_dict, config dict) from a state dict, a model folder, or a pipeline folder with subfolder."""
+    if isinstance(path_or_state, dict):
+        return path_or_state, {}
+    path = str(path_or_state)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path} is not a folder (hub names: download with huggingface_hub first)")
+    if os.path.isdir(os.path.join(path, subfolder)) and not os.path.exists(os.path.join(path, "config.json")):
+        path = os.path.join(path, subfolder)
+    return _read_folder(path)
+
+
+def _load(model: torch.nn.Module, theirs: dict[str, torch.Tensor], rename, dtype) -> None:
+    ours = {}
+    for k, v in theirs.items():
+        if k.endswith("pos_embedding"):  # non-persistent sin-cos table some exports include
+            continue
+        ours[rename(k)] = v.to(dtype) if dtype is not None else v
+    missing, unexpected = model.load_state_dict(ours, strict=False)
+    if missing or unexpected:
+        raise KeyError(f"weights do not match the model: missing {missing[:8]}, unexpected {unexpected[:8]}")
+
+
+def load_diffusers_transformer(path_or_state, config: TransformerConfig | None = None,
+                               dtype: torch.dtype | None = None) -> ExpertTransformer:
+    """ExpertTransformer from a diffusers CogVideoXTransformer3DModel folder (or a pipeline folder with
+    a transformer/ subfolder) or state dict; `config` is required for a bare state dict."""
+    state, cfg = _resolve(path_or_state, "transformer")
+    if config is None:
+        if not cfg:
+            raise ValueError("a bare state dict needs config=TransformerConfig(...)")
+        config = transformer_config_from_diffusers(cfg)
+    model = ExpertTransformer(config)
+    _load(model, state, _from_diffusers_transformer, dtype)
+    return model
+
+
+def load_diffusers_vae(path_or_state, config: VAEConfig | None = None,
+                       dtype: torch.dtype | None = None) -> CausalVAE:
+    """CausalVAE from a diffusers AutoencoderKLCogVideoX folder (or pipeline folder with vae/) or state dict."""
+    state, cfg = _resolve(path_or_state, "vae")
+    if config is None:
+        if not cfg:
+            raise ValueError("a bare state dict needs config=VAEConfig(...)")
+        config = vae_config_from_diffusers(cfg)
+    model = CausalVAE(config)
+    _load(model, state, _from_diffusers_vae, dtype)
+    return model
+
+
+def export_transformer(model: ExpertTransformer) -> dict[str, torch.Tensor]:
+    return {_to_diffusers_transformer(k): v for k, v in model.state_dict().items()}
+
+
+def export_vae(model: CausalVAE) -> dict[str, torch.Tensor]:
+    return {_to_diffusers_vae(k): v for k, v in model.state_dict().items()}
+
+
+def export_state_dict(model) -> dict[str, torch.Tensor]:
+    if isinstance(model, ExpertTransformer):
+        return export_transformer(model)
+    if isinstance(model, CausalVAE):
+        return export_vae(model)
+    raise TypeError(f"cannot export {type(model).__name__}")
+
+
+def save_diffusers(model, folder: str, dtype: torch.dtype | None = None) -> str:
+    """Write config.json + diffusion_pytorch_model.safetensors in diffusers' model-folder layout."""
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    state = export_state_dict(model)
+    state = {k: (v.to(dtype) if dtype is not None else v).detach().contiguous().cpu() for k, v in state.items()}
+    if isinstance(model, ExpertTransformer):
+        cfg = transformer_config_to_diffusers(model.config)
+    else:
+        cfg = vae_config_to_diffusers(model.config)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    save_file(state, os.path.join(folder, "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+    return folder

@@ -1,0 +1,274 @@
+"""CogVideoX expert transformer: full 3D attention over [text tokens ; video tokens].
+
+Shapes: latents [B, F, C, H, W] (frames before channels, as diffusers), text [B, L, text_dim],
+timesteps [B]. Video tokens are 2x2 patches of each latent frame (1.0) or 2x2x2 patches over pairs of
+frames (1.5). Each block: expert AdaLN (one LayerNorm, separate shift/scale/gate for text and video from
+the time embedding) -> attention (QK LayerNorm, 3D RoPE on video tokens, SDPA) -> gated residual ->
+expert AdaLN -> GELU(tanh) FFN -> gated residual. Output: LayerNorm, AdaLN, linear, unpatchify.
+
+Weights load from / export to the published diffusers checkpoints through model/convert.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, asdict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from model.embeddings import apply_rope, rope_3d, sincos_3d, timestep_embedding
+
+
+@dataclass
+class TransformerConfig:
+    num_heads: int = 30  # attention heads; width = num_heads * head_dim
+    head_dim: int = 64  # channels per head
+    num_layers: int = 30  # transformer blocks
+    in_channels: int = 16  # latent channels in
+    out_channels: int = 16  # latent channels out (the v prediction)
+    time_embed_dim: int = 512  # width of the timestep MLP output that drives every AdaLN
+    text_embed_dim: int = 4096  # text encoder width (T5-XXL: 4096)
+    max_text_len: int = 226  # text tokens the model was trained with (positions are built for this many)
+    patch_size: int = 2  # spatial patch (p x p latent pixels per token)
+    patch_size_t: int | None = None  # temporal patch (1.5: 2); None = one latent frame per token (1.0)
+    use_rope: bool = False  # 3D RoPE on video q/k (5b, 1.5) instead of additive 3D sin-cos (2b)
+    sample_height: int = 60  # latent height of the training resolution (RoPE crop grid / default sin-cos grid)
+    sample_width: int = 90  # latent width of the training resolution
+    sample_frames: int = 49  # pixel frames of the training clip (only kept for export to diffusers' config)
+    temporal_compression: int = 4  # VAE temporal compression (only kept for export)
+    spatial_interpolation_scale: float = 1.875  # sin-cos: spatial positions are divided by this
+    temporal_interpolation_scale: float = 1.0  # sin-cos: temporal positions are divided by this
+    attention_bias: bool = True  # bias in q/k/v projections
+    patch_bias: bool = True  # bias in the 2x2 conv patch projection (1.0 only; 1.5's config says False)
+    norm_eps: float = 1e-5  # LayerNorm eps of the AdaLN norms
+    qk_norm_eps: float = 1e-6  # LayerNorm eps of the per-head q/k norms
+    flip_sin_to_cos: bool = True  # timestep sinusoid layout [cos | sin]
+    freq_shift: float = 0.0  # timestep sinusoid frequency shift
+    ofs_embed_dim: int | None = None  # 1.5 image-to-video "ofs" embedding width (None: absent)
+    rope_theta: float = 10000.0  # RoPE base
+
+    @property
+    def dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @classmethod
+    def tiny(cls, **kw) -> "TransformerConfig":
+        """diffusers' own test config: 2 heads x 8, 2 layers, 4 latent channels, 8x8 latent grid."""
+        base = dict(num_heads=2, head_dim=8, num_layers=2, in_channels=4, out_channels=4, time_embed_dim=2,
+                    text_embed_dim=8, max_text_len=8, sample_height=8, sample_width=8, sample_frames=8)
+        base.update(kw)
+        return cls(**base)
+
+    @classmethod
+    def cogvideox_2b(cls, **kw) -> "TransformerConfig":
+        return cls(**kw)
+
+    @classmethod
+    def cogvideox_5b(cls, **kw) -> "TransformerConfig":
+        base = dict(num_heads=48, num_layers=42, use_rope=True)
+        base.update(kw)
+        return cls(**base)
+
+    @classmethod
+    def cogvideox_1_5_5b(cls, **kw) -> "TransformerConfig":
+        base = dict(num_heads=48, num_layers=42, use_rope=True, patch_size_t=2, patch_bias=False,
+                    sample_height=300, sample_width=300, sample_frames=81)
+        base.update(kw)
+        return cls(**base)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ExpertAdaLN(nn.Module):
+    """One LayerNorm for both modalities; the time embedding gives each its own shift, scale and gate."""
+
+    def __init__(self, temb_dim: int, dim: int, eps: float):
+        super().__init__()
+        self.mod = nn.Linear(temb_dim, 6 * dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, video: torch.Tensor, text: torch.Tensor, temb: torch.Tensor):
+        shift, scale, gate, t_shift, t_scale, t_gate = self.mod(F.silu(temb)).unsqueeze(1).chunk(6, dim=2)
+        video = torch.addcmul(shift, self.norm(video), 1 + scale)
+        text = torch.addcmul(t_shift, self.norm(text), 1 + t_scale)
+        return video, text, gate, t_gate
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the joint sequence with per-head q/k LayerNorm and video-only RoPE."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int, bias: bool, qk_eps: float):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.to_q = nn.Linear(dim, num_heads * head_dim, bias=bias)
+        self.to_k = nn.Linear(dim, num_heads * head_dim, bias=bias)
+        self.to_v = nn.Linear(dim, num_heads * head_dim, bias=bias)
+        self.norm_q = nn.LayerNorm(head_dim, eps=qk_eps)
+        self.norm_k = nn.LayerNorm(head_dim, eps=qk_eps)
+        self.to_out = nn.Linear(num_heads * head_dim, dim, bias=True)
+
+    def forward(self, x: torch.Tensor, text_len: int, rope: tuple[torch.Tensor, torch.Tensor] | None):
+        b, s, _ = x.shape
+        q = self.norm_q(self.to_q(x).view(b, s, self.num_heads, self.head_dim)).transpose(1, 2)
+        k = self.norm_k(self.to_k(x).view(b, s, self.num_heads, self.head_dim)).transpose(1, 2)
+        v = self.to_v(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            cos, sin = rope
+            q = torch.cat([q[:, :, :text_len], apply_rope(q[:, :, text_len:], cos, sin)], dim=2)
+            k = torch.cat([k[:, :, :text_len], apply_rope(k[:, :, text_len:], cos, sin)], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(out.transpose(1, 2).reshape(b, s, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    """One expert transformer block; video and text streams share every weight but the AdaLN outputs."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        dim = cfg.dim
+        self.norm1 = ExpertAdaLN(cfg.time_embed_dim, dim, cfg.norm_eps)
+        self.attn = Attention(dim, cfg.num_heads, cfg.head_dim, cfg.attention_bias, cfg.qk_norm_eps)
+        self.norm2 = ExpertAdaLN(cfg.time_embed_dim, dim, cfg.norm_eps)
+        self.ff = FeedForward(dim, 4 * dim)
+
+    def forward(self, video: torch.Tensor, text: torch.Tensor, temb: torch.Tensor,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        text_len = text.shape[1]
+        h_video, h_text, gate, t_gate = self.norm1(video, text, temb)
+        out = self.attn(torch.cat([h_text, h_video], dim=1), text_len, rope)
+        video = torch.addcmul(video, gate, out[:, text_len:])
+        text = torch.addcmul(text, t_gate, out[:, :text_len])
+        h_video, h_text, gate, t_gate = self.norm2(video, text, temb)
+        out = self.ff(torch.cat([h_text, h_video], dim=1))
+        video = torch.addcmul(video, gate, out[:, text_len:])
+        text = torch.addcmul(text, t_gate, out[:, :text_len])
+        return video, text
+
+
+class ExpertTransformer(nn.Module):
+    """CogVideoX transformer. `blocks` is the list to shard per block (FSDP2) or checkpoint."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = cfg = config
+        dim, p = cfg.dim, cfg.patch_size
+        if cfg.patch_size_t is None:
+            self.patch_proj = nn.Conv2d(cfg.in_channels, dim, kernel_size=p, stride=p, bias=cfg.patch_bias)
+        else:
+            # (the published 1.5 patch projection has a bias whatever patch_bias says)
+            self.patch_proj = nn.Linear(cfg.in_channels * p * p * cfg.patch_size_t, dim)
+        if not cfg.use_rope and cfg.patch_size_t is not None:
+            raise ValueError("sin-cos positions are defined for one latent frame per token (patch_size_t=None)")
+        self.text_proj = nn.Linear(cfg.text_embed_dim, dim)
+        self.time_mlp = nn.Sequential(nn.Linear(dim, cfg.time_embed_dim), nn.SiLU(),
+                                      nn.Linear(cfg.time_embed_dim, cfg.time_embed_dim))
+        self.ofs_mlp = None
+        if cfg.ofs_embed_dim:
+            self.ofs_mlp = nn.Sequential(nn.Linear(cfg.ofs_embed_dim, cfg.ofs_embed_dim), nn.SiLU(),
+                                         nn.Linear(cfg.ofs_embed_dim, cfg.ofs_embed_dim))
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.num_layers)])
+        self.norm_final = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.out_mod = nn.Linear(cfg.time_embed_dim, 2 * dim)
+        self.out_norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        pt = cfg.patch_size_t or 1
+        self.proj_out = nn.Linear(dim, p * p * pt * cfg.out_channels)
+        self.gradient_checkpointing = False
+        self._pos_cache: dict = {}
+
+    # -- positions ---------------------------------------------------------------------------------
+    def _positions(self, frames: int, height: int, width: int, device: torch.device, dtype: torch.dtype):
+        """Token-grid positions for (latent frames, latent height, latent width): the RoPE (cos, sin)
+        pair, or the sin-cos table to add to video tokens. Cached per shape."""
+        cfg, p = self.config, self.config.patch_size
+        key = (frames, height, width, device, dtype)
+        if key not in self._pos_cache:
+            gh, gw = height // p, width // p
+            if cfg.use_rope:
+                if cfg.patch_size_t is None:
+                    val = rope_3d(cfg.head_dim, frames, gh, gw, (cfg.sample_height // p, cfg.sample_width // p),
+                                  cfg.rope_theta, device)
+                else:
+                    val = rope_3d(cfg.head_dim, frames // cfg.patch_size_t, gh, gw, None, cfg.rope_theta, device)
+            else:
+                val = sincos_3d(cfg.dim, frames, gh, gw, cfg.spatial_interpolation_scale,
+                                cfg.temporal_interpolation_scale, device).to(dtype)
+            self._pos_cache = {key: val}  # keep one entry: shapes rarely change within a run
+        return self._pos_cache[key]
+
+    # -- patches -----------------------------------------------------------------------------------
+    def patchify(self, latents: torch.Tensor) -> torch.Tensor:
+        """[B, F, C, H, W] -> video tokens [B, N, dim], ordered frame, row, column."""
+        b, f, c, h, w = latents.shape
+        p, pt = self.config.patch_size, self.config.patch_size_t
+        if pt is None:
+            x = self.patch_proj(latents.reshape(b * f, c, h, w))  # [B*F, D, h/p, w/p]
+            return x.flatten(2).transpose(1, 2).reshape(b, -1, x.shape[1])
+        if f % pt:
+            raise ValueError(f"latent frames ({f}) must be a multiple of patch_size_t ({pt}); pad the latents")
+        x = latents.permute(0, 1, 3, 4, 2).reshape(b, f // pt, pt, h // p, p, w // p, p, c)
+        x = x.permute(0, 1, 3, 5, 7, 2, 4, 6).flatten(4, 7).flatten(1, 3)
+        return self.patch_proj(x)
+
+    def unpatchify(self, x: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
+        """Video tokens [B, N, p*p*pt*C] -> [B, F, C, H, W]."""
+        b = x.shape[0]
+        p, pt = self.config.patch_size, self.config.patch_size_t
+        if pt is None:
+            x = x.reshape(b, frames, height // p, width // p, -1, p, p)
+            return x.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
+        x = x.reshape(b, frames // pt, height // p, width // p, -1, pt, p, p)
+        return x.permute(0, 1, 5, 4, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(1, 2)
+
+    # -- forward -----------------------------------------------------------------------------------
+    def time_embedding(self, timesteps: torch.Tensor, dtype: torch.dtype, ofs: torch.Tensor | None = None):
+        cfg = self.config
+        temb = self.time_mlp(timestep_embedding(timesteps, cfg.dim, cfg.flip_sin_to_cos, cfg.freq_shift).to(dtype))
+        if self.ofs_mlp is not None:
+            if ofs is None:
+                raise ValueError("this model has an ofs embedding (1.5 image-to-video): pass ofs")
+            ofs_emb = timestep_embedding(ofs.reshape(-1), cfg.ofs_embed_dim, cfg.flip_sin_to_cos, cfg.freq_shift)
+            temb = temb + self.ofs_mlp(ofs_emb.to(dtype))
+        return temb
+
+    def forward(self, latents: torch.Tensor, text_emb: torch.Tensor, timesteps: torch.Tensor,
+                ofs: torch.Tensor | None = None) -> torch.Tensor:
+        b, f, _, h, w = latents.shape
+        if not torch.is_tensor(timesteps):
+            timesteps = torch.tensor([timesteps], device=latents.device)
+        timesteps = timesteps.reshape(-1).expand(b) if timesteps.numel() == 1 else timesteps
+        temb = self.time_embedding(timesteps, latents.dtype, ofs)
+
+        video = self.patchify(latents)
+        text = self.text_proj(text_emb)
+        pos = self._positions(f, h, w, latents.device, latents.dtype)
+        rope = None
+        if self.config.use_rope:
+            rope = pos
+        else:
+            video = video + pos
+
+        for block in self.blocks:
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                video, text = checkpoint(block, video, text, temb, rope, use_reentrant=False)
+            else:
+                video, text = block(video, text, temb, rope)
+
+        video = self.norm_final(video)
+        shift, scale = self.out_mod(F.silu(temb)).unsqueeze(1).chunk(2, dim=2)
+        video = torch.addcmul(shift, self.out_norm(video), 1 + scale)
+        return self.unpatchify(self.proj_out(video), f, h, w)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
