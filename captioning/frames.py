@@ -13,7 +13,7 @@ import tempfile
 import numpy as np
 
 from captioning.config import CaptionConfig
-from curation.video import iter_frames
+from curation.video import VideoError, iter_frames
 
 
 def frame_count(duration_s: float, cfg: CaptionConfig) -> int:
@@ -34,22 +34,24 @@ def sample_frames(source: str, duration_s: float, cfg: CaptionConfig) -> tuple[l
 
     Decoding skips the conversion of frames that are not picked (curation.video.iter_frames at the
     target rate); a clip shorter than min_frames / sample_fps is sampled denser, never below 2 frames
-    when it has them. Raises ValueError for a clip with no decodable frame.
+    when it has them. Raises ValueError for a clip with fewer than 2 decodable frames.
     """
     if not duration_s or duration_s <= 0:
         raise ValueError(f"{source}: clip duration must be positive (got {duration_s})")
     n = frame_count(duration_s, cfg)
     rate = n / duration_s
     picked = [img for _, _, img in iter_frames(source, cfg.max_side, cfg.max_side, fps=rate)]
-    if not picked:
-        raise ValueError(f"{source}: no decodable frame")
+    if len(picked) < 2:  # e.g. a still image stored under a video name: not a clip to caption
+        raise ValueError(f"{source}: {len(picked)} decodable frame(s); a clip needs at least 2")
     if len(picked) > n:  # rounding at the clip's end can give one extra frame
         picked = [picked[i] for i in np.linspace(0, len(picked) - 1, n).round().astype(int)]
     return [encode_jpeg(f, cfg.jpeg_quality) for f in picked], len(picked) / duration_s
 
 
-def sample_frames_from_bytes(data: bytes, duration_s: float | None, cfg: CaptionConfig) -> tuple[list[bytes], float]:
-    """Same as sample_frames for an mp4 held in memory (a WebDataset sample); probes the duration if unknown."""
+def sample_frames_from_bytes(data: bytes, duration_s: float | None, cfg: CaptionConfig,
+                             name: str = "clip") -> tuple[list[bytes], float]:
+    """Same as sample_frames for an mp4 held in memory (a WebDataset sample, called `name` in errors);
+    probes the duration if unknown."""
     with tempfile.NamedTemporaryFile(suffix=".mp4", delete=False) as f:
         f.write(data)
         path = f.name
@@ -57,6 +59,8 @@ def sample_frames_from_bytes(data: bytes, duration_s: float | None, cfg: Caption
         if not duration_s:
             duration_s = probe_duration(path)
         return sample_frames(path, duration_s, cfg)
+    except (ValueError, VideoError) as e:
+        raise type(e)(str(e).replace(path, name)) from None
     finally:
         os.remove(path)
 

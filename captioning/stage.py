@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import Callable
 from datetime import datetime, timezone
 
 from captioning import postprocess
@@ -47,7 +48,8 @@ class SampleFrames(Stage):
         want_video = self.cfg.engine == "openai" and self.cfg.openai.video_as == "video_url"
         if row.get("tar"):  # a WebDataset sample: read its mp4 member in place
             data = read_range(row["tar"], row["offset"], row["size"])
-            frames, fps = sample_frames_from_bytes(data, row.get("duration_s"), self.cfg)
+            frames, fps = sample_frames_from_bytes(data, row.get("duration_s"), self.cfg,
+                                                   f"{row['tar']}:{row['clip_id']}")
         else:
             frames, fps = sample_frames(row["path"], row["duration_s"], self.cfg)
             data = read_range(row["path"], 0, None) if want_video else None
@@ -156,11 +158,13 @@ def clip_items(storage: Storage, cfg: CaptionConfig) -> list[dict]:
 
 
 def caption_items(storage: Storage, cfg: CaptionConfig, items: list[dict], local: bool = False,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, on_part: Callable[[dict], None] | None = None) -> dict:
     """Caption work items into `captions/<cfg.run>`, skipping clips already captioned in that run.
 
     `local` runs the two steps in this process (tests, small jobs); otherwise on the current Ray.
-    Returns counts: clips asked, skipped (already done), captioned, flagged, errors.
+    `on_part(counts)` is called after each written part (progress reports; tests use it to kill a
+    server mid-run). Returns counts: clips asked, skipped (already done), captioned, flagged, errors
+    (engine failures: worth a re-run), unreadable (clips whose frames could not be decoded).
     """
     from curation.runner import run_pipeline
 
@@ -171,15 +175,21 @@ def caption_items(storage: Storage, cfg: CaptionConfig, items: list[dict], local
                                       "prompt_hash": prompt.hash, "prompt_system": prompt.system,
                                       "prompt_user": prompt.user, "started_at": _now(),
                                       "config": cfg.model_dump(mode="json")})
-    counts = {"clips": len(items), "skipped": len(items) - len(todo), "captioned": 0, "flagged": 0, "errors": 0}
+    counts = {"clips": len(items), "skipped": len(items) - len(todo), "captioned": 0, "flagged": 0, "errors": 0,
+              "unreadable": 0}
     table = table_name(cfg.run)
 
     def sink(rows: list[dict]) -> None:
         rows = [normalize(r) for r in rows]
         write_part(storage, table, rows, schema=CAPTIONS)
         for r in rows:
-            key = "errors" if r["error"] else ("flagged" if r["flags"] else "captioned")
+            if r["error"]:
+                key = "unreadable" if r["error"].startswith("frames:") else "errors"
+            else:
+                key = "flagged" if r["flags"] else "captioned"
             counts[key] += 1
+        if on_part is not None:
+            on_part(counts)
 
     stages = [SampleFrames(cfg), Caption(cfg)]
     t0 = time.time()

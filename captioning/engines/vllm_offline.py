@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 
 from captioning.config import CaptionConfig
-from captioning.engines.base import CaptionRequest, Engine, Generation, SamplingParams, decode_frames, messages,
-                                    video_metadata
+from captioning.engines.base import (CaptionRequest, Engine, Generation, SamplingParams, decode_frames, messages,
+                                    video_metadata)
 from captioning.prompts import Prompt
 
 

@@ -1,0 +1,95 @@
+"""Command line of the captioning package.
+
+    python -m captioning recaption --root data/demo --run qwen7b-dense-v2 [--config pipelines.yaml]
+        [--set model=Qwen/Qwen2.5-VL-7B-Instruct --set engine=vllm ...]
+        [--shards 'data/demo/shards/train/*.tar' --out data/demo/shards/train-v2 --caption-key txt]
+    python -m captioning tiny-model OUT_DIR     # the tiny random Qwen2.5-VL used by tests and the demo
+
+`--set` keys are relative to the `caption` section of pipelines.yaml. Re-running the same command
+resumes: clips with a caption in the run are skipped, failed ones retried, finished shards kept.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import yaml
+
+
+def load_caption_config(path: str | None, overrides: list[str], run: str | None) -> "object":
+    """The `caption` section of pipelines.yaml (defaults without a file), with overrides; exits on errors."""
+    from pydantic import ValidationError
+
+    from captioning.config import CaptionConfig
+    from curation.config import ConfigError, apply_overrides
+
+    data: dict = {}
+    if path:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {path!r} does not exist")
+        data = (yaml.safe_load(open(path)) or {}).get("caption") or {}
+    data = apply_overrides(data, overrides)
+    if run:
+        data["run"] = run
+    try:
+        return CaptionConfig.model_validate(data)
+    except ValidationError as e:
+        lines = [f"  caption.{'.'.join(map(str, err['loc']))}: "
+                 f"{'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}" for err in e.errors()]
+        raise ConfigError("invalid caption configuration\n" + "\n".join(lines)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m captioning")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("recaption", help="caption an existing clips table or WebDataset shards into a new run")
+    r.add_argument("--root", required=True, help="dataset root: holds the clips table and receives captions/<run>/")
+    r.add_argument("--run", default=None, help="captions run name (default: caption.run of the config)")
+    r.add_argument("--config", default=None, help="pipelines.yaml whose caption section to start from")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a caption key, e.g. model=... engine=openai openai.base_url=...")
+    r.add_argument("--shards", nargs="+", default=None, help="WebDataset tar files or globs (instead of the clips table)")
+    r.add_argument("--video-ext", default="mp4", help="member extension of the clip in the shards")
+    r.add_argument("--out", default=None, help="write re-captioned shards to this folder or URI")
+    r.add_argument("--caption-key", default="txt",
+                   help="member extension of the new caption: an existing one is replaced, a new one is added")
+    r.add_argument("--local", action="store_true", help="run in this process instead of on Ray")
+    t = sub.add_parser("tiny-model", help="build the tiny random Qwen2.5-VL (tests, demo)")
+    t.add_argument("out")
+    args = ap.parse_args(argv)
+
+    if args.cmd == "tiny-model":
+        from captioning.tiny_vlm import build_tiny_qwen25_vl
+
+        print(build_tiny_qwen25_vl(args.out))
+        return 0
+
+    from curation.config import ConfigError
+
+    try:
+        cfg = load_caption_config(args.config, args.set, args.run)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from captioning.recaption import recaption
+
+    def report(c: dict) -> None:
+        print(f"[recaption] captioned {c['captioned']}, flagged {c['flagged']}, errors {c['errors']}, "
+              f"unreadable {c['unreadable']}", file=sys.stderr)
+
+    try:
+        counts = recaption(args.root, cfg, args.shards, args.out, args.caption_key, args.video_ext, args.local, report)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump({"run": cfg.run, **counts}, sort_keys=False).strip())
+    incomplete = counts.get("errors", 0) or counts.get("shards", {}).get("incomplete", 0)
+    if incomplete:
+        print("some clips have no caption yet (engine errors, see the error column): run the same command again "
+              "to retry them", file=sys.stderr)
+    return 1 if incomplete else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
