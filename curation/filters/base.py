@@ -74,7 +74,7 @@ class Scorer:
         self.name, self.cfg = name, cfg
         bad = set(cfg.thresholds) - set(self.metrics())
         if bad:
-            raise ValueError(f"filter.scorers.{name}.thresholds: unknown metric(s) {sorted(bad)}; "
+            raise ValueError(f"scorers.{name}.thresholds: unknown metric(s) {sorted(bad)}; "
                              f"this scorer writes {sorted(self.metrics())}")
 
     def metrics(self) -> dict[str, pa.DataType]:

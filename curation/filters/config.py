@@ -122,6 +122,7 @@ def validate_scorers(raw: Any, context: dict | None = None) -> dict[str, ScorerC
                              f"{'unknown key' if x['type'] == 'extra_forbidden' else x['msg']}"
                              for x in e.errors())
             raise ValueError(msgs) from None
+        klass(name, out[name])  # checks threshold metric names against what the scorer writes
     return out
 
 
