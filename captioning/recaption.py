@@ -107,9 +107,8 @@ def write_shards(storage: Storage, run: str, shards: list[str], out: str, captio
             with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as w:
                 for i, m in enumerate(members):
                     key, ext = split_name(m.name)
-                    if key in keys and ext == caption_key:
-                        continue  # replaced below, after the sample's other members
-                    w.addfile(m, t.extractfile(m))
+                    if not (key in keys and ext == caption_key):  # an old caption under the key is replaced
+                        w.addfile(m, t.extractfile(m))
                     last_of_sample = i + 1 == len(members) or split_name(members[i + 1].name)[0] != key
                     if key in keys and last_of_sample:
                         data = caps[key].encode()

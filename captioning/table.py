@@ -72,5 +72,8 @@ def done_ids(storage: Storage, run: str) -> set[str]:
 
 
 def write_run_info(storage: Storage, run: str, info: dict) -> None:
-    """`captions/<run>/run.json`: engine, model, prompt text and hash, config of the run's latest start."""
-    storage.write_bytes(f"{table_name(run)}/run.json", json.dumps(info, indent=2, default=str).encode())
+    """`captions/<run>/_run.json` (engine, model, prompt text and hash, config of the latest start).
+
+    The leading underscore keeps Parquet dataset readers of the folder from reading it as a part.
+    """
+    storage.write_bytes(f"{table_name(run)}/_run.json", json.dumps(info, indent=2, default=str).encode())
