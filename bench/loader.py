@@ -1,0 +1,187 @@
+"""Loader throughput against its floor (a bare decode of the same frames) and a plain decord loader.
+
+    .venv/bin/python bench/loader.py [--clips 24] [--workers 0] [--repeat 3]
+
+One synthetic dataset (curation.synth clips -> shards.writer tars) and, in the same process and run:
+  loader       shards.loader.ShardLoader (tar read, shuffle, buckets, PyAV decode, resize, crop, [-1,1] tensors)
+  loader-decord  the same loader with decoder=decord
+  bare-decode  PyAV decode of exactly the frames the loader sampled (same clips, same indices) to RGB
+               arrays at the source size: no tar, no resize, no tensors — the floor of any loader
+  decord-plain a plain decord loader: torch Dataset over the clip files, VideoReader(width, height) +
+               get_batch(indices) + crop + [-1,1] tensors, through the same DataLoader settings
+Each is timed `--repeat` times, interleaved, and the best run is reported (the machine is shared).
+Target: loader >= 0.8 x bare-decode.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import av  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from curation.storage import Storage  # noqa: E402
+from shards import demo, writer  # noqa: E402
+from shards.config import WriterConfig  # noqa: E402
+from shards.loader import ShardLoader  # noqa: E402
+
+BUCKET = {"frames": 17, "height": 144, "width": 256}
+
+
+def build(root: str, clips: int, source: str | None) -> None:
+    """Clips (synthetic, or `source` cut into 4 s pieces with ffmpeg), their tables, then the shards."""
+    if source:
+        cut_real(root, source, clips)
+    else:
+        demo.build(root, videos=max(1, clips // 4), clips_per_video=4, frames=96, fps=24.0,
+                   sizes=((320, 180), (320, 192)), with_index=False, exclusions=False)
+    writer.write_shards(Storage(root), WriterConfig(max_samples_per_shard=8), "bench", local=True)
+
+
+def cut_real(root: str, source: str, clips: int, seconds: float = 4.0) -> None:
+    """Re-encode `clips` windows of a real video (read in place, never copied into the repo)."""
+    import subprocess
+
+    from curation import tables
+    from curation.probe import probe_video
+
+    storage = Storage(root)
+    dur = probe_video(source, count_frames=False)["duration_s"]
+    starts = [i * seconds for i in range(int(dur // seconds))][:clips]
+    os.makedirs(os.path.join(root, "clips", "real"), exist_ok=True)
+    rows, scores, caps = [], [], []
+    for i, s in enumerate(starts):
+        cid = f"real_{i:04d}"
+        rel = f"clips/real/{cid}.mp4"
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-ss", str(s), "-t", str(seconds), "-i", source, "-an",
+                        "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p",
+                        storage.path(rel)], check=True)
+        p = probe_video(storage.path(rel))
+        rows.append({"clip_id": cid, "video_id": "real", "source": source, "start_frame": 0, "end_frame": p["frames"],
+                     "start_s": s, "end_s": s + seconds, "width": p["width"], "height": p["height"], "fps": p["fps"],
+                     "frames": p["frames"], "bytes": p["bytes"], "path": rel, "status": "ok", "reason": None})
+        scores.append({"clip_id": cid, "passed": True, "reasons": [], "aesthetic": 5.0, "motion": 1.0})
+        caps.append({"clip_id": cid, "text": f"clip {i}", "model": "none", "engine": "none", "prompt_hash": "0",
+                     "flags": [], "error": None})
+    tables.write_part(storage, "clips", rows, tables.CLIPS)
+    tables.write_part(storage, "scores", scores, demo.SCORES)
+    tables.write_part(storage, "captions/bench", caps, demo.CAPTIONS)
+
+
+def run_loader(root: str, workers: int, decoder: str) -> tuple[int, float, dict]:
+    params = {"shards": [f"{root}/shards/default"], "num_workers": workers, "batch_size": 1, "fps": 8.0,
+              "buckets": [BUCKET], "decoder": decoder, "shuffle_buffer": 16}
+    loader = ShardLoader(params, seed=0)
+    t0 = time.perf_counter()
+    n, plans = 0, {}
+    for b in loader:
+        n += len(b["keys"])
+        for k, m in zip(b["keys"], b["meta"]):
+            plans[k] = (m["clip"]["path"], m["_sample"]["indices"], m["_sample"]["source_size"])
+    return n, time.perf_counter() - t0, plans
+
+
+def bare_decode(root: str, plans: dict) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    for path, indices, _ in plans.values():
+        with open(os.path.join(root, path), "rb") as f:
+            data = f.read()
+        want, last, out = set(indices), max(indices), []
+        with av.open(io.BytesIO(data)) as c:
+            st = c.streams.video[0]
+            st.thread_type = "SLICE"
+            st.codec_context.thread_count = 1
+            for i, fr in enumerate(c.decode(st)):
+                if i in want:
+                    out.append(fr.to_ndarray(format="rgb24"))
+                if i >= last:
+                    break
+        assert len(out) == len(want)
+    return len(plans), time.perf_counter() - t0
+
+
+class DecordClips(torch.utils.data.Dataset):
+    """The plain peer: one clip file per item, decord resizes, we crop and normalise."""
+
+    def __init__(self, root: str, plans: dict) -> None:
+        self.items = [(os.path.join(root, p), idx, size) for p, idx, size in plans.values()]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        import decord
+
+        path, idx, (w, h) = self.items[i]
+        bw, bh = BUCKET["width"], BUCKET["height"]
+        scale = max(bw / w, bh / h)  # resize keeping aspect to cover the bucket, then centre crop
+        rw, rh = max(bw, round(w * scale)), max(bh, round(h * scale))
+        vr = decord.VideoReader(path, ctx=decord.cpu(0), width=rw, height=rh, num_threads=1)
+        arr = vr.get_batch(idx).asnumpy()
+        x0, y0 = (rw - bw) // 2, (rh - bh) // 2
+        arr = arr[:, y0:y0 + bh, x0:x0 + bw]
+        return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
+
+
+def run_decord_plain(root: str, plans: dict, workers: int) -> tuple[int, float]:
+    dl = torch.utils.data.DataLoader(DecordClips(root, plans), batch_size=1, num_workers=workers)
+    t0 = time.perf_counter()
+    n = sum(x.shape[0] for x in dl)
+    return n, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clips", type=int, default=24, help="synthetic clips (4 s, 320x180/192, 24 fps)")
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers for both loaders (0 = in-process)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs of each; the best is reported")
+    ap.add_argument("--source", default=None,
+                    help="a real video to cut into 4 s clips instead of synthetic ones (e.g. "
+                         "../shared/testdata/sintel/test_video_30s.mp4)")
+    ap.add_argument("--root", default=None, help="dataset folder (default: a temporary one)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    root = args.root or tempfile.mkdtemp(prefix="bench-loader-")
+    t = time.perf_counter()
+    build(root, args.clips, args.source)
+    print(f"built {args.clips} clips + shards in {time.perf_counter() - t:.1f}s at {root}", file=sys.stderr)
+    best: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    plans: dict = {}
+    for r in range(args.repeat):
+        n, s, plans = run_loader(root, args.workers, "pyav")
+        best["loader"] = max(best.get("loader", 0), n / s)
+        counts["loader"] = n
+        n, s, _ = run_loader(root, args.workers, "decord")
+        best["loader-decord"] = max(best.get("loader-decord", 0), n / s)
+        n, s = bare_decode(root, plans)
+        best["bare-decode"] = max(best.get("bare-decode", 0), n / s)
+        n, s = run_decord_plain(root, plans, args.workers)
+        best["decord-plain"] = max(best.get("decord-plain", 0), n / s)
+        print(f"run {r + 1}: " + ", ".join(f"{k} {v:.2f}/s" for k, v in best.items()), file=sys.stderr)
+    base = best["bare-decode"]
+    src = args.source or "synthetic 320x180/192 clips"
+    print(f"\nLoader bench: {counts['loader']} samples of {BUCKET['frames']}x{BUCKET['height']}x{BUCKET['width']} "
+          f"at 8 fps from 4 s clips of {src}; workers={args.workers}, best of {args.repeat}")
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"av {av.__version__}\n")
+    print("| reader | samples/s | vs bare decode | vs decord-plain |")
+    print("|---|---|---|---|")
+    for k, v in best.items():
+        print(f"| {k} | {v:.2f} | {v / base:.2f} | {v / best['decord-plain']:.2f} |")
+    print(json.dumps({"samples": counts["loader"], "workers": args.workers, "samples_per_s": best,
+                      "loader_vs_bare": best["loader"] / base,
+                      "loader_vs_decord_plain": best["loader"] / best["decord-plain"]}))
+
+
+if __name__ == "__main__":
+    main()
