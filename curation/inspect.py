@@ -294,7 +294,9 @@ def html_report(root: str, storage: Storage, t: pa.Table, counts: dict, s: dict,
         q = " ".join(f"p{int(a * 100)}={_fmt(b)}" for a, b in zip(QUANTILES, qs))
         out.append(f"<div class=score><h3>{e(c)} <small>{e(thr.get(c, ''))}</small></h3>"
                    f"{svg_histogram(v, passed, marks)}<div><small>{e(q)}</small></div></div>")
-    out.append("<h2>Contact sheets</h2><p id=thumbs>thumbnails: <span id=thumbs-loaded>?</span> loaded</p>")
+    out.append("<h2>Contact sheets</h2><p id=thumbs>Each strip: frames at 20%, 50% and 80% of a clip; "
+               "<span class=bad>red</span> = dropped (for any reason). Thumbnails: "
+               "<span id=thumbs-loaded>?</span> loaded.</p>")
     cache: dict[int, str | None] = {}
     cols = set(t.column_names)
     for title, note, idx in sheets(t, s["rules"], per_sheet):
