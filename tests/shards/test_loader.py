@@ -90,6 +90,13 @@ def test_corrupt_samples_are_skipped_and_counted_by_key(tmp_path, demo_shards):
     assert sorted(keys) == sorted({n.split(".")[0] for n, _ in members})
     assert sorted(loader.stats["bad"]) == ["badimg", "badjson", "noise", "nomedia", "trunc"]
     assert "no video or image member" in loader.stats["bad"]["nomedia"]
+    # A tar cut short: the samples before the cut load, the shard and the cut sample are reported.
+    raw = open(good, "rb").read()
+    cut = str(tmp_path / "cut.tar")
+    open(cut, "wb").write(raw[: len(raw) * 2 // 3])
+    loader = _loader([cut], batch_size=1)
+    assert len([k for b in loader for k in b["keys"]]) == 1
+    assert any(k.endswith("cut.tar#tar") and "unreadable tar" in r for k, r in loader.stats["bad"].items())
 
 
 def test_frame_sampling_honours_the_target_fps(tmp_path):
