@@ -555,6 +555,7 @@ class CausalVAE(nn.Module):
                     tile = _blend(rows[i - 1][j], tile, blend_h, dim=3)
                 if j > 0:
                     tile = _blend(row[j - 1], tile, blend_w, dim=4)
+                row[j] = tile  # later neighbours blend with the blended tile (as the reference does)
                 out_row.append(tile[:, :, :, :keep_h, :keep_w])
             out_rows.append(torch.cat(out_row, dim=4))
         return torch.cat(out_rows, dim=3)
