@@ -222,15 +222,25 @@ def _probe_video(data: bytes, ext: str) -> Info:
     return Info("video", ext, w, h, frames, fps, rot)
 
 
-def decode_video_pyav(data: bytes, plan: Plan, bucket: Bucket, info: Info, threads: int = 1) -> np.ndarray:
-    """Decode the planned frames from mp4 bytes in memory -> (F, H, W, 3) uint8, resized and cropped."""
+# Seek (to the keyframe before the window) only when the window starts this many frames in: shorter
+# skips are cheaper to decode through than a seek plus the frames from the keyframe.
+SEEK_MIN_FRAMES = 48
+
+
+def decode_video_pyav(data: bytes, plan: Plan, bucket: Bucket, info: Info, threads: int = 1,
+                      seek: bool = True) -> np.ndarray:
+    """Decode the planned frames from mp4 bytes in memory -> (F, H, W, 3) uint8, resized and cropped.
+
+    A window that starts late in the clip is reached by seeking; frame indices then come from the
+    timestamps (index = round(t * fps)) and each planned index takes the first frame at or after it.
+    If the seek lands past the window (a container with a broken index) the clip is decoded again
+    from the start.
+    """
     import av
     from av.video.reformatter import VideoReformatter
 
-    wanted = {}
-    for k, i in enumerate(plan.indices):
-        wanted.setdefault(i, []).append(k)
-    last = max(wanted)
+    targets = sorted((i, k) for k, i in enumerate(plan.indices))
+    first, last = targets[0][0], targets[-1][0]
     out = np.empty((len(plan.indices), bucket.height, bucket.width, 3), np.uint8)
     rw, rh = plan.resize
     # swscale resizes in the coded orientation; rotation is applied after.
@@ -243,27 +253,43 @@ def decode_video_pyav(data: bytes, plan: Plan, bucket: Bucket, info: Info, threa
             st = c.streams.video[0]
             st.thread_type = "AUTO" if threads != 1 else "SLICE"
             st.codec_context.thread_count = threads
-            for i, fr in enumerate(c.decode(st)):
-                if i > last:
-                    break
-                if i not in wanted:
+            fps = float(st.average_rate or 0) or info.fps
+            tb, t0 = st.time_base, st.start_time or 0
+            seeking = seek and first >= SEEK_MIN_FRAMES and fps > 0 and tb is not None
+            if seeking:
+                c.seek(t0 + int((first - 0.5) / fps / tb), stream=st, backward=True, any_frame=False)
+            for n, fr in enumerate(c.decode(st)):
+                if seeking:
+                    if fr.pts is None:
+                        break  # no timestamps: frames cannot be placed after a seek
+                    i = int(round(float((fr.pts - t0) * tb) * fps))
+                    if n == 0 and i > first:
+                        break  # landed past the window
+                else:
+                    i = n
+                if i < targets[got][0]:
                     continue
                 # swscale's BILINEAR filters over the whole footprint when shrinking (no aliasing).
                 arr = scaler.reformat(fr, width=tw, height=th, format="rgb24", interpolation="BILINEAR").to_ndarray()
                 if info.rotation:
                     arr = np.rot90(arr, k=-(info.rotation // 90))
                 prev = arr[y:y + bucket.height, x:x + bucket.width]
-                for k in wanted[i]:
-                    out[k] = prev
+                while got < len(targets) and targets[got][0] <= i:
+                    out[targets[got][1]] = prev
                     got += 1
+                if got == len(targets):
+                    break
     except av.error.FFmpegError as e:
         raise SampleError(f"decode failed after {got} of {len(plan.indices)} frames ({e})") from None
-    if got < len(plan.indices):
+    if seeking and got == 0:
+        return decode_video_pyav(data, plan, bucket, info, threads, seek=False)
+    if got < len(targets):
         # Headers can over-state the frame count by a frame or two: repeat the last frame then;
         # a bigger shortfall means a truncated clip.
-        if prev is None or len(plan.indices) - got > 2:
+        if prev is None or len(targets) - got > 2:
             raise SampleError(f"clip ended after {got} of {len(plan.indices)} sampled frames (needs frame {last})")
-        out[got:] = prev
+        for _, k in targets[got:]:
+            out[k] = prev
     return out
 
 

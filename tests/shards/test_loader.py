@@ -118,6 +118,29 @@ def test_frame_sampling_honours_the_target_fps(tmp_path):
     assert b["meta"][0]["_sample"]["indices"] == [0, 3, 6, 9, 12, 15, 18, 21, 24]
 
 
+def test_late_windows_are_reached_by_seeking_to_the_same_frames(tmp_path):
+    import subprocess
+
+    from shards.buckets import plan_sample
+    from shards.loader import Info, decode_video_pyav
+
+    src, gop = str(tmp_path / "long.mp4"), str(tmp_path / "gop12.mp4")
+    make_video(src, [Scene(240, 2.0, 8)], 160, 96, 24.0, with_index=True, crf=4)
+    subprocess.run(["ffmpeg", "-v", "error", "-i", src, "-c:v", "libx264", "-g", "12", "-bf", "2", "-crf", "4",
+                    "-preset", "ultrafast", gop], check=True)
+    data = open(gop, "rb").read()
+    bucket = [{"frames": 9, "height": 96, "width": 160}]
+    from shards.config import Bucket
+
+    info = Info("video", "mp4", 160, 96, 240, 24.0)
+    for start in (0, 47, 48, 100, 215):
+        plan = plan_sample([Bucket(**bucket[0])], 0, 160, 96, 240, 24.0, 8.0, None)
+        plan = type(plan)(0, tuple(start + 3 * k for k in range(9)), 8.0, plan.resize, plan.crop)
+        seek = decode_video_pyav(data, plan, Bucket(**bucket[0]), info)
+        assert [read_index_marker(f) for f in seek] == list(plan.indices)
+        assert np.array_equal(seek, decode_video_pyav(data, plan, Bucket(**bucket[0]), info, seek=False))
+
+
 def test_images_mix_with_videos_and_buckets_are_uniform(tmp_path, demo_shards):
     d, folder = demo_shards
     pics = [(f"img{i}.png", _png(w, h, 40 * i)) for i, (w, h) in
