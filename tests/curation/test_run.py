@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -25,7 +26,7 @@ def make_inputs(folder, n: int, frames: int = 60, size=(128, 80)) -> None:
 
 def write_cfg(tmp_path, root, raw, extra: str = "") -> str:
     p = tmp_path / f"p-{os.path.basename(str(root))}.yaml"
-    p.write_text(f"root: {root}\ninputs: ['{raw}/*.mp4', '{raw}/*.txt']\nray: {{num_cpus: 2, progress: false}}\n"
+    p.write_text(f"root: {root}\ninputs: ['{raw}/*']\nray: {{num_cpus: 2, progress: false}}\n"
                  f"split: {{min_clip_s: 1.0}}\n{extra}")
     return str(p)
 
@@ -79,8 +80,8 @@ def test_killed_run_resumes_to_identical_result(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     clips_dir = tmp_path / "killed" / "clips"
     deadline = time.time() + 120
-    while time.time() < deadline and not any(p.endswith(".parquet") for p in os.listdir(clips_dir)
-                                                 if clips_dir.exists()):
+    while time.time() < deadline and not (clips_dir.exists() and any(
+            p.endswith(".parquet") for p in os.listdir(clips_dir))):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -98,19 +99,33 @@ def test_ray_job_submit_to_real_head(tmp_path):
     make_inputs(str(raw), 2)
     cfg = write_cfg(tmp_path, tmp_path / "root", raw)
     bindir = os.path.dirname(sys.executable)
-    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"], "RAY_USAGE_STATS_ENABLED": "0"}
+    # Auth off for this throwaway loopback head (short --temp-dir: Unix socket paths are limited to
+    # 107 bytes); the head runs in its own process group so the test
+    # stops exactly it (not `ray stop`, which would stop every Ray on the machine).
+    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"], "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "disabled"}
     ray = os.path.join(bindir, "ray")
     port, dash = 6391, 8266
-    subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                    "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
-                    "--disable-usage-stats"], check=True, env=env, capture_output=True)
+    head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
+                             "--disable-usage-stats", "--temp-dir", tempfile.mkdtemp(prefix="ray", dir="/tmp")],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        out = subprocess.run([ray, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", REPO,
-                              "--", sys.executable, "-m", "curation", "run", cfg, "--stage", "probe,split"],
-                             env=env, capture_output=True, text=True, timeout=300)
+        cmd = [ray, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", REPO,
+               "--", sys.executable, "-m", "curation", "run", cfg, "--stage", "probe,split"]
+        deadline = time.time() + 90
+        while True:  # the dashboard takes a few seconds to accept jobs
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+            if out.returncode == 0 or time.time() > deadline or "Connection" not in out.stdout + out.stderr:
+                break
+            time.sleep(2)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         assert "succeeded" in out.stdout
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
     clips, files = snapshot(str(tmp_path / "root"))
     assert len(clips) == 4 and len(files) == 4
