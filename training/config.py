@@ -1,6 +1,138 @@
-"""Section of pipelines.yaml (placeholder: its owner replaces this with the typed model)."""
-from pydantic import BaseModel, ConfigDict
+"""The `training:` section of pipelines.yaml: typed, validated, pure pydantic (no torch import here).
+
+One section drives both tasks (`--task vae|transformer` on the command line picks one). Defaults run
+the embedded demo on a CPU in minutes with tiny models; the comments say what to change for real runs.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-class TrainingConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    """Where training clips come from and how they are batched."""
+
+    source: Literal["shards", "synthetic", "latents"] = "shards"  # shards: the shard section's WebDataset loader; synthetic: generated moving patterns (benchmarks, smoke tests); latents: precomputed by `python -m training latents`
+    # With source=shards, batch size and clip shapes come from shard.loader (batch_size, buckets, fps).
+    batch_size: int = Field(1, ge=1)  # synthetic/latents: clips per rank per step (global batch = x world size)
+    frames: int = Field(9, ge=1)  # synthetic: frames per clip; 4k+1 keeps the causal VAE exact (9 -> 3 latent frames)
+    height: int = Field(64, ge=8)  # synthetic: pixel height (multiple of 16 for the 2x2-patch transformer)
+    width: int = Field(64, ge=8)  # synthetic: pixel width (same rule)
+    image_ratio: float = Field(0.0, ge=0, le=1)  # share of steps trained on single frames (images as 1-frame videos)
+    latents_dir: str | None = None  # source=latents: folder written by `python -m training latents` (None = <out_dir>/latents)
+    synthetic_clips: int = Field(64, ge=1)  # source=synthetic: distinct clips before the stream repeats
+    synthetic_seed: int = 0  # source=synthetic: seed of the generated patterns (held-out clips use another seed)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "DataConfig":
+        if self.height % 8 or self.width % 8:
+            raise ValueError(f"height and width must be multiples of 8 (got {self.height}x{self.width})")
+        return self
+
+
+class OptimConfig(Strict):
+    """AdamW with linear warm-up then cosine decay (CogVideoX recipe: betas 0.9/0.95, wd 1e-4, clip 1.0)."""
+
+    lr: float = Field(1e-4, gt=0)  # peak learning rate (fine-tuning 2b/5b: 1e-5)
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    eps: float = Field(1e-8, gt=0)  # AdamW epsilon
+    weight_decay: float = Field(1e-4, ge=0)  # decoupled weight decay
+    warmup_steps: int = Field(100, ge=0)  # linear warm-up from 0 to lr
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)  # cosine ends at lr x this
+    grad_clip: float = Field(1.0, gt=0)  # max global gradient norm per trained model
+
+
+class ParallelConfig(Strict):
+    """FSDP2 layout and per-block tricks."""
+
+    backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on GPU, gloo on CPU
+    shard_size: int | None = Field(None, ge=1)  # ranks that shard one model copy; None = all ranks (FSDP); GPUs per node = hybrid sharding (HSDP) across nodes
+    mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 compute with fp32 reductions on GPU, fp32 on CPU
+    activation_checkpointing: bool = False  # recompute each block in backward (less memory, ~30% more compute)
+    compile: bool = False  # torch.compile each block (GPU; first steps are slow while compiling)
+    reshard_after_forward: bool = True  # free gathered block weights after forward (ZeRO-3); False keeps them (ZeRO-2, faster, more memory)
+
+
+class CheckpointConfig(Strict):
+    """torch.distributed.checkpoint snapshots under <out_dir>/checkpoints/step_XXXXXXXX."""
+
+    every: int = Field(500, ge=1)  # save every N steps (and at the end of the run)
+    keep: int = Field(3, ge=1)  # keep the last k checkpoints, delete older ones
+    resume: bool = True  # continue from the latest checkpoint in out_dir when one exists
+    export_diffusers: bool = True  # at the end, write safetensors in diffusers format to <out_dir>/export
+
+
+class SampleConfig(Strict):
+    """Sampling (DDIM + classifier-free guidance): validation videos during training and `training sample`."""
+
+    every: int = Field(0, ge=0)  # write validation samples every N steps (0 = only with `training sample`)
+    prompts: list[str] = ["a bright square moving to the right"]  # validation prompts
+    steps: int = Field(50, ge=1)  # sampler steps
+    guidance: float = Field(6.0, ge=1)  # classifier-free guidance scale (1 = no guidance)
+    dynamic_guidance: bool = False  # cosine-growing guidance over the steps (CogVideoX option)
+    sampler: Literal["ddim", "dpm"] = "ddim"  # DDIM, or the 2nd-order DPM variant
+    frames: int | None = Field(None, ge=1)  # frames of sampled videos (None = data.frames)
+    fps: int = Field(8, ge=1)  # frame rate written into the mp4
+    seed: int = 0  # noise seed of validation samples
+
+
+class VAETaskConfig(Strict):
+    """--task vae: the 3D causal VAE with L1 + KL + LPIPS + a 3D patch-discriminator GAN loss."""
+
+    size: Literal["tiny", "2b", "5b"] = "tiny"  # model config: tiny (tests, demo) or the published CogVideoX VAE layout
+    init_from: str | None = None  # diffusers AutoencoderKLCogVideoX folder to start from (None = random init)
+    l1_weight: float = Field(1.0, ge=0)  # weight of the L1 reconstruction loss
+    kl_weight: float = Field(1e-6, ge=0)  # weight of the KL term of the posterior
+    lpips_weight: float = Field(0.1, ge=0)  # weight of LPIPS (used only when lpips_backbone and lpips_linear are given)
+    lpips_backbone: str | None = None  # torchvision vgg16 state dict (.pth/.safetensors); None = no LPIPS
+    lpips_linear: str | None = None  # LPIPS linear heads (the `lpips` package's weights/v0.1/vgg.pth)
+    gan_start_step: int = Field(2000, ge=0)  # the discriminator and the GAN loss switch on at this step
+    gan_weight: float = Field(0.5, ge=0)  # scale of the adaptive GAN weight (0 = no GAN)
+    disc_channels: int = Field(32, ge=4)  # width of the first 3D patch-discriminator layer
+    disc_layers: int = Field(3, ge=1)  # strided 3D conv layers of the discriminator
+    disc_lr: float = Field(1e-4, gt=0)  # discriminator learning rate (same schedule shape as the VAE)
+
+
+class TransformerTaskConfig(Strict):
+    """--task transformer: v-prediction training of the expert transformer on frozen VAE latents and T5 text."""
+
+    size: Literal["tiny", "2b", "5b", "1.5-5b"] = "tiny"  # model config: tiny (tests, demo) or a published CogVideoX size
+    init_from: str | None = None  # diffusers CogVideoXTransformer3DModel folder (converted on load; None = random init)
+    vae: str | None = None  # VAE weights: a diffusers AutoencoderKLCogVideoX folder or a `--task vae` run's export; None = random tiny VAE (tests)
+    text_encoder: str | None = None  # T5 folder (google/t5-v1_1-xxl layout); None = tiny random T5 (tests)
+    max_text_len: int = Field(226, ge=1)  # T5 tokens per prompt (CogVideoX: 226)
+    text_dropout: float = Field(0.1, ge=0, le=1)  # captions dropped to empty for classifier-free guidance
+    ema_decay: float | None = Field(None, gt=0, lt=1)  # keep an EMA of the weights (e.g. 0.9999); None = off
+
+
+class TrainingConfig(Strict):
+    """The whole `training:` section."""
+
+    task: Literal["vae", "transformer"] = "transformer"  # default task; `--task` on the command line overrides
+    out_dir: str = "training"  # run folder (checkpoints, logs, samples, export); relative = inside the dataset root
+    steps: int = Field(200, ge=1)  # total optimiser steps: the LR schedule spans this many
+    stop_at: int | None = Field(None, ge=1)  # stop (with a checkpoint) at this step without changing the schedule
+    seed: int = 0  # base seed; each rank derives its own
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
+    log_every: int = Field(10, ge=1)  # log to console/TensorBoard every N steps
+    nan_policy: Literal["skip", "stop"] = "skip"  # non-finite loss or gradient: skip the update, or stop with a message
+    max_nan_skips: int = Field(5, ge=1)  # consecutive skipped steps before the run stops anyway
+    measure_flops: bool | None = None  # count FLOPs of one step for MFU (None = on GPU only)
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    parallel: ParallelConfig = ParallelConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    sample: SampleConfig = SampleConfig()
+    vae: VAETaskConfig = VAETaskConfig()
+    transformer: TransformerTaskConfig = TransformerTaskConfig()
+
+    @model_validator(mode="after")
+    def _stop(self) -> "TrainingConfig":
+        if self.stop_at is not None and self.stop_at > self.steps:
+            raise ValueError(f"stop_at ({self.stop_at}) must be <= steps ({self.steps})")
+        return self

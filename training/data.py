@@ -1,0 +1,149 @@
+"""Training batches: the shard loader (shards/), precomputed latents, or synthetic moving patterns.
+
+Every loader yields dicts with `frames` [B, F, C, H, W] in [-1, 1] (or `latents` [B, F, C, h, w] and
+`text_emb` [B, L, D] for precomputed latents), `captions` (list[str]) and `keys` (list[str]), and has
+`state_dict()` / `load_state_dict()` giving its exact position, so a resumed run sees the same batches.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from training.config import DataConfig
+
+# Named colours of the synthetic patterns (RGB in [-1, 1]); captions use the names.
+PALETTE = {
+    "red": (0.9, -0.7, -0.7), "green": (-0.6, 0.8, -0.6), "blue": (-0.7, -0.5, 0.9), "yellow": (0.9, 0.8, -0.6),
+    "white": (0.9, 0.9, 0.9), "purple": (0.5, -0.6, 0.7), "orange": (0.9, 0.1, -0.8), "cyan": (-0.7, 0.8, 0.8),
+}
+DIRECTIONS = {"right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1)}
+
+
+def synthetic_clip(index: int, seed: int, frames: int, height: int, width: int) -> tuple[torch.Tensor, str]:
+    """One smooth moving pattern: a drifting colour gradient with a soft blob moving in a straight line.
+
+    Deterministic in (index, seed). Returns frames [F, 3, H, W] in [-1, 1] and a caption naming the
+    blob's colour and direction, so text conditioning has something to learn.
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + index)
+    names = list(PALETTE)
+    blob_name = names[int(torch.randint(len(names), (1,), generator=g))]
+    dir_name = list(DIRECTIONS)[int(torch.randint(len(DIRECTIONS), (1,), generator=g))]
+    c0, c1 = (torch.rand(3, generator=g) * 1.2 - 0.6 for _ in range(2))
+    angle = float(torch.rand(1, generator=g)) * 2 * math.pi
+    freq = 0.5 + float(torch.rand(1, generator=g))  # gradient periods across the frame
+    radius = (0.12 + 0.1 * float(torch.rand(1, generator=g))) * min(height, width)
+    start = torch.rand(2, generator=g) * 0.5 + 0.25
+    speed = (0.6 + 0.8 * float(torch.rand(1, generator=g))) * min(height, width) / max(frames, 1) * 0.5
+    dx, dy = DIRECTIONS[dir_name]
+    y = torch.linspace(0, 1, height).view(height, 1)
+    x = torch.linspace(0, 1, width).view(1, width)
+    out = torch.empty(frames, 3, height, width)
+    for t in range(frames):
+        phase = 2 * math.pi * (freq * (math.cos(angle) * x + math.sin(angle) * y) - 0.05 * t)
+        mix = 0.5 + 0.5 * torch.sin(phase)
+        bg = c0.view(3, 1, 1) + (c1 - c0).view(3, 1, 1) * mix
+        cx = start[0] * width + dx * speed * t
+        cy = start[1] * height + dy * speed * t
+        d2 = (x * width - cx) ** 2 + (y * height - cy) ** 2
+        alpha = torch.exp(-d2 / (2 * radius**2))
+        out[t] = bg * (1 - alpha) + torch.tensor(PALETTE[blob_name]).view(3, 1, 1) * alpha
+    return out.clamp(-1, 1), f"a {blob_name} blob moving {dir_name} over a soft colour gradient"
+
+
+class SyntheticLoader:
+    """Endless batches of synthetic clips; rank r of w takes every w-th batch of one global sequence."""
+
+    def __init__(self, cfg: DataConfig, rank: int = 0, world_size: int = 1, seed: int | None = None,
+                 clips: int | None = None):
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.seed = cfg.synthetic_seed if seed is None else seed
+        self.clips = clips or cfg.synthetic_clips
+        self.position = 0  # batches this rank has yielded
+        self._cache: dict[int, tuple[torch.Tensor, str]] = {}
+
+    def _clip(self, index: int) -> tuple[torch.Tensor, str]:
+        if index not in self._cache:  # clips repeat every `clips`; generating is the slow part
+            self._cache[index] = synthetic_clip(index, self.seed, self.cfg.frames, self.cfg.height, self.cfg.width)
+        return self._cache[index]
+
+    def batch(self, position: int) -> dict[str, Any]:
+        b = self.cfg.batch_size
+        first = (position * self.world_size + self.rank) * b
+        idx = [(first + j) % self.clips for j in range(b)]
+        clips = [self._clip(i) for i in idx]
+        return {"frames": torch.stack([c[0] for c in clips]), "captions": [c[1] for c in clips],
+                "keys": [f"synthetic-{self.seed}-{i}" for i in idx], "meta": [{} for _ in idx]}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            out = self.batch(self.position)
+            self.position += 1
+            yield out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position = int(state["position"])
+
+
+class LatentLoader:
+    """Batches of precomputed latents + T5 embeddings (files written by `python -m training latents`)."""
+
+    def __init__(self, folder: str, batch_size: int, rank: int = 0, world_size: int = 1):
+        from safetensors.torch import load_file
+
+        files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")) if os.path.isdir(folder) else []
+        if not files:
+            raise FileNotFoundError(f"training.data.latents_dir {folder!r}: no .safetensors latent files "
+                                    f"(write them with `python -m training latents pipelines.yaml`)")
+        self.items: list[tuple[torch.Tensor, torch.Tensor, str]] = []
+        for name in files:
+            data = load_file(os.path.join(folder, name))
+            for i in range(data["latents"].shape[0]):
+                self.items.append((data["latents"][i], data["text_emb"][i], f"{name}:{i}"))
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.position = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            first = (self.position * self.world_size + self.rank) * self.batch_size
+            items = [self.items[(first + j) % len(self.items)] for j in range(self.batch_size)]
+            self.position += 1
+            yield {"latents": torch.stack([i[0] for i in items]), "text_emb": torch.stack([i[1] for i in items]),
+                   "captions": [""] * len(items), "keys": [i[2] for i in items]}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position = int(state["position"])
+
+
+def build_loader(pipeline_cfg: Any, out_dir: str, rank: int, world_size: int) -> Any:
+    """The loader that training.data.source names, for this rank."""
+    data = pipeline_cfg.training.data
+    if data.source == "synthetic":
+        return SyntheticLoader(data, rank, world_size)
+    if data.source == "latents":
+        return LatentLoader(data.latents_dir or os.path.join(out_dir, "latents"), data.batch_size, rank, world_size)
+    from shards.loader import ShardLoader  # owns decoding, frame sampling, buckets and batch size (shard.loader)
+
+    return ShardLoader(pipeline_cfg, rank=rank, world_size=world_size, seed=pipeline_cfg.training.seed)
+
+
+def endless(loader: Any) -> Iterator[dict[str, Any]]:
+    """Batches across epochs: a loader whose iteration ends (one epoch) is iterated again."""
+    while True:
+        got = False
+        for batch in loader:
+            got = True
+            yield batch
+        if not got:
+            raise RuntimeError("the training loader produced no batch in a whole epoch (empty shards, or every "
+                               "sample too short for the buckets: see shard.loader.buckets)")

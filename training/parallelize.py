@@ -1,0 +1,140 @@
+"""Process group, device mesh and FSDP2 wrapping (torchtitan layout: the model file knows nothing of this).
+
+Per trained model: activation checkpointing per block -> optional torch.compile per block ->
+`fully_shard` per block -> `fully_shard` on the root. A 2D mesh (replicate x shard) gives hybrid
+sharding (HSDP): each node holds one sharded copy, gradients are all-reduced across copies.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from training.config import ParallelConfig
+
+
+@dataclass
+class DistInfo:
+    """Where this process sits: rank, world size, device and the data-parallel mesh."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    mesh: DeviceMesh
+    launched: bool  # True when this module created the process group (one process without torchrun)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pick_device(kind: str, local_rank: int) -> torch.device:
+    """`auto` takes the local GPU when there is one, else the CPU."""
+    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("training.device is 'cuda' but torch sees no GPU")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(cfg: ParallelConfig, device_kind: str = "auto") -> DistInfo:
+    """Join the torchrun process group (env://), or make a 1-process group when run without torchrun.
+
+    NCCL on GPU, gloo on CPU. The mesh is 1D ("shard",) for FSDP or 2D ("replicate", "shard") for HSDP.
+    """
+    torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    local_rank = int(os.environ.get("LOCAL_RANK", "0")) if torchrun else 0
+    device = pick_device(device_kind, local_rank)
+    backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+    launched = not dist.is_initialized()
+    if launched and torchrun:
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    elif launched:  # plain `python -m training`: a 1-process group, so FSDP and DCP run the same code
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+                                timeout=datetime.timedelta(minutes=30))
+    world, rank = dist.get_world_size(), dist.get_rank()
+    return DistInfo(rank, world, local_rank, device, build_mesh(cfg, device, world), launched)
+
+
+def build_mesh(cfg: ParallelConfig, device: torch.device, world: int) -> DeviceMesh:
+    """1D mesh for plain FSDP, 2D (replicate, shard) when shard_size divides the world into copies."""
+    shard = cfg.shard_size or world
+    if world % shard:
+        raise ValueError(f"training.parallel.shard_size ({shard}) must divide the number of processes ({world})")
+    if shard == world:
+        return init_device_mesh(device.type, (world,), mesh_dim_names=("shard",))
+    return init_device_mesh(device.type, (world // shard, shard), mesh_dim_names=("replicate", "shard"))
+
+
+def shutdown(info: DistInfo | None = None) -> None:
+    """Barrier, then destroy the group (without the barrier gloo ranks can abort at exit).
+
+    A group this module did not create (the caller's) is left alone.
+    """
+    if dist.is_initialized() and (info is None or info.launched):
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def mixed_precision(cfg: ParallelConfig, device: torch.device) -> MixedPrecisionPolicy:
+    """bf16 parameters/activations with fp32 gradient reduction on GPU; plain fp32 on CPU."""
+    bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and device.type == "cuda")
+    if bf16:
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    return MixedPrecisionPolicy()
+
+
+def parallelize(model: nn.Module, block_lists: list[nn.ModuleList], cfg: ParallelConfig, info: DistInfo) -> nn.Module:
+    """Wrap one trained model in place: checkpoint + compile + fully_shard each block, then the root.
+
+    `block_lists` are the model's ModuleLists of repeated blocks (transformer layers, VAE down/up blocks);
+    entries are replaced by their wrapped versions, so state-dict keys stay those of the bare model.
+    """
+    model.to(info.device)
+    mp = mixed_precision(cfg, info.device)
+    for blocks in block_lists:
+        for i, block in enumerate(blocks):
+            if cfg.activation_checkpointing:
+                block = checkpoint_wrapper(block)
+            if cfg.compile:
+                block.compile()
+            fully_shard(block, mesh=info.mesh, mp_policy=mp, reshard_after_forward=cfg.reshard_after_forward)
+            blocks[i] = block
+    # The root holds the remaining parameters (embeddings, norms, heads); it is gathered until backward ends.
+    fully_shard(model, mesh=info.mesh, mp_policy=mp, reshard_after_forward=cfg.reshard_after_forward)
+    return model
+
+
+def all_reduce_max(value: float, device: torch.device) -> float:
+    """Max of a scalar over all ranks (used so every rank takes the same skip/stop decision)."""
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Mean of logged scalars over ranks, in one collective."""
+    if not values or not dist.is_initialized() or dist.get_world_size() == 1:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    return dict(zip(keys, t.tolist()))

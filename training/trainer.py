@@ -1,0 +1,242 @@
+"""The training loop: optimisers, LR schedule, gradient clipping, NaN guard, checkpoints and logging.
+
+One step (every rank):
+  1. next batch from the loader          2. task.forward_backward (loss + backward, FSDP collectives)
+  3. agree across ranks whether the loss is finite; clip gradients (the global norm is a collective)
+  4. finite: optimiser step + task hook (EMA); not finite: drop the gradients (skip) or stop
+  5. LR schedule step; log; checkpoint / validation samples at their intervals
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from training.checkpoint import Checkpointer, rng_state, set_rng_state
+from training.config import TrainingConfig
+from training.data import endless
+from training.parallelize import DistInfo, all_reduce_max, all_reduce_mean, parallelize
+from training.tasks.base import Task
+
+# Dense bf16 tensor-core peak per GPU (FLOP/s), for the MFU estimate. Unknown devices report no MFU.
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or a gradient norm was NaN/inf and the run was told (or forced) to stop."""
+
+
+def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine to min_ratio at `total` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak GPU memory allocated by torch, or the peak resident set of the process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+class MetricLog:
+    """Rank 0 writes every step to metrics.jsonl and every log_every steps to TensorBoard."""
+
+    def __init__(self, out_dir: str, enabled: bool):
+        self.enabled = enabled
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            os.makedirs(out_dir, exist_ok=True)
+            self.writer = SummaryWriter(os.path.join(out_dir, "tensorboard"))
+            self.jsonl = open(os.path.join(out_dir, "metrics.jsonl"), "a")
+
+    def write(self, step: int, metrics: dict[str, float], tensorboard: bool) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.jsonl.flush()
+        if tensorboard:
+            for k, v in metrics.items():
+                self.writer.add_scalar(k, v, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.writer.close()
+            self.jsonl.close()
+
+
+class Trainer:
+    """Owns one run: sharded models, optimisers, schedules, loader position, checkpoints, logs."""
+
+    def __init__(self, cfg: TrainingConfig, task: Task, loader: Any, info: DistInfo, out_dir: str):
+        self.cfg, self.task, self.loader, self.info, self.out_dir = cfg, task, loader, info, out_dir
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank before sharding
+        models = task.build_models()
+        for name, model in models.items():
+            parallelize(model, task.block_lists(name, model), cfg.parallel, info)
+        task.setup(models)
+        self.models = models
+        o = cfg.optim
+        self.optimizers = {name: torch.optim.AdamW(m.parameters(), lr=task.lr(name), betas=o.betas, eps=o.eps,
+                                                   weight_decay=o.weight_decay) for name, m in models.items()}
+        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_lambda(s, o.warmup_steps, cfg.steps, o.min_lr_ratio))
+            for name, opt in self.optimizers.items()}
+        c = cfg.checkpoint
+        self.ckpt = Checkpointer(out_dir, c.every, c.keep, info.rank, info.world_size)
+        self.step = 0  # optimiser steps done
+        self.nan_skips = 0  # consecutive skipped steps
+        self.log = MetricLog(out_dir, info.is_main)
+        self.flops_per_step: float | None = None
+        # Per-rank randomness (noise, dropout) differs across ranks; weights were already made above.
+        torch.manual_seed(cfg.seed + 1 + info.rank)
+
+    # --- state ---------------------------------------------------------------------------------------
+    def _rank_state(self) -> dict[str, Any]:
+        return {"step": self.step, "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+                "rng": rng_state(), "loader": self.loader.state_dict(), "task": self.task.rank_state(),
+                "nan_skips": self.nan_skips}
+
+    def save(self) -> str:
+        return self.ckpt.save(self.step, self.models, self.optimizers, self.task.task_tensors(),
+                              self._rank_state(), self.task.meta())
+
+    def resume(self, path: str | None = None) -> bool:
+        """Restore the latest checkpoint (or `path`); False when there is none."""
+        path = path or self.ckpt.latest()
+        if path is None:
+            return False
+        state = self.ckpt.load(path, self.models, self.optimizers, self.task.task_tensors())
+        self.step, self.nan_skips = state["step"], state["nan_skips"]
+        for k, s in self.schedulers.items():
+            s.load_state_dict(state["schedulers"][k])
+        self.loader.load_state_dict(state["loader"])
+        self.task.load_rank_state(state["task"])
+        set_rng_state(state["rng"])
+        if self.info.is_main:
+            print(f"[training] resumed from {path} at step {self.step}", flush=True)
+        return True
+
+    # --- one step ------------------------------------------------------------------------------------
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One optimiser step on `batch` (see the module docstring); returns this step's metrics."""
+        measure = self.cfg.measure_flops if self.cfg.measure_flops is not None else self.info.device.type == "cuda"
+        if measure and self.flops_per_step is None:
+            with FlopCounterMode(display=False) as counter:
+                out = self.task.forward_backward(batch, self.step)
+            self.flops_per_step = float(counter.get_total_flops())
+        else:
+            out = self.task.forward_backward(batch, self.step)
+        loss = out.pop("loss")
+        bad = all_reduce_max(0.0 if bool(torch.isfinite(loss).all()) else 1.0, self.info.device) > 0
+        metrics: dict[str, float] = {"loss": float(loss)}
+        for name, model in self.models.items():
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.optim.grad_clip)
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+            metrics[f"grad_norm/{name}"] = float(norm)
+            bad = bad or not math.isfinite(metrics[f"grad_norm/{name}"])
+        if bad:
+            self._skip(metrics)
+        else:
+            self.nan_skips = 0
+            for opt in self.optimizers.values():
+                opt.step()
+            self.task.after_optimizer_step(self.step)
+        for name, opt in self.optimizers.items():
+            metrics[f"lr/{name}"] = opt.param_groups[0]["lr"]
+            opt.zero_grad(set_to_none=True)
+        for sched in self.schedulers.values():
+            sched.step()
+        self.step += 1
+        metrics["skipped"] = float(bad)
+        metrics.update({k: float(v) for k, v in out.items()})
+        return metrics
+
+    def _skip(self, metrics: dict[str, float]) -> None:
+        """Non-finite loss/gradients: drop this update, or stop with a message that names what happened."""
+        self.nan_skips += 1
+        last = self.ckpt.latest() or "none yet"
+        detail = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        if self.cfg.nan_policy == "stop" or self.nan_skips >= self.cfg.max_nan_skips:
+            why = ("training.nan_policy is 'stop'" if self.cfg.nan_policy == "stop"
+                   else f"{self.nan_skips} consecutive steps skipped (training.max_nan_skips)")
+            raise NonFiniteLossError(f"non-finite loss or gradient at step {self.step} ({detail}); stopping because "
+                                     f"{why}. The last checkpoint is intact: {last}. Lower training.optim.lr, check "
+                                     f"the data, or resume from that checkpoint.")
+        if self.info.is_main:
+            print(f"[training] step {self.step}: non-finite loss or gradient ({detail}); update skipped "
+                  f"({self.nan_skips}/{self.cfg.max_nan_skips})", flush=True)
+
+    # --- the run -------------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        """Run until training.steps (or stop_at); checkpoint, validate and export on the way."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        if cfg.checkpoint.resume:
+            self.resume()
+        end = cfg.stop_at or cfg.steps
+        bar = tqdm(total=end, initial=self.step, disable=not self.info.is_main, desc=f"train {self.task.name}",
+                   dynamic_ncols=True)
+        it = endless(self.loader)
+        history: list[dict[str, float]] = []
+        peak = peak_flops(self.info.device)
+        while self.step < end:
+            t0 = time.perf_counter()
+            batch = next(it)
+            metrics = self.train_step(batch)
+            if self.info.device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            samples, tokens = metrics.pop("samples", 0.0), metrics.pop("tokens", 0.0)
+            metrics = all_reduce_mean(metrics, self.info.device)
+            world = self.info.world_size
+            metrics.update({"step_time_s": dt, "samples_per_s": samples * world / dt, "tokens_per_s": tokens * world / dt,
+                            "peak_memory_gb": peak_memory_gb(self.info.device)})
+            if self.flops_per_step and peak:
+                metrics["mfu"] = self.flops_per_step / dt / peak
+            history.append({"step": self.step, **metrics})
+            log_now = self.step % cfg.log_every == 0 or self.step == end
+            self.log.write(self.step, metrics, tensorboard=log_now)
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4g}", sps=f"{metrics['samples_per_s']:.2f}")
+            if log_now and self.info.is_main:
+                bar.write(_format(self.step, metrics))
+            if cfg.sample.every and self.step % cfg.sample.every == 0:
+                self.task.validate(self.step, os.path.join(self.out_dir, "samples"))
+            if self.step % cfg.checkpoint.every == 0 or self.step == end:
+                self.save()
+        bar.close()
+        exported = []
+        if self.step >= cfg.steps and cfg.checkpoint.export_diffusers:
+            exported = self.task.export(os.path.join(self.out_dir, "export"))
+        self.log.close()
+        return {"step": self.step, "history": history, "checkpoint": self.ckpt.latest(), "exported": exported}
+
+
+def _format(step: int, m: dict[str, float]) -> str:
+    keys = [k for k in m if k not in ("skipped",) and not k.startswith("lr/")]
+    return f"step {step}: " + " ".join(f"{k}={m[k]:.4g}" for k in keys)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
