@@ -61,6 +61,7 @@ class CaptionConfig(_Strict):
     run: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$")  # run name: rows go to <root>/captions/<run>/
     engine: Literal["transformers", "vllm", "openai"] = "transformers"  # which engine captions
     model: str = "Qwen/Qwen2.5-VL-7B-Instruct"  # local folder or hub name (openai: the served model name)
+    demo_model: bool = False  # build the tiny random Qwen2.5-VL at `model` when that folder is missing (demo)
     prompt: str = "dense-v1"  # name of a versioned template in captioning/prompts.py
     prompt_text: str | None = None  # a custom prompt instead of the template (its hash is stored the same way)
     video_input: Literal["video", "frames"] = "video"  # frames go in as one video (with fps metadata) or as images

@@ -128,8 +128,9 @@ def recaption(root: str, cfg: CaptionConfig, shards: list[str] | None = None, ou
 
     With `out` (shards input only), also write the re-captioned shards. Returns the counts.
     """
-    from captioning.stage import caption_items, clip_items
+    from captioning.stage import caption_items, clip_items, ensure_demo_model
 
+    ensure_demo_model(cfg)
     storage = Storage(root)
     if shards is not None:
         files = expand_inputs(shards)

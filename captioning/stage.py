@@ -10,6 +10,7 @@ clips that have a caption and retries the error rows.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Callable
@@ -207,7 +208,17 @@ def caption_items(storage: Storage, cfg: CaptionConfig, items: list[dict], local
     return counts
 
 
+def ensure_demo_model(cfg: CaptionConfig) -> None:
+    """With `demo_model`, build the tiny random Qwen2.5-VL at `cfg.model` if that folder is missing."""
+    if cfg.demo_model and cfg.engine != "openai" and not os.path.exists(os.path.join(cfg.model, "config.json")):
+        from captioning.tiny_vlm import build_tiny_qwen25_vl
+
+        print(f"[caption] building the tiny random demo model at {cfg.model}", file=sys.stderr)
+        build_tiny_qwen25_vl(cfg.model)
+
+
 def run(cfg: "object", ctx: "object") -> dict:
     """Pipeline entry (`python -m curation run pipelines.yaml --stage caption`)."""
+    ensure_demo_model(cfg.caption)
     return caption_items(ctx.storage, cfg.caption, clip_items(ctx.storage, cfg.caption),
                          progress=cfg.ray.progress)
