@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -14,6 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--stage", action="append", help="stage(s) to run (repeatable or comma-separated); "
                    "default: probe, split, filter, caption, shard")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    d = sub.add_parser("demo", help="generate sample videos at the config's inputs, then run every stage")
+    d.add_argument("config", nargs="?", default="pipelines.yaml")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     i = sub.add_parser("inspect", help="summarise the tables under a dataset root")
     i.add_argument("root")
     i.add_argument("--html", default=None, help="write the HTML report here (default <root>/report/index.html)")
@@ -36,6 +40,25 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        return 0
+    if args.cmd == "demo":
+        from curation.pipeline import DEFAULT_STAGES, run_stages
+        from curation.synth import demo_videos
+
+        try:
+            cfg = load_config(args.config, args.set, check_inputs=False)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        folder = os.path.dirname(cfg.inputs[0])
+        if "://" in folder or "*" in folder:
+            print(f"error: demo writes sample videos to a local folder; inputs[0] is {cfg.inputs[0]!r}",
+                  file=sys.stderr)
+            return 2
+        print(f"[demo] sample videos: {demo_videos(folder)}", file=sys.stderr)
+        run_stages(load_config(args.config, args.set), DEFAULT_STAGES)
+        print(f"[demo] done: tables under {cfg.root}; summary: python -m curation inspect {cfg.root}",
+              file=sys.stderr)
         return 0
     if args.cmd == "inspect":
         from curation.inspect import main as inspect_main
