@@ -190,9 +190,8 @@ def _add(tf: tarfile.TarFile, name: str, data: bytes) -> int:
     return tf.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
-def write_shard(root: str, folder: str, name: str, samples: list[dict], plan_digest: str) -> list[dict]:
+def write_shard(storage: Storage, folder: str, name: str, samples: list[dict], plan_digest: str) -> list[dict]:
     """Write one tar (temporary name, then renamed) and return its index rows (one per sample)."""
-    storage = Storage(root)
     storage.makedirs(folder)
     if storage.is_local:  # same folder: the final rename is atomic
         tmp = storage.path(f"{folder}/.tmp-{uuid.uuid4().hex}-{name}")
@@ -234,12 +233,12 @@ class ShardWriteStage(Stage):
 
     name = "shard"
 
-    def __init__(self, root: str, folder: str, resources: StageResources | None = None) -> None:
+    def __init__(self, storage: Storage, folder: str, resources: StageResources | None = None) -> None:
         super().__init__(resources)
-        self.root, self.folder = root, folder
+        self.storage, self.folder = storage, folder  # Storage pickles with its filesystem (S3, GCS, local)
 
     def process_row(self, row: dict) -> list[dict]:
-        return write_shard(self.root, self.folder, row["shard"], json.loads(row["samples"]), row["digest"])
+        return write_shard(self.storage, self.folder, row["shard"], json.loads(row["samples"]), row["digest"])
 
     def error_rows(self, row: dict, message: str) -> list[dict]:
         blank = {f.name: None for f in INDEX}
@@ -305,7 +304,7 @@ def write_shards(storage: Storage, wc: WriterConfig, run_id: str, local: bool = 
             pq.write_table(pa.Table.from_pylist(got.pop(n), schema=INDEX), buf, compression="zstd")
             storage.write_bytes(_sidecar(folder, n), buf.getvalue())
 
-    stage = ShardWriteStage(storage.root, folder, StageResources.from_config(wc.resources))
+    stage = ShardWriteStage(storage, folder, StageResources.from_config(wc.resources))
     if local:
         for item in todo:
             sink(stage([item]))

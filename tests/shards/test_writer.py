@@ -137,3 +137,24 @@ def test_stage_runs_on_ray_through_the_pipeline_entry(tmp_path, ray_local):
     assert counts["samples"] == counts["shards"] == counts["shards_written"] == len(d.kept)
     idx = tables.read_table(Storage(d.root), "shards/default")  # index.parquet + sidecars are readable
     assert idx.num_rows == len(d.kept)
+
+
+def test_object_store_root_through_pyarrow_fs(tmp_path):
+    """The writer on a non-local pyarrow filesystem (an in-memory mock of an object store)."""
+    import pyarrow.fs as pafs
+
+    d = demo.build(str(tmp_path / "local"), videos=2, clips_per_video=4, frames=24)
+    mock = pafs._MockFileSystem()
+    pafs.copy_files(d.root, "bucket/root", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=mock)
+    st = Storage(str(tmp_path))  # then pointed at the mock store, as Storage("s3://bucket/root") would be
+    st.root, st.fs, st.base, st.is_local = "mock://bucket/root", mock, "bucket/root", False
+    wc = WriterConfig(max_samples_per_shard=2, captions_run="new")  # the copy reset modification times
+    stats = writer.write_shards(st, wc, "obj", local=True)
+    assert stats["samples"] == len(d.kept) and stats["captions_run"] == "new" and stats["shards"] == 2
+    local_tar = tmp_path / "s0.tar"
+    local_tar.write_bytes(st.read_bytes("shards/default/shard-000000.tar"))
+    assert len(_members(str(local_tar))) == 6
+    assert not [i for i in mock.get_file_info(pafs.FileSelector("bucket/root/shards", recursive=True))
+                if i.base_name.startswith(".tmp-")]
+    again = writer.write_shards(st, wc, "obj2", local=True)
+    assert again["shards_skipped"] == 2
