@@ -129,3 +129,30 @@ def test_ray_job_submit_to_real_head(tmp_path):
             os.killpg(head.pid, signal.SIGKILL)
     clips, files = snapshot(str(tmp_path / "root"))
     assert len(clips) == 4 and len(files) == 4
+
+
+@pytest.mark.heavy
+@pytest.mark.testdata
+def test_whole_testdata_folder(ray_local, testdata, tmp_path):
+    """Every real video completes; the corrupted, empty and fake files are errors, not crashes."""
+    (tmp_path / "zero.mp4").write_bytes(b"")
+    (tmp_path / "text.mp4").write_text("this is text, not a video\n")
+    p = tmp_path / "p.yaml"
+    p.write_text(f"root: {tmp_path / 'root'}\ninputs: ['{testdata}/scenedetect/*.mp*', '{testdata}/decord/*',"
+                 f" '{testdata}/sintel/*.mp4', '{testdata}/bbb/*.mp4', '{tmp_path}/*.mp4']\n"
+                 "ray: {progress: false}\nsplit: {max_height: 240, max_width: 426, min_clip_s: 0.05}\n")
+    cfg = load_config(str(p))
+    run_stages(cfg, ["probe", "split"])
+    st = Storage(cfg.root)
+    videos = tables.read_table(st, "videos", tables.VIDEOS).to_pylist()
+    errors = sorted(os.path.basename(v["source"]) for v in videos if v["error"])
+    assert errors == ["corrupted.mp4", "text.mp4", "zero.mp4"]
+    clips = tables.read_table(st, "clips", tables.CLIPS).to_pylist()
+    split_ids = {c["video_id"] for c in clips if c["status"] in ("ok", "dropped")}
+    assert split_ids == {v["video_id"] for v in videos if not v["error"]}
+    by_name = {os.path.basename(v["source"]): v["video_id"] for v in videos}
+    tv = sorted(c["start_frame"] for c in clips if c["video_id"] == by_name["testvideo.mp4"])
+    assert tv == [0, 30, 180, 394]
+    for c in clips:
+        if c["status"] == "ok":
+            assert c["frames"] == c["end_frame"] - c["start_frame"] and st.exists(c["path"])

@@ -93,3 +93,10 @@ def test_real_rotation_upright(testdata, tmp_path):
     clip = frames_of(str(tmp_path / "r" / r["path"]))
     src = frames_of(os.path.join(testdata, "decord", "video_90.mov"))
     assert clip[0].shape == src[0].shape == (568, 320, 3) and psnr(clip[0], src[0]) > 30
+
+
+@pytest.mark.testdata
+def test_real_adaptive_detector(testdata, tmp_path):
+    rows = split(os.path.join(testdata, "scenedetect", "testvideo.mp4"), str(tmp_path / "r"), str(tmp_path),
+                 detector="adaptive", threshold=3.0, max_width=320, max_height=320)
+    assert [r["start_frame"] for r in rows][1:] == [30, 180, 394, 691]
