@@ -16,9 +16,9 @@ from curation.video import (VideoError, first_video_stream, frame_rotation, open
 
 def _size(source: str) -> int:
     if "://" in source and not source.startswith("file://"):
-        import pyarrow.fs as pafs
+        from curation.storage import filesystem
 
-        fs, path = pafs.FileSystem.from_uri(source)
+        fs, path = filesystem(source)
         return fs.get_file_info(path).size or 0
     import os
 

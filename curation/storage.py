@@ -24,8 +24,7 @@ class Storage:
     def __post_init__(self) -> None:
         if "://" not in self.root:
             self.root = os.path.abspath(os.path.expanduser(self.root))
-        self.fs, self.base = pafs.FileSystem.from_uri(self.root) if "://" in self.root else (
-            pafs.LocalFileSystem(), self.root)
+        self.fs, self.base = filesystem(self.root)
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
 
     def path(self, rel: str) -> str:
@@ -37,7 +36,11 @@ class Storage:
         return self.path(rel) if self.is_local else None
 
     def uri(self, rel: str) -> str:
-        return self.path(rel) if self.is_local else f"{self.root.rstrip('/')}/{rel}"
+        """A URI for `rel` that filesystem() opens again (object-store options in the query are kept)."""
+        if self.is_local:
+            return self.path(rel)
+        head, sep, query = self.root.partition("?")
+        return f"{head.rstrip('/')}/{rel}{sep}{query}"
 
     def exists(self, rel: str) -> bool:
         return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
@@ -98,6 +101,14 @@ class Storage:
                 yield posixpath.relpath(info.path, self.base)
 
 
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) of a local path or URI. Object-store options ride in the query string,
+    e.g. s3://bucket/prefix?endpoint_override=127.0.0.1:9000&scheme=http (pyarrow's URI syntax)."""
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), uri
+    return pafs.FileSystem.from_uri(uri)
+
+
 def expand_inputs(patterns: list[str]) -> list[str]:
     """Expand input globs (local paths or object-store URIs) into a sorted list of file URIs/paths."""
     import glob
@@ -106,14 +117,18 @@ def expand_inputs(patterns: list[str]) -> list[str]:
     out: list[str] = []
     for pat in patterns:
         if "://" in pat:
-            fs, path = pafs.FileSystem.from_uri(pat)
-            scheme = pat.split("://", 1)[0]
-            base = path.split("*", 1)[0].rsplit("/", 1)[0] if "*" in path else path
+            # Globs are matched by listing below the part before the first wildcard.
+            head, sep, query = pat.partition("?")
+            scheme = head.split("://", 1)[0]
+            wild = any(ch in head for ch in "*?[")
+            base_uri = head[:min(head.find(ch) for ch in "*[" if ch in head)].rsplit("/", 1)[0] if wild else head
+            fs, base = pafs.FileSystem.from_uri(base_uri + sep + query)
+            pattern = base + head[len(base_uri):]
             infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)) \
-                if "*" in path else [fs.get_file_info(path)]
+                if wild else [fs.get_file_info(base)]
             for info in infos:
-                if info.type == pafs.FileType.File and fnmatch.fnmatch(info.path, path):
-                    out.append(f"{scheme}://{info.path}")
+                if info.type == pafs.FileType.File and fnmatch.fnmatch(info.path, pattern):
+                    out.append(f"{scheme}://{info.path}{sep}{query}")
         else:
             hits = glob.glob(os.path.expanduser(pat), recursive=True)
             out.extend(os.path.abspath(h) for h in hits if os.path.isfile(h))

@@ -20,7 +20,13 @@ class VideoError(RuntimeError):
 
 
 def video_id_for(source: str) -> str:
-    """Deterministic id of a source: the first 16 hex digits of sha1 of its path or URI."""
+    """Deterministic id of a source: the first 16 hex digits of sha1 of its path or URI.
+
+    Connection options and credentials of a URI (query string, user info) are not part of the id."""
+    if "://" in source:
+        scheme, rest = source.split("://", 1)
+        rest = rest.split("?", 1)[0]
+        source = f"{scheme}://{rest.rsplit('@', 1)[-1] if '@' in rest.split('/', 1)[0] else rest}"
     return hashlib.sha1(source.encode()).hexdigest()[:16]
 
 
@@ -28,9 +34,9 @@ def open_container(source: str) -> "av.container.InputContainer":
     """Open a local path or an object-store URI (through pyarrow.fs) for decoding."""
     try:
         if "://" in source and not source.startswith("file://"):
-            import pyarrow.fs as pafs
+            from curation.storage import filesystem
 
-            fs, path = pafs.FileSystem.from_uri(source)
+            fs, path = filesystem(source)
             return av.open(fs.open_input_file(path), "r")
         return av.open(source.removeprefix("file://"), "r")
     except av.error.FFmpegError as e:
