@@ -19,6 +19,8 @@ from curation.stage import Stage
 
 log = logging.getLogger(__name__)
 
+MAX_BLOCKS = 20000  # upper bound on input blocks (= map tasks) of one pipeline
+
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to the cluster (`ray job submit` sets RAY_ADDRESS) or start an embedded local Ray."""
@@ -79,8 +81,9 @@ def run_pipeline(items: list[dict], stages: list[Stage], sink: Callable[[list[di
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.execution_options.preserve_order = False
-    # One item per block so work spreads across workers even for a handful of long videos.
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    # Small blocks so work spreads across workers even for a handful of long videos, and results (and
+    # so resume points) stream back often; capped so a million-clip run does not schedule a million tasks.
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
     for st in stages:
         r = st.resources
         common = dict(batch_format="pandas", batch_size=r.batch_size, num_cpus=r.num_cpus)
