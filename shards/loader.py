@@ -247,7 +247,7 @@ def decode_video_pyav(data: bytes, plan: Plan, bucket: Bucket, info: Info, threa
     tw, th = (rh, rw) if info.rotation in (90, 270) else (rw, rh)
     x, y = plan.crop
     got, prev = 0, None
-    scaler = VideoReformatter()  # one swscale context for all frames of the clip (not one per frame)
+    scaler, to_rgb = VideoReformatter(), VideoReformatter()  # swscale contexts reused across the clip's frames
     try:
         with av.open(io.BytesIO(data), "r") as c:
             st = c.streams.video[0]
@@ -269,8 +269,12 @@ def decode_video_pyav(data: bytes, plan: Plan, bucket: Bucket, info: Info, threa
                     i = n
                 if i < targets[got][0]:
                     continue
-                # swscale's BILINEAR filters over the whole footprint when shrinking (no aliasing).
-                arr = scaler.reformat(fr, width=tw, height=th, format="rgb24", interpolation="BILINEAR").to_ndarray()
+                # Resize in the coded pixel format (planar YUV: half the bytes, SIMD paths), then convert
+                # to RGB at the small size: ~2x cheaper than one scaling RGB conversion. swscale's
+                # BILINEAR filters over the whole footprint when shrinking (no aliasing).
+                if (fr.width, fr.height) != (tw, th):
+                    fr = scaler.reformat(fr, width=tw, height=th, interpolation="BILINEAR")
+                arr = to_rgb.reformat(fr, format="rgb24").to_ndarray()
                 if info.rotation:
                     arr = np.rot90(arr, k=-(info.rotation // 90))
                 prev = arr[y:y + bucket.height, x:x + bucket.width]
