@@ -147,8 +147,12 @@ def load_weights(path: str, name: str, model: nn.Module, ema: bool = False) -> n
 
     Works in a single process without a process group (sampling, export): DCP reshards on load.
     """
-    sd = model.state_dict()
-    state = {"task": {"ema": {name: sd}}} if ema else {"model": {name: sd}}
+    if ema:  # the EMA holds parameters only (buffers come from the model's own state)
+        sd = {n: p.detach() for n, p in model.named_parameters()}
+        state: dict[str, Any] = {"task": {"ema": {name: sd}}}
+    else:
+        sd = model.state_dict()
+        state = {"model": {name: sd}}
     dcp.load(state, checkpoint_id=path, no_dist=not dist.is_initialized())
-    model.load_state_dict(sd)
+    model.load_state_dict(sd, strict=not ema)
     return model

@@ -20,7 +20,7 @@ class DataConfig(Strict):
     source: Literal["shards", "synthetic", "latents"] = "shards"  # shards: the shard section's WebDataset loader; synthetic: generated moving patterns (benchmarks, smoke tests); latents: precomputed by `python -m training latents`
     # With source=shards, batch size and clip shapes come from shard.loader (batch_size, buckets, fps).
     batch_size: int = Field(1, ge=1)  # synthetic/latents: clips per rank per step (global batch = x world size)
-    frames: int = Field(9, ge=1)  # synthetic: frames per clip; 4k+1 keeps the causal VAE exact (9 -> 3 latent frames)
+    frames: int = Field(9, ge=1)  # synthetic: frames per clip; 8N+1 for the VAE task (9 -> 3 latent frames -> 9)
     height: int = Field(64, ge=8)  # synthetic: pixel height (multiple of 16 for the 2x2-patch transformer)
     width: int = Field(64, ge=8)  # synthetic: pixel width (same rule)
     image_ratio: float = Field(0.0, ge=0, le=1)  # share of steps trained on single frames (images as 1-frame videos)
