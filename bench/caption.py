@@ -129,7 +129,7 @@ def vllm_offline(reqs, cfg: CaptionConfig, params, batch: int, repeats: int) -> 
     os.remove(f.name)
     if p.returncode:
         raise RuntimeError(f"vllm offline worker failed:\n{p.stderr[-3000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
 
 
 def _vllm_offline_worker(path: str) -> None:
@@ -141,7 +141,8 @@ def _vllm_offline_worker(path: str) -> None:
     run_engine(eng, job["reqs"][:2], job["params"], 2)  # warm-up
     runs = [run_engine(eng, job["reqs"], job["params"], job["batch"]) for _ in range(job["repeats"])]
     t = statistics.median(s for s, _ in runs)
-    print(json.dumps({"seconds": t, "tokens": runs[0][1], "version": __import__("vllm").__version__}))
+    result = {"seconds": t, "tokens": runs[0][1], "version": __import__("vllm").__version__}
+    print("RESULT " + json.dumps(result), flush=True)
 
 
 def main() -> None:
@@ -176,8 +177,8 @@ def main() -> None:
 
     eng = TransformersEngine(cfg)
     run_engine(eng, reqs[:2], params, 2)
-    t, toks = statistics.median((run_engine(eng, reqs, params, args.batch) for _ in range(args.repeats)),
-                                key=lambda x: x[0])
+    runs = sorted(run_engine(eng, reqs, params, args.batch) for _ in range(args.repeats))
+    t, toks = runs[len(runs) // 2]
     rows.append((f"transformers in process (batch {args.batch})", t, toks, ""))
     del eng
 

@@ -27,7 +27,8 @@ class OpenAIEngineConfig(_Strict):
     """Any OpenAI-compatible chat endpoint (`vllm serve`, `transformers serve`, a hosted API)."""
 
     base_url: str = "http://127.0.0.1:8000/v1"  # the server's /v1 root
-    api_key_env: str | None = "OPENAI_API_KEY"  # env var holding the key (sent as Bearer; never logged)
+    api_key_env: str | None = "OPENAI_API_KEY"  # env var holding the key (sent as Bearer; never logged); on a
+    # cluster the workers need it too: `ray job submit --runtime-env-json '{"env_vars": {...}}'`
     concurrency: int = Field(8, ge=1)  # requests in flight per worker (the server batches them)
     timeout_s: float = Field(300.0, gt=0)  # per request, connect + generate
     max_retries: int = Field(3, ge=0)  # re-sends after a connection error, timeout, 429 or 5xx

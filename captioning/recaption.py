@@ -128,9 +128,9 @@ def recaption(root: str, cfg: CaptionConfig, shards: list[str] | None = None, ou
 
     With `out` (shards input only), also write the re-captioned shards. Returns the counts.
     """
-    from captioning.stage import caption_items, clip_items, ensure_demo_model
+    from captioning.stage import caption_items, clip_items, prepare_model
 
-    ensure_demo_model(cfg)
+    cfg = prepare_model(cfg)
     storage = Storage(root)
     if shards is not None:
         files = expand_inputs(shards)

@@ -208,17 +208,22 @@ def caption_items(storage: Storage, cfg: CaptionConfig, items: list[dict], local
     return counts
 
 
-def ensure_demo_model(cfg: CaptionConfig) -> None:
-    """With `demo_model`, build the tiny random Qwen2.5-VL at `cfg.model` if that folder is missing."""
-    if cfg.demo_model and cfg.engine != "openai" and not os.path.exists(os.path.join(cfg.model, "config.json")):
+def prepare_model(cfg: CaptionConfig) -> CaptionConfig:
+    """A local model folder as an absolute path (Ray workers do not share the driver's working dir);
+    with `demo_model`, the tiny random Qwen2.5-VL is built there first when the folder is missing."""
+    if cfg.engine == "openai":
+        return cfg
+    if cfg.demo_model and not os.path.exists(os.path.join(cfg.model, "config.json")):
         from captioning.tiny_vlm import build_tiny_qwen25_vl
 
         print(f"[caption] building the tiny random demo model at {cfg.model}", file=sys.stderr)
         build_tiny_qwen25_vl(cfg.model)
+    if os.path.isdir(cfg.model):
+        return cfg.model_copy(update={"model": os.path.abspath(cfg.model)})
+    return cfg
 
 
 def run(cfg: "object", ctx: "object") -> dict:
     """Pipeline entry (`python -m curation run pipelines.yaml --stage caption`)."""
-    ensure_demo_model(cfg.caption)
-    return caption_items(ctx.storage, cfg.caption, clip_items(ctx.storage, cfg.caption),
-                         progress=cfg.ray.progress)
+    ccfg = prepare_model(cfg.caption)
+    return caption_items(ctx.storage, ccfg, clip_items(ctx.storage, ccfg), progress=cfg.ray.progress)

