@@ -7,7 +7,8 @@ API (what the trainer codes against)
     loader = ShardLoader(cfg, rank=0, world_size=1, seed=0)
     #   cfg: a PipelineConfig (uses cfg.shard.loader; shards default to <root>/shards/<writer.name>/),
     #        a ShardConfig or a LoaderConfig (then `shards` must be set), or a dict of LoaderConfig fields.
-    #   Optional keyword `root=` resolves the default shard folder when cfg is not a PipelineConfig.
+    #   Optional keywords: `root=` resolves the default shard folder when cfg is not a PipelineConfig;
+    #   `shards=[...]` overrides the shard list (paths, s3://, gs://, file://, http(s)://, folders, globs).
     for batch in loader:            # one pass = one epoch; the next `for` runs the next epoch
         batch["frames"]             # torch.float32, (B, F, C, H, W), values in [-1, 1]; C = 3 (RGB)
         batch["captions"]           # list[str] of length B ("" when a sample has no caption)
