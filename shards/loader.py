@@ -430,15 +430,18 @@ def run_stream(spec: StreamSpec, logical: int) -> Iterator[dict]:
             # Replayed prefix: consumed before the resume, its bad/skipped keys already reported.
             bad, skipped, uncaptioned = {}, {}, 0
             return None
-        frames = []
         for p in members:
             if p.frames is None:  # decoded lazily: it was buffered during the replay
-                p.frames = decode(p.data, p.plan, p.info)
-            frames.append(p.frames)
-        item = {"kind": "batch", "stream": logical, "index": emitted - 1, "bucket": (
-            buckets[b].frames, buckets[b].height, buckets[b].width), "frames": to_tensor(frames),
-            "captions": [p.caption for p in members], "keys": [p.key for p in members],
-            "meta": [p.meta for p in members], "bad": bad, "skipped": skipped, "uncaptioned": uncaptioned}
+                try:
+                    p.frames = decode(p.data, p.plan, p.info)
+                except Exception as e:  # decoded fine before the resume: only a flaky read gets here
+                    bad[p.key] = f"{type(e).__name__}: {e}"
+        members = [p for p in members if p.frames is not None]
+        item = {"kind": "batch" if members else "empty", "stream": logical, "index": emitted - 1,
+                "bucket": (buckets[b].frames, buckets[b].height, buckets[b].width),
+                "frames": to_tensor([p.frames for p in members]) if members else None,
+                "captions": [p.caption for p in members], "keys": [p.key for p in members],
+                "meta": [p.meta for p in members], "bad": bad, "skipped": skipped, "uncaptioned": uncaptioned}
         bad, skipped, uncaptioned = {}, {}, 0
         return item
 
@@ -657,6 +660,8 @@ class ShardLoader:
                 self._ended.add(s)
                 continue
             self._next = (s + 1) % self.streams
+            if it["kind"] == "empty":
+                continue
             yield {k: it[k] for k in ("frames", "captions", "keys", "meta", "bucket")}
         self.epoch += 1
         self._reset_position()
@@ -667,7 +672,7 @@ class ShardLoader:
         self.stats["bad"].update(it["bad"])
         self.stats["skipped"].update(it["skipped"])
         self.stats["uncaptioned"] += it["uncaptioned"]
-        if it["kind"] == "batch":
+        if it["kind"] in ("batch", "empty"):  # "empty": a batch whose samples all failed a late decode
             self._consumed[s] = it["index"] + 1
-            self.stats["batches"] += 1
+            self.stats["batches"] += it["kind"] == "batch"
             self.stats["samples"] += len(it["keys"])
