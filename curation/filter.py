@@ -139,7 +139,8 @@ class ScoreStage(Stage):
             torch.set_num_threads(max(1, int(self.resources.num_cpus)))
             from curation.filters.clip_model import ClipEncoder
 
-            self.encoder = ClipEncoder(self.cfg.clip, use_gpu=self.resources.num_gpus > 0)
+            self.encoder = ClipEncoder(self.cfg.clip, use_gpu=self.resources.num_gpus > 0,
+                                       frame_batch=self.cfg.clip.frame_batch)
         for sc in self.model_scorers:
             sc.setup(self.encoder)
 
@@ -163,7 +164,7 @@ class ScoreStage(Stage):
         clips: list[ClipFrames] = [pickle.loads(r[_PAYLOAD]) for r in rows]
         embs: list[np.ndarray | None] = [None] * len(clips)
         if self.encoder is not None:
-            frames = [c.frames[self.clip_spec.key] for c in clips]
+            frames = [_spread(c.frames[self.clip_spec.key], self.cfg.clip.max_frames) for c in clips]
             flat = self.encoder.embed_frames(np.concatenate(frames))
             embs = np.split(flat, np.cumsum([len(f) for f in frames])[:-1])
         for sc in self.model_scorers:
@@ -176,6 +177,13 @@ class ScoreStage(Stage):
             if e is not None and self.cfg.store_embedding:
                 m = e.mean(axis=0)
                 r["clip_embedding"] = (m / max(float(np.linalg.norm(m)), 1e-12)).astype(np.float32).tolist()
+
+
+def _spread(frames: np.ndarray, k: int | None) -> np.ndarray:
+    """At most k frames, evenly spread over the clip (first and last included)."""
+    if k is None or len(frames) <= k:
+        return frames
+    return frames[np.unique(np.linspace(0, len(frames) - 1, k).round().astype(int))]
 
 
 def build_stages(root: str, cfg: FilterConfig) -> tuple[DecodeStage, ScoreStage, ScorerSet]:

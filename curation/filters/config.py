@@ -66,6 +66,10 @@ class ClipModelConfig(_Strict):
     model: str = "data/models/tiny-clip"
     pretrained: str | None = None  # with a built-in name: an open_clip tag (openai, laion2b_s32b_b82k) or a weights file
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # inference dtype on GPU (the CPU always runs fp32)
+    # CLIP sees at most this many of a clip's sampled frames (evenly spread; null = all of them). CLIP is
+    # the costly part on a CPU (bench/filter.py); motion always uses every sampled frame.
+    max_frames: int | None = Field(4, ge=1)
+    frame_batch: int = Field(64, ge=1)  # frames per CLIP forward pass (memory bound on GPU)
     _paths = field_validator("model", "pretrained")(resolve_path)
 
 

@@ -29,7 +29,7 @@ class MotionConfig(ScorerConfig):
 
     method: Literal["flow", "mv"] = "flow"  # dense optical flow, or the codec's motion vectors (fast path)
     flow: Literal["dis", "farneback"] = "dis"  # OpenCV flow algorithm for method "flow"
-    short_side: int = Field(64, ge=16, le=512)  # flow frames are scaled to this short side (peers: 16-64)
+    short_side: int = Field(96, ge=16, le=512)  # flow frames are scaled to this short side (64 aliases on 720p periodic texture)
     patches: int = Field(4, ge=1, le=16)  # grid for min_patch (patches x patches cells)
     still_eps: float = Field(0.01, ge=0)  # a sampled pair moving less than this (diagonals/s) counts as still
 

@@ -1,0 +1,180 @@
+"""Filter-stage benchmark: clips/s and scoring cost relative to a bare decode, for both motion methods.
+
+    .venv/bin/python bench/filter.py                       # synthetic 1280x720 clips, random ViT-B-32 CLIP
+    .venv/bin/python bench/filter.py --testdata ../shared/testdata --arch tiny
+
+For each clip, in this process (no Ray, so the numbers are the work itself):
+- bare decode: decode every frame, convert the sampled ones (2 fps) to the sizes the scorers need;
+- decode step: the same decode (+ codec motion-vector export for method mv) + the motion scorer;
+- model step: CLIP embeddings of the sampled frames + LAION aesthetic MLP + zero-shot classes.
+The ratio (decode step + model step - bare decode) / bare decode is what scoring adds on top of
+decoding (target: <= 1.0 on CPU with a ViT-B-32-sized CLIP). Motion methods are also compared to
+each other: rank correlation of motion_mean, and error against the known motion of synthetic clips.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+warnings.filterwarnings("ignore", category=RuntimeWarning)
+
+from curation.filters.base import ClipFrames, FrameSpec, ScorerSet  # noqa: E402
+from curation.filters.config import FilterConfig  # noqa: E402
+from curation.filters.decode import decode_clip  # noqa: E402
+from curation.synth import Scene, make_video  # noqa: E402
+
+MOTIONS = [0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0]  # px/frame of the synthetic pattern
+
+
+def pipeline_clips(sources: list[str], root: str, stride_s: float) -> list[str]:
+    """Cut sources with the split stage (fixed windows, libx264 veryfast crf 20, <= 1280x720): the clips
+    the filter stage really sees."""
+    from curation.probe import probe_video
+    from curation.split import SplitParams, split_video
+    from curation.storage import Storage
+
+    params = SplitParams(detector="stride", stride_s=stride_s, min_clip_s=1.0, max_clip_s=stride_s)
+    os.makedirs(root, exist_ok=True)
+    out = []
+    for src in sources:
+        rows = split_video(probe_video(src), params, Storage(root), root)
+        out += [os.path.join(root, r["path"]) for r in rows if r["status"] == "ok"]
+    return out
+
+
+def synthetic_clips(folder: str, w: int, h: int, seconds: float) -> list[tuple[str, float | None]]:
+    """One clip per known motion, cut by the split stage from a synthetic source."""
+    out = []
+    for i, m in enumerate(MOTIONS):
+        src = os.path.join(folder, "src", f"motion_{i}_{m}.mp4")
+        os.makedirs(os.path.dirname(src), exist_ok=True)
+        make_video(src, [Scene(int(24 * seconds), m, i + 10)], w, h, 24.0)
+        true = np.hypot(m, 2 * m / 3) * 24 / np.hypot(w, h)  # diagonals per second
+        out += [(c, true) for c in pipeline_clips([src], os.path.join(folder, "root"), seconds)]
+    return out
+
+
+def real_clips(testdata: str, folder: str) -> list[tuple[str, float | None]]:
+    names = ["sintel/test_video_30s.mp4", "bbb/bigbuckbunny.mp4", "scenedetect/testvideo.mp4",
+             "scenedetect/goldeneye-vfr-drop3.mp4", "decord/flipping_a_pancake.mkv"]
+    srcs = [os.path.join(testdata, n) for n in names if os.path.exists(os.path.join(testdata, n))]
+    return [(c, None) for c in pipeline_clips(srcs, os.path.join(folder, "root"), 10.0)]
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1]) if len(a) > 2 else float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", default="ViT-B-32", help="open_clip architecture with random weights, or 'tiny'")
+    ap.add_argument("--models", default=os.path.join(tempfile.gettempdir(), "bench_filter_models"))
+    ap.add_argument("--clips", default=os.path.join(tempfile.gettempdir(), "bench_filter_clips"))
+    ap.add_argument("--size", default="1280x720", help="synthetic clip size")
+    ap.add_argument("--seconds", type=float, default=6.0, help="synthetic clip length")
+    ap.add_argument("--testdata", default=None, help="also time these real videos (../shared/testdata)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (decoding uses FFmpeg's own threads)")
+    ap.add_argument("--clip-frames", default="all,8,4,2,1", help="filter.clip.max_frames values to sweep")
+    a = ap.parse_args()
+    a.clip_frames = [None if v == "all" else int(v) for v in a.clip_frames.split(",")]
+
+    import torch
+
+    from curation.filter import build_stages
+    from curation.filters.make_tiny import make_tiny
+
+    torch.set_num_threads(a.threads)
+    mdir = os.path.join(a.models, a.arch)
+    if not os.path.exists(os.path.join(mdir, "tiny-aesthetic.safetensors")):
+        make_tiny(mdir, None if a.arch == "tiny" else a.arch)
+    w, h = map(int, a.size.split("x"))
+    import shutil
+
+    shutil.rmtree(a.clips, ignore_errors=True)
+    clips = synthetic_clips(a.clips, w, h, a.seconds) + (real_clips(a.testdata, a.clips) if a.testdata else [])
+
+    print(f"# filter bench {time.strftime('%Y-%m-%d %H:%M')} | {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs (load avg {os.getloadavg()[0]:.1f}), torch {torch.__version__} ({a.threads} threads)"
+          f" | CLIP {a.arch} random weights | defaults: motion short_side 96, clip.max_frames 4")
+    print(f"# {len(clips)} clips cut by the split stage (libx264 veryfast crf 20): {len(MOTIONS)} synthetic "
+          f"{a.size} {a.seconds:g}s 24fps" + (f" + {len(clips) - len(MOTIONS)} from real videos (10 s windows)"
+                                               if a.testdata else "") + "; sample 2 fps")
+    results: dict[str, dict] = {}
+    sweep: dict[int | None, float] = {}
+    for method in ("flow", "mv"):
+        cfg = FilterConfig(demo_models=None, clip={"model": os.path.join(mdir, "tiny-clip")}, scorers={
+            "motion": {"type": "motion", "method": method},
+            "aesthetic": {"type": "aesthetic", "weights": os.path.join(mdir, "tiny-aesthetic.safetensors")},
+            "neg": {"type": "clip_zero_shot"}})
+        dec, sco, _ = build_stages("/", cfg)
+        dec.setup()
+        sco.ensure_setup()
+        specs = dec.specs
+        bare = step = model = 0.0
+        motion = []
+        for path, _ in clips:
+            t0 = time.perf_counter()
+            decode_clip(path, specs, cfg.sample_fps, cfg.max_frames, None)  # bare decode of the same frames
+            t1 = time.perf_counter()
+            row = dec.process_row({"clip_id": path, "path": os.path.abspath(path)})[0]
+            t2 = time.perf_counter()
+            out = sco([row])[0]
+            t3 = time.perf_counter()
+            bare, step, model = bare + t1 - t0, step + t2 - t1, model + t3 - t2
+            motion.append(out["motion_mean"])
+        results[method] = {"bare": bare, "step": step, "model": model, "motion": motion}
+        if method == "flow":  # CLIP cost against how many of the sampled frames it sees
+            rows = [dec.process_row({"clip_id": p, "path": os.path.abspath(p)})[0] for p, _ in clips]
+            for k in a.clip_frames:
+                sco.cfg.clip.max_frames = k
+                t0 = time.perf_counter()
+                for r in rows:
+                    sco([dict(r)])
+                sweep[k] = time.perf_counter() - t0
+            sco.cfg.clip.max_frames = cfg.clip.max_frames
+
+    print("\n| motion method | clips/s (decode+score) | bare decode s | decode step s | model step s | "
+          "motion scoring / decode | all scoring / decode |")
+    print("|---|---|---|---|---|---|---|")
+    for m, r in results.items():
+        n = len(clips)
+        motion_cost = (r["step"] - r["bare"]) / r["bare"]
+        ratio = (r["step"] + r["model"] - r["bare"]) / r["bare"]
+        print(f"| {m} | {n / (r['step'] + r['model']):.2f} | {r['bare']:.2f} | {r['step']:.2f} | {r['model']:.2f} | "
+              f"{motion_cost:.2f}x | {ratio:.2f}x |")
+    bare = results["flow"]["bare"]
+    motion_step = results["flow"]["step"] - bare
+    print("\n| clip.max_frames (CLIP frames per clip) | model step s | all scoring / decode (flow) |")
+    print("|---|---|---|")
+    for k, t in sweep.items():
+        print(f"| {'all sampled' if k is None else k} | {t:.2f} | {(motion_step + t) / bare:.2f}x |")
+    print("\n| clip | known motion (diag/s) | flow (DIS) | codec MV |")
+    print("|---|---|---|---|")
+    for (p, true), f, v in zip(clips, results["flow"]["motion"], results["mv"]["motion"]):
+        print(f"| {os.path.basename(p)} | {'' if true is None else f'{true:.4f}'} | {f:.4f} | {v:.4f} |")
+    syn = [t for _, t in clips if t is not None]
+    for m in ("flow", "mv"):
+        mv = np.array(results[m]["motion"][:len(syn)])
+        moving = np.array(syn) > 0
+        rel = np.abs(mv[moving] - np.array(syn)[moving]) / np.array(syn)[moving]
+        print(f"{m}: median relative error vs known motion {np.median(rel):.3f}, max {rel.max():.3f}; "
+              f"still clip {mv[~moving].max():.5f}")
+    print(f"rank correlation flow vs mv, all clips: {spearman(results['flow']['motion'], results['mv']['motion']):.3f}")
+    real = [i for i, (_, t) in enumerate(clips) if t is None]
+    if len(real) > 2:
+        print(f"rank correlation flow vs mv, real clips: "
+              f"{spearman([results['flow']['motion'][i] for i in real], [results['mv']['motion'][i] for i in real]):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
