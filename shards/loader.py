@@ -43,7 +43,6 @@ needs only metadata; the known bad keys are dropped at the same places), then go
 """
 from __future__ import annotations
 
-import fnmatch
 import glob
 import io
 import json
@@ -55,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 
 from shards.buckets import Plan, choose_bucket, plan_sample, sample_rng
@@ -91,24 +91,21 @@ def _braces(pattern: str) -> list[str]:
 
 
 def _expand_one(item: str) -> list[str]:
-    if "://" in item and not item.startswith(("http://", "https://")):
-        import pyarrow.fs as pafs
+    if item.startswith(("http://", "https://", "pipe:")):
+        return [item]
+    if "://" in item:
+        from curation.storage import expand_inputs, filesystem
 
-        scheme = item.split("://", 1)[0]
-        fs, path = pafs.FileSystem.from_uri(item)
-        prefix = "" if scheme == "file" else f"{scheme}://"
-        if any(c in path for c in "*?["):
-            base = path.split("*", 1)[0].split("?", 1)[0].rsplit("/", 1)[0]
-            infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-            return [prefix + i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path)]
+        head, sep, query = item.partition("?")  # object-store options (endpoint, region) ride in the query
+        if any(c in head for c in "*["):
+            return expand_inputs([item])
+        fs, path = filesystem(item)
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.Directory:
             infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-            return [prefix + i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".tar")
-                    and not i.base_name.startswith(".tmp-")]
-        return [prefix + path] if info.type == pafs.FileType.File else []
-    if item.startswith(("http://", "https://", "pipe:")):
-        return [item]
+            return [f"{head.rstrip('/')}/{i.base_name}{sep}{query}" for i in infos
+                    if i.type == pafs.FileType.File and i.base_name.endswith(".tar") and not i.base_name.startswith(".tmp-")]
+        return [item] if info.type == pafs.FileType.File else []
     item = os.path.expanduser(item)
     if os.path.isdir(item):
         return [os.path.join(item, f) for f in sorted(os.listdir(item)) if f.endswith(".tar")
@@ -123,9 +120,9 @@ def open_shard(url: str) -> Any:
 
         return wds.gopen(url)
     if "://" in url:
-        import pyarrow.fs as pafs
+        from curation.storage import filesystem
 
-        fs, path = pafs.FileSystem.from_uri(url)
+        fs, path = filesystem(url)
         return fs.open_input_stream(path)
     return open(url, "rb")
 
