@@ -59,6 +59,7 @@ import torch
 
 from shards.buckets import Plan, choose_bucket, plan_sample, sample_rng
 from shards.config import Bucket, LoaderConfig, ShardConfig
+from shards.uris import redact
 
 STATE_VERSION = 1
 
@@ -132,13 +133,13 @@ def iter_tar_samples(url: str, errors: list[tuple[str, str]]) -> Iterator[dict]:
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
     def handler(exn: Exception) -> bool:
-        errors.append((f"{url}", f"unreadable tar: {type(exn).__name__}: {exn.args[0] if exn.args else exn}"))
+        errors.append((redact(url), f"unreadable tar: {type(exn).__name__}: {exn.args[0] if exn.args else exn}"))
         return False  # stop this shard: the rest of a broken tar stream cannot be trusted
 
     try:
         stream = open_shard(url)
     except Exception as e:
-        errors.append((url, f"cannot open shard: {type(e).__name__}: {e}"))
+        errors.append((redact(url), f"cannot open shard: {type(e).__name__}: {e}"))
         return
     try:
         files = tar_file_expander([{"url": url, "stream": stream}], handler=handler)
@@ -481,7 +482,7 @@ def run_stream(spec: StreamSpec, logical: int) -> Iterator[dict]:
         if not caption:
             uncaptioned += 1
         m = dict(meta)
-        m["_sample"] = {"url": s.get("__url__"), "fps": plan.fps, "indices": list(plan.indices),
+        m["_sample"] = {"url": redact(s.get("__url__") or ""), "fps": plan.fps, "indices": list(plan.indices),
                         "bucket": plan.bucket, "source_size": [info.width, info.height]}
         pending.setdefault(b, []).append(_Pending(key, caption, m, plan, info, data if replay else None, frames))
         if len(pending[b]) >= batch_size(b):

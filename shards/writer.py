@@ -39,6 +39,7 @@ from curation import tables
 from curation.stage import Stage, StageResources
 from curation.storage import Storage
 from shards.config import WriterConfig
+from shards.uris import redact
 
 INDEX = pa.schema([
     ("shard", pa.string()),           # tar file name inside the shard folder
@@ -105,14 +106,14 @@ def select(storage: Storage, wc: WriterConfig) -> Selection:
         raise ValueError(f"{storage.root}: the clips table is empty or missing (run the split stage first)")
     scores_t = tables.read_table(storage, "scores")
     if scores_t.num_rows == 0 and wc.require_scores:
-        raise ValueError(f"{storage.uri('scores')}: no scores table (run the filter stage first, or set "
+        raise ValueError(f"{redact(storage.uri('scores'))}: no scores table (run the filter stage first, or set "
                          "shard.writer.require_scores: false to treat every ok clip as passed)")
     scores = {r["clip_id"]: r for r in scores_t.to_pylist()}
     run = wc.captions_run or latest_captions_run(storage)
     if run is None:
-        raise ValueError(f"{storage.uri('captions')}: no captions run found (run the caption stage first)")
+        raise ValueError(f"{redact(storage.uri('captions'))}: no captions run found (run the caption stage first)")
     if not storage.list(f"captions/{run}", ".parquet"):
-        raise ValueError(f"{storage.uri('captions/' + run)}: captions run {run!r} has no parts")
+        raise ValueError(f"{redact(storage.uri('captions/' + run))}: captions run {run!r} has no parts")
     caps = read_captions(storage, run)
     sel = Selection([], Counter(), len(clips), run, bool(scores))
     for c in clips:
@@ -211,7 +212,7 @@ def write_shard(storage: Storage, folder: str, name: str, samples: list[dict], p
                 try:
                     data = storage.read_bytes(s["path"])
                 except Exception as e:  # a missing clip file: the sample is left out and reported
-                    rows.append({**base, "error": f"cannot read clip {storage.uri(s['path'])}: {e}"})
+                    rows.append({**base, "error": f"cannot read clip {redact(storage.uri(s['path']))}: {e}"})
                     continue
                 start = tf.offset
                 _add(tf, f"{key}.json", _meta_bytes(s))
@@ -354,7 +355,7 @@ def _finish(storage: Storage, folder: str, names: list[str], sel: Selection, wc:
     res = Counter(f"{r['width']}x{r['height']}" for r in rows)
     durs = [r["duration_s"] or 0.0 for r in rows]
     hist = Counter(_dur_bin(d) for d in durs)
-    return {"shard_set": wc.name, "folder": storage.uri(folder), "captions_run": sel.captions_run,
+    return {"shard_set": wc.name, "folder": redact(storage.uri(folder)), "captions_run": sel.captions_run,
             "scores_table": sel.scores_present, "clips": sel.clips, "kept": len(sel.samples),
             "dropped": dict(sel.dropped), "shards": len(names), "samples": len(rows),
             "sample_errors": len(errors), "errors": errors[:100], "bytes": sum(r["bytes"] for r in rows),

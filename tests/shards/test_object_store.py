@@ -23,6 +23,7 @@ def test_write_and_load_shards_on_s3(s3_endpoint, tmp_path):
     wc = WriterConfig(max_samples_per_shard=2, captions_run="new")  # the upload reset modification times
     stats = writer.write_shards(st, wc, "s3", local=True)  # (the Ray path: test_writer.py)
     assert stats["samples"] == len(d.kept) == 3 and stats["shards"] == stats["shards_written"] == 2
+    assert stats["folder"] == "s3://shards/root/shards/default"  # no credentials or options in the stats
     names = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector("shards/root/shards/default")))
     assert names == ["index", "index.parquet", "shard-000000.tar", "shard-000001.tar", "stats"]
     idx = pq.read_table(fs.open_input_file("shards/root/shards/default/index.parquet")).to_pylist()
@@ -32,8 +33,10 @@ def test_write_and_load_shards_on_s3(s3_endpoint, tmp_path):
     loader = ShardLoader({"shards": [f"s3://key:secret@shards/root/shards/default{q}"], "num_workers": 2,
                           "buckets": [{"frames": 9, "height": 64, "width": 64}], "batch_size": 2})
     assert len(loader.shards) == 2 and all(u.endswith(q) for u in loader.shards)
-    keys = [k for b in loader for k in b["keys"]]
-    assert sorted(keys) == sorted(d.kept) and loader.stats["bad"] == {}
+    batches = list(loader)
+    assert sorted(k for b in batches for k in b["keys"]) == sorted(d.kept) and loader.stats["bad"] == {}
+    assert all(m["_sample"]["url"].startswith("s3://shards/root/shards/default/shard-") for b in batches
+               for m in b["meta"])
 
 
 @pytest.mark.heavy
