@@ -301,6 +301,8 @@ def write_shards(storage: Storage, wc: WriterConfig, run_id: str, local: bool = 
         for r in _typed(rows):
             got.setdefault(r["shard"], []).append(r)
         for n in [n for n, rs in got.items() if len(rs) >= expected[n] or any(r["key"] is None for r in rs)]:
+            if any(r["key"] is None for r in got[n]):  # the task failed: no tar of an older plan may stay
+                storage.delete(f"{folder}/{n}")
             buf = io.BytesIO()
             pq.write_table(pa.Table.from_pylist(got.pop(n), schema=INDEX), buf, compression="zstd")
             storage.write_bytes(_sidecar(folder, n), buf.getvalue())
