@@ -30,7 +30,9 @@ class WriterConfig(_Strict):
     name: str = "default"  # shards land in <root>/shards/<name>/ (one folder per shard set)
     captions_run: str | None = None  # captions run under <root>/captions/<run>/; None = the latest one
     require_scores: bool = True  # True: a missing scores table is an error; False: every ok clip counts as passed
-    drop_flagged_captions: bool = True  # leave out clips whose caption kept a quality flag (truncated, looping)
+    # Captions with any of these quality flags (captioning.postprocess: empty, truncated, looping) are left
+    # out; a truncated caption still describes its clip, so it is kept by default.
+    drop_caption_flags: list[str] = ["empty", "looping"]
     target_shard_mb: float = Field(256.0, gt=0)  # a shard is closed before it would grow past this size
     max_samples_per_shard: int = Field(1000, ge=1)  # ... or once it holds this many samples
     seed: int = 0  # fixed seed of the shuffle across source videos (same inputs -> same shards)

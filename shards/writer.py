@@ -135,7 +135,7 @@ def select(storage: Storage, wc: WriterConfig) -> Selection:
         if cap.get("error") is not None or not (cap.get("text") or "").strip():
             sel.dropped["caption failed"] += 1
             continue
-        if wc.drop_flagged_captions and cap.get("flags"):
+        if set(cap.get("flags") or []) & set(wc.drop_caption_flags):
             sel.dropped["caption flagged"] += 1
             continue
         score = {k: v for k, v in (s or {}).items() if k != "clip_id"}
