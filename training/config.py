@@ -86,6 +86,8 @@ class VAETaskConfig(Strict):
 
     size: Literal["tiny", "2b", "5b"] = "tiny"  # model config: tiny (tests, demo) or the published CogVideoX VAE layout
     init_from: str | None = None  # diffusers AutoencoderKLCogVideoX folder to start from (None = random init)
+    channels: list[int] | None = None  # override block_out_channels of `size` (e.g. [32, 32, 64, 64]); None = as published
+    latent_channels: int | None = Field(None, ge=1)  # override latent channels of `size` (published: 16; tiny: 4)
     l1_weight: float = Field(1.0, ge=0)  # weight of the L1 reconstruction loss
     kl_weight: float = Field(1e-6, ge=0)  # weight of the KL term of the posterior
     lpips_weight: float = Field(0.1, ge=0)  # weight of LPIPS (used only when lpips_backbone and lpips_linear are given)

@@ -23,20 +23,29 @@ from training.losses import LPIPS, PatchDiscriminator3D, hinge_d_loss, psnr
 from training.tasks.base import Task
 
 
-def vae_config(size: str) -> Any:
+def vae_config(size: str, channels: list[int] | None = None, latent_channels: int | None = None) -> Any:
+    """VAEConfig of a named size, with optional width overrides (GroupNorm groups kept dividing them)."""
     from model.vae import VAEConfig
 
-    return {"tiny": VAEConfig.tiny, "2b": VAEConfig.cogvideox_2b, "5b": VAEConfig.cogvideox_5b}[size]()
+    kw: dict[str, Any] = {}
+    if channels:
+        kw["block_out_channels"] = tuple(channels)
+        if size == "tiny":
+            kw["norm_num_groups"] = min(min(channels), 8)
+    if latent_channels:
+        kw["latent_channels"] = latent_channels
+    return {"tiny": VAEConfig.tiny, "2b": VAEConfig.cogvideox_2b, "5b": VAEConfig.cogvideox_5b}[size](**kw)
 
 
-def build_vae(size: str, init_from: str | None) -> nn.Module:
+def build_vae(size: str, init_from: str | None, channels: list[int] | None = None,
+              latent_channels: int | None = None) -> nn.Module:
     """A CausalVAE: converted diffusers weights when init_from is given, else randomly initialised."""
     from model.convert import load_diffusers_vae
     from model.vae import CausalVAE
 
     if init_from:
         return load_diffusers_vae(init_from)
-    return CausalVAE(vae_config(size))
+    return CausalVAE(vae_config(size, channels, latent_channels))
 
 
 class VAETask(Task):
@@ -44,7 +53,7 @@ class VAETask(Task):
 
     def build_models(self) -> dict[str, nn.Module]:
         c = self.cfg.vae
-        vae = build_vae(c.size, c.init_from)
+        vae = build_vae(c.size, c.init_from, c.channels, c.latent_channels)
         vae.chunked = False  # training sees whole clips: GroupNorm statistics over all frames, one pass per block
         models: dict[str, nn.Module] = {"vae": vae}
         if c.gan_weight > 0:
