@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import platform
 import sys
 import tempfile
@@ -69,6 +70,15 @@ def real_clips(testdata: str, folder: str) -> list[tuple[str, float | None]]:
     return [(c, None) for c in pipeline_clips(srcs, os.path.join(folder, "root"), 10.0)]
 
 
+def score_all(sco, rows: list[dict], batch: int) -> tuple[float, list[dict]]:
+    """The model step over all rows in batches of filter.model.batch_size clips, as the actor gets them."""
+    t0 = time.perf_counter()
+    out = []
+    for i in range(0, len(rows), batch):
+        out += sco([dict(r) for r in rows[i:i + batch]])
+    return time.perf_counter() - t0, out
+
+
 def spearman(a: list[float], b: list[float]) -> float:
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
     return float(np.corrcoef(ra, rb)[0, 1]) if len(a) > 2 else float("nan")
@@ -97,10 +107,16 @@ def main() -> int:
     if not os.path.exists(os.path.join(mdir, "tiny-aesthetic.safetensors")):
         make_tiny(mdir, None if a.arch == "tiny" else a.arch)
     w, h = map(int, a.size.split("x"))
+    import json
     import shutil
 
-    shutil.rmtree(a.clips, ignore_errors=True)
-    clips = synthetic_clips(a.clips, w, h, a.seconds) + (real_clips(a.testdata, a.clips) if a.testdata else [])
+    key = os.path.join(a.clips, f"clips-{a.size}-{a.seconds:g}-{bool(a.testdata)}.json")
+    if os.path.exists(key):  # the same clips as the last run with these arguments
+        clips = [tuple(c) for c in json.load(open(key))]
+    else:
+        shutil.rmtree(a.clips, ignore_errors=True)
+        clips = synthetic_clips(a.clips, w, h, a.seconds) + (real_clips(a.testdata, a.clips) if a.testdata else [])
+        json.dump(clips, open(key, "w"))
 
     print(f"# filter bench {time.strftime('%Y-%m-%d %H:%M')} | {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs (load avg {os.getloadavg()[0]:.1f}), torch {torch.__version__} ({a.threads} threads)"
@@ -110,6 +126,7 @@ def main() -> int:
                                                if a.testdata else "") + "; sample 2 fps")
     results: dict[str, dict] = {}
     sweep: dict[int | None, float] = {}
+    frames: dict[int | None, int] = {}
     for method in ("flow", "mv"):
         cfg = FilterConfig(demo_models=None, clip={"model": os.path.join(mdir, "tiny-clip")}, scorers={
             "motion": {"type": "motion", "method": method},
@@ -119,27 +136,21 @@ def main() -> int:
         dec.setup()
         sco.ensure_setup()
         specs = dec.specs
-        bare = step = model = 0.0
-        motion = []
+        bare = step = 0.0
+        rows = []
         for path, _ in clips:
             t0 = time.perf_counter()
             decode_clip(path, specs, cfg.sample_fps, cfg.max_frames, None)  # bare decode of the same frames
             t1 = time.perf_counter()
-            row = dec.process_row({"clip_id": path, "path": os.path.abspath(path)})[0]
-            t2 = time.perf_counter()
-            out = sco([row])[0]
-            t3 = time.perf_counter()
-            bare, step, model = bare + t1 - t0, step + t2 - t1, model + t3 - t2
-            motion.append(out["motion_mean"])
-        results[method] = {"bare": bare, "step": step, "model": model, "motion": motion}
+            rows.append(dec.process_row({"clip_id": path, "path": os.path.abspath(path)})[0])
+            bare, step = bare + t1 - t0, step + time.perf_counter() - t1
+        model, out = score_all(sco, rows, cfg.model.batch_size)
+        results[method] = {"bare": bare, "step": step, "model": model, "motion": [r["motion_mean"] for r in out]}
         if method == "flow":  # CLIP cost against how many of the sampled frames it sees
-            rows = [dec.process_row({"clip_id": p, "path": os.path.abspath(p)})[0] for p, _ in clips]
             for k in a.clip_frames:
                 sco.cfg.clip.max_frames = k
-                t0 = time.perf_counter()
-                for r in rows:
-                    sco([dict(r)])
-                sweep[k] = time.perf_counter() - t0
+                sweep[k] = score_all(sco, rows, cfg.model.batch_size)[0]
+                frames[k] = sum(min(len(pickle.loads(r["_frames"]).times), k or 10**6) for r in rows)
             sco.cfg.clip.max_frames = cfg.clip.max_frames
 
     print("\n| motion method | clips/s (decode+score) | bare decode s | decode step s | model step s | "
@@ -153,10 +164,12 @@ def main() -> int:
               f"{motion_cost:.2f}x | {ratio:.2f}x |")
     bare = results["flow"]["bare"]
     motion_step = results["flow"]["step"] - bare
-    print("\n| clip.max_frames (CLIP frames per clip) | model step s | all scoring / decode (flow) |")
-    print("|---|---|---|")
+    print("\n| clip.max_frames (CLIP frames per clip) | CLIP frames | model step s | ms/frame | "
+          "all scoring / decode (flow) |")
+    print("|---|---|---|---|---|")
     for k, t in sweep.items():
-        print(f"| {'all sampled' if k is None else k} | {t:.2f} | {(motion_step + t) / bare:.2f}x |")
+        print(f"| {'all sampled' if k is None else k} | {frames[k]} | {t:.2f} | {1000 * t / frames[k]:.0f} | "
+              f"{(motion_step + t) / bare:.2f}x |")
     print("\n| clip | known motion (diag/s) | flow (DIS) | codec MV |")
     print("|---|---|---|---|")
     for (p, true), f, v in zip(clips, results["flow"]["motion"], results["mv"]["motion"]):

@@ -259,3 +259,32 @@ def test_real_videos_every_clip_gets_a_row(testdata, tmp_path, tiny_models):
         if k not in errors:
             assert r["frames_sampled"] >= 1 and r["aesthetic_mean"] is not None, k
     assert got["sintel-test_clip_10s.mp4"]["motion_mean"] > 0.01  # a trailer moves
+
+
+@pytest.mark.heavy
+def test_cli_demo_probe_split_filter_inspect(tmp_path):
+    """The README flow: the repository's pipelines.yaml on demo videos, tiny models built on the fly."""
+    import subprocess
+    import sys
+
+    from curation.synth import demo_videos
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    demo_videos(str(tmp_path / "raw"))
+    env = {**os.environ, "PYTHONPATH": repo}
+    sets = [f"root={tmp_path / 'root'}", f"inputs=[{tmp_path / 'raw'}/*.mp4]", f"filter.demo_models={tmp_path / 'models'}",
+            f"filter.clip.model={tmp_path / 'models/tiny-clip'}", "ray.progress=false", "ray.num_cpus=2",
+            f"filter.scorers.aesthetic.weights={tmp_path / 'models/tiny-aesthetic.safetensors'}"]
+    cmd = [sys.executable, "-m", "curation", "run", os.path.join(repo, "pipelines.yaml"), "--stage", "probe,split,filter"]
+    r = subprocess.run(cmd + [a for s in sets for a in ("--set", s)], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "building tiny RANDOM demo models" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "curation", "inspect", str(tmp_path / "root")], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "motion_mean<0.01" in r.stdout  # the still shot of still_then_moving.mp4 is dropped
+    assert (tmp_path / "root/report/index.html").exists()
+    t = tables.read_table(Storage(str(tmp_path / "root")), "scores")
+    ok = [c for c in tables.read_table(Storage(str(tmp_path / "root")), "clips").to_pylist() if c["status"] == "ok"]
+    assert sorted(t.column("clip_id").to_pylist()) == sorted(c["clip_id"] for c in ok)
