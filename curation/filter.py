@@ -220,10 +220,13 @@ def todo_clips(storage: "object", rescore: bool) -> tuple[list[dict], int]:
     """Clips with status ok not yet scored (errors are retried); returns (todo, skipped)."""
     clips = [r for r in tables.read_table(storage, "clips", tables.CLIPS).to_pylist() if r["status"] == "ok"]
     done: set[str] = set()
-    if not rescore and storage.list("scores", ".parquet"):
-        t = tables.read_table(storage, "scores")
-        if t.num_rows:
-            done = {c for c, e in zip(t.column("clip_id").to_pylist(), t.column("error").to_pylist()) if not e}
+    if not rescore:
+        import pyarrow.parquet as pq
+
+        for part in storage.list("scores", ".parquet"):  # two columns only: never the embeddings
+            t = pq.read_table(storage.fs.open_input_file(storage.path(part)), columns=["clip_id", "error"])
+            for c, e in zip(t.column("clip_id").to_pylist(), t.column("error").to_pylist()):
+                (done.add if not e else done.discard)(c)  # parts in write order: the last row of a clip wins
     todo = [{k: r[k] for k, _ in BASE_FIELDS if k in r} for r in clips if r["clip_id"] not in done]
     return todo, len(clips) - len(todo)
 

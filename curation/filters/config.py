@@ -50,6 +50,15 @@ def resolve_path(value: str | None, info: ValidationInfo) -> str | None:
     return os.path.join(base, os.path.expanduser(value)) if base else os.path.expanduser(value)
 
 
+def resolve_model(value: str | None, info: ValidationInfo) -> str | None:
+    """Like resolve_path, but a bare name (ViT-L-14) stays a name unless such a folder exists there."""
+    if value and "/" not in value and not value.startswith("."):
+        base = (info.context or {}).get("base_dir") if info.context else None
+        if not (base and os.path.exists(os.path.join(base, value))):
+            return value
+    return resolve_path(value, info)
+
+
 class ScorerConfig(_Strict):
     """Keys every scorer entry has; each scorer class extends this with its own typed `Config`."""
 
@@ -70,7 +79,8 @@ class ClipModelConfig(_Strict):
     # the costly part on a CPU (bench/filter.py); motion always uses every sampled frame.
     max_frames: int | None = Field(4, ge=1)
     frame_batch: int = Field(64, ge=1)  # frames per CLIP forward pass (memory bound on GPU)
-    _paths = field_validator("model", "pretrained")(resolve_path)
+    _model = field_validator("model")(resolve_model)
+    _paths = field_validator("pretrained")(resolve_model)
 
 
 class FilterConfig(_Strict):

@@ -209,6 +209,9 @@ def test_config_errors_name_the_key(tmp_path):
     cfg = load_config(str(p), check_inputs=False)  # relative model paths: relative to the yaml file
     assert cfg.filter.clip.model == str(tmp_path / "models/c")
     assert cfg.filter.scorers["a"].weights == str(tmp_path / "w.pth")
+    p.write_text("root: r\ninputs: [x]\nfilter:\n  clip: {model: ViT-L-14, pretrained: openai}\n")
+    cfg = load_config(str(p), check_inputs=False)  # an architecture name and a tag stay names
+    assert (cfg.filter.clip.model, cfg.filter.clip.pretrained) == ("ViT-L-14", "openai")
 
 
 def test_new_filter_is_one_class_and_one_entry(tmp_path, monkeypatch):
