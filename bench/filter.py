@@ -147,6 +147,9 @@ def main() -> int:
         model, out = score_all(sco, rows, cfg.model.batch_size)
         results[method] = {"bare": bare, "step": step, "model": model, "motion": [r["motion_mean"] for r in out]}
         if method == "flow":  # CLIP cost against how many of the sampled frames it sees
+            dec.cfg = cfg.model_copy(deep=True)
+            dec.cfg.clip.max_frames = None  # ship every sampled frame; the model step picks k of them
+            rows = [dec.process_row({"clip_id": p, "path": os.path.abspath(p)})[0] for p, _ in clips]
             for k in a.clip_frames:
                 sco.cfg.clip.max_frames = k
                 sweep[k] = score_all(sco, rows, cfg.model.batch_size)[0]

@@ -83,9 +83,10 @@ class DecodeStage(Stage):
     name = "filter.decode"
 
     def __init__(self, root: str, cfg: FilterConfig, scorers: ScorerSet, model_specs: list[FrameSpec],
-                 resources: StageResources | None = None) -> None:
+                 clip_spec: FrameSpec | None = None, resources: StageResources | None = None) -> None:
         super().__init__(resources)
         self.root, self.cfg, self.scorers, self.model_specs = root, cfg, scorers, model_specs
+        self.clip_spec = clip_spec
         cpu = scorers.by_step("cpu")
         self.specs = [s for sc in scorers.scorers for s in sc.frame_specs()] + model_specs
         self.mv_cells = next((sc.mv_cells() for sc in cpu if sc.mv_cells()), None)
@@ -108,8 +109,10 @@ class DecodeStage(Stage):
             for m, v in sc.score(clip).items():
                 out[f"{sc.name}_{m}"] = v
         keys = {s.key for s in self.model_specs}
-        slim = ClipFrames(clip.times, {k: v for k, v in clip.frames.items() if k in keys}, clip.width,
-                          clip.height, clip.fps)
+        frames = {k: v for k, v in clip.frames.items() if k in keys}
+        if self.clip_spec is not None:  # only the CLIP frames the model step will embed travel on
+            frames[self.clip_spec.key] = _spread(frames[self.clip_spec.key], self.cfg.clip.max_frames)
+        slim = ClipFrames(clip.times, frames, clip.width, clip.height, clip.fps)
         out[_PAYLOAD] = pickle.dumps(slim, protocol=5)
         out["decode_s"] = time.perf_counter() - t0
         return [out]
@@ -195,7 +198,7 @@ def build_stages(root: str, cfg: FilterConfig) -> tuple[DecodeStage, ScoreStage,
 
         clip_spec = FrameSpec("rgb24", image_size(cfg.clip), square_crop=True)
     model_specs = ([clip_spec] if clip_spec else []) + [s for sc in scorers.by_step("model") for s in sc.frame_specs()]
-    dec = DecodeStage(root, cfg, scorers, model_specs, StageResources.from_config(cfg.decode))
+    dec = DecodeStage(root, cfg, scorers, model_specs, clip_spec, StageResources.from_config(cfg.decode))
     sco = ScoreStage(cfg, scorers, clip_spec, StageResources.from_config(cfg.model))
     return dec, sco, scorers
 
