@@ -55,26 +55,26 @@ def make_requests(folder: str, n: int, cfg: CaptionConfig) -> tuple[list[Caption
     return reqs, n / (time.perf_counter() - t0)
 
 
-def run_engine(engine, reqs, params, batch: int) -> tuple[float, int]:
-    """Seconds and output tokens to caption all requests in batches of `batch`."""
+def run_engine(engine, reqs, params, batch: int) -> tuple[float, int, float]:
+    """Seconds, output tokens and this process's CPU seconds to caption all requests in batches of `batch`."""
     prompt = get_prompt("dense-v1")
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     toks = 0
     for i in range(0, len(reqs), batch):
         for g in engine.generate(reqs[i:i + batch], prompt, params):
             if g.error:
                 raise RuntimeError(f"{engine.name}: {g.error}")
             toks += g.tokens_out or 0
-    return time.perf_counter() - t0, toks
+    return time.perf_counter() - t0, toks, time.process_time() - c0
 
 
-def bare_requests(base_url: str, model: str, reqs, params, concurrency: int) -> tuple[float, int]:
+def bare_requests(base_url: str, model: str, reqs, params, concurrency: int) -> tuple[float, int, float]:
     """The floor: the same chat bodies, built inline and posted with plain httpx at the same concurrency."""
     import httpx
 
     prompt = get_prompt("dense-v1")
 
-    async def go() -> tuple[float, int]:
+    async def go() -> tuple[float, int, float]:
         sem = asyncio.Semaphore(concurrency)
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         async with httpx.AsyncClient(timeout=300, limits=limits) as client:
@@ -88,15 +88,16 @@ def bare_requests(base_url: str, model: str, reqs, params, concurrency: int) -> 
                 resp.raise_for_status()
                 return resp.json()["usage"]["completion_tokens"]
 
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             toks = await asyncio.gather(*(one(r) for r in reqs))
-            return time.perf_counter() - t0, sum(toks)
+            return time.perf_counter() - t0, sum(toks), time.process_time() - c0
 
     return asyncio.run(go())
 
 
 def client_vs_bare(server, reqs, params, concurrency: int, repeats: int) -> dict:
-    """Our OpenAI engine and bare requests against one server, alternated `repeats` times (medians)."""
+    """Our OpenAI engine and bare requests against one server, interleaved in alternating order
+    `repeats` times (so server-side caches and machine noise hit both alike); medians and spreads."""
     from captioning.engines.openai import OpenAIEngine
 
     cfg = CaptionConfig(engine="openai", model=server.model,
@@ -104,15 +105,22 @@ def client_vs_bare(server, reqs, params, concurrency: int, repeats: int) -> dict
     eng = OpenAIEngine(cfg)
     ours, bare = [], []
     try:
-        run_engine(eng, reqs[:concurrency], params, len(reqs))  # warm-up (connections, server caches)
-        for _ in range(repeats):
-            ours.append(run_engine(eng, reqs, params, len(reqs)))
-            bare.append(bare_requests(server.base_url, server.model, reqs, params, concurrency))
+        run_engine(eng, reqs, params, len(reqs))  # warm-up of both paths (connections, server caches)
+        bare_requests(server.base_url, server.model, reqs, params, concurrency)
+        for i in range(repeats):
+            pair = [lambda: ours.append(run_engine(eng, reqs, params, len(reqs))),
+                    lambda: bare.append(bare_requests(server.base_url, server.model, reqs, params, concurrency))]
+            for f in (pair if i % 2 else pair[::-1]):
+                f()
     finally:
         eng.close()
-    o = statistics.median(t for t, _ in ours)
-    b = statistics.median(t for t, _ in bare)
-    return {"ours_s": o, "bare_s": b, "ours_tokens": ours[0][1], "bare_tokens": bare[0][1], "overhead": o / b - 1}
+    o = statistics.median(t for t, _, _ in ours)
+    b = statistics.median(t for t, _, _ in bare)
+    spread = lambda xs: f"{min(x[0] for x in xs):.2f}-{max(x[0] for x in xs):.2f} s"  # noqa: E731
+    # Client CPU per request: what the client itself costs, independent of the server's (noisy) speed.
+    cpu = lambda xs: 1000 * statistics.median(x[2] for x in xs) / len(reqs)  # noqa: E731
+    return {"ours_s": o, "bare_s": b, "ours_tokens": ours[0][1], "bare_tokens": bare[0][1], "overhead": o / b - 1,
+            "ours_spread": spread(ours), "bare_spread": spread(bare), "ours_cpu_ms": cpu(ours), "bare_cpu_ms": cpu(bare)}
 
 
 def vllm_offline(reqs, cfg: CaptionConfig, params, batch: int, repeats: int) -> dict | None:
@@ -140,19 +148,19 @@ def _vllm_offline_worker(path: str) -> None:
     eng = VLLMEngine(cfg)
     run_engine(eng, job["reqs"][:2], job["params"], 2)  # warm-up
     runs = [run_engine(eng, job["reqs"], job["params"], job["batch"]) for _ in range(job["repeats"])]
-    t = statistics.median(s for s, _ in runs)
+    t = statistics.median(x[0] for x in runs)
     result = {"seconds": t, "tokens": runs[0][1], "version": __import__("vllm").__version__}
     print("RESULT " + json.dumps(result), flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--clips", type=int, default=24)
-    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--clips", type=int, default=48)
+    ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--frames", type=int, default=4, help="frames per clip")
     ap.add_argument("--concurrency", type=int, default=8, help="requests in flight (servers)")
     ap.add_argument("--batch", type=int, default=8, help="clips per generate call (in-process engines)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--vllm-offline-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.vllm_offline_worker:
@@ -178,7 +186,7 @@ def main() -> None:
     eng = TransformersEngine(cfg)
     run_engine(eng, reqs[:2], params, 2)
     runs = sorted(run_engine(eng, reqs, params, args.batch) for _ in range(args.repeats))
-    t, toks = runs[len(runs) // 2]
+    t, toks, _ = runs[len(runs) // 2]
     rows.append((f"transformers in process (batch {args.batch})", t, toks, ""))
     del eng
 
@@ -194,17 +202,20 @@ def main() -> None:
         finally:
             server.stop()
         rows.append((f"vllm serve, our OpenAI engine (concurrency {args.concurrency})", r["ours_s"], r["ours_tokens"],
-                     f"{r['overhead'] * 100:+.1f}% vs bare"))
-        rows.append((f"vllm serve, bare httpx (concurrency {args.concurrency})", r["bare_s"], r["bare_tokens"], "peer"))
+                     f"{r['overhead'] * 100:+.1f}% vs bare; runs {r['ours_spread']}; client CPU "
+                     f"{r['ours_cpu_ms']:.2f} ms/request"))
+        rows.append((f"vllm serve, bare httpx (concurrency {args.concurrency})", r["bare_s"], r["bare_tokens"],
+                     f"peer; runs {r['bare_spread']}; client CPU {r['bare_cpu_ms']:.2f} ms/request"))
     server = start_transformers_server(model, os.path.join(tmp, "tserve.log"))
     try:
         r = client_vs_bare(server, reqs, params, args.concurrency, args.repeats)
     finally:
         server.stop()
     rows.append((f"transformers serve, our OpenAI engine (concurrency {args.concurrency})", r["ours_s"],
-                 r["ours_tokens"], f"{r['overhead'] * 100:+.1f}% vs bare"))
+                 r["ours_tokens"], f"{r['overhead'] * 100:+.1f}% vs bare; runs {r['ours_spread']}; client CPU "
+                                   f"{r['ours_cpu_ms']:.2f} ms/request"))
     rows.append((f"transformers serve, bare httpx (concurrency {args.concurrency})", r["bare_s"], r["bare_tokens"],
-                 "peer"))
+                 f"peer; runs {r['bare_spread']}; client CPU {r['bare_cpu_ms']:.2f} ms/request"))
 
     print(f"\n## Caption engines, {datetime.date.today()} — {args.clips} clips x {args.frames} frames (112 px), "
           f"max_tokens {args.max_tokens}, tiny random Qwen2.5-VL, CPU ({os.cpu_count()} cores), median of "

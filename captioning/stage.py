@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from captioning import postprocess
 from captioning.config import CaptionConfig
 from captioning.engines import CaptionRequest, Generation, SamplingParams
-from captioning.frames import sample_frames, sample_frames_from_bytes
+from captioning.frames import probe_duration, sample_frames, sample_frames_from_bytes
 from captioning.prompts import get_prompt
 from captioning.table import CAPTIONS, done_ids, normalize, table_name, write_run_info
 from curation.stage import Stage, StageResources, run_local
@@ -47,12 +47,14 @@ class SampleFrames(Stage):
 
     def process_row(self, row: dict) -> list[dict]:
         want_video = self.cfg.engine == "openai" and self.cfg.openai.video_as == "video_url"
-        if row.get("tar"):  # a WebDataset sample: read its mp4 member in place
-            data = read_range(row["tar"], row["offset"], row["size"])
-            frames, fps = sample_frames_from_bytes(data, row.get("duration_s"), self.cfg,
-                                                   f"{row['tar']}:{row['clip_id']}")
+        duration = _value(row.get("duration_s"))
+        if _value(row.get("tar")):  # a WebDataset sample: read its mp4 member in place
+            data = read_range(row["tar"], int(row["offset"]), int(row["size"]))
+            frames, fps = sample_frames_from_bytes(data, duration, self.cfg, f"{row['tar']}:{row['clip_id']}")
         else:
-            frames, fps = sample_frames(row["path"], row["duration_s"], self.cfg)
+            if duration is None:
+                duration = probe_duration(row["path"])
+            frames, fps = sample_frames(row["path"], duration, self.cfg)
             data = read_range(row["path"], 0, None) if want_video else None
         return [{"clip_id": row["clip_id"], "frames": frames, "fps": fps,
                  "video": data if want_video else None, "error": None}]
@@ -80,8 +82,8 @@ class Caption(Stage):
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         self.ensure_setup()
-        out = [self._row(r["clip_id"], Generation(error=r["error"]), 0, []) for r in rows if r.get("error")]
-        todo = [r for r in rows if not r.get("error")]
+        out = [self._row(r["clip_id"], Generation(error=r["error"]), 0, []) for r in rows if _value(r.get("error"))]
+        todo = [r for r in rows if not _value(r.get("error"))]
         if not todo:
             return out
         reqs = [CaptionRequest(r["clip_id"], list(r["frames"]), float(r["fps"]), r.get("video")) for r in todo]
@@ -119,6 +121,11 @@ class Caption(Stage):
                 "prompt_hash": self.prompt.hash, "frames": frames, "tokens_in": g.tokens_in,
                 "tokens_out": g.tokens_out, "latency_s": g.latency_s, "finish_reason": g.finish_reason,
                 "flags": flags, "retries": retries, "error": g.error, "created_at": _now()}
+
+
+def _value(v: object) -> object:
+    """None for a missing value: rows that crossed Ray Data's pandas batches carry NaN for nulls."""
+    return None if v is None or (isinstance(v, float) and v != v) else v
 
 
 def _judge(g: Generation) -> tuple[Generation, str, list[str]]:

@@ -65,3 +65,36 @@ def test_pipeline_to_captions_through_vllm_serve(ray_local, tiny_vlm, tmp_path):
         server.stop()
     rows = check_one_row_per_kept_clip(cfg)
     assert all(r["engine"] == "openai" and r["model"] == "tiny" for r in rows)
+
+
+@pytest.mark.heavy
+def test_recaption_shards_on_ray(ray_local, tiny_vlm, clip_root, tmp_path):
+    """Shard samples cross Ray Data's batches (nulls become NaN there): 3 clips captioned, a JPEG named
+    .mp4 is an error row by key, and the new shard carries the new captions."""
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    from captioning.config import CaptionConfig
+    from captioning.recaption import recaption
+
+    root, ids = clip_root
+    shard = tmp_path / "shard-000000.tar"
+    jpg = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(jpg, format="JPEG")
+    with tarfile.open(shard, "w") as t:
+        for cid in ids[:3]:
+            t.add(Storage(root).path(f"clips/vid0/{cid}.mp4"), f"{cid}.mp4")
+        info = tarfile.TarInfo("still.mp4")
+        info.size = len(jpg.getvalue())
+        t.addfile(info, io.BytesIO(jpg.getvalue()))
+    cfg = CaptionConfig(run="shards-v2", model=tiny_vlm, max_tokens=8, max_frames=2, max_side=112, retry_bad=0,
+                        resources={"num_cpus": 1, "workers": 1, "batch_size": 2})
+    c = recaption(str(tmp_path / "out-root"), cfg, [str(shard)], str(tmp_path / "out"))
+    assert (c["captioned"] + c["flagged"], c["unreadable"], c["errors"]) == (3, 1, 0)
+    rows = {r["clip_id"]: r for r in read_captions(Storage(str(tmp_path / "out-root")), "shards-v2").to_pylist()}
+    assert rows["still"]["error"].startswith("frames: ") and "still" in rows["still"]["error"]
+    with tarfile.open(tmp_path / "out" / shard.name) as t:
+        assert t.extractfile(f"{ids[0]}.txt").read().decode() == rows[ids[0]]["text"]
