@@ -16,7 +16,7 @@ from captioning.stage import caption_items, clip_items
 from captioning.table import done_ids, read_captions
 from curation.storage import Storage
 
-from conftest import make_clip_root
+from captioning_helpers import make_clip_root
 
 pytestmark = pytest.mark.vllm
 
