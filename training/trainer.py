@@ -230,7 +230,8 @@ class Trainer:
         if self.step >= cfg.steps and cfg.checkpoint.export_diffusers:
             exported = self.task.export(os.path.join(self.out_dir, "export"))
         self.log.close()
-        return {"step": self.step, "history": history, "checkpoint": self.ckpt.latest(), "exported": exported}
+        return {"step": self.step, "history": history, "checkpoint": self.ckpt.latest(), "exported": exported,
+                "flops_per_step": self.flops_per_step}
 
 
 def _format(step: int, m: dict[str, float]) -> str:
