@@ -89,3 +89,17 @@ def test_sample_rejects_a_vae_checkpoint(tmp_path):
     from training.sample import main as sample_main
 
     assert sample_main(["--checkpoint", summary["checkpoint"], "--prompt", "x"]) == 2
+
+
+def test_precomputed_latents_train_the_transformer(tmp_path):
+    from training.latents import write_latents
+
+    cfg = write_config(str(tmp_path), base(2, data={"height": 32, "width": 32}, transformer={"max_text_len": 12}))
+    parts = write_latents(cfg, limit=2)
+    assert len(parts) == 2
+    from safetensors.torch import load_file
+
+    part = load_file(parts[0])
+    assert part["latents"].shape == (1, 3, 4, 4, 4) and part["text_emb"].shape[:2] == (1, 12)
+    summary = train(cfg, "transformer", ["training.data.source=latents"])
+    assert summary["step"] == 2 and all(h["loss"] == h["loss"] for h in summary["history"])
