@@ -632,6 +632,18 @@ class ShardLoader:
         yield from dl
 
     def __iter__(self) -> Iterator[dict]:
+        """The rest of the current epoch. A loader resumed right after an epoch's last batch has nothing
+        left of that epoch: it goes on into the next one, so iteration always yields the batches that
+        followed in the uninterrupted run (and a training loop never sees an empty pass)."""
+        resumed = not self._fresh
+        n = 0
+        for batch in self._epoch():
+            n += 1
+            yield batch
+        if n == 0 and resumed:
+            yield from self._epoch()
+
+    def _epoch(self) -> Iterator[dict]:
         if self._fresh:
             self.stats = {"samples": 0, "batches": 0, "bad": {}, "skipped": {}, "uncaptioned": 0}
             self._fresh = False

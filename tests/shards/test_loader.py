@@ -193,6 +193,22 @@ def test_state_dict_resumes_exactly(tmp_path, demo_shards, workers):
             assert torch.equal(b["frames"], frames)
         assert resumed.stats["bad"].keys() == {"broken"} and resumed.stats["samples"] == len(full)
         assert resumed.epoch == 1
+    # Resumed right after the epoch's last batch: the next iteration is the next epoch, as uninterrupted.
+    loader = _loader(shards, batch_size=1, num_workers=workers, seed=3)
+    it = iter(loader)
+    for _ in range(len(full)):
+        next(it)
+    state = loader.state_dict()
+    del it
+    uninterrupted = [b["keys"] for b in loader]  # the rest of epoch 0 (nothing), then epoch 1
+    resumed = _loader(shards, batch_size=1, num_workers=workers, seed=3)
+    resumed.load_state_dict(state)
+    assert [b["keys"] for b in resumed] == uninterrupted and len(uninterrupted) == len(full)
+    loader = _loader(shards, batch_size=1, num_workers=workers, seed=3)
+    it = iter(loader)
+    for _ in range(len(full) - 1):
+        next(it)
+    del it
     # An abandoned iteration continues from its position; the next epoch is a new order of the same
     # samples; a mismatched loader refuses the state.
     assert [b["keys"] for b in loader] == [k for k, _ in full][-1:] and loader.epoch == 1
