@@ -89,3 +89,11 @@ def test_two_process_fsdp_resume_is_exact(tmp_path):
     cfg = write_config(str(tmp_path / "c"), toy_training(steps=2, parallel={"shard_size": 1}))
     r = run_cli([cfg, "--task", TOY], nproc=2)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_activation_checkpointing_gives_the_same_losses(tmp_path):
+    plain = write_config(str(tmp_path / "a"), toy_training(steps=3))
+    train(plain, TOY)
+    ac = write_config(str(tmp_path / "b"), toy_training(steps=3, parallel={"activation_checkpointing": True}))
+    train(ac, TOY)
+    assert losses(str(tmp_path / "b" / "data" / "runs" / "toy")) == losses(str(tmp_path / "a" / "data" / "runs" / "toy"))
