@@ -163,12 +163,13 @@ def test_object_store_root_through_pyarrow_fs(tmp_path):
 def test_caption_flags_that_drop_a_clip_are_configurable(tmp_path):
     d = demo.build(str(tmp_path / "f"), videos=2, clips_per_video=4, frames=24)
     st = Storage(d.root)
-    cut = d.kept[0]
-    tables.write_part(st, "captions/new", [{"clip_id": cut, "text": "a pattern that", "model": "m", "engine": "e",
-                                           "prompt_hash": "0", "flags": ["truncated"], "error": None}],
-                      demo.CAPTIONS)
-    kept = writer.write_shards(st, WriterConfig(name="a"), "a", local=True)
+    rows = tables.read_table(st, "captions/new").to_pylist()
+    for r in rows:
+        if r["clip_id"] == d.kept[0]:
+            r.update(text="a pattern that", flags=["truncated"])
+    tables.write_part(st, "captions/flagged", rows, demo.CAPTIONS)
+    kept = writer.write_shards(st, WriterConfig(name="a", captions_run="flagged"), "a", local=True)
     assert kept["samples"] == len(d.kept)  # a truncated caption still describes its clip
-    strict = writer.write_shards(st, WriterConfig(name="b", drop_caption_flags=["truncated", "looping"]), "b",
-                                 local=True)
+    strict = writer.write_shards(st, WriterConfig(name="b", captions_run="flagged",
+                                                  drop_caption_flags=["truncated", "looping"]), "b", local=True)
     assert strict["samples"] == len(d.kept) - 1 and strict["dropped"]["caption flagged"] == 2
