@@ -27,7 +27,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 warnings.filterwarnings("ignore", category=RuntimeWarning)
 
-from curation.filters.base import ClipFrames, FrameSpec, ScorerSet  # noqa: E402
 from curation.filters.config import FilterConfig  # noqa: E402
 from curation.filters.decode import decode_clip  # noqa: E402
 from curation.synth import Scene, make_video  # noqa: E402

@@ -19,7 +19,6 @@ import os
 import pickle
 import sys
 import time
-from typing import Any
 
 import numpy as np
 import pyarrow as pa

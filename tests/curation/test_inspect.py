@@ -15,7 +15,7 @@ import pytest
 from curation import inspect as insp
 from curation import tables
 from curation.filter import build_stages, scores_schema, todo_clips
-from curation.filters.base import Rule, ScorerSet
+from curation.filters.base import ScorerSet
 from curation.filters.config import FilterConfig
 from curation.stage import run_local
 from curation.storage import Storage
