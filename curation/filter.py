@@ -233,6 +233,12 @@ def todo_clips(storage: "object", rescore: bool) -> tuple[list[dict], int]:
     return todo, len(clips) - len(todo)
 
 
+def _cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0.0
+
+
 def run(cfg: "object", ctx: "object") -> dict:
     """Score every ok clip not yet in the scores table; returns counts."""
     from curation.runner import run_pipeline
@@ -241,6 +247,11 @@ def run(cfg: "object", ctx: "object") -> dict:
     storage = ctx.storage
     ensure_demo_models(fcfg)
     dec, sco, scorers = build_stages(storage.root, fcfg)
+    if sco.resources.num_gpus and not _cluster_gpus():
+        # CPU fallback: an actor asking for a GPU on a cluster without one would wait forever.
+        print(f"[filter] WARNING: filter.model.num_gpus={sco.resources.num_gpus} but the Ray cluster has no GPU: "
+              "the model step runs on CPU", file=sys.stderr, flush=True)
+        sco.resources.num_gpus = 0
     schema = scores_schema(scorers, {"filter.config": fcfg.model_dump_json()})
     todo, skipped = todo_clips(storage, fcfg.rescore)
     counts = {"clips": len(todo) + skipped, "skipped": skipped, "scored": 0, "kept": 0, "dropped": 0, "errors": 0}
