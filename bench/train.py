@@ -61,7 +61,7 @@ def data(model: str, size: str, device: torch.device) -> dict:
                 "text_emb": torch.randn(b, c.max_text_len, c.text_embed_dim, generator=g).to(device),
                 "t": torch.randint(0, 1000, (b,), generator=g).to(device),
                 "noise": torch.randn(shape, generator=g).to(device)}
-    frames, hw, b = (9, 64, 2) if size != "2b" else (17, 256, 1)
+    frames, hw, b = (9, 32, 2) if size != "2b" else (17, 256, 1)
     return {"frames": (torch.rand(b, frames, 3, hw, hw, generator=g) * 2 - 1).to(device)}
 
 

@@ -140,7 +140,11 @@ class Trainer:
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One optimiser step on `batch` (see the module docstring); returns this step's metrics."""
         measure = self.cfg.measure_flops if self.cfg.measure_flops is not None else self.info.device.type == "cuda"
-        if measure and self.flops_per_step is None:
+        analytic = self.task.flops_per_step(batch) if measure else None
+        if analytic is not None:
+            self.flops_per_step = analytic
+            out = self.task.forward_backward(batch, self.step)
+        elif measure and self.flops_per_step is None:
             with FlopCounterMode(display=False) as counter:
                 out = self.task.forward_backward(batch, self.step)
             self.flops_per_step = float(counter.get_total_flops())

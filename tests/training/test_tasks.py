@@ -103,3 +103,26 @@ def test_precomputed_latents_train_the_transformer(tmp_path):
     assert part["latents"].shape == (1, 3, 4, 4, 4) and part["text_emb"].shape[:2] == (1, 12)
     summary = train(cfg, "transformer", ["training.data.source=latents"])
     assert summary["step"] == 2 and all(h["loss"] == h["loss"] for h in summary["history"])
+
+
+def test_transformer_flops_estimate_is_close_to_counted_flops(tmp_path):
+    """The analytic MFU numerator (6NT + 12LT^2d) is within 30% of FlopCounterMode's count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from training.config import TrainingConfig
+    from training.parallelize import init_distributed, shutdown
+    from training.tasks.transformer import TransformerTask
+    from training.trainer import Trainer
+
+    cfg = TrainingConfig.model_validate(base(1, data={"height": 64, "width": 64}, transformer={"max_text_len": 12}))
+    info = init_distributed(cfg.parallel, "cpu")
+    try:
+        task = TransformerTask(cfg, info, str(tmp_path))
+        Trainer(cfg, task, None, info, str(tmp_path))
+        batch = {"latents": torch.randn(2, 3, 4, 8, 8), "text_emb": torch.randn(2, 12, task.text.dim), "captions": []}
+        with FlopCounterMode(display=False) as counter:
+            task.forward_backward(batch, 0)
+        counted, estimate = counter.get_total_flops(), task.flops_per_step(batch)
+    finally:
+        shutdown(info)
+    assert 0.7 < estimate / counted < 1.3, (estimate, counted)

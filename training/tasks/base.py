@@ -50,6 +50,11 @@ class Task:
         """
         raise NotImplementedError
 
+    def flops_per_step(self, batch: dict[str, Any]) -> float | None:
+        """Analytic model FLOPs (forward + backward) of one step on `batch` for MFU; None = count them
+        with FlopCounterMode on the first step instead (not possible with torch.compile)."""
+        return None
+
     def after_optimizer_step(self, step: int) -> None:
         """Hook after a successful update (EMA)."""
 

@@ -148,6 +148,20 @@ class TransformerTask(Task):
         tokens = b * (z.shape[1] * (z.shape[3] // p) * (z.shape[4] // p) + emb.shape[1])
         return {"loss": loss.detach(), "t_mean": t.float().mean(), "samples": b, "tokens": tokens}
 
+    def flops_per_step(self, batch: dict[str, Any]) -> float | None:
+        """Per sample, forward + backward: 72 L d^2 T for the per-token matmuls of each block (q, k, v, out:
+        4d^2; FFN: 8d^2; x 2 for multiply-add, x 3 for backward) + 12 L T^2 d for attention scores and
+        values. Embeddings and the per-sample AdaLN projections are left out (the usual MFU convention)."""
+        c = self.model_config
+        if "latents" in batch:
+            b, f, _, h, w = batch["latents"].shape
+            text = batch["text_emb"].shape[1]
+        else:
+            b, f_px, _, h_px, w_px = batch["frames"].shape
+            f, h, w, text = (f_px - 1) // 4 + 1, h_px // 8, w_px // 8, c.max_text_len
+        tokens = f // (c.patch_size_t or 1) * (h // c.patch_size) * (w // c.patch_size) + text
+        return float(b * c.num_layers * (72 * c.dim**2 * tokens + 12 * tokens**2 * c.dim))
+
     @torch.no_grad()
     def after_optimizer_step(self, step: int) -> None:
         if self.ema:
