@@ -293,3 +293,25 @@ def test_cli_demo_probe_split_filter_inspect(tmp_path):
     t = tables.read_table(Storage(str(tmp_path / "root")), "scores")
     ok = [c for c in tables.read_table(Storage(str(tmp_path / "root")), "clips").to_pylist() if c["status"] == "ok"]
     assert sorted(t.column("clip_id").to_pylist()) == sorted(c["clip_id"] for c in ok)
+
+
+@pytest.mark.heavy
+def test_real_videos_probe_split_filter(testdata, ray_local, tmp_path, tiny_models):
+    """All real test videos through probe -> split -> filter on Ray: every ok clip gets a scores row,
+    the corrupted file is reported (videos table and manifest), nothing crashes."""
+    from curation.config import PipelineConfig
+    from curation.pipeline import run_stages
+
+    inputs = [os.path.join(testdata, d, "*.m[pok][4v]") for d in ("scenedetect", "decord", "sintel", "bbb")]
+    cfg = PipelineConfig(root=str(tmp_path / "root"), inputs=inputs, ray={"progress": False},
+                         split={"min_clip_s": 0.5}, filter=model_cfg(tiny_models))
+    ctx = run_stages(cfg, ["probe", "split", "filter"])
+    st = Storage(cfg.root)
+    vids = tables.read_table(st, "videos").to_pylist()
+    assert any("corrupted.mp4" in v["source"] and v["error"] for v in vids)
+    assert any("corrupted.mp4" in e for e in ctx.stages["probe"]["errors"])
+    ok = {c["clip_id"] for c in tables.read_table(st, "clips").to_pylist() if c["status"] == "ok"}
+    scores = tables.read_table(st, "scores").to_pylist()
+    assert len(ok) > 10 and {r["clip_id"] for r in scores} == ok
+    assert not [r for r in scores if r["error"]], [r["error"] for r in scores if r["error"]]
+    assert ctx.stages["filter"]["counts"]["scored"] == len(ok)
