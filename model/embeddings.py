@@ -111,10 +111,14 @@ def rope_3d(head_dim: int, frames: int, height: int, width: int, base_size: tupl
     return cos, sin
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x0, x1) of the last dim of x [..., S, D] by the angles in cos/sin [S, D]."""
-    x_pairs = x.unflatten(-1, (-1, 2))
-    rotated = torch.stack([-x_pairs[..., 1], x_pairs[..., 0]], dim=-1).flatten(-2)
-    if x.dtype == torch.float32:
-        return x * cos + rotated * sin
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+def rope_complex(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """(cos, sin) [S, D] with each angle repeated per pair -> unit complex rotations [S, 1, D/2] (complex64),
+    shaped to broadcast over heads of a [B, S, H, D/2] view."""
+    return torch.complex(cos[:, 0::2].float(), sin[:, 0::2].float())[:, None, :]
+
+
+def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x0, x1) of the last dim of x [B, S, H, D] by rot [S, 1, D/2] (complex):
+    (x0 cos - x1 sin, x1 cos + x0 sin). Computed in float32, returned in x's dtype."""
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * rot).flatten(-2).to(x.dtype)

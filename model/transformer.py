@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from model.embeddings import apply_rope, rope_3d, sincos_3d, timestep_embedding
+from model.embeddings import apply_rope, rope_3d, rope_complex, sincos_3d, timestep_embedding
 
 
 @dataclass
@@ -109,16 +109,17 @@ class Attention(nn.Module):
         self.norm_k = nn.LayerNorm(head_dim, eps=qk_eps)
         self.to_out = nn.Linear(num_heads * head_dim, dim, bias=True)
 
-    def forward(self, x: torch.Tensor, text_len: int, rope: tuple[torch.Tensor, torch.Tensor] | None):
+    def forward(self, x: torch.Tensor, text_len: int, rope: torch.Tensor | None):
+        """x [B, S, dim] with the first text_len tokens text; rope: complex rotations [S_video, 1, head_dim/2]."""
         b, s, _ = x.shape
-        q = self.norm_q(self.to_q(x).view(b, s, self.num_heads, self.head_dim)).transpose(1, 2)
-        k = self.norm_k(self.to_k(x).view(b, s, self.num_heads, self.head_dim)).transpose(1, 2)
-        v = self.to_v(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
-        if rope is not None:
-            cos, sin = rope
-            q = torch.cat([q[:, :, :text_len], apply_rope(q[:, :, text_len:], cos, sin)], dim=2)
-            k = torch.cat([k[:, :, :text_len], apply_rope(k[:, :, text_len:], cos, sin)], dim=2)
-        out = F.scaled_dot_product_attention(q, k, v)
+        shape = (b, s, self.num_heads, self.head_dim)
+        q = self.norm_q(self.to_q(x).view(shape))  # [B, S, H, hd]: the norms act on contiguous heads
+        k = self.norm_k(self.to_k(x).view(shape))
+        v = self.to_v(x).view(shape)
+        if rope is not None:  # rotate video tokens in place (the norm outputs are not needed by autograd)
+            q[:, text_len:] = apply_rope(q[:, text_len:], rope)
+            k[:, text_len:] = apply_rope(k[:, text_len:], rope)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.to_out(out.transpose(1, 2).reshape(b, s, -1))
 
 
@@ -144,7 +145,7 @@ class Block(nn.Module):
         self.ff = FeedForward(dim, 4 * dim)
 
     def forward(self, video: torch.Tensor, text: torch.Tensor, temb: torch.Tensor,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                rope: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         text_len = text.shape[1]
         h_video, h_text, gate, t_gate = self.norm1(video, text, temb)
         out = self.attn(torch.cat([h_text, h_video], dim=1), text_len, rope)
@@ -197,10 +198,11 @@ class ExpertTransformer(nn.Module):
             gh, gw = height // p, width // p
             if cfg.use_rope:
                 if cfg.patch_size_t is None:
-                    val = rope_3d(cfg.head_dim, frames, gh, gw, (cfg.sample_height // p, cfg.sample_width // p),
-                                  cfg.rope_theta, device)
+                    cos, sin = rope_3d(cfg.head_dim, frames, gh, gw, (cfg.sample_height // p, cfg.sample_width // p),
+                                       cfg.rope_theta, device)
                 else:
-                    val = rope_3d(cfg.head_dim, frames // cfg.patch_size_t, gh, gw, None, cfg.rope_theta, device)
+                    cos, sin = rope_3d(cfg.head_dim, frames // cfg.patch_size_t, gh, gw, None, cfg.rope_theta, device)
+                val = rope_complex(cos, sin)
             else:
                 val = sincos_3d(cfg.dim, frames, gh, gw, cfg.spatial_interpolation_scale,
                                 cfg.temporal_interpolation_scale, device).to(dtype)

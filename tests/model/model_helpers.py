@@ -76,45 +76,26 @@ def diffusers_forward(ref, latents, text, t):
 
 
 # -- peak memory on CPU ----------------------------------------------------------------------------------
-# A child process per measurement: glibc is told to serve every allocation above 64 KiB with mmap (and
-# to never adapt that threshold), so freed tensors go back to the OS at once and the kernel's resident
-# high-water mark (VmHWM) tracks live tensor bytes. VmHWM is reset (/proc/self/clear_refs 5) right
-# before the measured call; the result is VmHWM - VmRSS at that moment.
-PEAK_PRELUDE = r'''
-import json, re, sys, time
-import torch
-torch.set_num_threads(1)
-def _status():
-    s = open("/proc/self/status").read()
-    return {k: int(re.search(k + r":\s+(\d+)", s).group(1)) * 1024 for k in ("VmRSS", "VmHWM")}
-def measure(fn):
-    base = _status()["VmRSS"]
-    open("/proc/self/clear_refs", "w").write("5")
-    t0 = time.perf_counter()
-    out = fn()
-    dt = time.perf_counter() - t0
-    return out, _status()["VmHWM"] - base, dt
-'''
+def cpu_peak_bytes(fn) -> tuple[object, int]:
+    """(fn(), peak bytes of CPU tensor memory allocated during the call above what was live before it).
 
+    Uses the profiler's allocator events (profile_memory=True): every allocation and free through
+    PyTorch's CPU allocator carries the running total, so the peak is exact and independent of glibc
+    caching or other processes (RSS-based numbers are not: freed blocks stay resident and get reused).
+    """
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
 
-def run_peak(script: str, timeout: float = 600) -> dict:
-    """Run PEAK_PRELUDE + script in a fresh interpreter; the script prints one JSON line, returned parsed."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", OMP_NUM_THREADS="1",
-               PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-c", PEAK_PRELUDE + script], capture_output=True, text=True, env=env,
-                         timeout=timeout, cwd=repo)
-    if res.returncode != 0:
-        raise RuntimeError(res.stderr[-3000:])
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
-def peak_supported() -> bool:
-    import os
-
-    return os.path.exists("/proc/self/clear_refs") and os.access("/proc/self/clear_refs", os.W_OK)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        e = stack.pop()
+        stack.extend(e.children)
+        if e.typed[0] == _EventType.Allocation and e.typed[1].device.type == "cpu":
+            events.append((e.start_time_ns, e.typed[1].total_allocated, e.typed[1].alloc_size))
+    if not events:
+        return out, 0
+    events.sort()
+    before = events[0][1] - events[0][2]
+    return out, max(total for _, total, _ in events) - before
