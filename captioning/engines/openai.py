@@ -67,6 +67,7 @@ class OpenAIEngine(Engine):
         key = os.environ.get(o.api_key_env) if o.api_key_env else None
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        self.retries = 0  # re-sends so far (a health signal: bench/caption.py reports it)
         # One loop for the engine's life, so the connection pool is reused across batches.
         self._loop = asyncio.new_event_loop()
         limits = httpx.Limits(max_connections=o.concurrency, max_keepalive_connections=o.concurrency)
@@ -99,6 +100,8 @@ class OpenAIEngine(Engine):
         err = ""
         for attempt in range(self.o.max_retries + 1):
             if attempt:
+                self.retries += 1
+                log.debug("clip %s: retry %d after %s", req.clip_id, attempt, err)
                 delay = self.o.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random())
                 await asyncio.sleep(delay)
             try:
