@@ -231,7 +231,7 @@ def main() -> None:
     p.add_argument("--model", default="both", choices=["transformer", "vae", "both"])
     p.add_argument("--size", default="small", choices=["small", "2b"])
     p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (more than free cores makes OpenMP spin: keep 1 on a shared machine)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args()
     torch.set_num_threads(a.threads)

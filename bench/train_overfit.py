@@ -39,7 +39,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4, help="copies of the pair per step (different noise levels)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--size", type=int, default=32)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (more than free cores makes OpenMP spin: keep 1 on a shared machine)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     from safetensors.torch import load_file

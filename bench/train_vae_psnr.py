@@ -49,7 +49,7 @@ def main() -> None:
     p.add_argument("--channels", type=int, nargs="+", default=[32, 32, 64, 64])
     p.add_argument("--latent", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (more than free cores makes OpenMP spin: keep 1 on a shared machine)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     from training.__main__ import train
