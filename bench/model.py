@@ -277,21 +277,32 @@ def bench_2b_gpu(reps: int) -> list[str]:
     matmul_params = sum(p.numel() for n, p in ours.named_parameters() if p.dim() == 2 and n.startswith("blocks"))
     flops = 6 * matmul_params * s + 12 * cfg.num_layers * s * s * cfg.dim  # linear layers + attention, fwd+bwd
     res = {}
-    for side, fn in (("diffusers", step_ref), ("ours", step_ours)):
-        try:
-            fn()
-            tm = alternate({side: fn}, reps, "cuda", warmup=1)[side]["wall"]["median"]
-            res[side] = (tm, cuda_peak(fn))
-        except torch.cuda.OutOfMemoryError:
-            res[side] = None
-            torch.cuda.empty_cache()
+    for side, fn, model in (("diffusers", step_ref, ref), ("ours", step_ours, ours)):
+        ref.zero_grad(set_to_none=True)
+        ours.zero_grad(set_to_none=True)  # only the measured side holds gradients
+        torch.cuda.empty_cache()
+        res[side] = None
+        for ckpt in (False, True):  # activation checkpointing only if the plain step does not fit
+            if side == "diffusers":
+                ref.enable_gradient_checkpointing() if ckpt else ref.disable_gradient_checkpointing()
+            else:
+                ours.gradient_checkpointing = ckpt
+            try:
+                fn()
+                tm = alternate({side: fn}, reps, "cuda", warmup=1)[side]["wall"]["median"]
+                res[side] = (tm, cuda_peak(fn), ckpt)
+                break
+            except torch.cuda.OutOfMemoryError:
+                model.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
     for side, r in res.items():
         if r is None:
             lines.append(f"  {side:9s} out of memory")
             continue
-        tm, pk = r
+        tm, pk, ckpt = r
         mfu = f"{flops / tm / peak_flops * 100:.1f}%" if peak_flops else "n/a (unknown peak)"
-        lines.append(f"  {side:9s} {tm:.3f}s/step  {s / tm:,.0f} tokens/s  MFU {mfu}  peak {mib(pk)}")
+        note = "  (activation checkpointing)" if ckpt else ""
+        lines.append(f"  {side:9s} {tm:.3f}s/step  {s / tm:,.0f} tokens/s  MFU {mfu}  peak {mib(pk)}{note}")
     if all(res.values()):
         lines.append(f"  tokens/s ours/diffusers: {res['diffusers'][0] / res['ours'][0]:.3f}x")
     return lines

@@ -215,13 +215,24 @@ def _read_folder(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     return state, cfg
 
 
+def _download(name: str, subfolder: str) -> str:
+    """A hub name ("THUDM/CogVideoX-2b"): fetch config + safetensors of `subfolder` (or of a bare model repo)."""
+    if name.count("/") != 1 or os.path.exists(name):
+        raise FileNotFoundError(f"{name} is neither a folder nor a hub name")
+    from huggingface_hub import snapshot_download
+
+    root = snapshot_download(name, allow_patterns=[f"{subfolder}/*.json", f"{subfolder}/*.safetensors", "*.json",
+                                                   "*.safetensors"])
+    return root
+
+
 def _resolve(path_or_state, subfolder: str):
     """(state_dict, config dict) from a state dict, a model folder, or a pipeline folder with subfolder."""
     if isinstance(path_or_state, dict):
         return path_or_state, {}
     path = str(path_or_state)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path} is not a folder (hub names: download with huggingface_hub first)")
+        path = _download(path, subfolder)
     if os.path.isdir(os.path.join(path, subfolder)) and not os.path.exists(os.path.join(path, "config.json")):
         path = os.path.join(path, subfolder)
     return _read_folder(path)

@@ -29,11 +29,15 @@ class TextEncoder(nn.Module):
 
         from transformers import AutoTokenizer, T5EncoderModel
 
-        enc_kw, tok_kw = {}, {}
-        if os.path.isdir(os.path.join(path_or_name, "text_encoder")):
-            enc_kw, tok_kw = {"subfolder": "text_encoder"}, {"subfolder": "tokenizer"}
-        encoder = T5EncoderModel.from_pretrained(path_or_name, dtype=dtype, **enc_kw) if dtype else \
-            T5EncoderModel.from_pretrained(path_or_name, **enc_kw)
+        pipeline_layout = os.path.isdir(os.path.join(path_or_name, "text_encoder"))
+        if not os.path.isdir(path_or_name):  # a hub name: a pipeline repo (THUDM/CogVideoX-*) or a T5 repo
+            from huggingface_hub import list_repo_files
+
+            pipeline_layout = any(f.startswith("text_encoder/") for f in list_repo_files(path_or_name))
+        enc_kw, tok_kw = ({"subfolder": "text_encoder"}, {"subfolder": "tokenizer"}) if pipeline_layout else ({}, {})
+        if dtype is not None:
+            enc_kw["dtype"] = dtype
+        encoder = T5EncoderModel.from_pretrained(path_or_name, **enc_kw)
         tokenizer = AutoTokenizer.from_pretrained(path_or_name, **tok_kw)
         te = cls(encoder, tokenizer, max_length)
         return te.to(device) if device is not None else te

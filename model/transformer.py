@@ -227,11 +227,12 @@ class ExpertTransformer(nn.Module):
         """Video tokens [B, N, p*p*pt*C] -> [B, F, C, H, W]."""
         b = x.shape[0]
         p, pt = self.config.patch_size, self.config.patch_size_t
+        # one permute + reshape: the result is a fresh tensor, not a view (FSDP2 warns about root views)
         if pt is None:
-            x = x.reshape(b, frames, height // p, width // p, -1, p, p)
-            return x.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
-        x = x.reshape(b, frames // pt, height // p, width // p, -1, pt, p, p)
-        return x.permute(0, 1, 5, 4, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(1, 2)
+            x = x.reshape(b, frames, height // p, width // p, -1, p, p).permute(0, 1, 4, 2, 5, 3, 6)
+        else:
+            x = x.reshape(b, frames // pt, height // p, width // p, -1, pt, p, p).permute(0, 1, 5, 4, 2, 6, 3, 7)
+        return x.reshape(b, frames, -1, height, width)
 
     # -- forward -----------------------------------------------------------------------------------
     def time_embedding(self, timesteps: torch.Tensor, dtype: torch.dtype, ofs: torch.Tensor | None = None):

@@ -443,7 +443,11 @@ class DiagonalGaussian:
         self.var = torch.exp(self.logvar)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        if generator is not None and generator.device != self.mean.device:  # e.g. a CPU generator, CUDA latents
+            noise = torch.randn(self.mean.shape, generator=generator, device=generator.device, dtype=self.mean.dtype)
+            noise = noise.to(self.mean.device)
+        else:
+            noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
         return self.mean + self.std * noise
 
     def mode(self) -> torch.Tensor:
