@@ -267,9 +267,8 @@ class ResBlock(nn.Module):
         h, c1 = self.conv1.stream(frames, self._activation(self.norm1, x, z), cache.get("conv1"), step)
         if self.conv_shortcut is not None:
             out = self.conv_shortcut(x)
-            del x
         else:
-            out = x  # the residual is accumulated in place on the block input
+            out = x  # the residual is accumulated in place on the block input (an internal activation)
         out, c2 = self.conv2.stream(frames, self._activation(self.norm2, h, z), cache.get("conv2"), step,
                                     out=out, accumulate=True)
         return out, {"conv1": c1, "conv2": c2}
@@ -468,9 +467,13 @@ def _chunks(n: int, size: int) -> list[tuple[int, int]]:
     return out
 
 
-def decoded_frames(latent_frames: int) -> int:
-    """Pixel frames the decoder makes from a chunk of latent frames (4n-3 if odd, 4n if even)."""
-    return 4 * latent_frames - 3 if latent_frames % 2 == 1 else 4 * latent_frames
+def decoded_frames(latent_frames: int, temporal_compression: int = 4) -> int:
+    """Pixel frames the decoder makes from one chunk of latent frames: each time-upsampling level maps
+    n -> 2n - 1 (odd n > 1, frame 0 kept apart), 2n (even n) or 1 (n = 1); 4x: 4n - 3 or 4n."""
+    n = latent_frames
+    for _ in range(int(math.log2(temporal_compression))):
+        n = 1 if n == 1 else (2 * n - 1 if n % 2 else 2 * n)
+    return n
 
 
 class CausalVAE(nn.Module):
@@ -542,7 +545,7 @@ class CausalVAE(nn.Module):
                 parts.append(h)
             return torch.cat(parts, dim=2)
         out, cache, t = None, None, 0
-        total = sum(decoded_frames(b - a) for a, b in chunks)
+        total = sum(decoded_frames(b - a, self.config.temporal_compression) for a, b in chunks)
         for a, b in chunks:
             h, cache = self.decoder(z[:, :, a:b], cache, step)
             if out is None:
