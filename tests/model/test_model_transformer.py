@@ -121,3 +121,15 @@ def test_2b_parameter_count_matches_diffusers_meta():
     mine = {k: v.shape for k, v in export_transformer(ours).items()}
     assert mine == theirs
     assert abs(ours.num_params() / 1e9 - 1.69) < 0.05
+
+
+def test_loads_sharded_safetensors(tmp_path):
+    """The published 5b transformer is split into several safetensors files plus an index."""
+    kw, frames = TRANSFORMER_VARIANTS["head64-sincos"]
+    ref = diffusers_transformer(kw)
+    ref.save_pretrained(tmp_path, max_shard_size="200KB")
+    assert len(list(tmp_path.glob("*.safetensors"))) > 1 and list(tmp_path.glob("*.index.json"))
+    ours = load_diffusers_transformer(tmp_path).eval()
+    latents, text, t = _inputs(kw, frames)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(latents, text, t), diffusers_forward(ref, latents, text, t), atol=TOL, rtol=0)
