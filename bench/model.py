@@ -120,7 +120,8 @@ def clip(shape, device):
     yy = torch.linspace(0, 6.28, h).view(1, h, 1)
     xx = torch.linspace(0, 6.28, w).view(1, 1, w)
     base = torch.stack([torch.sin(xx * (k + 1) + yy + 3 * tt) for k in range(shape[1])])
-    return (0.8 * base + 0.1 * torch.randn(shape[1:], generator=g)).clamp(-1, 1)[None].expand(shape).contiguous().to(device)
+    video = (0.8 * base + 0.1 * torch.randn(shape[1:], generator=g)).clamp(-1, 1)
+    return video[None].expand(shape).contiguous().to(device)
 
 
 def vae_roundtrips(ref, ours):
@@ -225,7 +226,8 @@ def bench_transformer(device: str, reps: int, quick: bool) -> list[str]:
         # CPU: the fastest of the alternating reps (least disturbed by other processes); GPU: median wall.
         metric, stat = ("cpu", "min") if device == "cpu" else ("wall", "median")
         ratio = times["diffusers"][metric][stat] / times["ours"][metric][stat]
-        lines.append(f"### transformer fwd+bwd, {variant}, 8x64 heads, 2 blocks, {tokens} tokens (max |diff| {diff:.1e})")
+        lines.append(f"### transformer fwd+bwd, {variant}, 8x64 heads, 2 blocks, {tokens} tokens "
+                     f"(max |diff| {diff:.1e})")
         for side in ("diffusers", "ours"):
             tm = times[side]
             lines.append(f"  {side:9s} wall {tm['wall']['median']:.3f}s (min {tm['wall']['min']:.3f})  "
@@ -255,7 +257,8 @@ def bench_vae(device: str, reps: int, quick: bool) -> list[str]:
              f"(max |ours - diffusers| {diff:.1e}; random weights, so no reconstruction quality: PSNR {psnr:.1f})"]
     for side in ("diffusers", "ours"):
         tm = times[side]
-        lines.append(f"  {side:9s} wall {tm['wall']['median']:.2f}s  cpu {tm['cpu']['median']:.2f}s  peak {mib(peaks[side])}")
+        lines.append(f"  {side:9s} wall {tm['wall']['median']:.2f}s  cpu {tm['cpu']['median']:.2f}s  "
+                     f"peak {mib(peaks[side])}")
     lines.append(f"  peak memory diffusers/ours: {peaks['diffusers'] / peaks['ours']:.2f}x (target >= 2); "
                  f"speed ours/diffusers: {times['diffusers'][metric]['median'] / times['ours'][metric]['median']:.2f}x")
     return lines
