@@ -58,7 +58,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="bench_vae_")
     training = {"steps": a.steps, "log_every": max(1, a.steps // 10), "out_dir": "runs",
                 "data": {"source": "synthetic", "frames": a.frames, "height": a.size, "width": a.size,
-                         "batch_size": a.batch, "synthetic_clips": 256},
+                         "batch_size": a.batch, "synthetic_clips": a.steps * a.batch},  # never repeats
                 "optim": {"lr": a.lr, "warmup_steps": 20, "min_lr_ratio": 0.05, "weight_decay": 0.0},
                 "checkpoint": {"every": a.steps, "export_diffusers": False},
                 "vae": {"size": "tiny", "channels": a.channels, "latent_channels": a.latent, "gan_weight": 0.0,

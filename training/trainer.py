@@ -97,7 +97,8 @@ class Trainer:
         self.models = models
         o = cfg.optim
         self.optimizers = {name: torch.optim.AdamW(m.parameters(), lr=task.lr(name), betas=o.betas, eps=o.eps,
-                                                   weight_decay=o.weight_decay) for name, m in models.items()}
+                                                   weight_decay=o.weight_decay, foreach=True)  # multi-tensor (torchtitan's default)
+                           for name, m in models.items()}
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_lambda(s, o.warmup_steps, cfg.steps, o.min_lr_ratio))
             for name, opt in self.optimizers.items()}
