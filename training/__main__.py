@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         summary = train(args.config, args.task, args.overrides)
-    except (ConfigError, NonFiniteLossError, FileNotFoundError) as e:
+    except (ConfigError, NonFiniteLossError, FileNotFoundError, ValueError) as e:
         print(f"[training] error: {e}", file=sys.stderr, flush=True)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
