@@ -79,8 +79,9 @@ def bare_requests(base_url: str, model: str, reqs, params, concurrency: int) -> 
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         async with httpx.AsyncClient(timeout=300, limits=limits) as client:
             async def one(r) -> int:
-                parts = [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(f).decode()}}
-                         for f in r.frames] + [{"type": "text", "text": prompt.user}]
+                urls = ["data:image/jpeg;base64," + base64.b64encode(f).decode() for f in r.frames]
+                parts = [{"type": "image_url", "image_url": {"url": u}} for u in urls]
+                parts.append({"type": "text", "text": prompt.user})
                 body = {"model": model, "messages": [{"role": "user", "content": parts}],
                         "max_tokens": params.max_tokens, "temperature": 0.0, "top_p": 1.0}
                 async with sem:
@@ -122,7 +123,18 @@ def client_vs_bare(server, reqs, params, concurrency: int, repeats: int) -> dict
     # Client CPU per request: what the client itself costs, independent of the server's (noisy) speed.
     cpu = lambda xs: 1000 * statistics.median(x[2] for x in xs) / len(reqs)  # noqa: E731
     return {"ours_s": o, "bare_s": b, "ours_tokens": ours[0][1], "bare_tokens": bare[0][1], "overhead": paired - 1,
-            "ours_spread": spread(ours), "bare_spread": spread(bare), "ours_cpu_ms": cpu(ours), "bare_cpu_ms": cpu(bare)}
+            "ours_spread": spread(ours), "bare_spread": spread(bare),
+            "ours_cpu_ms": cpu(ours), "bare_cpu_ms": cpu(bare)}
+
+
+def server_rows(server: str, r: dict, concurrency: int) -> list[tuple]:
+    """Table rows of one client_vs_bare result: our engine, then the bare peer."""
+    cpu = "client CPU {:.2f} ms/request"
+    return [(f"{server}, our OpenAI engine (concurrency {concurrency})", r["ours_s"], r["ours_tokens"],
+             f"{r['overhead'] * 100:+.1f}% vs bare (median paired ratio); runs {r['ours_spread']}; "
+             + cpu.format(r["ours_cpu_ms"])),
+            (f"{server}, bare httpx (concurrency {concurrency})", r["bare_s"], r["bare_tokens"],
+             f"peer; runs {r['bare_spread']}; " + cpu.format(r["bare_cpu_ms"]))]
 
 
 def vllm_offline(reqs, cfg: CaptionConfig, params, batch: int, repeats: int) -> dict | None:
@@ -203,21 +215,13 @@ def main() -> None:
             r = client_vs_bare(server, reqs, params, args.concurrency, args.repeats)
         finally:
             server.stop()
-        rows.append((f"vllm serve, our OpenAI engine (concurrency {args.concurrency})", r["ours_s"], r["ours_tokens"],
-                     f"{r['overhead'] * 100:+.1f}% vs bare (median paired ratio); runs {r['ours_spread']}; client CPU "
-                     f"{r['ours_cpu_ms']:.2f} ms/request"))
-        rows.append((f"vllm serve, bare httpx (concurrency {args.concurrency})", r["bare_s"], r["bare_tokens"],
-                     f"peer; runs {r['bare_spread']}; client CPU {r['bare_cpu_ms']:.2f} ms/request"))
+        rows += server_rows("vllm serve", r, args.concurrency)
     server = start_transformers_server(model, os.path.join(tmp, "tserve.log"))
     try:
         r = client_vs_bare(server, reqs, params, args.concurrency, args.repeats)
     finally:
         server.stop()
-    rows.append((f"transformers serve, our OpenAI engine (concurrency {args.concurrency})", r["ours_s"],
-                 r["ours_tokens"], f"{r['overhead'] * 100:+.1f}% vs bare (median paired ratio); runs {r['ours_spread']}; client CPU "
-                                   f"{r['ours_cpu_ms']:.2f} ms/request"))
-    rows.append((f"transformers serve, bare httpx (concurrency {args.concurrency})", r["bare_s"], r["bare_tokens"],
-                 f"peer; runs {r['bare_spread']}; client CPU {r['bare_cpu_ms']:.2f} ms/request"))
+    rows += server_rows("transformers serve", r, args.concurrency)
 
     print(f"\n## Caption engines, {datetime.date.today()} — {args.clips} clips x {args.frames} frames (112 px), "
           f"max_tokens {args.max_tokens}, tiny random Qwen2.5-VL, CPU ({os.cpu_count()} cores), median of "
