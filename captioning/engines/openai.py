@@ -67,7 +67,7 @@ class OpenAIEngine(Engine):
         key = os.environ.get(o.api_key_env) if o.api_key_env else None
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        self.retries = 0  # re-sends so far (a health signal: bench/caption.py reports it)
+        self.retries = 0  # re-sends so far: a health signal of the server and the network
         # One loop for the engine's life, so the connection pool is reused across batches.
         self._loop = asyncio.new_event_loop()
         limits = httpx.Limits(max_connections=o.concurrency, max_keepalive_connections=o.concurrency)

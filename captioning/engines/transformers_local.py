@@ -32,9 +32,9 @@ class TransformersEngine(Engine):
         kw = {"attn_implementation": t.attn_implementation} if t.attn_implementation else {}
         self.processor = AutoProcessor.from_pretrained(cfg.model)
         self.processor.tokenizer.padding_side = "left"
-        self.model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=dtype, **kw).to(self.device).eval()
-        self.model_name = cfg.model
-        gc = self.model.generation_config
+        model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=dtype, **kw)
+        self.hf_model = model.to(self.device).eval()
+        gc = self.hf_model.generation_config
         eos = gc.eos_token_id if gc.eos_token_id is not None else self.processor.tokenizer.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos])
         self.pad = self.processor.tokenizer.pad_token_id
@@ -60,7 +60,7 @@ class TransformersEngine(Engine):
         if sample:
             self.torch.manual_seed(params.seed)
         with self.torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=params.max_tokens, do_sample=sample,
+            out = self.hf_model.generate(**inputs, max_new_tokens=params.max_tokens, do_sample=sample,
                                       temperature=params.temperature if sample else None,
                                       top_p=params.top_p if sample else None, top_k=None)
         new = out[:, inputs["input_ids"].shape[1]:].tolist()
