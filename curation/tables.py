@@ -72,7 +72,11 @@ def write_part(storage: Storage, table: str, rows: list[dict] | pa.Table,
         t = t.select(schema.names).cast(schema)
     buf = io.BytesIO()
     pq.write_table(t, buf, compression="zstd")
-    rel = f"{table}/part-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+    # Names sort in write order (UTC time to the microsecond, then a random suffix against clashes
+    # between processes), which is what "last part wins" in read_table relies on.
+    now = time.time_ns()
+    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now // 10**9)) + f"{(now // 1000) % 10**6:06d}"
+    rel = f"{table}/part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
     storage.write_bytes(rel, buf.getvalue())
     return rel
 

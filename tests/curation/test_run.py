@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -93,6 +94,16 @@ def test_killed_run_resumes_to_identical_result(tmp_path):
     assert not leftovers
 
 
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
 @pytest.mark.heavy
 def test_ray_job_submit_to_real_head(tmp_path):
     raw = tmp_path / "raw"
@@ -105,16 +116,20 @@ def test_ray_job_submit_to_real_head(tmp_path):
     env = {**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"], "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "disabled"}
     ray = os.path.join(bindir, "ray")
-    port, dash = 6391, 8266
+    # Every port chosen free, so another Ray on the machine (its agents' default ports) cannot collide.
+    port, dash, agent, agent_grpc, rt_env, metrics, client = free_ports(7)
     head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
                              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
+                             "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port",
+                             str(agent_grpc), "--runtime-env-agent-port", str(rt_env), "--metrics-export-port",
+                             str(metrics), "--ray-client-server-port", str(client),
                              "--disable-usage-stats", "--temp-dir", tempfile.mkdtemp(prefix="ray", dir="/tmp")],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         cmd = [ray, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", REPO,
                "--", sys.executable, "-m", "curation", "run", cfg, "--stage", "probe,split"]
-        deadline = time.time() + 90
-        while True:  # the dashboard takes a few seconds to accept jobs
+        deadline = time.time() + 180
+        while True:  # the dashboard and its agent take a few seconds to accept jobs
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
             text = out.stdout + out.stderr
             if out.returncode == 0 or time.time() > deadline or not any(
