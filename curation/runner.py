@@ -86,7 +86,7 @@ def run_pipeline(items: list[dict], stages: list[Stage], sink: Callable[[list[di
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
     for st in stages:
         r = st.resources
-        common = dict(batch_format="pandas", batch_size=r.batch_size, num_cpus=r.num_cpus)
+        common = dict(batch_format="pandas", batch_size=r.batch_size, num_cpus=r.num_cpus, **_no_fusion())
         if r.num_gpus:
             common["num_gpus"] = r.num_gpus
         if st.stateful:
@@ -109,6 +109,28 @@ def run_pipeline(items: list[dict], stages: list[Stage], sink: Callable[[list[di
     if pending:
         sink(pending)
     return n
+
+
+def _no_fusion() -> dict:
+    """Keep every stage its own Ray Data operator.
+
+    Ray Data fuses adjacent map steps whose resources match, which would run a CPU decode step inside
+    the model actors (the GPU then waits on decoding). An operator with a `ray_remote_args_fn` is never
+    fused; where a Ray release no longer takes that argument, fusion rules apply as they are.
+    """
+    import inspect
+    import warnings
+
+    import ray
+
+    if "ray_remote_args_fn" not in inspect.signature(ray.data.Dataset.map_batches).parameters:
+        return {}
+    warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*deprecated.*")
+    return {"ray_remote_args_fn": _empty_args}
+
+
+def _empty_args() -> dict:
+    return {}
 
 
 def _clean(v: object) -> object:
