@@ -89,14 +89,10 @@ def latest_captions_run(storage: Storage) -> str | None:
 
 
 def read_captions(storage: Storage, run: str) -> dict[str, dict]:
-    """clip_id -> caption row of a run: a caption beats an error, a later row beats an earlier one."""
-    t = tables.read_table(storage, f"captions/{run}")
-    best: dict[str, dict] = {}
-    for r in t.to_pylist():  # parts come in write order
-        old = best.get(r["clip_id"])
-        if old is None or r.get("error") is None or old.get("error") is not None:
-            best[r["clip_id"]] = r
-    return best
+    """clip_id -> caption row of a run, by the captions table's own rule (a caption beats an error)."""
+    from captioning.table import read_captions as read_run
+
+    return {r["clip_id"]: r for r in read_run(storage, run).to_pylist()}
 
 
 def select(storage: Storage, wc: WriterConfig) -> Selection:
