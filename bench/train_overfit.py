@@ -1,6 +1,6 @@
 """Learning check of the transformer task: overfit one clip-caption pair, then sample it back.
 
-    .venv/bin/python bench/train_overfit.py [--steps 400]
+    .venv/bin/python bench/train_overfit.py [--steps 3000]
 
 1. `python -m training latents` path: the clip is encoded once by the frozen (tiny, fixed-seed) VAE and
    its caption by the tiny T5, written as a latents part.
@@ -10,6 +10,8 @@
    and it is compared with the clip's latent (relative L2 error, cosine similarity), next to the same
    numbers for the untrained model's sample.
 Targets (issue 7): loss down at least 10x; the sample close to the latent.
+Reference (2026-11-25, shared 2-core CPU, 1 thread, 1.2 min): loss 0.577 -> 0.0007 (817x); DDIM-50 sample
+vs the clip latent: relative L2 0.048, cosine 0.999 (untrained model: 4.6 / 0.10). 1000 steps: 96x, 0.17 / 0.985.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ def compare(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=4, help="copies of the pair per step (different noise levels)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--size", type=int, default=32)
