@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import collections
 import os
+import queue
+import threading
 import tempfile
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -216,17 +218,26 @@ class Scanner:
         self.count = 0
         self._pts_index: dict[int, int] = {}
 
+    def _decoded(self):
+        """(frame, detector image) pairs; runs in a helper thread (see __iter__)."""
+        dsize = None
+        for fr in self.cont.decode(self.st):
+            if dsize is None:
+                dw = min(fr.width, self.p.detect_width)
+                dsize = (dw, max(1, round(fr.height * dw / fr.width)))
+            yield fr, (_detect_frame(fr, dsize) if self.det is not None else None)
+
     def __iter__(self):
         p, tb, fps = self.p, self.tb, self.fps
-        next_stride, pts0, dsize = p.stride_s, 0, None
+        next_stride, pts0 = p.stride_s, 0
         i = -1
         try:
-            for i, fr in enumerate(self.cont.decode(self.st)):
+            # Decoding and the detector's colour conversion release the GIL: a helper thread runs
+            # them one frame ahead of the detector and the encoder, as PySceneDetect overlaps decoding.
+            for i, (fr, small) in enumerate(_prefetch(self._decoded(), depth=4)):
                 if self.first is None:
                     self.first, pts0 = fr, fr.pts if fr.pts is not None else 0
                     self.rotation = frame_rotation(fr) or stream_rotation(self.st)
-                    dw = min(fr.width, p.detect_width)
-                    dsize = (dw, max(1, round(fr.height * dw / fr.width)))
                 pts = (fr.pts - pts0) if fr.pts is not None else None
                 t = float(pts * tb) if pts is not None else i / fps
                 cuts: list[int] = []
@@ -235,7 +246,7 @@ class Scanner:
                     tc = FrameTimecode(Timecode(pts=key, time_base=tb if pts is not None
                                                 else Fraction(1, max(1, round(fps)))), fps=fps)
                     self._pts_index[key] = i
-                    cuts = [self._index(c) for c in self.det.process_frame(tc, _detect_frame(fr, dsize))]
+                    cuts = [self._index(c) for c in self.det.process_frame(tc, small)]
                 elif t + 1e-6 >= next_stride:
                     cuts = [i]
                     next_stride += p.stride_s
@@ -259,6 +270,42 @@ class Scanner:
         if isinstance(tc, Timecode) and tc.pts in self._pts_index:
             return self._pts_index[tc.pts]
         return int(cut.frame_num)
+
+
+def _prefetch(items, depth: int):
+    """Iterate `items` in a background thread, at most `depth` ahead; its exceptions re-raise here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def work() -> None:
+        try:
+            for it in items:
+                while not stop.is_set():
+                    try:
+                        q.put(it, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(end)
+        except BaseException as e:  # handed to the consumer, which raises it
+            q.put(e)
+
+    th = threading.Thread(target=work, daemon=True)
+    th.start()
+    try:
+        while True:
+            it = q.get()
+            if it is end:
+                return
+            if isinstance(it, BaseException):
+                raise it
+            yield it
+    finally:
+        stop.set()
+        th.join()
 
 
 def _fps(row: dict, cont: "av.container.InputContainer") -> float:
