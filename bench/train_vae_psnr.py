@@ -7,7 +7,7 @@ Target (issue 7): >= 28 dB within a few CPU minutes. Held-out PSNR uses the post
 chunked inference path (what encode/decode do after training), on 9-frame clips. Every training step
 draws fresh clips (with a few hundred repeating clips the model memorises them: 24 dB on training
 clips, 19 dB held out). The default width has three blocks (4x spatial, 4x temporal compression, 16
-latent channels); the published four-block layout (8x) is `--channels 16 32 32 32`, slower to learn.
+latent channels); `--channels 16 32 32 32` gives the published four-block layout (8x spatial).
 Reference (2026-11-25, shared 2-core CPU, 1 thread): defaults reach 28 dB train PSNR at ~1200 steps
 (~4 min) and 31.0 dB held out after 2500 steps (8.5 min).
 """
