@@ -44,3 +44,29 @@ def ray_local():
         ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
                  runtime_env={"env_vars": {"PYTHONPATH": REPO}})
     yield ray
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A real S3 API server (moto) on 127.0.0.1; yields host:port."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("moto")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -1,9 +1,4 @@
 """Inputs and dataset root on an object store: a real S3 API server (moto) on 127.0.0.1."""
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import pyarrow.fs as pafs
 import pytest
@@ -14,26 +9,6 @@ from curation.pipeline import run_stages
 from curation.storage import Storage, expand_inputs
 from curation.synth import Scene, make_video
 from curation.video import video_id_for
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    pytest.importorskip("moto")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
 
 
 def test_probe_and_split_on_s3(ray_local, s3_endpoint, tmp_path):
