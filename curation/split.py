@@ -143,6 +143,9 @@ class _Splitter:
             st.time_base = self.time_base
             st.codec_context.time_base = self.time_base
             st.options = {"crf": str(self.p.crf), "preset": self.p.preset}
+            # x264 frame threads, as the ffmpeg CLI uses (PyAV defaults to slice threads: ~20% slower).
+            st.codec_context.thread_count = 0
+            st.codec_context.thread_type = "FRAME"
             c.stream = st
         pts = (frame.pts - c.pts0) if frame.pts is not None else None
         if pts is None or (c.last_pts is not None and pts <= c.last_pts):
@@ -158,6 +161,8 @@ class _Splitter:
 
     def convert(self, frame: "av.VideoFrame") -> "av.VideoFrame":
         g = self.geo
+        if not g.rotation and (frame.width, frame.height, frame.format.name) == (g.out_w, g.out_h, "yuv420p"):
+            return frame  # already what the encoder takes: no copy (this is the frame's last use)
         if not g.rotation:
             return frame.reformat(width=g.out_w, height=g.out_h, format="yuv420p")
         return av.VideoFrame.from_ndarray(g.apply(frame, "rgb24"), format="rgb24").reformat(format="yuv420p")
