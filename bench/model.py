@@ -175,23 +175,10 @@ def cuda_peak(fn) -> int:
 
 
 def cpu_peak(fn) -> int:
-    """Peak CPU tensor bytes allocated during fn() above what was live before: the profiler's allocator
-    events carry the allocator's running total, so this is exact and unaffected by glibc caching."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
+    """Peak CPU tensor bytes allocated during fn() above what was live before (model.profiling)."""
+    from model.profiling import cpu_peak_bytes
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        e = stack.pop()
-        stack.extend(e.children)
-        if e.typed[0] == _EventType.Allocation and e.typed[1].device.type == "cpu":
-            events.append((e.start_time_ns, e.typed[1].total_allocated, e.typed[1].alloc_size))
-    if not events:
-        return 0
-    events.sort()
-    return max(total for _, total, _ in events) - (events[0][1] - events[0][2])
+    return cpu_peak_bytes(fn)[1]
 
 
 def peak(fn, device: str) -> int:

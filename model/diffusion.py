@@ -146,6 +146,13 @@ def _randn(shape, generator, device, dtype):
     return torch.randn(shape, generator=generator, dtype=dtype).to(device)
 
 
+def _x0_from_v(ac: torch.Tensor, t: int, prev: int, x: torch.Tensor, v: torch.Tensor):
+    """alpha_bar at t and at the previous inference step (1 past the end), and x0 from a v-prediction."""
+    a_t = ac[t]
+    a_prev = ac[prev] if prev >= 0 else torch.tensor(1.0, dtype=torch.float64)
+    return a_t, a_prev, a_t**0.5 * x - (1 - a_t) ** 0.5 * v
+
+
 @torch.no_grad()
 def ddim_sample(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], shape, schedule: Schedule | None = None,
                 num_steps: int = 50, guidance_scale: float = 6.0, dynamic_guidance: bool = False,
@@ -160,10 +167,7 @@ def ddim_sample(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
     timesteps = schedule.inference_timesteps(num_steps)
     for i, t in enumerate(timesteps):
         v = _predict(model_fn, x, t, i, num_steps, guidance_scale, dynamic_guidance)
-        prev = t - T // num_steps
-        a_t = ac[t]
-        a_prev = ac[prev] if prev >= 0 else torch.tensor(1.0, dtype=torch.float64)
-        x0 = a_t**0.5 * x - (1 - a_t) ** 0.5 * v
+        a_t, a_prev, x0 = _x0_from_v(ac, t, t - T // num_steps, x, v)
         c_x = ((1 - a_prev) / (1 - a_t)) ** 0.5
         c_0 = a_prev**0.5 - a_t**0.5 * c_x
         x = (c_x * x + c_0 * x0).to(dtype)
@@ -189,9 +193,7 @@ def dpm_sample(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], s
     for i, t in enumerate(timesteps):
         v = _predict(model_fn, x, t, i, num_steps, guidance_scale, dynamic_guidance)
         prev = t - T // num_steps
-        a_t = ac[t]
-        a_prev = ac[prev] if prev >= 0 else torch.tensor(1.0, dtype=torch.float64)
-        x0 = a_t**0.5 * x - (1 - a_t) ** 0.5 * v
+        a_t, a_prev, x0 = _x0_from_v(ac, t, prev, x, v)
         lamb = ((a_t / (1 - a_t)) ** 0.5).log()
         lamb_next = ((a_prev / (1 - a_prev)) ** 0.5).log()
         h = lamb_next - lamb

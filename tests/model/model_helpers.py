@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from model.profiling import cpu_peak_bytes  # noqa: F401  (re-exported for the tests; shared with bench)
+
 TINY_TRANSFORMER = dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=2,
                         text_embed_dim=8, num_layers=2, sample_width=8, sample_height=8, sample_frames=8, patch_size=2,
                         temporal_compression_ratio=4, max_text_seq_length=8)
@@ -74,28 +76,3 @@ def diffusers_forward(ref, latents, text, t):
         rope = diffusers_rope(ref.config, latents.shape[1], latents.shape[3], latents.shape[4])
     return ref(latents, text, t, image_rotary_emb=rope, return_dict=False)[0]
 
-
-# -- peak memory on CPU ----------------------------------------------------------------------------------
-def cpu_peak_bytes(fn) -> tuple[object, int]:
-    """(fn(), peak bytes of CPU tensor memory allocated during the call above what was live before it).
-
-    Uses the profiler's allocator events (profile_memory=True): every allocation and free through
-    PyTorch's CPU allocator carries the running total, so the peak is exact and independent of glibc
-    caching or other processes (RSS-based numbers are not: freed blocks stay resident and get reused).
-    """
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        out = fn()
-    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        e = stack.pop()
-        stack.extend(e.children)
-        if e.typed[0] == _EventType.Allocation and e.typed[1].device.type == "cpu":
-            events.append((e.start_time_ns, e.typed[1].total_allocated, e.typed[1].alloc_size))
-    if not events:
-        return out, 0
-    events.sort()
-    before = events[0][1] - events[0][2]
-    return out, max(total for _, total, _ in events) - before
