@@ -48,6 +48,7 @@ def main() -> None:
 
     from training.__main__ import train
     from training.latents import write_latents
+    from vidcurate.flow import load_config
     from training.sample import load_run, sample_latents
 
     tmp = tempfile.mkdtemp(prefix="bench_overfit_")
@@ -61,7 +62,7 @@ def main() -> None:
     cfg = os.path.join(tmp, "pipelines.yaml")
     with open(cfg, "w") as f:
         yaml.safe_dump({"root": tmp, "inputs": [os.path.join(tmp, "*.mp4")], "training": training}, f)
-    (part,) = write_latents(cfg, limit=1)
+    (part,) = write_latents(load_config(cfg, check_inputs=False), limit=1)
     target = load_file(part)["latents"]  # [1, f, C, h, w]
     t0 = time.time()
     summary = train(cfg + "", "transformer", ["training.data.source=latents",

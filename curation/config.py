@@ -2,21 +2,20 @@
 
 `load_config` validates the whole file before any work: an unknown key, a wrong type, an impossible
 value or a missing input fails with `ConfigError` naming the key path (e.g. `split.min_clip_s`).
-Each package owns its section's model (captioning/config.py, shards/config.py, training/config.py,
-curation/filters/config.py); this module assembles them. They are plain pydantic: no torch here.
+Each section is a `Section` (key, pydantic model, stage): this module defines curation's own (ray, probe,
+split, filter) and `PipelineConfig` of those; the whole file's model (every package's section) is
+assembled one layer up, in vidcurate/flow.py, with `config_model`. Plain pydantic: no torch here.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from captioning.config import CaptionConfig
 from curation.filters.config import FilterConfig
-from shards.config import ShardConfig
-from training.config import TrainingConfig
 
 
 class ConfigError(ValueError):
@@ -76,18 +75,47 @@ class SplitConfig(Strict):
         return self
 
 
-class PipelineConfig(Strict):
-    """The whole of pipelines.yaml."""
+@dataclass(frozen=True)
+class Section:
+    """One top-level key of pipelines.yaml: its model and, when it is a stage, the function that runs it."""
+
+    key: str  # the pipelines.yaml key (and the stage name)
+    model: type[BaseModel]  # pydantic model of the section; its defaults are the section's defaults
+    stage: str | None = None  # "module:function" with run(cfg, ctx) -> counts, imported when it runs; None = config only
+
+
+# curation's own sections, in run order. A stage of this package is one line here; stages of other
+# packages are one line in vidcurate/flow.py.
+SECTIONS: tuple[Section, ...] = (
+    Section("ray", RayConfig),
+    Section("probe", ProbeConfig, "curation.probe:run"),
+    Section("split", SplitConfig, "curation.split:run"),
+    Section("filter", FilterConfig, "curation.filter:run"),
+)
+
+
+class BaseConfig(Strict):
+    """What every pipelines.yaml has besides its sections."""
+
+    SECTIONS: ClassVar[tuple[Section, ...]] = ()  # the sections this model was built from (stages in run order)
 
     root: str  # dataset root: local folder or object-store URI (s3://..., gs://...)
     inputs: list[str] = Field(min_length=1)  # globs of local paths or object-store URIs of raw videos
-    ray: RayConfig = RayConfig()
-    probe: ProbeConfig = ProbeConfig()
-    split: SplitConfig = SplitConfig()
-    filter: FilterConfig = FilterConfig()
-    caption: CaptionConfig = CaptionConfig()
-    shard: ShardConfig = ShardConfig()
-    training: TrainingConfig = TrainingConfig()
+
+
+def config_model(sections: tuple[Section, ...], name: str = "PipelineConfig") -> type[BaseConfig]:
+    """The pydantic model of a pipelines.yaml made of `sections` (each defaulting to its model's defaults)."""
+    keys = [s.key for s in sections]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate section keys in {keys}")
+    fields: dict[str, Any] = {s.key: (s.model, Field(default_factory=s.model)) for s in sections}
+    model = create_model(name, __base__=BaseConfig, **fields)
+    model.SECTIONS = tuple(sections)
+    return model
+
+
+# curation's stages alone (probe, split, filter); the whole flow's model is vidcurate.flow.PipelineConfig.
+PipelineConfig = config_model(SECTIONS)
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -119,8 +147,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_config(path: str, overrides: list[str] | None = None, check_inputs: bool = True) -> PipelineConfig:
-    """Read, override and validate pipelines.yaml. Raises ConfigError naming each bad key."""
+def load_config(path: str, overrides: list[str] | None = None, check_inputs: bool = True,
+                schema: type[BaseConfig] = PipelineConfig) -> BaseConfig:
+    """Read, override and validate pipelines.yaml against `schema` (default: curation's sections only;
+    vidcurate.flow.load_config validates the whole flow). Raises ConfigError naming each bad key."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
     try:
@@ -138,7 +168,7 @@ def load_config(path: str, overrides: list[str] | None = None, check_inputs: boo
         data["inputs"] = [i if not isinstance(i, str) or "://" in i else os.path.join(base, os.path.expanduser(i))
                           for i in data["inputs"]]
     try:
-        cfg = PipelineConfig.model_validate(data, context={"base_dir": base})  # sections resolve relative paths
+        cfg = schema.model_validate(data, context={"base_dir": base})  # sections resolve relative paths
     except ValidationError as e:
         raise ConfigError(f"{path}: invalid configuration\n{_format(e)}") from None
     if check_inputs:

@@ -1,7 +1,7 @@
-"""Running stages: the registry, the run context and the run manifest.
+"""Running stages: the run context, the run manifest and running stages in order.
 
-Each stage module exposes `run(cfg, ctx) -> dict` (counts). Stages of other packages are named by
-import path so `curation` does not import them until they run.
+Each stage module exposes `run(cfg, ctx) -> dict` (counts). Which stages exist, and in what order, is
+the config's: `type(cfg).SECTIONS` (curation.config.Section), so this module names none of them.
 """
 from __future__ import annotations
 
@@ -13,18 +13,9 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 
-from curation.config import PipelineConfig
+from curation.config import BaseConfig
 from curation.storage import Storage
 
-# Stage name -> "module:function". Order of a full run.
-STAGES: dict[str, str] = {
-    "probe": "curation.probe:run",
-    "split": "curation.split:run",
-    "filter": "curation.filter:run",
-    "caption": "captioning.stage:run",
-    "shard": "shards.writer:run",
-}
-DEFAULT_STAGES = ["probe", "split", "filter", "caption", "shard"]
 _VERSIONED = ["torch", "ray", "av", "scenedetect-headless", "opencv-python-headless", "pyarrow", "transformers",
               "open-clip-torch", "webdataset", "vllm", "numpy", "pydantic"]
 
@@ -33,7 +24,7 @@ _VERSIONED = ["torch", "ray", "av", "scenedetect-headless", "opencv-python-headl
 class RunContext:
     """What a stage gets besides the config: the root, and the manifest it reports into."""
 
-    cfg: PipelineConfig
+    cfg: BaseConfig
     storage: Storage
     run_id: str = field(default_factory=lambda: time.strftime("%Y%m%dT%H%M%S") + f"-{int(time.time()*1e6)%1000000:06d}")
     stages: dict = field(default_factory=dict)  # stage -> {"counts": ..., "seconds": ..., "errors": [...]}
@@ -54,19 +45,26 @@ class RunContext:
         return rel
 
 
-def resolve(stage: str):
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
-    mod, fn = STAGES[stage].split(":")
+def stage_names(cfg: BaseConfig | type[BaseConfig]) -> list[str]:
+    """The stages of a config's model, in run order (a full run)."""
+    return [s.key for s in cfg.SECTIONS if s.stage]
+
+
+def resolve(cfg: BaseConfig, stage: str):
+    """The run function of `stage`, imported from its section's "module:function"."""
+    targets = {s.key: s.stage for s in cfg.SECTIONS if s.stage}
+    if stage not in targets:
+        raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(targets)}")
+    mod, fn = targets[stage].split(":")
     return getattr(importlib.import_module(mod), fn)
 
 
-def run_stages(cfg: PipelineConfig, stages: list[str], ctx: RunContext | None = None) -> RunContext:
+def run_stages(cfg: BaseConfig, stages: list[str], ctx: RunContext | None = None) -> RunContext:
     """Run the named stages in order on Ray, writing the manifest after each (so a crash keeps it)."""
     from curation.runner import init_ray
 
     ctx = ctx or RunContext(cfg, Storage(cfg.root))
-    fns = [(s, resolve(s)) for s in stages]  # fail on a bad name before any work
+    fns = [(s, resolve(cfg, s)) for s in stages]  # fail on a bad name before any work
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     for name, fn in fns:
         t0 = time.time()

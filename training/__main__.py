@@ -13,19 +13,13 @@ import os
 import sys
 from typing import Any
 
-
-def resolve_out_dir(root: str, out_dir: str, task: str) -> str:
-    """<root>/<out_dir>/<task> for a relative out_dir, <out_dir>/<task> for an absolute one."""
-    if "://" in out_dir:
-        raise ValueError(f"training.out_dir {out_dir!r}: checkpoints need a local or mounted shared folder")
-    base = out_dir if os.path.isabs(out_dir) else os.path.join(root, out_dir)
-    return os.path.join(base, task)
+from training.config import resolve_out_dir  # noqa: F401  (kept importable from here)
 
 
 def train(config: str, task: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Train the task configured in `config` in this process (one rank of a torchrun job, or alone)."""
-    from curation.config import load_config
     from training.data import build_loader
+    from vidcurate.flow import load_config
     from training.parallelize import init_distributed, shutdown
     from training.tasks import task_class
     from training.trainer import Trainer
@@ -57,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "latents":
         from training.latents import main as latents_main
 
-        return latents_main(argv[1:])
+        from vidcurate.flow import load_config
+
+        return latents_main(argv[1:], load_config)
     p = argparse.ArgumentParser(prog="python -m training", description="Train the VAE or the expert transformer.")
     p.add_argument("config", help="pipelines.yaml (its training: section)")
     p.add_argument("--task", help="vae | transformer (default: training.task), or module:Class of a custom Task")

@@ -5,6 +5,7 @@ the embedded demo on a CPU in minutes with tiny models; the comments say what to
 """
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -138,3 +139,11 @@ class TrainingConfig(Strict):
         if self.stop_at is not None and self.stop_at > self.steps:
             raise ValueError(f"stop_at ({self.stop_at}) must be <= steps ({self.steps})")
         return self
+
+
+def resolve_out_dir(root: str, out_dir: str, task: str) -> str:
+    """<root>/<out_dir>/<task> for a relative out_dir, <out_dir>/<task> for an absolute one."""
+    if "://" in out_dir:
+        raise ValueError(f"training.out_dir {out_dir!r}: checkpoints need a local or mounted shared folder")
+    base = out_dir if os.path.isabs(out_dir) else os.path.join(root, out_dir)
+    return os.path.join(base, task)

@@ -12,22 +12,22 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any, Callable
 
 import torch
 
 
 @torch.no_grad()
-def write_latents(config: str, overrides: list[str] | None = None, limit: int | None = None) -> list[str]:
-    """Encode up to `limit` batches (default: one epoch) into safetensors parts; returns their paths."""
+def write_latents(cfg: Any, limit: int | None = None) -> list[str]:
+    """Encode up to `limit` batches (default: one epoch) of a loaded pipelines.yaml (vidcurate.flow.load_config)
+    into safetensors parts; returns their paths."""
     from safetensors.torch import save_file
 
-    from curation.config import load_config
-    from training.__main__ import resolve_out_dir
+    from training.config import resolve_out_dir
     from training.data import build_loader
     from training.parallelize import pick_device
     from training.tasks.transformer import build_frozen_vae, build_text_encoder
 
-    cfg = load_config(config, overrides, check_inputs=False)
     tcfg = cfg.training
     if tcfg.data.source == "latents":
         raise ValueError("training.data.source is 'latents': point it at the clips to encode (shards or synthetic)")
@@ -53,12 +53,13 @@ def write_latents(config: str, overrides: list[str] | None = None, limit: int | 
     return paths
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], load_config: Callable[..., Any]) -> int:
+    """The `latents` command; `load_config(path, overrides, check_inputs=False)` validates the whole file."""
     p = argparse.ArgumentParser(prog="python -m training latents", description=__doc__.split("\n\n")[0])
     p.add_argument("config")
     p.add_argument("--limit", type=int, help="stop after this many batches")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     a = p.parse_args(argv)
-    paths = write_latents(a.config, a.overrides, a.limit)
+    paths = write_latents(load_config(a.config, a.overrides, check_inputs=False), a.limit)
     print(f"[training latents] wrote {len(paths)} parts to {os.path.dirname(paths[0]) if paths else '-'}")
     return 0

@@ -8,7 +8,7 @@ import pytest
 
 from captioning.table import read_captions
 from curation import tables
-from curation.config import load_config
+from vidcurate.flow import load_config
 from curation.pipeline import run_stages
 from curation.storage import Storage
 from curation.synth import Scene, make_video

@@ -61,7 +61,8 @@ def test_config_rejects_bad_values_naming_the_key():
 
 
 def test_pipeline_config_carries_the_caption_section(tmp_path):
-    from curation.config import ConfigError, load_config
+    from curation.config import ConfigError
+    from vidcurate.flow import load_config
 
     p = tmp_path / "p.yaml"
     p.write_text("root: r\ninputs: [x.mp4]\ncaption: {engine: openai, openai: {concurrency: 4}}\n")

@@ -53,7 +53,9 @@ def test_set_overrides_and_validates(tmp_path):
 
 
 def test_repository_pipelines_yaml_is_valid():
-    cfg = load_config(os.path.join(REPO, "pipelines.yaml"), check_inputs=False)
+    from vidcurate.flow import load_config as load_flow
+
+    cfg = load_flow(os.path.join(REPO, "pipelines.yaml"), check_inputs=False)
     assert cfg.split.preset == "veryfast"
 
 

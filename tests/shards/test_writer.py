@@ -125,7 +125,7 @@ def test_missing_clip_file_is_reported_and_retried(tmp_path):
 
 
 def test_stage_runs_on_ray_through_the_pipeline_entry(tmp_path, ray_local):
-    from curation.config import load_config
+    from vidcurate.flow import load_config
     from curation.pipeline import RunContext
 
     d = demo.build(str(tmp_path / "ray"), videos=2, clips_per_video=4, frames=24)

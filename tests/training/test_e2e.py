@@ -23,7 +23,7 @@ training:
 @pytest.mark.heavy
 def test_raw_videos_to_trained_checkpoint_and_sample(ray_local, tmp_path):
     from captioning.tiny_vlm import build_tiny_qwen25_vl
-    from curation.config import load_config
+    from vidcurate.flow import load_config
     from curation.pipeline import run_stages
     from curation.synth import Scene, make_video
 

@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from curation.config import ConfigError, load_config
+from curation.config import ConfigError
+from vidcurate.flow import load_config
 from tests.training.helpers import REPO, write_config
 from training.trainer import lr_lambda
 

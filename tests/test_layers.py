@@ -1,0 +1,89 @@
+"""Import direction between the packages (docs/architecture.md, "Layers"), checked statically with ast.
+
+A package's modules may import only the packages below it; `__main__.py` files are programs (run,
+never imported) and may use any package. String references like "captioning.stage:run" count as
+imports too: naming a higher layer's module in a lower one is the same dependency.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import re
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT = ("model", "curation", "captioning", "shards", "training", "vidcurate")
+# package -> the project packages its library modules may import (besides itself)
+ALLOWED = {
+    "model": set(),
+    "curation": set(),
+    "captioning": {"curation"},
+    "shards": {"curation", "captioning"},
+    "training": {"curation", "shards", "model"},
+    "vidcurate": {"model", "curation", "captioning", "shards", "training"},
+}
+_MODULE_REF = re.compile(r"^(%s)(\.\w+)*(:\w+)?$" % "|".join(PROJECT))
+
+
+def imported_packages(source: str, module: str) -> set[tuple[str, int, str]]:
+    """(top-level project package, line, what) of every import and module-path string in `source`."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against the module's package
+                base = module.split(".")[: -node.level]
+                names = [".".join(base + ([node.module] if node.module else []))]
+            else:
+                names = [node.module or ""]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _MODULE_REF.match(node.value) \
+                and ("." in node.value or ":" in node.value):
+            names = [node.value]
+        for name in names:
+            top = name.split(".")[0].split(":")[0]
+            if top in PROJECT:
+                found.add((top, node.lineno, name))
+    return found
+
+
+def violations(repo: str = REPO) -> list[str]:
+    out = []
+    for pkg in PROJECT:
+        for dirpath, _, files in os.walk(os.path.join(repo, pkg)):
+            for f in sorted(files):
+                if not f.endswith(".py") or f == "__main__.py":
+                    continue
+                path = os.path.join(dirpath, f)
+                rel = os.path.relpath(path, repo)
+                module = rel[:-3].replace(os.sep, ".").removesuffix(".__init__")
+                for top, line, name in sorted(imported_packages(open(path).read(), module), key=lambda t: t[1]):
+                    if top != pkg and top not in ALLOWED[pkg]:
+                        out.append(f"{rel}:{line}: {pkg} must not import {name} ({top} is a higher layer)")
+                    elif name.endswith("__main__"):
+                        out.append(f"{rel}:{line}: a library module imports the program {name}")
+    return out
+
+
+def test_no_lower_layer_imports_a_higher_one():
+    assert violations() == []
+
+
+def test_the_check_catches_each_kind_of_violation(tmp_path):
+    """The scanner finds plain, from, relative, function-level and string imports of a higher layer."""
+    (tmp_path / "curation").mkdir()
+    (tmp_path / "curation" / "bad.py").write_text(
+        "import shards.writer\n"
+        "from training.config import TrainingConfig\n"
+        "def f():\n    from captioning import stage\n"
+        "STAGES = {'caption': 'captioning.stage:run'}\n"
+        "from .probe import run\n")  # relative within curation: fine
+    (tmp_path / "curation" / "__main__.py").write_text("import vidcurate.cli\n")  # a program: fine
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "ok.py").write_text("from curation import tables\nfrom captioning.table import x\n")
+    (tmp_path / "training").mkdir()
+    (tmp_path / "training" / "lib.py").write_text("from training.__main__ import train\n")
+    found = violations(str(tmp_path))
+    assert [v.split(":")[1] for v in found if v.startswith("curation")] == ["1", "2", "4", "5"], found
+    assert any("training/lib.py:1: a library module imports the program" in v for v in found), found
+    assert not any(v.startswith("shards") for v in found), found
