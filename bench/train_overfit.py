@@ -57,7 +57,7 @@ def main() -> None:
                          "synthetic_clips": 1},
                 "optim": {"lr": a.lr, "warmup_steps": 20, "min_lr_ratio": 0.05, "weight_decay": 0.0},
                 "checkpoint": {"every": a.steps, "export_diffusers": False},
-                "transformer": {"max_text_len": 16, "text_dropout": 0.0},
+                "transformer": {"max_text_len": 16, "text_dropout": 0.0, "vae": "tiny-random", "text_encoder": "tiny-random"},
                 "sample": {"steps": 50, "guidance": 1.0}}
     cfg = os.path.join(tmp, "pipelines.yaml")
     with open(cfg, "w") as f:

@@ -11,6 +11,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+TINY_RANDOM = "tiny-random"  # the value of a model key that asks for a tiny random model (demo and tests only)
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -106,8 +109,8 @@ class TransformerTaskConfig(Strict):
 
     size: Literal["tiny", "2b", "5b", "1.5-5b"] = "tiny"  # model config: tiny (tests, demo) or a published CogVideoX size
     init_from: str | None = None  # diffusers CogVideoXTransformer3DModel folder (converted on load; None = random init)
-    vae: str | None = None  # VAE weights: a diffusers AutoencoderKLCogVideoX folder or a `--task vae` run's export; None = random tiny VAE (tests)
-    text_encoder: str | None = None  # T5 folder (google/t5-v1_1-xxl layout); None = tiny random T5 (tests)
+    vae: str | None = None  # VAE weights: a diffusers AutoencoderKLCogVideoX folder or a `--task vae` run's export; "tiny-random" = fixed-seed random tiny VAE (demo, tests); None fails when the transformer task runs
+    text_encoder: str | None = None  # T5 folder (google/t5-v1_1-xxl layout) or hub name; "tiny-random" = tiny random T5 (demo, tests); None fails when used
     max_text_len: int = Field(226, ge=1)  # T5 tokens per prompt (CogVideoX: 226)
     text_dropout: float = Field(0.1, ge=0, le=1)  # captions dropped to empty for classifier-free guidance
     ema_decay: float | None = Field(None, gt=0, lt=1)  # keep an EMA of the weights (e.g. 0.9999); None = off

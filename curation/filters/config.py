@@ -92,9 +92,10 @@ class FilterConfig(_Strict):
     decode: Resources = Resources(num_cpus=1, batch_size=1)  # CPU step: decode + CPU scorers (motion)
     model: Resources = Resources(num_cpus=1, num_gpus=0, workers=1, batch_size=8)  # actor step: CLIP + model scorers
     clip: ClipModelConfig = ClipModelConfig()
-    # Demo convenience: when set and a model file/folder configured under this folder is missing, tiny
-    # RANDOM models are built here first (python -m curation.filters.make_tiny). null for real runs.
-    demo_models: str | None = "data/models"
+    # Demo only: when set and a model file/folder configured under this folder is missing, tiny RANDOM
+    # models are built here first (python -m curation.filters.make_tiny). Default null: a missing model
+    # is an error naming its key; the demo's pipelines.yaml sets it.
+    demo_models: str | None = None
     store_embedding: bool = True  # write each clip's mean CLIP embedding (L2-normalised) into the scores table
     # name -> scorer entry. Column names are "<name>_<metric>". Defaults: see pipelines.yaml.
     scorers: dict[str, SerializeAsAny[ScorerConfig]] = Field(default_factory=lambda: default_scorers())

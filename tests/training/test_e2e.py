@@ -15,7 +15,7 @@ training:
   data: {source: shards}
   optim: {lr: 1.0e-3, warmup_steps: 1}
   checkpoint: {every: 2, keep: 2}
-  transformer: {max_text_len: 16}
+  transformer: {max_text_len: 16, vae: tiny-random, text_encoder: tiny-random}
   sample: {steps: 2, guidance: 3.0}
 """
 

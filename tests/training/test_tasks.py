@@ -15,7 +15,8 @@ def base(steps: int, **extra) -> dict:
     cfg = {"steps": steps, "log_every": 1, "out_dir": "runs",
            "data": {"source": "synthetic", "frames": 9, "height": 16, "width": 16, "batch_size": 1,
                     "synthetic_clips": 3},
-           "optim": {"lr": 1e-3, "warmup_steps": 1}, "checkpoint": {"every": 2, "keep": 1}}
+           "optim": {"lr": 1e-3, "warmup_steps": 1}, "checkpoint": {"every": 2, "keep": 1},
+           "transformer": {"vae": "tiny-random", "text_encoder": "tiny-random"}}
     for k, v in extra.items():
         cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and k in cfg else v
     return cfg

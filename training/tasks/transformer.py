@@ -9,13 +9,14 @@ Optional EMA of the weights, kept sharded like the weights themselves.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict
 from typing import Any
 
 import torch
 from torch import nn
 
-from training.config import TrainingConfig
+from training.config import TINY_RANDOM, TrainingConfig
 from training.tasks.base import Task
 from training.tasks.vae import build_vae
 
@@ -25,24 +26,40 @@ def _clean(name: str) -> str:
     return name.replace("_checkpoint_wrapped_module.", "")
 
 
+def model_source(key: str, value: str | None) -> str | None:
+    """The model folder/hub name of training.transformer.<key>; None when it asks for the tiny random
+    model ("tiny-random"). Null, or a local path that does not exist, is a one-line error naming the key."""
+    if value == TINY_RANDOM:
+        return None
+    if value is None:
+        raise ValueError(f"training.transformer.{key} is null: set a model folder, or {TINY_RANDOM!r} for a tiny "
+                         "random model (demo and tests only)")
+    hub_name = re.fullmatch(r"[\w.-]+/[\w.-]+", value) and not value.startswith(".")
+    if not os.path.exists(os.path.expanduser(value)) and not hub_name:
+        raise ValueError(f"training.transformer.{key}: {value!r} does not exist")
+    return value
+
+
 def build_text_encoder(cfg: TrainingConfig, device: torch.device) -> nn.Module:
-    """Frozen T5 from training.transformer.text_encoder, or the tiny random T5 (tests) when it is None."""
+    """Frozen T5 from training.transformer.text_encoder (the tiny random T5 for "tiny-random")."""
     from model.text import TextEncoder
 
     tc = cfg.transformer
     dtype = torch.bfloat16 if device.type == "cuda" else None
-    if tc.text_encoder:
-        te = TextEncoder.from_pretrained(tc.text_encoder, max_length=tc.max_text_len, dtype=dtype)
+    source = model_source("text_encoder", tc.text_encoder)
+    if source:
+        te = TextEncoder.from_pretrained(source, max_length=tc.max_text_len, dtype=dtype)
     else:
         te = TextEncoder.tiny(max_length=tc.max_text_len, seed=0)
     return te.to(device).eval().requires_grad_(False)
 
 
 def build_frozen_vae(cfg: TrainingConfig, device: torch.device) -> nn.Module:
-    """Frozen VAE from training.transformer.vae, or a fixed-seed random tiny VAE (tests) when it is None."""
+    """Frozen VAE from training.transformer.vae (a fixed-seed random tiny VAE for "tiny-random")."""
+    source = model_source("vae", cfg.transformer.vae)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the same random tiny VAE in training and in `training sample`
-        vae = build_vae("tiny", cfg.transformer.vae)
+        vae = build_vae("tiny", source)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     return vae.to(device, dtype).eval().requires_grad_(False)
 
