@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from curation.filters.config import FilterConfig
+from curation.uris import scrub
 
 
 class ConfigError(ValueError):
@@ -82,15 +83,16 @@ class Section:
     key: str  # the pipelines.yaml key (and the stage name)
     model: type[BaseModel]  # pydantic model of the section; its defaults are the section's defaults
     stage: str | None = None  # "module:function" with run(cfg, ctx) -> counts, imported when it runs; None = config only
+    table: str | None = None  # the stage's table under the root, for the run summary ("{cfg.<key>...}" fields allowed)
 
 
 # curation's own sections, in run order. A stage of this package is one line here; stages of other
 # packages are one line in vidcurate/flow.py.
 SECTIONS: tuple[Section, ...] = (
     Section("ray", RayConfig),
-    Section("probe", ProbeConfig, "curation.probe:run"),
-    Section("split", SplitConfig, "curation.split:run"),
-    Section("filter", FilterConfig, "curation.filter:run"),
+    Section("probe", ProbeConfig, "curation.probe:run", "videos"),
+    Section("split", SplitConfig, "curation.split:run", "clips"),
+    Section("filter", FilterConfig, "curation.filter:run", "scores"),
 )
 
 
@@ -170,10 +172,11 @@ def load_config(path: str, overrides: list[str] | None = None, check_inputs: boo
     try:
         cfg = schema.model_validate(data, context={"base_dir": base})  # sections resolve relative paths
     except ValidationError as e:
-        raise ConfigError(f"{path}: invalid configuration\n{_format(e)}") from None
+        raise ConfigError(scrub(f"{path}: invalid configuration\n{_format(e)}")) from None
     if check_inputs:
         from curation.storage import expand_inputs
+        from curation.uris import redact
         missing = [p for p in cfg.inputs if not expand_inputs([p])]
         if missing:
-            raise ConfigError(f"{path}: inputs: no file matches {', '.join(missing)}")
+            raise ConfigError(f"{path}: inputs: no file matches {', '.join(redact(m) for m in missing)}")
     return cfg

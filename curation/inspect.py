@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from curation import tables
 from curation.storage import Storage
+from curation.uris import redact
 
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 THUMBS_PER_SHEET = 8  # clips per contact sheet (each one decodes a few frames of one clip)
@@ -335,6 +336,7 @@ def html_report(root: str, storage: Storage, t: pa.Table, counts: dict, s: dict,
 def main(root: str, html: str | None = None, per_sheet: int = THUMBS_PER_SHEET) -> int:
     """Print the summary; write the HTML report unless `html` is None ("" = <root>/report/index.html)."""
     storage = Storage(root)
+    root = redact(root)  # shown: no credentials or connection options (curation/uris.py)
     t, rules = load_scores(storage)
     counts = table_counts(storage)
     if not t.num_rows and not counts:
@@ -346,7 +348,7 @@ def main(root: str, html: str | None = None, per_sheet: int = THUMBS_PER_SHEET) 
         page = html_report(root, storage, t, counts, s, per_sheet).encode()
         if html == "":
             storage.write_bytes("report/index.html", page)
-            html = storage.uri("report/index.html")
+            html = redact(storage.uri("report/index.html"))
         else:
             with open(html, "wb") as f:
                 f.write(page)

@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import platform
+import re
 import sys
+import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
 
 from curation.config import BaseConfig
 from curation.storage import Storage
+from curation.uris import redact, scrub_obj
 
 _VERSIONED = ["torch", "ray", "av", "scenedetect-headless", "opencv-python-headless", "pyarrow", "transformers",
               "open-clip-torch", "webdataset", "vllm", "numpy", "pydantic"]
@@ -28,6 +33,7 @@ class RunContext:
     storage: Storage
     run_id: str = field(default_factory=lambda: time.strftime("%Y%m%dT%H%M%S") + f"-{int(time.time()*1e6)%1000000:06d}")
     stages: dict = field(default_factory=dict)  # stage -> {"counts": ..., "seconds": ..., "errors": [...]}
+    log_path: str | None = None  # local file with Ray's own logging of this run (runs/<run_id>.log in the root)
 
     def manifest(self) -> dict:
         versions = {}
@@ -36,8 +42,9 @@ class RunContext:
                 versions[p] = metadata.version(p)
             except metadata.PackageNotFoundError:
                 pass
-        return {"run_id": self.run_id, "argv": sys.argv, "python": platform.python_version(),
-                "versions": versions, "config": self.cfg.model_dump(mode="json"), "stages": self.stages}
+        # No credentials in the manifest: every URI in argv, config and errors is redacted.
+        return scrub_obj({"run_id": self.run_id, "argv": sys.argv, "python": platform.python_version(),
+                          "versions": versions, "config": self.cfg.model_dump(mode="json"), "stages": self.stages})
 
     def write_manifest(self) -> str:
         rel = f"runs/{self.run_id}.json"
@@ -59,26 +66,82 @@ def resolve(cfg: BaseConfig, stage: str):
     return getattr(importlib.import_module(mod), fn)
 
 
-def run_stages(cfg: BaseConfig, stages: list[str], ctx: RunContext | None = None) -> RunContext:
-    """Run the named stages in order on Ray, writing the manifest after each (so a crash keeps it)."""
-    from curation.runner import init_ray
+def run_stages(cfg: BaseConfig, stages: list[str], ctx: RunContext | None = None,
+               verbose: bool = False) -> RunContext:
+    """Run the named stages in order on Ray, writing the manifest after each (so a crash keeps it).
+
+    The console shows one progress bar per stage and a summary at the end; Ray's own logging goes to
+    runs/<run_id>.log under the root unless `verbose`."""
+    from curation import runner
 
     ctx = ctx or RunContext(cfg, Storage(cfg.root))
     fns = [(s, resolve(cfg, s)) for s in stages]  # fail on a bad name before any work
-    init_ray(cfg.ray.address, cfg.ray.num_cpus)
-    for name, fn in fns:
-        t0 = time.time()
-        entry = ctx.stages.setdefault(name, {"counts": {}, "errors": []})
-        print(f"[{name}] starting", file=sys.stderr, flush=True)
-        try:
-            entry["counts"] = fn(cfg, ctx) or {}
-        except Exception as e:
-            entry["errors"].append(f"{type(e).__name__}: {e}")
-            entry["seconds"] = round(time.time() - t0, 3)
-            ctx.write_manifest()
-            raise
-        entry["seconds"] = round(time.time() - t0, 3)
-        path = ctx.write_manifest()
-        print(f"[{name}] done in {entry['seconds']:.1f}s: {entry['counts']} (manifest {path})", file=sys.stderr,
-              flush=True)
+    ctx.log_path = ctx.storage.local_path(f"runs/{ctx.run_id}.log") or os.path.join(
+        tempfile.gettempdir(), f"vidcurate-{ctx.run_id}.log")
+    runner.console(ctx.log_path, verbose)
+    from curation import tables
+
+    tables.new_run()  # part numbers continue after whatever another process wrote meanwhile
+    try:
+        runner.init_ray(cfg.ray.address, cfg.ray.num_cpus)
+        for name, fn in fns:
+            _run_one(cfg, ctx, name, fn)
+    finally:
+        runner.set_stage(None)
+        runner.console(None, True)
+        _keep_log(ctx)
+        print(summary(ctx), file=sys.stderr, flush=True)
     return ctx
+
+
+def _run_one(cfg: BaseConfig, ctx: RunContext, name: str, fn) -> None:
+    from curation import runner
+
+    t0 = time.time()
+    entry = ctx.stages.setdefault(name, {"counts": {}, "errors": []})
+    runner.set_stage(name)
+    try:
+        entry["counts"] = fn(cfg, ctx) or {}
+    except Exception as e:
+        entry["errors"].append(f"{type(e).__name__}: {e}")
+        entry["failed"] = True
+        raise
+    finally:
+        entry["seconds"] = round(time.time() - t0, 3)
+        ctx.write_manifest()
+        _keep_log(ctx)
+
+
+def _keep_log(ctx: RunContext) -> None:
+    """An object-store root gets a copy of the local log file after every stage."""
+    if ctx.log_path and not ctx.storage.is_local and os.path.exists(ctx.log_path):
+        with open(ctx.log_path, "rb") as f:
+            ctx.storage.write_bytes(f"runs/{ctx.run_id}.log", f.read())
+
+
+def error_kind(message: str) -> str:
+    """The exception class named in an error message ("src: VideoError: ..." -> VideoError), else "other"."""
+    m = re.search(r"\b([A-Z]\w*(?:Error|Exception|Timeout))\b", message)
+    return m.group(1) if m else "other"
+
+
+def summary(ctx: RunContext) -> str:
+    """The end-of-run report: counts per stage, errors by kind, where to look for details."""
+    tables = {s.key: s.table for s in ctx.cfg.SECTIONS if s.stage}
+    lines = [f"summary of run {ctx.run_id} (root {redact(ctx.storage.root)})"]
+    kinds: Counter = Counter()
+    for name, entry in ctx.stages.items():
+        counts = ", ".join(f"{k} {v}" for k, v in entry.get("counts", {}).items() if isinstance(v, (int, float)))
+        state = "FAILED" if entry.get("failed") else f"{entry.get('seconds', 0):.1f} s"
+        table = tables.get(name)
+        where = f"  -> {table.format(cfg=ctx.cfg)}" if table else ""
+        lines.append(f"  {name:<8} {state:>8}  {counts or '-'}{where}")
+        for e in entry.get("errors", []):
+            kinds[(name, error_kind(str(e)))] += 1
+    if kinds:
+        lines.append("  errors by kind: " + ", ".join(f"{k} {n} ({s})" for (s, k), n in kinds.most_common()))
+    else:
+        lines.append("  errors: none")
+    lines.append(f"  details: runs/{ctx.run_id}.json (manifest), the `error` column of each table above, "
+                 f"`python -m curation inspect <root>`; Ray's log: {ctx.log_path}")
+    return "\n".join(lines)

@@ -116,11 +116,13 @@ def run(cfg: "object", ctx: "object") -> dict:
     from curation.runner import run_pipeline
     from curation.stage import StageResources
     from curation.storage import expand_inputs
+    from curation.uris import redact
 
     storage = ctx.storage
     sources = expand_inputs(cfg.inputs)
+    # The table holds redacted sources (curation.uris); the workers get the full URI to open.
     done = {r["source"] for r in tables.read_table(storage, "videos", tables.VIDEOS).to_pylist() if not r["error"]}
-    todo = [{"source": s} for s in sources if s not in done]
+    todo = [{"source": s} for s in sources if redact(s) not in done]
     stage = ProbeStage(cfg.probe.count_frames, StageResources.from_config(cfg.probe.resources))
     counts = {"inputs": len(sources), "skipped": len(sources) - len(todo), "probed": 0, "errors": 0}
 

@@ -12,14 +12,76 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 import time
 from typing import Callable, Iterable
 
 from curation.stage import Stage
+from curation.uris import scrub
 
 log = logging.getLogger(__name__)
 
 MAX_BLOCKS = 20000  # upper bound on input blocks (= map tasks) of one pipeline
+# What the console shows: set by console() for a run. Quiet: Ray's own logging (its loggers, Ray Data
+# bars, worker output, library warnings) goes to the run's log file; our one bar per stage stays.
+_CONSOLE: dict = {"verbose": True, "log": None, "stage": None}
+_RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "py.warnings")
+
+
+def console(log_path: str | None, verbose: bool) -> None:
+    """Send Ray's own logging to `log_path` (appending) unless verbose; None restores the default."""
+    old = _CONSOLE.get("log")
+    if old is not None:
+        old.close()
+    _CONSOLE.update(verbose=verbose or log_path is None, log=None)
+    if log_path is None or verbose:
+        logging.captureWarnings(False)
+        return
+    os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+    _CONSOLE["log"] = open(log_path, "a", buffering=1)
+    handler = logging.StreamHandler(_CONSOLE["log"])
+    handler.setFormatter(_ScrubbingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    import ray  # noqa: F401  (ray and ray.data install their console handlers on import: replace them)
+    import ray.data  # noqa: F401
+
+    for name in _RAY_LOGGERS:
+        lg = logging.getLogger(name)
+        lg.handlers = [handler]
+        lg.propagate = False
+    logging.captureWarnings(True)
+    _route_worker_output()
+
+
+def _route_worker_output() -> None:
+    """Worker stdout/stderr that Ray forwards to the driver goes to the log file (Ray's own dispatcher)."""
+    try:
+        from ray._private import worker as ray_worker
+        dispatcher = ray_worker.global_worker_stdstream_dispatcher
+    except (ImportError, AttributeError):  # another Ray release: leave its console output as it is
+        return
+
+    def to_log(data: dict) -> None:
+        f = _CONSOLE.get("log")
+        if f is None or f.closed:
+            return ray_worker.print_to_stdstream(data, ignore_prefix=False)
+        who = data.get("actor_name") or data.get("task_name") or ""
+        for line in data.get("lines", []):
+            f.write(scrub(f"({who} pid={data.get('pid')}) {line}") + "\n")
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", to_log)
+
+
+class _ScrubbingFormatter(logging.Formatter):
+    """Log records (tracebacks included) with every URI redacted: no credentials in the log file."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
+
+
+def set_stage(name: str | None) -> None:
+    """The stage whose progress bar run_pipeline draws (curation.pipeline.run_stages sets it)."""
+    _CONSOLE["stage"] = name
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -36,8 +98,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True, runtime_env=None if os.environ.get("RAY_JOB_ID") else env)
     else:
+        # A session folder of its own: concurrent embedded Rays sharing /tmp/ray can pick up each other's
+        # session files (a driver then waits on another node's GCS).
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=env,
-                 _node_ip_address="127.0.0.1")
+                 _node_ip_address="127.0.0.1", _temp_dir=tempfile.mkdtemp(prefix="ray-"))
+    if not _CONSOLE["verbose"]:
+        _route_worker_output()  # ray.init installs its printer of worker output: send it to the log file
 
 
 class _Wrap:
@@ -79,7 +145,7 @@ def run_pipeline(items: list[dict], stages: list[Stage], sink: Callable[[list[di
     if not items:
         return 0
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = progress
+    ctx.enable_progress_bars = progress and _CONSOLE["verbose"]  # Ray Data's own bars (one per operator)
     ctx.execution_options.preserve_order = False
     # Small blocks so work spreads across workers even for a handful of long videos, and results (and
     # so resume points) stream back often; capped so a million-clip run does not schedule a million tasks.
@@ -97,10 +163,12 @@ def run_pipeline(items: list[dict], stages: list[Stage], sink: Callable[[list[di
             ds = ds.map_batches(_stateless(st), **common)
     n = 0
     pending: list[dict] = []
+    bar = StageBar(items, _CONSOLE["stage"] or stages[-1].name, enabled=progress)
     for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
         if "__empty__" in batch.columns:
             batch = batch[batch["__empty__"].isna()].drop(columns="__empty__") if len(batch.columns) > 1 else batch.iloc[0:0]
         rows = [{k: _clean(v) for k, v in r.items()} for r in batch.to_dict("records")]
+        bar.update(rows)
         pending.extend(rows)
         n += len(rows)
         if len(pending) >= sink_every:
@@ -108,7 +176,54 @@ def run_pipeline(items: list[dict], stages: list[Stage], sink: Callable[[list[di
             pending = []
     if pending:
         sink(pending)
+    bar.close()
     return n
+
+
+class StageBar:
+    """One progress bar per stage: inputs done / total and errors, from the rows as they arrive.
+
+    An input counts as done when a row carrying its key (clip_id, video_id, key or source: the first
+    the inputs have) arrives; rows without it count one input each. A bar on a terminal (tqdm), else
+    one line at the end (logs of `ray job submit`, CI).
+    """
+
+    KEYS = ("clip_id", "video_id", "key", "shard", "source")
+
+    def __init__(self, items: list[dict], label: str, enabled: bool = True) -> None:
+        self.total, self.label, self.enabled, self.t0 = len(items), label, enabled, time.time()
+        self.key = next((k for k in self.KEYS if items and k in items[0]), None)
+        self.done: set = set()
+        self.extra = self.errors = 0
+        self.tqdm = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.tqdm = tqdm(total=self.total, desc=label, unit="in", file=sys.stderr, dynamic_ncols=True,
+                             bar_format="{desc}: {n}/{total} |{bar}| {postfix} [{elapsed}<{remaining}]")
+            self.tqdm.set_postfix_str("errors 0")
+
+    def count(self) -> int:
+        return min(self.total, len(self.done) + self.extra)
+
+    def update(self, rows: list[dict]) -> None:
+        before = self.count()
+        for r in rows:
+            if self.key and r.get(self.key) is not None:
+                self.done.add(r[self.key])
+            else:
+                self.extra += 1
+            self.errors += bool(r.get("error")) or r.get("status") == "error"
+        if self.tqdm is not None:
+            self.tqdm.set_postfix_str(f"errors {self.errors}", refresh=False)
+            self.tqdm.update(self.count() - before)
+
+    def close(self) -> None:
+        if self.tqdm is not None:
+            self.tqdm.close()
+        elif self.enabled:
+            print(f"{self.label}: {self.count()}/{self.total} done, {self.errors} errors, "
+                  f"{time.time() - self.t0:.1f} s", file=sys.stderr, flush=True)
 
 
 def _no_fusion() -> dict:

@@ -386,8 +386,9 @@ def run(cfg: "object", ctx: "object") -> dict:
     storage = ctx.storage
     videos = [r for r in tables.read_table(storage, "videos", tables.VIDEOS).to_pylist() if not r["error"]]
     done = {r["video_id"] for r in tables.read_table(storage, "clips", tables.CLIPS).to_pylist()}
-    todo = [{"video_id": v["video_id"], "source": v["source"], "fps": v["fps"]} for v in videos
-            if v["video_id"] not in done]
+    full = _openable(cfg.inputs)  # redacted source (as stored) -> the URI with its credentials, to open
+    todo = [{"video_id": v["video_id"], "source": full.get(v["source"], v["source"]), "fps": v["fps"]}
+            for v in videos if v["video_id"] not in done]
     stage = SplitStage(SplitParams.from_config(cfg.split), storage.root,
                        StageResources.from_config(cfg.split.resources))
     counts = {"videos": len(videos), "skipped": len(videos) - len(todo), "split": 0, "clips": 0, "dropped": 0,
@@ -404,6 +405,14 @@ def run(cfg: "object", ctx: "object") -> dict:
         f"{r['source']}: {r['reason']}" for r in tables.read_table(storage, "clips", tables.CLIPS).to_pylist()
         if r["status"] == "error"]
     return counts
+
+
+def _openable(inputs: list[str]) -> dict[str, str]:
+    """Redacted source -> the input URI it came from (credentials and options live only in the config)."""
+    from curation.storage import expand_inputs
+    from curation.uris import redact
+
+    return {redact(u): u for u in expand_inputs(inputs) if "://" in u}
 
 
 def _detect_frame(fr: "av.VideoFrame", dsize: tuple[int, int]):

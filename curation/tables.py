@@ -8,7 +8,6 @@ that was re-done after a crash between part write and bookkeeping is never count
 from __future__ import annotations
 
 import io
-import time
 import uuid
 from typing import Iterable
 
@@ -16,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.storage import Storage
+from curation.uris import scrub
 
 VIDEOS = pa.schema([
     ("video_id", pa.string()),        # sha1 of the source URI, first 16 hex chars
@@ -65,20 +65,63 @@ SPLIT_DONE = pa.schema([("video_id", pa.string()), ("clips", pa.int64()), ("erro
 def write_part(storage: Storage, table: str, rows: list[dict] | pa.Table,
                schema: pa.Schema | None = None) -> str | None:
     """Write rows as one new Parquet part of `table` atomically. Returns the part path (None if empty)."""
-    t = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=schema)
+    t = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist([_scrub_row(r) for r in rows], schema=schema)
     if t.num_rows == 0:
         return None
     if schema is not None and isinstance(rows, pa.Table):
         t = t.select(schema.names).cast(schema)
+    if isinstance(rows, pa.Table):
+        t = _scrub_table(t)
+    if t.schema.metadata:
+        t = t.replace_schema_metadata({k: scrub(v.decode("utf-8", "replace")).encode()
+                                       for k, v in t.schema.metadata.items()})
     buf = io.BytesIO()
     pq.write_table(t, buf, compression="zstd")
-    # Names sort in write order (UTC time to the microsecond, then a random suffix against clashes
-    # between processes), which is what "last part wins" in read_table relies on.
-    now = time.time_ns()
-    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now // 10**9)) + f"{(now // 1000) % 10**6:06d}"
-    rel = f"{table}/part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+    rel = f"{table}/part-{next_sequence(storage, table):020d}-{uuid.uuid4().hex[:8]}.parquet"
     storage.write_bytes(rel, buf.getvalue())
     return rel
+
+
+# (root, table) -> the last part sequence number this process wrote. Part names sort in write order
+# by a sequence, not by wall-clock time (clocks of different machines disagree): a writer starts
+# after the highest number already in the table and counts up. Old time-stamped names (20 digits)
+# compare as numbers below the new ones that follow them.
+_SEQUENCES: dict[tuple[str, str], int] = {}
+
+
+def next_sequence(storage: Storage, table: str) -> int:
+    """The number of the next part of `table` ("last part wins" in read_table relies on it)."""
+    key = (storage.root, table)
+    if key not in _SEQUENCES:
+        _SEQUENCES[key] = max((_sequence_of(p) for p in storage.list(table, ".parquet")), default=0)
+    _SEQUENCES[key] += 1
+    return _SEQUENCES[key]
+
+
+def new_run() -> None:
+    """Forget cached sequences: the next write lists its table again (a run may follow another process's)."""
+    _SEQUENCES.clear()
+
+
+def _sequence_of(rel: str) -> int:
+    field = rel.rsplit("/", 1)[-1].removeprefix("part-").split("-", 1)[0]
+    return int(field) if field.isdigit() else 0
+
+
+def _scrub_row(row: dict) -> dict:
+    """No credentials in a table: every URI in a string (or list of strings) value is redacted."""
+    return {k: scrub(v) if isinstance(v, str) else [scrub(x) if isinstance(x, str) else x for x in v]
+            if isinstance(v, list) and v and isinstance(v[0], str) else v for k, v in row.items()}
+
+
+def _scrub_table(t: pa.Table) -> pa.Table:
+    for i, f in enumerate(t.schema):
+        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+            col = t.column(i).to_pylist()
+            clean = [scrub(v) if v is not None else None for v in col]
+            if clean != col:
+                t = t.set_column(i, f, pa.array(clean, f.type))
+    return t
 
 
 def read_table(storage: Storage, table: str, schema: pa.Schema | None = None,

@@ -22,12 +22,11 @@ class VideoError(RuntimeError):
 def video_id_for(source: str) -> str:
     """Deterministic id of a source: the first 16 hex digits of sha1 of its path or URI.
 
-    Connection options and credentials of a URI (query string, user info) are not part of the id."""
-    if "://" in source:
-        scheme, rest = source.split("://", 1)
-        rest = rest.split("?", 1)[0]
-        source = f"{scheme}://{rest.rsplit('@', 1)[-1] if '@' in rest.split('/', 1)[0] else rest}"
-    return hashlib.sha1(source.encode()).hexdigest()[:16]
+    It is computed from the redacted form (curation.uris.redact: no user info, no query), so the
+    credentials and connection options of a URI are not part of the id."""
+    from curation.uris import redact
+
+    return hashlib.sha1(redact(source).encode()).hexdigest()[:16]
 
 
 def open_container(source: str) -> "av.container.InputContainer":

@@ -293,17 +293,34 @@ def export_state_dict(model) -> dict[str, torch.Tensor]:
 
 
 def save_diffusers(model, folder: str, dtype: torch.dtype | None = None) -> str:
-    """Write config.json + diffusion_pytorch_model.safetensors in diffusers' model-folder layout."""
+    """Write config.json + diffusion_pytorch_model.safetensors in diffusers' model-folder layout.
+
+    Atomic: both files are written into a temporary sibling folder that then replaces `folder`, so a
+    reader (or a killed run) never sees a half-written export."""
+    import shutil
+    import uuid
+
     from safetensors.torch import save_file
 
-    os.makedirs(folder, exist_ok=True)
+    folder = os.path.abspath(folder)
+    parent = os.path.dirname(folder)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".tmp-{uuid.uuid4().hex[:8]}-{os.path.basename(folder)}")
+    os.makedirs(tmp)
     state = export_state_dict(model)
     state = {k: (v.to(dtype) if dtype is not None else v).detach().contiguous().cpu() for k, v in state.items()}
     if isinstance(model, ExpertTransformer):
         cfg = transformer_config_to_diffusers(model.config)
     else:
         cfg = vae_config_to_diffusers(model.config)
-    with open(os.path.join(folder, "config.json"), "w") as f:
+    with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
-    save_file(state, os.path.join(folder, "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+    save_file(state, os.path.join(tmp, "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+    old = None
+    if os.path.exists(folder):  # keep the previous export until the new one is in place
+        old = os.path.join(parent, f".old-{uuid.uuid4().hex[:8]}-{os.path.basename(folder)}")
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
     return folder

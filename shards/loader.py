@@ -59,7 +59,7 @@ import torch
 
 from shards.buckets import Plan, choose_bucket, plan_sample, sample_rng
 from shards.config import Bucket, LoaderConfig, ShardConfig
-from shards.uris import redact
+from curation.uris import redact
 
 STATE_VERSION = 1
 

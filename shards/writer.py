@@ -39,7 +39,7 @@ from curation import tables
 from curation.stage import Stage, StageResources
 from curation.storage import Storage
 from shards.config import WriterConfig
-from shards.uris import redact
+from curation.uris import redact
 
 INDEX = pa.schema([
     ("shard", pa.string()),           # tar file name inside the shard folder

@@ -46,7 +46,9 @@ def write_latents(cfg: Any, limit: int | None = None) -> list[str]:
         z = (vae.encode(x).mode().float() * vae.scaling_factor).transpose(1, 2).contiguous().cpu()
         emb = text.encode(list(batch["captions"])).float().cpu()
         path = os.path.join(folder, f"part-{i:05d}.safetensors")
-        save_file({"latents": z, "text_emb": emb}, path)
+        tmp = os.path.join(folder, f".tmp-{os.getpid()}-part-{i:05d}.safetensors")
+        save_file({"latents": z, "text_emb": emb}, tmp)
+        os.replace(tmp, path)  # atomic: a reader never sees a half-written part
         paths.append(path)
         if tcfg.data.source == "synthetic" and limit is None and i + 1 >= tcfg.data.synthetic_clips:
             break  # the synthetic stream is endless

@@ -13,6 +13,7 @@ import math
 import os
 import resource
 import time
+from collections import deque
 from typing import Any
 
 import torch
@@ -27,6 +28,9 @@ from training.tasks.base import Task
 
 # Dense bf16 tensor-core peak per GPU (FLOP/s), for the MFU estimate. Unknown devices report no MFU.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
+
+
+HISTORY = 10_000  # steps of metrics kept in memory for the summary (a long run would grow without bound)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -203,7 +207,7 @@ class Trainer:
         bar = tqdm(total=end, initial=self.step, disable=not self.info.is_main, desc=f"train {self.task.name}",
                    dynamic_ncols=True)
         it = endless(self.loader)
-        history: list[dict[str, float]] = []
+        history: deque[dict[str, float]] = deque(maxlen=HISTORY)  # bounded; metrics.jsonl has every step
         peak = peak_flops(self.info.device)
         while self.step < end:
             t0 = time.perf_counter()
@@ -235,7 +239,7 @@ class Trainer:
         if self.step >= cfg.steps and cfg.checkpoint.export_diffusers:
             exported = self.task.export(os.path.join(self.out_dir, "export"))
         self.log.close()
-        return {"step": self.step, "history": history, "checkpoint": self.ckpt.latest(), "exported": exported,
+        return {"step": self.step, "history": list(history), "checkpoint": self.ckpt.latest(), "exported": exported,
                 "flops_per_step": self.flops_per_step}
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
@@ -15,16 +14,36 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--stage", action="append", help="stage(s) to run (repeatable or comma-separated); "
                    "default: probe, split, filter, caption, shard")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    d = sub.add_parser("demo", help="generate sample videos at the config's inputs, then run every stage")
+    r.add_argument("--verbose", action="store_true", help="show Ray's own logging (default: runs/<run_id>.log)")
+    d = sub.add_parser("demo", help="the whole flow on generated sample videos: every stage, the report, a short "
+                       "tiny VAE and transformer training, a sampled mp4")
     d.add_argument("config", nargs="?", default="pipelines.yaml")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    d.add_argument("--verbose", action="store_true", help="show Ray's and the trainer's own output")
     i = sub.add_parser("inspect", help="summarise the tables under a dataset root")
     i.add_argument("root")
     i.add_argument("--html", default=None, help="write the HTML report here (default <root>/report/index.html)")
     i.add_argument("--no-html", action="store_true")
     args = ap.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("interrupted: what finished is kept; run the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # one scrubbed line (no credentials); the traceback with --verbose
+        import traceback
 
+        from curation.uris import scrub
+
+        if getattr(args, "verbose", False):
+            print(scrub(traceback.format_exc()), file=sys.stderr)
+        print(f"error: {scrub(f'{type(e).__name__}: {e}')}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     from curation.config import ConfigError
+    from curation.uris import scrub
     from vidcurate.flow import PipelineConfig, load_config
 
     if args.cmd == "run":
@@ -37,30 +56,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         stages = [s.strip() for arg in (args.stage or stage_names(PipelineConfig)) for s in arg.split(",") if s.strip()]
         try:
-            run_stages(cfg, stages)
+            run_stages(cfg, stages, verbose=args.verbose)
         except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {scrub(str(e))}", file=sys.stderr)
             return 2
         return 0
     if args.cmd == "demo":
-        from curation.pipeline import run_stages, stage_names
-        from curation.synth import demo_videos
+        from vidcurate.demo import run_demo
 
-        try:
-            cfg = load_config(args.config, args.set, check_inputs=False)
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        folder = os.path.dirname(cfg.inputs[0])
-        if "://" in folder or "*" in folder:
-            print(f"error: demo writes sample videos to a local folder; inputs[0] is {cfg.inputs[0]!r}",
-                  file=sys.stderr)
-            return 2
-        print(f"[demo] sample videos: {demo_videos(folder)}", file=sys.stderr)
-        run_stages(load_config(args.config, args.set), stage_names(PipelineConfig))
-        print(f"[demo] done: tables under {cfg.root}; summary: python -m curation inspect {cfg.root}",
-              file=sys.stderr)
-        return 0
+        return run_demo(args.config, args.set, verbose=args.verbose)
     if args.cmd == "inspect":
         from curation.inspect import main as inspect_main
 

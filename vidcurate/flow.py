@@ -13,8 +13,8 @@ from training.config import TrainingConfig
 
 SECTIONS: tuple[Section, ...] = (
     *curation_config.SECTIONS,  # ray, probe, split, filter (curation/config.py)
-    Section("caption", CaptionConfig, "captioning.stage:run"),
-    Section("shard", ShardConfig, "shards.writer:run"),
+    Section("caption", CaptionConfig, "captioning.stage:run", "captions/{cfg.caption.run}"),
+    Section("shard", ShardConfig, "shards.writer:run", "shards/{cfg.shard.writer.name}"),
     Section("training", TrainingConfig),  # `python -m training`, not a curation stage
 )
 
