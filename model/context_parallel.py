@@ -229,7 +229,9 @@ class _Halo(torch.autograd.Function):
         return _exchange_backward(grad_front, ctx.h, ctx.split, ctx.t), None, None
 
 
-def _exchange_forward(x: torch.Tensor, h: int, s: "TimeSplit") -> torch.Tensor:
+def _exchange_forward(x: torch.Tensor, h: int, s: "TimeSplit", first: torch.Tensor | None = None) -> torch.Tensor:
+    """x: this rank's input frames (or, streaming, at least its last h); first: rank 0's first frame
+    when x does not start with it."""
     shape = x.shape[:2] + (h,) + x.shape[3:]
     last = s.rank == s.world - 1
     reqs = []
@@ -240,7 +242,7 @@ def _exchange_forward(x: torch.Tensor, h: int, s: "TimeSplit") -> torch.Tensor:
         front = x.new_empty(shape)
         dist.recv(front, s.peer(s.rank - 1), group=s.group)
     else:
-        front = x[:, :, :1].expand(shape).contiguous()
+        front = (x[:, :, :1] if first is None else first).expand(shape).contiguous()
     if not early and not last:
         reqs.append(dist.isend(torch.cat([front, x], dim=2)[:, :, -h:].contiguous(), s.peer(s.rank + 1),
                                group=s.group))
@@ -326,12 +328,12 @@ class TimeSplit:
         full = torch.cat([full[r * m:r * m + c] for r, c in enumerate(frame_counts)])
         return full.movedim(0, 2)
 
-    def front(self, x: torch.Tensor, h: int) -> torch.Tensor:
+    def front(self, x: torch.Tensor, h: int, first: torch.Tensor | None = None) -> torch.Tensor:
         """The h frames in front of x's first frame: the previous rank's last ones, or on rank 0 its
-        first frame repeated."""
+        first frame repeated (`first` when streaming passes only the tail of the input as x)."""
         if torch.is_grad_enabled() and x.requires_grad:
             return _Halo.apply(x, h, self)
-        return _exchange_forward(x, h, self)
+        return _exchange_forward(x, h, self, first)
 
     def group_stats(self, x: torch.Tensor, groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, rstd) [B, G] of x [B, C, T, ...] over every rank's frames (two passes: sum, then squared
