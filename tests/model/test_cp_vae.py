@@ -83,4 +83,4 @@ def test_frame_split_rule():
     with pytest.raises(ValueError, match="1 \\+ k\\*4 frames"):
         split.frame_counts(16, 4)
     with pytest.raises(ValueError, match="too few"):
-        split.frame_counts(9, 4)
+        split.frame_counts(5, 4)
