@@ -82,5 +82,6 @@ def test_frame_split_rule():
     assert split.frame_counts(49, 4) == [25, 24]
     with pytest.raises(ValueError, match="1 \\+ k\\*4 frames"):
         split.frame_counts(16, 4)
+    split.world = 4
     with pytest.raises(ValueError, match="too few"):
         split.frame_counts(5, 4)
