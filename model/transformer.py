@@ -108,9 +108,11 @@ class Attention(nn.Module):
         self.norm_q = nn.LayerNorm(head_dim, eps=qk_eps)
         self.norm_k = nn.LayerNorm(head_dim, eps=qk_eps)
         self.to_out = nn.Linear(num_heads * head_dim, dim, bias=True)
+        self.cp = None  # model.context_parallel.ContextParallel when the video tokens are split over ranks
 
-    def forward(self, x: torch.Tensor, text_len: int, rope: torch.Tensor | None):
-        """x [B, S, dim] with the first text_len tokens text; rope: complex rotations [S_video, 1, head_dim/2]."""
+    def forward(self, x: torch.Tensor, text_len: int, rope: torch.Tensor | None, video_tokens: int | None = None):
+        """x [B, S, dim] with the first text_len tokens text; rope: complex rotations [S_video, 1, head_dim/2].
+        Under context parallelism x holds this rank's video tokens of `video_tokens` in all."""
         b, s, _ = x.shape
         shape = (b, s, self.num_heads, self.head_dim)
         q = self.norm_q(self.to_q(x).view(shape))  # [B, S, H, hd]: the norms act on contiguous heads
@@ -119,6 +121,8 @@ class Attention(nn.Module):
         if rope is not None:  # rotate video tokens in place (the norm outputs are not needed by autograd)
             q[:, text_len:] = apply_rope(q[:, text_len:], rope)
             k[:, text_len:] = apply_rope(k[:, text_len:], rope)
+        if self.cp is not None:
+            return self.to_out(self.cp.attention(q, k, v, text_len, video_tokens).reshape(b, s, -1))
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.to_out(out.transpose(1, 2).reshape(b, s, -1))
 
@@ -145,10 +149,10 @@ class Block(nn.Module):
         self.ff = FeedForward(dim, 4 * dim)
 
     def forward(self, video: torch.Tensor, text: torch.Tensor, temb: torch.Tensor,
-                rope: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                rope: torch.Tensor | None = None, video_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         text_len = text.shape[1]
         h_video, h_text, gate, t_gate = self.norm1(video, text, temb)
-        out = self.attn(torch.cat([h_text, h_video], dim=1), text_len, rope)
+        out = self.attn(torch.cat([h_text, h_video], dim=1), text_len, rope, video_tokens)
         video = torch.addcmul(video, gate, out[:, text_len:])
         text = torch.addcmul(text, t_gate, out[:, :text_len])
         h_video, h_text, gate, t_gate = self.norm2(video, text, temb)
@@ -187,6 +191,16 @@ class ExpertTransformer(nn.Module):
         self.proj_out = nn.Linear(dim, p * p * pt * cfg.out_channels)
         self.gradient_checkpointing = False
         self._pos_cache: dict = {}
+        self.context_parallel = None  # set by enable_context_parallel
+
+    def enable_context_parallel(self, cp) -> None:
+        """Split the video tokens over the ranks of `cp` (model.context_parallel.ContextParallel): each
+        rank runs its slice through every block, text tokens stay whole on every rank, and the output is
+        gathered before unpatchify, so every rank returns the full prediction."""
+        self.context_parallel = cp
+        for m in self.modules():
+            if isinstance(m, Attention):
+                m.cp = cp
 
     # -- positions ---------------------------------------------------------------------------------
     def _positions(self, frames: int, height: int, width: int, device: torch.device, dtype: torch.dtype):
@@ -262,16 +276,25 @@ class ExpertTransformer(nn.Module):
         else:
             video = video + pos
 
+        cp, n = self.context_parallel, video.shape[1]
+        if cp is not None:  # this rank's slice of the video tokens and of their rotations
+            start, end = cp.bounds(n)
+            video = cp.shard(video)
+            rope = rope[start:end] if rope is not None else None
+
         for block in self.blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                video, text = checkpoint(block, video, text, temb, rope, use_reentrant=False)
+                video, text = checkpoint(block, video, text, temb, rope, n, use_reentrant=False)
             else:
-                video, text = block(video, text, temb, rope)
+                video, text = block(video, text, temb, rope, n)
 
         video = self.norm_final(video)
         shift, scale = self.out_mod(F.silu(temb)).unsqueeze(1).chunk(2, dim=2)
         video = torch.addcmul(shift, self.out_norm(video), 1 + scale)
-        return self.unpatchify(self.proj_out(video), f, h, w)
+        out = self.proj_out(video)
+        if cp is not None:
+            out = cp.gather(out, n)
+        return self.unpatchify(out, f, h, w)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

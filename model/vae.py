@@ -77,18 +77,27 @@ def _streaming() -> bool:
 
 
 # -- GroupNorm with statistics over a whole chunk ------------------------------------------------------
-def _group_affine(x: torch.Tensor, norm: nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-(batch, channel) scale and shift so that norm(x) == x * scale + shift (statistics of all of x)."""
+def _group_affine(x: torch.Tensor, norm: nn.GroupNorm, split=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(batch, channel) scale and shift so that norm(x) == x * scale + shift (statistics of all of x,
+    and of the other ranks' frames under a context-parallel `split`)."""
     b, c = x.shape[:2]
     g = norm.num_groups
-    var, mean = torch.var_mean(x.reshape(b, g, -1).float(), dim=2, correction=0)
-    rstd = torch.rsqrt(var + norm.eps)  # [B, G]
+    if split is not None:
+        mean, rstd = split.group_stats(x, g, norm.eps)
+    else:
+        var, mean = torch.var_mean(x.reshape(b, g, -1).float(), dim=2, correction=0)
+        rstd = torch.rsqrt(var + norm.eps)  # [B, G]
     rstd = rstd.repeat_interleave(c // g, dim=1)
     mean = mean.repeat_interleave(c // g, dim=1)
     scale = rstd * norm.weight.float()[None]
     shift = norm.bias.float()[None] - mean * scale
     shape = (b, c) + (1,) * (x.dim() - 2)
     return scale.to(x.dtype).view(shape), shift.to(x.dtype).view(shape)
+
+
+def _group_norm(norm: nn.GroupNorm, x: torch.Tensor, split) -> torch.Tensor:
+    """norm(x), with statistics over every rank's frames under a context-parallel split."""
+    return norm(x) if split is None else split.group_norm(x, norm)
 
 
 # -- nearest resize of the latent to a feature map, as broadcastable views ----------------------------
@@ -133,10 +142,13 @@ class CausalConv3d(nn.Conv3d):
     def __init__(self, cin: int, cout: int, kernel: int = 3):
         super().__init__(cin, cout, kernel, padding=(0, kernel // 2, kernel // 2))
         self.time_pad = kernel - 1
+        self.split = None  # model.context_parallel.TimeSplit: the frames in front come from the previous rank
 
     def pad(self, x: torch.Tensor, cache: torch.Tensor | None) -> torch.Tensor:
         if self.time_pad == 0:
             return x
+        if cache is None and self.split is not None:
+            return torch.cat([self.split.front(x, self.time_pad), x], dim=2)
         front = cache if cache is not None else x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1)
         return torch.cat([front, x], dim=2)
 
@@ -160,6 +172,9 @@ class CausalConv3d(nn.Conv3d):
         """Causal conv of an input produced slice by slice: produce(a, b) returns input frames [a, b).
         Writes into (or, with accumulate, adds onto) `out` if given. Returns (output, new cache)."""
         prev = cache
+        if prev is None and self.split is not None and self.time_pad:  # halo: the previous rank's last frames
+            first = produce(0, 1) if self.split.rank == 0 else None
+            prev = self.split.front(produce(max(0, frames - self.time_pad), frames), self.time_pad, first)
         for a in range(0, frames, step):
             b = min(frames, a + step)
             cur = produce(a, b)
@@ -192,6 +207,7 @@ class SpatialNorm(nn.Module):
         self.norm = nn.GroupNorm(groups, channels, eps=eps)
         self.conv_y = CausalConv3d(z_channels, channels, kernel=1)
         self.conv_b = CausalConv3d(z_channels, channels, kernel=1)
+        self.split = None  # context-parallel TimeSplit (statistics over every rank's frames)
 
     def modulation(self, z: torch.Tensor, frames: int, a: int = 0, b: int | None = None):
         """conv_y(z), conv_b(z) for feature frames [a, b), at the latent's spatial size."""
@@ -202,7 +218,7 @@ class SpatialNorm(nn.Module):
 
     def forward(self, f: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         y, b = self.modulation(z, f.shape[2])
-        return _mul_add_upsampled(self.norm(f), y, b, inplace=False)
+        return _mul_add_upsampled(_group_norm(self.norm, f, self.split), y, b, inplace=False)
 
     def apply_slice(self, f_slice: torch.Tensor, affine, z: torch.Tensor, frames: int, a: int, b: int):
         """Streaming form: normalise frames [a, b) with whole-chunk statistics, then modulate (in place)."""
@@ -227,9 +243,10 @@ class ResBlock(nn.Module):
         self.conv2 = CausalConv3d(cout, cout)
         self.conv_shortcut = nn.Conv3d(cin, cout, 1) if cin != cout else None
         self.gradient_checkpointing = False
+        self.split = None  # context-parallel TimeSplit
 
     def _norm(self, norm, x, z):
-        return norm(x) if z is None else norm(x, z)
+        return _group_norm(norm, x, self.split) if z is None else norm(x, z)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None, cache: dict | None = None,
                 step: int = 2):
@@ -250,7 +267,7 @@ class ResBlock(nn.Module):
     def _activation(self, norm, src: torch.Tensor, z):
         """produce(a, b) for streaming: SiLU(norm(src))[:, :, a:b] with statistics of all of src."""
         spatial = isinstance(norm, SpatialNorm)
-        affine = _group_affine(src, norm.norm if spatial else norm)
+        affine = _group_affine(src, norm.norm if spatial else norm, self.split)
         frames = src.shape[2]
 
         def produce(a: int, b: int) -> torch.Tensor:
@@ -312,11 +329,17 @@ class Upsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
         self.compress_time = compress_time
+        self.split = None  # context-parallel TimeSplit: only the rank with the clip's first frame keeps it apart
 
     def frame_index(self, frames: int) -> list[int]:
         """Source frame of each output frame."""
-        if not self.compress_time or frames == 1:
+        if not self.compress_time:
             return list(range(frames))
+        if self.split is not None:  # a slice of an odd-length clip: frame 0 apart on rank 0 only
+            return [0] + [1 + i // 2 for i in range(2 * (frames - 1))] if self.split.first else \
+                [i // 2 for i in range(2 * frames)]
+        if frames == 1:
+            return [0]
         if frames % 2 == 1:
             return [0] + [1 + i // 2 for i in range(2 * (frames - 1))]
         return [i // 2 for i in range(2 * frames)]
@@ -383,6 +406,7 @@ class Encoder(nn.Module):
         self.mid = nn.ModuleList([ResBlock(ch[-1], ch[-1], g, eps) for _ in range(2)])
         self.norm_out = nn.GroupNorm(g, ch[-1], eps=1e-6)
         self.conv_out = CausalConv3d(ch[-1], 2 * cfg.latent_channels)
+        self.split = None  # context-parallel TimeSplit
 
     def forward(self, x: torch.Tensor, cache: dict | None = None, step: int = 2):
         cache, new = cache or {}, {}
@@ -394,7 +418,7 @@ class Encoder(nn.Module):
             x, new[f"down{i}"] = blk(x, cache.get(f"down{i}", {}), step)
         for i, r in enumerate(self.mid):
             x, new[f"mid{i}"] = r(x, None, cache.get(f"mid{i}"), step)
-        x, new["conv_out"] = self.conv_out(F.silu(self.norm_out(x)), cache.get("conv_out"))
+        x, new["conv_out"] = self.conv_out(F.silu(_group_norm(self.norm_out, x, self.split)), cache.get("conv_out"))
         return x, new
 
 
@@ -419,7 +443,7 @@ class Decoder(nn.Module):
         for i, blk in enumerate(self.up_blocks):
             x, new[f"up{i}"] = blk(x, z, cache.get(f"up{i}", {}), step)
         if _streaming():
-            affine = _group_affine(x, self.norm_out.norm)
+            affine = _group_affine(x, self.norm_out.norm, self.norm_out.split)
             frames = x.shape[2]
 
             def produce(a, b):
@@ -489,6 +513,17 @@ class CausalVAE(nn.Module):
         self.use_tiling = False
         self.tile_sample_height = config.sample_height // 2
         self.tile_sample_width = config.sample_width // 2
+        self.split = None  # context-parallel TimeSplit (enable_context_parallel)
+
+    def enable_context_parallel(self, split) -> None:
+        """Encode/decode this rank's frames of a clip split over the ranks of `split`
+        (model.context_parallel.TimeSplit; None turns it off). Results equal the unchunked single-process
+        encode/decode (GroupNorm statistics over the whole clip): encode takes `split.shard(x, 4)`
+        (rank 0: 1 + 4m frames, others 4m), decode `split.shard(z, 1)`; `split.gather` joins the pieces."""
+        self.split = split
+        for m in self.modules():
+            if hasattr(m, "split") and m is not self:
+                m.split = split
 
     @property
     def down_blocks(self) -> nn.ModuleList:
@@ -525,7 +560,7 @@ class CausalVAE(nn.Module):
     # -- chunked encode/decode of one tile --------------------------------------------------------------
     def _encode_frames(self, x: torch.Tensor) -> torch.Tensor:
         step = self.config.stream_frames
-        if not self.chunked:
+        if not self.chunked or self.split is not None:
             return self.encoder(x, step=step)[0]
         cache, parts = None, []
         for a, b in _chunks(x.shape[2], self.config.encode_chunk_frames):
@@ -535,7 +570,7 @@ class CausalVAE(nn.Module):
 
     def _decode_frames(self, z: torch.Tensor) -> torch.Tensor:
         step = self.config.stream_frames
-        if not self.chunked:
+        if not self.chunked or self.split is not None:
             return self.decoder(z, step=step)[0]
         chunks = _chunks(z.shape[2], self.config.decode_chunk_latents)
         if not _streaming():

@@ -80,9 +80,10 @@ def resolve_checkpoint(path: str) -> str:
 class Checkpointer:
     """Saves and restores the full training state of one run."""
 
-    def __init__(self, out_dir: str, every: int, keep: int, rank: int, world_size: int):
+    def __init__(self, out_dir: str, every: int, keep: int, rank: int, world_size: int, cp_size: int = 1):
         self.root = os.path.join(out_dir, "checkpoints")
         self.every, self.keep, self.rank, self.world_size = every, keep, rank, world_size
+        self.cp_size = cp_size  # context-parallel group size: part of the layout that exact resume needs
 
     def latest(self) -> str | None:
         found = list_checkpoints(self.root)
@@ -111,7 +112,7 @@ class Checkpointer:
         _barrier()
         if self.rank == 0:
             with open(os.path.join(tmp, "meta.json"), "w") as f:
-                json.dump({**meta, "step": step, "world_size": self.world_size}, f, indent=1)
+                json.dump({**meta, "step": step, "world_size": self.world_size, "cp_size": self.cp_size}, f, indent=1)
             if os.path.exists(final):  # a re-run of the same step (e.g. after a crash between save and prune)
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -124,16 +125,24 @@ class Checkpointer:
              task_tensors: dict[str, Any]) -> dict[str, Any]:
         """Restore models, optimisers and task tensors in place; return this rank's per-rank state."""
         meta = read_meta(path)
-        if meta["world_size"] != self.world_size:
-            raise RuntimeError(f"checkpoint {path} was written by {meta['world_size']} processes, this run has "
-                               f"{self.world_size}: exact resume needs the same number (per-rank data position "
-                               f"and RNG); start a new out_dir with training.{'vae' if meta.get('task') == 'vae' else 'transformer'}.init_from instead")
+        old_cp = meta.get("cp_size", 1)
+        relayout = old_cp != self.cp_size or meta["world_size"] != self.world_size
         state = self._sharded(models, optimizers)
         state["task"] = task_tensors
         dcp.load(state, checkpoint_id=path)
         for name, model in models.items():
             set_state_dict(model, optimizers[name], model_state_dict=state["model"][name],
                            optim_state_dict=state["optim"][name])
+        if relayout:
+            # Another layout (process count or cp_size, e.g. dp=2 -> cp=2): DCP resharded weights, optimiser
+            # and task tensors; step, schedules and the NaN count are global (rank 0's file). Data positions
+            # and RNG were per rank of the old layout and do not map: they start afresh (same layout: exact).
+            if self.rank == 0:
+                print(f"[training] {path}: written with cp_size {old_cp} on {meta['world_size']} processes, "
+                      f"resumed with cp_size {self.cp_size} on {self.world_size}: weights and optimiser resharded, "
+                      f"data order and random streams restart", flush=True)
+            state = torch.load(os.path.join(path, "rank_00000.pt"), weights_only=False)
+            return {**state, "relayout": True}
         return torch.load(os.path.join(path, f"rank_{self.rank:05d}.pt"), weights_only=False)
 
 

@@ -3,6 +3,11 @@
 Per trained model: activation checkpointing per block -> optional torch.compile per block ->
 `fully_shard` per block -> `fully_shard` on the root. A 2D mesh (replicate x shard) gives hybrid
 sharding (HSDP): each node holds one sharded copy, gradients are all-reduced across copies.
+
+Context parallelism (`cp_size` > 1, torchtitan's layout): the mesh is (replicate, dp_shard, cp) with cp
+innermost (neighbouring ranks, same node); FSDP shards over dp_shard x cp flattened ("shard"), so the
+ranks of a context-parallel group hold different parameter shards and their gradients are averaged
+like data-parallel ones; the cp sub-mesh's group splits each sample's sequence (model/context_parallel.py).
 """
 from __future__ import annotations
 
@@ -34,12 +39,30 @@ class DistInfo:
     world_size: int
     local_rank: int
     device: torch.device
-    mesh: DeviceMesh
+    mesh: DeviceMesh  # the FSDP mesh: ("shard",) or ("replicate", "shard")
     launched: bool  # True when this module created the process group (one process without torchrun)
+    cp_mesh: DeviceMesh | None = None  # ("cp",): the ranks that split one sample (None: no context parallelism)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def cp_size(self) -> int:
+        return self.cp_mesh.size() if self.cp_mesh is not None else 1
+
+    @property
+    def cp_group(self):
+        return self.cp_mesh.get_group() if self.cp_mesh is not None else None
+
+    @property
+    def dp_rank(self) -> int:
+        """Data-parallel rank: which batch this rank sees (the ranks of one cp group see the same)."""
+        return self.rank // self.cp_size
+
+    @property
+    def dp_size(self) -> int:
+        return self.world_size // self.cp_size
 
 
 def _free_port() -> int:
@@ -74,7 +97,24 @@ def init_distributed(cfg: ParallelConfig, device_kind: str = "auto") -> DistInfo
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
                                 timeout=datetime.timedelta(minutes=30))
     world, rank = dist.get_world_size(), dist.get_rank()
+    if cfg.cp_size > 1:
+        mesh, cp_mesh = build_cp_mesh(cfg, device, world)
+        return DistInfo(rank, world, local_rank, device, mesh, launched, cp_mesh)
     return DistInfo(rank, world, local_rank, device, build_mesh(cfg, device, world), launched)
+
+
+def build_cp_mesh(cfg: ParallelConfig, device: torch.device, world: int) -> tuple[DeviceMesh, DeviceMesh]:
+    """(FSDP mesh over dp_shard x cp flattened, with a replicate dim for HSDP; the cp mesh)."""
+    shard, cp = cfg.shard_size or world, cfg.cp_size
+    if world % shard:
+        raise ValueError(f"training.parallel.shard_size ({shard}) must divide the number of processes ({world})")
+    if shard % cp:
+        raise ValueError(f"training.parallel.cp_size ({cp}) must divide shard_size ({shard}; None = all "
+                         f"{world} processes): a context-parallel group lies inside one sharded copy")
+    mesh = init_device_mesh(device.type, (world // shard, shard // cp, cp), mesh_dim_names=("replicate", "dp_shard", "cp"))
+    mesh["dp_shard", "cp"]._flatten("shard")
+    fsdp = mesh["replicate", "shard"] if world > shard else mesh["shard"]
+    return fsdp, mesh["cp"]
 
 
 def build_mesh(cfg: ParallelConfig, device: torch.device, world: int) -> DeviceMesh:
@@ -124,6 +164,23 @@ def parallelize(model: nn.Module, block_lists: list[nn.ModuleList], cfg: Paralle
     # The root holds the remaining parameters (embeddings, norms, heads); it is gathered until backward ends.
     fully_shard(model, mesh=info.mesh, mp_policy=mp, reshard_after_forward=cfg.reshard_after_forward)
     return model
+
+
+def context_parallel(cfg: ParallelConfig, info: DistInfo, num_heads: int):
+    """The transformer's ContextParallel for this rank's cp group (None without context parallelism).
+    auto picks Ulysses when the heads divide over the group (less memory and traffic, see
+    docs/scaling.md), else the all-gather of K/V."""
+    if info.cp_size == 1:
+        return None
+    from model.context_parallel import ContextParallel
+
+    kind = cfg.cp_attention
+    if kind == "auto":
+        kind = "ulysses" if num_heads % info.cp_size == 0 else "allgather"
+    elif kind == "ulysses" and num_heads % info.cp_size:
+        raise ValueError(f"training.parallel.cp_attention: ulysses needs num_heads ({num_heads}) divisible by "
+                         f"cp_size ({info.cp_size}); use allgather or auto")
+    return ContextParallel(info.cp_group, kind)
 
 
 def all_reduce_max(value: float, device: torch.device) -> float:

@@ -107,13 +107,13 @@ class Trainer:
             opt, lambda s: lr_lambda(s, o.warmup_steps, cfg.steps, o.min_lr_ratio))
             for name, opt in self.optimizers.items()}
         c = cfg.checkpoint
-        self.ckpt = Checkpointer(out_dir, c.every, c.keep, info.rank, info.world_size)
+        self.ckpt = Checkpointer(out_dir, c.every, c.keep, info.rank, info.world_size, info.cp_size)
         self.step = 0  # optimiser steps done
         self.nan_skips = 0  # consecutive skipped steps
         self.log = MetricLog(out_dir, info.is_main)
         self.flops_per_step: float | None = None
         # Per-rank randomness (noise, dropout) differs across ranks; weights were already made above.
-        torch.manual_seed(cfg.seed + 1 + info.rank)
+        torch.manual_seed(cfg.seed + 1 + info.dp_rank)  # (alike within a context-parallel group)
 
     # --- state ---------------------------------------------------------------------------------------
     def _rank_state(self) -> dict[str, Any]:
@@ -134,9 +134,10 @@ class Trainer:
         self.step, self.nan_skips = state["step"], state["nan_skips"]
         for k, s in self.schedulers.items():
             s.load_state_dict(state["schedulers"][k])
-        self.loader.load_state_dict(state["loader"])
-        self.task.load_rank_state(state["task"])
-        set_rng_state(state["rng"])
+        if not state.get("relayout"):  # same layout: the data position and RNG continue exactly
+            self.loader.load_state_dict(state["loader"])
+            self.task.load_rank_state(state["task"])
+            set_rng_state(state["rng"])
         if self.info.is_main:
             print(f"[training] resumed from {path} at step {self.step}", flush=True)
         return True
@@ -218,7 +219,7 @@ class Trainer:
             dt = time.perf_counter() - t0
             samples, tokens = metrics.pop("samples", 0.0), metrics.pop("tokens", 0.0)
             metrics = all_reduce_mean(metrics, self.info.device)
-            world = self.info.world_size
+            world = self.info.dp_size  # a context-parallel group shares its samples
             metrics.update({"step_time_s": dt, "samples_per_s": samples * world / dt, "tokens_per_s": tokens * world / dt,
                             "peak_memory_gb": peak_memory_gb(self.info.device)})
             if self.flops_per_step and peak:

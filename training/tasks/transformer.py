@@ -112,7 +112,8 @@ class TransformerTask(Task):
             raise ValueError(f"transformer text_embed_dim {model.config.text_embed_dim} != text encoder width "
                              f"{self.text.dim}: training.transformer.init_from and text_encoder do not match")
         self.model_config = model.config
-        self.gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.info.rank)  # t, noise, dropout, images
+        # t, noise, dropout, images; by data-parallel rank: the ranks of a context-parallel group draw alike
+        self.gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.info.dp_rank)
         return {"transformer": model}
 
     def block_lists(self, name: str, model: nn.Module) -> list[nn.ModuleList]:
@@ -120,6 +121,11 @@ class TransformerTask(Task):
 
     def setup(self, models: dict[str, nn.Module]) -> None:
         super().setup(models)
+        from training.parallelize import context_parallel
+
+        cp = context_parallel(self.cfg.parallel, self.info, self.model_config.num_heads)
+        if cp is not None:  # video tokens split over the cp group (model/context_parallel.py)
+            models["transformer"].enable_context_parallel(cp)
         self.ema: dict[str, torch.Tensor] = {}
         if self.cfg.transformer.ema_decay:
             self.ema = {_clean(n): p.detach().clone() for n, p in models["transformer"].named_parameters()}
@@ -153,7 +159,7 @@ class TransformerTask(Task):
     def forward_backward(self, batch: dict[str, Any], step: int) -> dict[str, Any]:
         z, emb = self.encode_batch(batch)
         b = z.shape[0]
-        t = self.schedule.sample_timesteps(b, self.info.rank, self.info.world_size, self.gen)
+        t = self.schedule.sample_timesteps(b, self.info.dp_rank, self.info.dp_size, self.gen)
         noise = torch.randn(z.shape, generator=self.gen).to(z.device)
         t = t.to(z.device)
         x_t = self.schedule.add_noise(z, noise, t)

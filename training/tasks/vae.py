@@ -53,6 +53,9 @@ class VAETask(Task):
 
     def build_models(self) -> dict[str, nn.Module]:
         c = self.cfg.vae
+        if self.info.cp_size > 1:
+            raise ValueError("training.parallel.cp_size > 1 is for --task transformer; the VAE task trains whole "
+                             "clips per rank (model/vae.py has the time-split hooks: model.context_parallel.TimeSplit)")
         vae = build_vae(c.size, c.init_from, c.channels, c.latent_channels)
         vae.chunked = False  # training sees whole clips: GroupNorm statistics over all frames, one pass per block
         models: dict[str, nn.Module] = {"vae": vae}
