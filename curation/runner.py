@@ -109,8 +109,16 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     else:
         # A session folder of its own: concurrent embedded Rays sharing /tmp/ray can pick up each other's
         # session files (a driver then waits on another node's GCS).
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=env,
-                 _node_ip_address="127.0.0.1", _temp_dir=tempfile.mkdtemp(prefix="ray-"))
+        for attempt in range(3):  # Ray gives its node 30 s to start: a busy machine can need a second try
+            try:
+                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=env,
+                         _node_ip_address="127.0.0.1", _temp_dir=tempfile.mkdtemp(prefix="ray-"))
+                break
+            except Exception as e:
+                if "timed out during startup" not in str(e) or attempt == 2:
+                    raise
+                log.warning("the local Ray node did not start in time (%s); starting it again", e)
+                ray.shutdown()
     if not _CONSOLE["verbose"]:
         _route_worker_output()  # ray.init installs its printer of worker output: send it to the log file
         _to_log_file()
