@@ -33,7 +33,7 @@ def console(log_path: str | None, verbose: bool) -> None:
     old = _CONSOLE.get("log")
     if old is not None:
         old.close()
-    _CONSOLE.update(verbose=verbose or log_path is None, log=None)
+    _CONSOLE.update(verbose=verbose or log_path is None, log=None, handler=None)
     if log_path is None or verbose:
         logging.captureWarnings(False)
         return
@@ -41,15 +41,24 @@ def console(log_path: str | None, verbose: bool) -> None:
     _CONSOLE["log"] = open(log_path, "a", buffering=1)
     handler = logging.StreamHandler(_CONSOLE["log"])
     handler.setFormatter(_ScrubbingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    import ray  # noqa: F401  (ray and ray.data install their console handlers on import: replace them)
-    import ray.data  # noqa: F401
+    _CONSOLE["handler"] = handler
+    import ray  # noqa: F401  (ray installs its console handler on import: replace it)
 
+    _to_log_file()
+    logging.captureWarnings(True)
+    _route_worker_output()
+
+
+def _to_log_file() -> None:
+    """Point Ray's loggers at the run's log file. Called again once ray.data is imported (it installs its
+    own handlers then; importing it before ray.init would slow the node start past Ray's timeout)."""
+    handler = _CONSOLE.get("handler")
+    if _CONSOLE["verbose"] or handler is None:
+        return
     for name in _RAY_LOGGERS:
         lg = logging.getLogger(name)
         lg.handlers = [handler]
         lg.propagate = False
-    logging.captureWarnings(True)
-    _route_worker_output()
 
 
 def _route_worker_output() -> None:
@@ -100,10 +109,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     else:
         # A session folder of its own: concurrent embedded Rays sharing /tmp/ray can pick up each other's
         # session files (a driver then waits on another node's GCS).
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=env,
-                 _node_ip_address="127.0.0.1", _temp_dir=tempfile.mkdtemp(prefix="ray-"))
+        for attempt in range(3):  # Ray gives its node 30 s to start: a busy machine can need a second try
+            try:
+                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=env,
+                         _node_ip_address="127.0.0.1", _temp_dir=tempfile.mkdtemp(prefix="ray-"))
+                break
+            except Exception as e:
+                if "timed out during startup" not in str(e) or attempt == 2:
+                    raise
+                log.warning("the local Ray node did not start in time (%s); starting it again", e)
+                ray.shutdown()
     if not _CONSOLE["verbose"]:
         _route_worker_output()  # ray.init installs its printer of worker output: send it to the log file
+        _to_log_file()
 
 
 class _Wrap:
@@ -146,6 +164,7 @@ def run_pipeline(items: list[dict], stages: list[Stage], sink: Callable[[list[di
         return 0
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress and _CONSOLE["verbose"]  # Ray Data's own bars (one per operator)
+    _to_log_file()
     ctx.execution_options.preserve_order = False
     # Small blocks so work spreads across workers even for a handful of long videos, and results (and
     # so resume points) stream back often; capped so a million-clip run does not schedule a million tasks.
