@@ -18,6 +18,7 @@ class Scene:
     frames: int  # length in frames
     motion: float = 2.0  # pixels per frame the pattern moves (0 = a still image)
     seed: int = 0  # picks the colours and the texture, so consecutive scenes differ (a hard cut)
+    dissolve: int = 0  # this scene's first frames cross-fade in from the previous scene (0 = a hard cut)
 
 
 def _texture(seed: int, h: int, w: int) -> np.ndarray:
@@ -50,6 +51,13 @@ def read_index_marker(img: np.ndarray, bits: int = 10, cell: int = 8) -> int:
     return v
 
 
+def _shot_frame(tex: np.ndarray, sc: Scene, j: int, height: int, width: int) -> np.ndarray:
+    """Frame j of a shot: a window of its texture, moved by j * motion pixels."""
+    off = int(round(j * sc.motion))
+    dy, dx = off % height, (off * 2 // 3) % width
+    return np.ascontiguousarray(tex[dy:dy + height, dx:dx + width])
+
+
 def make_video(path: str, scenes: list[Scene], width: int = 160, height: int = 96, fps: float = 24.0,
                codec: str = "libx264", with_index: bool = False, crf: int = 18) -> list[int]:
     """Write a video of `scenes` and return the frame indices where each new scene starts (the cuts)."""
@@ -60,14 +68,17 @@ def make_video(path: str, scenes: list[Scene], width: int = 160, height: int = 9
         if codec == "libx264":
             st.options = {"crf": str(crf), "preset": "ultrafast"}
         i = 0
+        prev: tuple[np.ndarray, Scene, int] | None = None  # texture, scene and length of the previous shot
         for k, sc in enumerate(scenes):
             if k:
                 cuts.append(start)
             tex = _texture(sc.seed * 7919 + k, height, width)
             for j in range(sc.frames):
-                off = int(round(j * sc.motion))
-                dy, dx = off % height, (off * 2 // 3) % width
-                img = np.ascontiguousarray(tex[dy:dy + height, dx:dx + width])
+                img = _shot_frame(tex, sc, j, height, width)
+                if prev is not None and j < sc.dissolve:  # the previous shot goes on under the fade
+                    a = (j + 1) / (sc.dissolve + 1)
+                    old = _shot_frame(prev[0], prev[1], prev[2] + j, height, width)
+                    img = (a * img.astype(np.float32) + (1 - a) * old).round().astype(np.uint8)
                 if with_index:
                     index_marker(img, i)
                 frame = av.VideoFrame.from_ndarray(img, format="rgb24")
@@ -75,6 +86,7 @@ def make_video(path: str, scenes: list[Scene], width: int = 160, height: int = 9
                     out.mux(pkt)
                 i += 1
             start += sc.frames
+            prev = (tex, sc, sc.frames)
         for pkt in st.encode():
             out.mux(pkt)
     return cuts
