@@ -150,7 +150,7 @@ class _Splitter:
             self.clip = _Clip(start=i, start_t=t, path=path, pts0=frame.pts if frame.pts is not None else i)
             self.next_keep_t = t
         c = self.clip
-        c.end, c.end_t = i + 1, t
+        c.end, c.end_t, c.next_t = i + 1, t, None
         if self.p.max_fps and t + 1e-6 < self.next_keep_t:
             return  # dropped by the fps cap
         if self.p.max_fps:
