@@ -70,14 +70,14 @@ class MotionScorer(Scorer):
         cv2.setNumThreads(1)  # one clip per CPU worker: determinism and no oversubscription
 
     def score(self, clip: ClipFrames, embeddings: np.ndarray | None = None) -> dict[str, Any]:
-        flows = self._flows(clip)
+        flows = self.pair_flows(clip)
         if self.cfg.method == "mv" and clip.mv_grid is not None and len(clip.mv_grid):
             out = self._from_mvs(clip)
         else:
             out = self._from_flow(clip, flows)
         return {**out, **camera_scene(flows, self.cfg)}
 
-    def _flows(self, clip: ClipFrames) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    def pair_flows(self, clip: ClipFrames) -> list[tuple[np.ndarray, np.ndarray, float]]:
         """(flow, first frame, dt) per consecutive sampled pair, flow in pixels at short_side."""
         import cv2
 

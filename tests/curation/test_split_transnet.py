@@ -102,3 +102,23 @@ def test_real_cuts(model, testdata):
     # PySceneDetect's labelled cuts of its test video; TransNetV2 finds them within a frame.
     cuts = detect_scenes(os.path.join(testdata, "scenedetect", "testvideo.mp4"), params(), model=model)
     assert len(cuts) == 3 and all(abs(a - b) <= 1 for a, b in zip(cuts, [30, 180, 394])), cuts
+
+
+@pytest.mark.heavy
+def test_transnet_split_on_ray(ray_local, tmp_path):
+    """The stage as a Ray actor (the network loads once per actor) through the pipeline entry."""
+    from curation import tables
+    from curation.config import load_config
+    from curation.pipeline import run_stages
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    make_video(str(raw / "a.mp4"), [Scene(40, 2, 1), Scene(40, 2, 2)], 96, 64, 24.0)
+    (tmp_path / "p.yaml").write_text(f"root: {tmp_path / 'root'}\ninputs: ['{raw}/*.mp4']\n"
+                                     "ray: {num_cpus: 2, progress: false}\n"
+                                     "split: {detector: transnetv2, min_clip_s: 0.5}\n")
+    cfg = load_config(str(tmp_path / "p.yaml"))
+    ctx = run_stages(cfg, ["probe", "split"])
+    rows = tables.read_table(Storage(cfg.root), "clips").to_pylist()
+    assert sorted((r["start_frame"], r["end_frame"], r["status"]) for r in rows) == [(0, 40, "ok"), (40, 80, "ok")]
+    assert ctx.stages["split"]["counts"]["clips"] == 2
