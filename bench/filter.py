@@ -83,6 +83,38 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1]) if len(a) > 2 else float("nan")
 
 
+def motion_cost_table(clips: list[tuple[str, float | None]]) -> None:
+    """Cost of the motion scorer on each clip against a bare decode of the same clip, in this process:
+    the flow (DIS) that both the old and the camera/scene metrics need, and the camera fit added on it."""
+    from curation.filters.motion import MotionConfig, MotionScorer, camera_scene
+
+    cfg = MotionConfig(type="motion")
+    sc = MotionScorer("motion", cfg)
+    sc.setup()
+    bare = flow = fit = 0.0
+    rows = []
+    for path, _ in clips:
+        t0 = time.process_time()
+        clip = decode_clip(path, sc.frame_specs(), 2.0, 64, None)
+        t1 = time.process_time()
+        flows = sc.pair_flows(clip)
+        old = sc._from_flow(clip, flows)
+        t2 = time.process_time()
+        new = camera_scene(flows, cfg)
+        t3 = time.process_time()
+        bare, flow, fit = bare + t1 - t0, flow + t2 - t1, fit + t3 - t2
+        rows.append((os.path.basename(path), old["mean"], new))
+    print(f"\n# motion cost, CPU seconds in one process over {len(clips)} clips (load avg {os.getloadavg()[0]:.1f})")
+    print("| bare decode s | flow + old metrics s | camera/scene fit s | fit / decode | all motion / decode |")
+    print("|---|---|---|---|---|")
+    print(f"| {bare:.2f} | {flow:.2f} | {fit:.2f} | {fit / bare:.2f}x | {(flow + fit) / bare:.2f}x |")
+    print("\n| clip | mean | camera | object | moving_area | shake | camera_type |")
+    print("|---|---|---|---|---|---|---|")
+    for name, mean, n in rows:
+        print(f"| {name} | {mean:.4f} | {n['camera']:.4f} | {n['object']:.4f} | {n['moving_area']:.3f} | "
+              f"{n['shake']:.4f} | {n['camera_type']} |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="ViT-B-32", help="open_clip architecture with random weights, or 'tiny'")
@@ -93,6 +125,7 @@ def main() -> int:
     ap.add_argument("--testdata", default=None, help="also time these real videos (../shared/testdata)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (decoding uses FFmpeg's own threads)")
     ap.add_argument("--clip-frames", default="all,8,4,2,1", help="filter.clip.max_frames values to sweep")
+    ap.add_argument("--motion-only", action="store_true", help="only the motion cost table (camera / scene split)")
     a = ap.parse_args()
     a.clip_frames = [None if v == "all" else int(v) for v in a.clip_frames.split(",")]
 
@@ -117,6 +150,9 @@ def main() -> int:
         clips = synthetic_clips(a.clips, w, h, a.seconds) + (real_clips(a.testdata, a.clips) if a.testdata else [])
         json.dump(clips, open(key, "w"))
 
+    motion_cost_table(clips)
+    if a.motion_only:
+        return 0
     print(f"# filter bench {time.strftime('%Y-%m-%d %H:%M')} | {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs (load avg {os.getloadavg()[0]:.1f}), torch {torch.__version__} ({a.threads} threads)"
           f" | CLIP {a.arch} random weights | defaults: motion short_side 96, clip.max_frames 4")

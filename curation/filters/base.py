@@ -76,9 +76,14 @@ class Scorer:
         if bad:
             raise ValueError(f"scorers.{name}.thresholds: unknown metric(s) {sorted(bad)}; "
                              f"this scorer writes {sorted(self.metrics())}")
+        # A metric may be a label (pa.string(), e.g. motion camera_type): shown and stored, never thresholded.
+        labels = {m for m, t in self.metrics().items() if not (pa.types.is_floating(t) or pa.types.is_integer(t))}
+        if set(cfg.thresholds) & labels:
+            raise ValueError(f"scorers.{name}.thresholds: {sorted(set(cfg.thresholds) & labels)} are labels, "
+                             "not numbers: they cannot have min/max")
 
     def metrics(self) -> dict[str, pa.DataType]:
-        """Metric name -> Arrow type; columns are `<name>_<metric>`."""
+        """Metric name -> Arrow type (float32 numbers, or pa.string() labels); columns are `<name>_<metric>`."""
         raise NotImplementedError
 
     def frame_specs(self) -> list[FrameSpec]:

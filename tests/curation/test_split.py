@@ -100,3 +100,75 @@ def test_real_adaptive_detector(testdata, tmp_path):
     rows = split(os.path.join(testdata, "scenedetect", "testvideo.mp4"), str(tmp_path / "r"), str(tmp_path),
                  detector="adaptive", threshold=3.0, max_width=320, max_height=320)
     assert [r["start_frame"] for r in rows][1:] == [30, 180, 394, 691]
+
+
+def _pts_video(path: str, pts: list[int], rate: int = 24) -> None:
+    """A video whose frames carry the given pts (time base 1/rate): late starts, gaps."""
+    from fractions import Fraction
+
+    with av.open(path, "w") as out:
+        st = out.add_stream("libx264", rate=rate)
+        st.width, st.height, st.pix_fmt = 96, 64, "yuv420p"
+        st.time_base = st.codec_context.time_base = Fraction(1, rate)
+        for k, p in enumerate(pts):
+            f = av.VideoFrame.from_ndarray(np.full((64, 96, 3), (k * 7) % 250, np.uint8), format="rgb24")
+            f.pts, f.time_base = p, Fraction(1, rate)
+            for pkt in st.encode(f):
+                out.mux(pkt)
+        for pkt in st.encode():
+            out.mux(pkt)
+
+
+def _source_times(path: str) -> list[float]:
+    with av.open(path) as c:
+        return [float(f.time) for f in c.decode(video=0)]
+
+
+def test_clip_times_are_the_source_timestamps(tmp_path):
+    # The stream starts one frame late and skips 3 frames after frame 30: index / fps would drift.
+    src = str(tmp_path / "late.mp4")
+    _pts_video(src, [1 + k + (3 if k >= 30 else 0) for k in range(72)])
+    times = _source_times(src)
+    assert times[0] > 0.04 and times[30] - times[29] > 0.16  # the file really is late and gapped
+    rows = split(src, str(tmp_path / "root"), str(tmp_path), detector="stride", stride_s=1.0)
+    assert [(r["start_frame"], r["end_frame"]) for r in rows][:2] == [(0, 24), (24, 45)]
+    for r in rows:
+        assert r["start_s"] == pytest.approx(times[r["start_frame"]], abs=1e-6)
+        end = times[r["end_frame"]] if r["end_frame"] < len(times) else times[-1] + 1 / 24
+        assert r["end_s"] == pytest.approx(end, abs=1e-6)
+        # the clip file keeps the source's frame spacing
+        clip = _source_times(str(tmp_path / "root" / r["path"]))
+        src_t = times[r["start_frame"]:r["end_frame"]]
+        assert np.allclose(np.diff(clip), np.diff(src_t), atol=1e-3)
+
+
+def test_failed_split_is_retried_next_run(ray_local, tmp_path):
+    from curation import tables
+    from curation.config import load_config
+    from curation.pipeline import run_stages
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    good, flaky = str(raw / "a.mp4"), str(raw / "b.mp4")
+    for p in (good, flaky):
+        make_video(p, [Scene(48, 2, 1), Scene(48, 3, 2)], 96, 64, 24.0)
+    cfg_path = tmp_path / "p.yaml"
+    cfg_path.write_text(f"root: {tmp_path / 'root'}\ninputs: ['{raw}/*.mp4']\nray: {{num_cpus: 2, progress: false}}\n"
+                        "split: {min_clip_s: 0.5}\n")
+    cfg = load_config(str(cfg_path))
+    run_stages(cfg, ["probe"])
+    data = open(flaky, "rb").read()
+    open(flaky, "wb").write(b"\0" * 4096)  # broken between probe and split
+    ctx = run_stages(cfg, ["split"])
+    assert ctx.stages["split"]["counts"]["errors"] == 1
+    assert any("b.mp4" in e for e in ctx.stages["split"]["errors"])
+    open(flaky, "wb").write(data)  # fixed: the next run retries it and only it
+    ctx = run_stages(cfg, ["split"])
+    c = ctx.stages["split"]["counts"]
+    assert (c["skipped"], c["retried"], c["split"], c["clips"], c["errors"]) == (1, 1, 1, 2, 0)
+    assert ctx.stages["split"]["errors"] == []
+    rows = tables.read_table(Storage(cfg.root), "clips", tables.CLIPS).to_pylist()
+    assert sorted((os.path.basename(r["source"]), r["start_frame"]) for r in rows if r["status"] == "ok") == [
+        ("a.mp4", 0), ("a.mp4", 48), ("b.mp4", 0), ("b.mp4", 48)]
+    ctx = run_stages(cfg, ["split"])  # and then nothing is left to do
+    assert ctx.stages["split"]["counts"]["split"] == 0 and ctx.stages["split"]["counts"]["retried"] == 0
