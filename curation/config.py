@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from captioning.config import CaptionConfig
+from curation.dedup import DedupConfig
 from curation.filters.config import FilterConfig
 from shards.config import ShardConfig
 from training.config import TrainingConfig
@@ -85,6 +86,7 @@ class PipelineConfig(Strict):
     probe: ProbeConfig = ProbeConfig()
     split: SplitConfig = SplitConfig()
     filter: FilterConfig = FilterConfig()
+    dedup: DedupConfig = DedupConfig()  # near-duplicate removal after the filter (curation/dedup.py)
     caption: CaptionConfig = CaptionConfig()
     shard: ShardConfig = ShardConfig()
     training: TrainingConfig = TrainingConfig()

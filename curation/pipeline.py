@@ -21,6 +21,7 @@ STAGES: dict[str, str] = {
     "probe": "curation.probe:run",
     "split": "curation.split:run",
     "filter": "curation.filter:run",
+    "dedup": "curation.dedup:run",
     "caption": "captioning.stage:run",
     "shard": "shards.writer:run",
 }
