@@ -25,7 +25,7 @@ STAGES: dict[str, str] = {
     "caption": "captioning.stage:run",
     "shard": "shards.writer:run",
 }
-DEFAULT_STAGES = ["probe", "split", "filter", "caption", "shard"]
+DEFAULT_STAGES = ["probe", "split", "filter", "dedup", "caption", "shard"]  # dedup: duplicates out of every full run
 _VERSIONED = ["torch", "ray", "av", "scenedetect-headless", "opencv-python-headless", "pyarrow", "transformers",
               "open-clip-torch", "webdataset", "vllm", "numpy", "pydantic"]
 
