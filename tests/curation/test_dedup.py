@@ -234,6 +234,7 @@ def own_ray():
     yield ray
 
 
+@pytest.mark.heavy  # two Ray Data pipelines (~15 s quiet)
 def test_rerun_reuses_hashes_and_ray_path(tmp_path, copies, own_ray):
     """The stage through run_stages on a real Ray: hashes computed once; a second run gives the same table."""
     from curation.config import load_config
