@@ -56,7 +56,8 @@ class DedupConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     signals: list[Literal["phash", "embedding"]] = Field(["phash", "embedding"], min_length=1)  # what links clips
     phash_frames: int = Field(5, ge=1, le=64)  # frames hashed per clip (centres of equal slices of the clip)
-    phash_max_distance: float = Field(10.0, ge=0, le=64)  # linked when the mean Hamming distance per frame is <= this (of 64 bits)
+    # linked when the mean Hamming distance per 64-bit frame hash is <= this
+    phash_max_distance: float = Field(10.0, ge=0, le=64)
     embedding_min_similarity: float = Field(0.95, gt=0, le=1)  # linked when the CLIP embedding cosine is >= this
     cluster_size: int = Field(1000, ge=2)  # k-means clusters = clips / cluster_size (rounded; 1 below 2x this)
     clusters: int | None = Field(None, ge=1)  # fixed number of clusters instead
@@ -168,7 +169,8 @@ def links(x: np.ndarray, thr: float, block: int = 2048) -> tuple[np.ndarray, np.
 
 
 def dedup_cluster(c: dict, cfg: DedupConfig) -> list[dict]:
-    """Rows of one cluster: {"id", "ids", "emb" (n, D) | None, "signs" (n, B) +-1 | None, "has_hash", "score", "length"}."""
+    """Rows of one cluster {"id", "ids", "emb" (n, D) | None, "signs" (n, B) +-1 | None, "has_hash",
+    "score", "length"}."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 

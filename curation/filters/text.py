@@ -32,7 +32,7 @@ class TextConfig(ScorerConfig):
     # and onnxruntime-gpu is installed).
     step: Literal["cpu", "model"] = "cpu"
     frames: int = Field(4, ge=1)  # frames per clip given to the detector, evenly spread over the sampled ones
-    short_side: int = Field(480, ge=64)  # detector input: frames scaled to this short side (multiple of 32 after rounding)
+    short_side: int = Field(480, ge=64)  # detector input: frames scaled to this short side (then to multiples of 32)
     thresh: float = Field(0.3, gt=0, lt=1)  # DBNet pixel threshold on the text probability map (PaddleOCR 0.3)
     box_thresh: float = Field(0.5, gt=0, lt=1)  # a box is kept when its mean probability is above this (PaddleOCR 0.5)
     unclip_ratio: float = Field(1.6, gt=0)  # box expansion from the shrunk text kernel (PaddleOCR 1.6)

@@ -25,7 +25,8 @@ W, H = 640, 360
 # name -> text lines (x, y, font size, text); what a clip of each kind shows on every frame.
 TEXT = {
     "none": [],
-    "subtitle": [(150, 296, 17, "I told you we should have left the house"), (170, 322, 17, "before the storm came in")],
+    "subtitle": [(150, 296, 17, "I told you we should have left the house"),
+                 (170, 322, 17, "before the storm came in")],
     "logo": [(575, 12, 16, "TV5")],
     "title": [(90, 130, 84, "THE END")],
     "slide": [(40, 25 + 44 * i, 26, f"- point {i}: more words on the slide") for i in range(7)],
