@@ -20,6 +20,7 @@ then the smallest clip_id. Same inputs and seed give the same groups; a re-run r
 """
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from typing import Literal
@@ -27,7 +28,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curation import tables
 from curation.filters.config import Resources
@@ -69,6 +70,14 @@ class DedupConfig(BaseModel):
     hash: Resources = Resources(num_cpus=1, batch_size=4)  # pHash step: Ray tasks, each decodes batch_size clips
     cluster_cpus: float = Field(1.0, gt=0)  # CPUs per cluster task
     cluster_tasks: int = Field(16, ge=1)  # clusters are packed into at most this many Ray tasks
+
+    @field_validator("backend")
+    @classmethod
+    def _installed(cls, v: str) -> str:
+        module, package = {"faiss": ("faiss", "faiss-cpu"), "sklearn": ("sklearn", "scikit-learn")}[v]
+        if importlib.util.find_spec(module) is None:
+            raise ValueError(f"backend {v} needs the package {package} (pip install {package}), which is not installed")
+        return v
 
 
 # ------------------------------------------------------------------------------------------ pHash ---

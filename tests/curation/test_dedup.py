@@ -275,6 +275,18 @@ def test_hash_error_and_config_errors(tmp_path, copies):
         DedupConfig(signals=["md5"])
 
 
+def test_missing_backend_is_a_config_error(tmp_path, monkeypatch):
+    import importlib.util
+
+    from curation.config import ConfigError, load_config
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "faiss" else real(m, *a))
+    (tmp_path / "p.yaml").write_text("root: r\ninputs: ['*.mp4']\ndedup: {backend: faiss}\n")
+    with pytest.raises(ConfigError, match="dedup.backend: Value error, backend faiss needs the package faiss-cpu"):
+        load_config(str(tmp_path / "p.yaml"), check_inputs=False)
+
+
 def test_shard_writer_leaves_duplicates_out(tmp_path, copies):
     from shards.config import WriterConfig
     from shards.writer import select
