@@ -10,6 +10,9 @@ For each clip, in this process (no Ray, so the numbers are the work itself):
 The ratio (decode step + model step - bare decode) / bare decode is what scoring adds on top of
 decoding (target: <= 1.0 on CPU with a ViT-B-32-sized CLIP). Motion methods are also compared to
 each other: rank correlation of motion_mean, and error against the known motion of synthetic clips.
+The ONNX scorers (text, nsfw) are timed the same way (their decode step against a bare decode of
+their frames), and the text area of rendered subtitles, logos, title cards and slides is printed (the
+basis of the text threshold).
 """
 from __future__ import annotations
 
@@ -76,6 +79,64 @@ def score_all(sco, rows: list[dict], batch: int) -> tuple[float, list[dict]]:
     for i in range(0, len(rows), batch):
         out += sco([dict(r) for r in rows[i:i + batch]])
     return time.perf_counter() - t0, out
+
+
+def onnx_scorer_costs(clips: list[tuple[str, float | None]]) -> None:
+    """Cost of the ONNX scorers (text, nsfw: defaults, step cpu) relative to a bare decode of the same frames."""
+    from curation.filter import build_stages
+
+    print("\n| scorer (defaults, CPU) | frames scored | bare decode s | decode step s | scoring / decode |")
+    print("|---|---|---|---|---|")
+    for name, entry in (("ocr", {"type": "text"}), ("nsfw", {"type": "nsfw"})):
+        cfg = FilterConfig(demo_models=None, scorers={name: entry})
+        dec, _, scorers = build_stages("/", cfg)
+        dec.setup()
+        bare = step = 0.0
+        n = 0
+        for path, _ in clips:
+            t0 = time.perf_counter()
+            c = decode_clip(path, dec.specs, cfg.sample_fps, cfg.max_frames, None)
+            t1 = time.perf_counter()
+            dec.process_row({"clip_id": path, "path": os.path.abspath(path)})
+            bare, step = bare + t1 - t0, step + time.perf_counter() - t1
+            n += min(len(c.times), scorers.scorers[0].max_frames())
+        print(f"| {entry['type']} | {n} | {bare:.2f} | {step:.2f} | {(step - bare) / bare:.2f}x |")
+
+
+def text_calibration(w: int = 854, h: int = 480) -> None:
+    """Text area the detector reports on frames with rendered text of each kind (the threshold's basis)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from curation.filters.text import TextScorer, text_area
+    from curation.synth import _texture
+
+    kinds = {  # (x, y, font px, text) at 854x480; PIL's default font
+        "corner logo": [(770, 15, 20, "TV5")],
+        "1-line subtitle": [(230, 420, 22, "I told you we should have left")],
+        "2-line subtitle": [(170, 395, 22, "I told you we should have left the house"),
+                            (240, 428, 22, "before the storm came in")],
+        "title card": [(130, 170, 110, "THE END")],
+        "title card, 2 lines": [(150, 130, 70, "A FILM BY"), (110, 230, 70, "SOMEONE ELSE")],
+        "slide": [(50, 30 + 58 * i, 34, f"- point {i}: more words on the slide") for i in range(7)],
+    }
+    sc = TextScorer("ocr", FilterConfig(scorers={"ocr": {"type": "text"}}).scorers["ocr"])
+    sc.setup()
+    print(f"\n| rendered text ({w}x{h}, detector at short side {sc.cfg.short_side}) | glyph bbox area | "
+          "detected area | boxes |")
+    print("|---|---|---|---|")
+    for kind, lines in kinds.items():
+        img = Image.fromarray(_texture(3, h, w)[:h, :w])
+        d = ImageDraw.Draw(img)
+        mask = np.zeros((h, w), bool)
+        for x, y, size, text in lines:
+            font = ImageFont.load_default(size=size)
+            d.text((x, y), text, font=font, fill="white", stroke_width=2, stroke_fill="black")
+            x0, y0, x1, y1 = d.textbbox((x, y), text, font=font, stroke_width=2)
+            mask[y0:y1, x0:x1] = True
+        f = np.asarray(img)
+        f = np.asarray(Image.fromarray(f).resize((int(round(w * sc.cfg.short_side / h)), sc.cfg.short_side)))
+        boxes = sc.detect(f)
+        print(f"| {kind} | {mask.mean():.4f} | {text_area(boxes, *f.shape[:2]):.4f} | {len(boxes)} |")
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -220,6 +281,8 @@ def main() -> int:
         print(f"{m}: median relative error vs known motion {np.median(rel):.3f}, max {rel.max():.3f}; "
               f"still clip {mv[~moving].max():.5f}")
     print(f"rank correlation flow vs mv, all clips: {spearman(results['flow']['motion'], results['mv']['motion']):.3f}")
+    onnx_scorer_costs(clips)
+    text_calibration()
     real = [i for i, (_, t) in enumerate(clips) if t is None]
     if len(real) > 2:
         print(f"rank correlation flow vs mv, real clips: "

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
+from curation.dedup import DedupConfig
 from curation.filters.config import FilterConfig, resolve_path
 from curation.uris import scrub
 
@@ -118,6 +119,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("probe", ProbeConfig, "curation.probe:run", "videos"),
     Section("split", SplitConfig, "curation.split:run", "clips"),
     Section("filter", FilterConfig, "curation.filter:run", "scores"),
+    Section("dedup", DedupConfig, "curation.dedup:run", "dedup"),  # near-duplicates out (curation/dedup.py)
 )
 
 

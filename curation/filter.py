@@ -89,6 +89,7 @@ class DecodeStage(Stage):
         cpu = scorers.by_step("cpu")
         self.specs = [s for sc in scorers.scorers for s in sc.frame_specs()] + model_specs
         self.mv_cells = next((sc.mv_cells() for sc in cpu if sc.mv_cells()), None)
+        self.ship = ship_frames(scorers.by_step("model"), clip_spec, cfg.clip.max_frames)
 
     def setup(self) -> None:
         from curation.storage import Storage
@@ -107,10 +108,7 @@ class DecodeStage(Stage):
         for sc in self.scorers.by_step("cpu"):
             for m, v in sc.score(clip).items():
                 out[f"{sc.name}_{m}"] = v
-        keys = {s.key for s in self.model_specs}
-        frames = {k: v for k, v in clip.frames.items() if k in keys}
-        if self.clip_spec is not None:  # only the CLIP frames the model step will embed travel on
-            frames[self.clip_spec.key] = _spread(frames[self.clip_spec.key], self.cfg.clip.max_frames)
+        frames = {k: _spread(v, self.ship[k]) for k, v in clip.frames.items() if k in self.ship}
         slim = ClipFrames(clip.times, frames, clip.width, clip.height, clip.fps)
         out[_PAYLOAD] = pickle.dumps(slim, protocol=5)
         out["decode_s"] = time.perf_counter() - t0
@@ -179,6 +177,17 @@ class ScoreStage(Stage):
             if e is not None and self.cfg.store_embedding:
                 m = e.mean(axis=0)
                 r["clip_embedding"] = (m / max(float(np.linalg.norm(m)), 1e-12)).astype(np.float32).tolist()
+
+
+def ship_frames(model_scorers: list, clip_spec: FrameSpec | None, clip_frames: int | None) -> dict[str, int | None]:
+    """Frame size key -> how many sampled frames travel to the model step (the most any user there reads)."""
+    want: dict[str, list[int | None]] = {}
+    if clip_spec is not None:
+        want[clip_spec.key] = [clip_frames]
+    for sc in model_scorers:
+        for s in sc.frame_specs():
+            want.setdefault(s.key, []).append(sc.max_frames())
+    return {k: None if None in v else max(v) for k, v in want.items()}
 
 
 def _spread(frames: np.ndarray, k: int | None) -> np.ndarray:

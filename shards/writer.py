@@ -2,8 +2,9 @@
 
     python -m curation run pipelines.yaml --stage shard
 
-1. Join (driver): clips (status "ok") x scores (passed) x one captions run (latest by default); keep
-   clips that passed and have a caption. Every clip that is not kept is counted under its reason.
+1. Join (driver): clips (status "ok") x scores (passed) x dedup (duplicates out, when that stage ran)
+   x one captions run (latest by default); keep clips that passed and have a caption. Every clip that
+   is not kept is counted under its reason.
 2. Plan (driver): shuffle the kept clips with a fixed seed (so a shard mixes source videos), pack them
    in order into shards closed at `target_shard_mb` or `max_samples_per_shard`.
 3. Write (Ray, one task per shard): `<key>.json` (clip row, scores, caption provenance), `<key>.mp4`
@@ -111,6 +112,7 @@ def select(storage: Storage, wc: WriterConfig) -> Selection:
     if not storage.list(f"captions/{run}", ".parquet"):
         raise ValueError(f"{redact(storage.uri('captions/' + run))}: captions run {run!r} has no parts")
     caps = read_captions(storage, run)
+    dups = duplicates(storage, {c for c, r in scores.items() if r.get("passed")})
     sel = Selection([], Counter(), len(clips), run, bool(scores))
     for c in clips:
         cid = c["clip_id"]
@@ -123,6 +125,9 @@ def select(storage: Storage, wc: WriterConfig) -> Selection:
             continue
         if s is not None and not s.get("passed"):
             sel.dropped["filtered out"] += 1
+            continue
+        if cid in dups:
+            sel.dropped["duplicate"] += 1
             continue
         cap = caps.get(cid)
         if cap is None:
@@ -141,6 +146,15 @@ def select(storage: Storage, wc: WriterConfig) -> Selection:
     sel.samples.sort(key=lambda r: r["key"])
     random.Random(wc.seed).shuffle(sel.samples)  # mixes source videos across shards
     return sel
+
+
+def duplicates(storage: Storage, passed: set[str]) -> set[str]:
+    """Clips the dedup table marks as duplicates (kept: false) of a clip that still passes the filter."""
+    from curation.dedup import read_dedup
+
+    t = read_dedup(storage)
+    return {c for c, k, d in zip(*(t.column(n).to_pylist() for n in ("clip_id", "kept", "duplicate_of")))
+            if k is False and d in passed}
 
 
 def pack(samples: list[dict], wc: WriterConfig) -> list[list[dict]]:

@@ -63,6 +63,10 @@ class Rule:
         return None
 
 
+def _numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
 class Scorer:
     """Base class of a filter. Subclasses set `Config`, `step`, and implement `metrics` and `score`."""
 
@@ -89,6 +93,10 @@ class Scorer:
     def frame_specs(self) -> list[FrameSpec]:
         """Frames this scorer reads (the decoder produces each distinct spec once)."""
         return []
+
+    def max_frames(self) -> int | None:
+        """At most this many of the sampled frames reach a model-step scorer (None: all of them)."""
+        return None
 
     def mv_cells(self) -> int | None:
         """Ask the decoder for codec motion vectors reduced to a G x G grid (None: not needed)."""

@@ -13,6 +13,8 @@ REGISTRY: dict[str, str] = {
     "aesthetic": "curation.filters.aesthetic:AestheticScorer",
     "clip_zero_shot": "curation.filters.clip_classifier:ZeroShotScorer",
     "linear_probe": "curation.filters.clip_classifier:LinearProbeScorer",
+    "text": "curation.filters.text:TextScorer",
+    "nsfw": "curation.filters.nsfw:NsfwScorer",
 }
 
 
