@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -50,15 +51,12 @@ def prompt_embeds(pipeline: str) -> torch.Tensor:
     return TextEncoder.from_pretrained(pipeline, max_length=16).encode(["a red blob moving right"])
 
 
-def test_lora_from_a_published_pipeline_resume_export_and_diffusers_parity(pipe_dir, tmp_path):
-    lora = {"rank": 4, "alpha": 8.0, "targets": ["to_q", "to_k", "to_v", "to_out", "ff"], "export_merged": True}
-    ref = train(write_config(str(tmp_path / "a"), finetune(pipe_dir, 3, transformer={"lora": lora})), "transformer")
-    run = tmp_path / "a" / "data" / "runs" / "transformer"
-    # exact resume: 1 step, then on to 3, equals the uninterrupted run
-    train(write_config(str(tmp_path / "b"), finetune(pipe_dir, 3, stop_at=1, transformer={"lora": lora})), "transformer")
-    train(write_config(str(tmp_path / "b"), finetune(pipe_dir, 3, transformer={"lora": lora})), "transformer")
-    assert losses(str(tmp_path / "b" / "data" / "runs" / "transformer")) == losses(str(run))
+LORA = {"rank": 4, "alpha": 8.0, "targets": ["to_q", "to_k", "to_v", "to_out", "ff"], "export_merged": True}
 
+
+def test_lora_from_a_published_pipeline_exports_what_diffusers_loads(pipe_dir, tmp_path, capsys):
+    ref = train(write_config(str(tmp_path / "a"), finetune(pipe_dir, 2, transformer={"lora": LORA})), "transformer")
+    run = tmp_path / "a" / "data" / "runs" / "transformer"
     export = run / "export"
     lora_file = str(export / "pytorch_lora_weights.safetensors")
     assert sorted(os.path.basename(p) for p in ref["exported"]) == ["pipeline", "pytorch_lora_weights.safetensors",
@@ -103,6 +101,15 @@ def test_lora_from_a_published_pipeline_resume_export_and_diffusers_parity(pipe_
     with av.open(str(out / "sample_000.mp4")) as c:  # the pipeline's own size: 9 frames of 64x64
         frames = [f for f in c.decode(video=0)]
     assert len(frames) == 9 and (frames[0].width, frames[0].height) == (64, 64)
+    assert "pytorch_lora_weights.safetensors" not in capsys.readouterr().err
+
+
+@pytest.mark.heavy
+def test_lora_resume_is_exact(pipe_dir, tmp_path):
+    train(write_config(str(tmp_path / "a"), finetune(pipe_dir, 3, transformer={"lora": LORA})), "transformer")
+    train(write_config(str(tmp_path / "b"), finetune(pipe_dir, 3, stop_at=1, transformer={"lora": LORA})), "transformer")
+    train(write_config(str(tmp_path / "b"), finetune(pipe_dir, 3, transformer={"lora": LORA})), "transformer")
+    assert losses(str(tmp_path / "b" / "data" / "runs" / "transformer")) == losses(str(tmp_path / "a" / "data" / "runs" / "transformer"))
 
 
 def test_full_finetune_from_a_pipeline_exports_a_pipeline_diffusers_reproduces(pipe_dir, tmp_path):
@@ -135,7 +142,7 @@ def test_schedule_and_components_come_from_the_pipeline_unless_overridden(pipe_d
     assert schedule_config(TrainingConfig()).snr_shift_scale == 3.0  # no pipeline: the 2b default
 
 
-def test_bad_inputs_are_one_line_errors_and_touch_nothing(pipe_dir, tmp_path, monkeypatch):
+def test_bad_inputs_are_one_line_errors_and_touch_nothing(pipe_dir, tmp_path, monkeypatch, capsys):
     not_pipe = tmp_path / "not-a-pipeline"
     not_pipe.mkdir()
     (not_pipe / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
@@ -165,15 +172,15 @@ def test_bad_inputs_are_one_line_errors_and_touch_nothing(pipe_dir, tmp_path, mo
     out = tmp_path / "out"
     for lora, msg in ((wrong, r"to_q adapter is \(32, 4\) @ \(4, 64\) but the layer is \(32, 32\)"),
                       (tmp_path / "missing.safetensors", "no such file")):
-        r = run_cli(["sample", "--pipeline", pipe_dir, "--lora", str(lora), "--prompt", "x", "--steps", "1",
-                     "--out", str(out)])
-        assert r.returncode == 2
-        line = r.stderr.strip().splitlines()[-1]
-        assert line.startswith("[training sample] error: --lora ") and str(lora) in line
-        assert __import__("re").search(msg, line), line
+        capsys.readouterr()
+        assert sample_main(["--pipeline", pipe_dir, "--lora", str(lora), "--prompt", "x", "--steps", "1",
+                            "--out", str(out)]) == 2
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[training")]  # (no progress bars)
+        assert len(err) == 1 and err[0].startswith("[training sample] error: --lora ") and str(lora) in err[0]
+        assert re.search(msg, err[0]), err[0]
     assert not out.exists()
-    r = run_cli(["sample", "--pipeline", str(not_pipe), "--prompt", "x"])
-    assert r.returncode == 2 and "not a CogVideoX pipeline folder (no model_index.json)" in r.stderr
+    assert sample_main(["--pipeline", str(not_pipe), "--prompt", "x"]) == 2
+    assert "not a CogVideoX pipeline folder (no model_index.json)" in capsys.readouterr().err
 
 
 def test_grad_accumulation_equals_one_bigger_batch(tmp_path):
