@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+from functools import lru_cache
 from typing import Any
 
 PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -24,6 +25,7 @@ HUB_PATTERNS = ["model_index.json", "*.json", "*.safetensors", "*.model", "*.txt
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+@lru_cache(maxsize=64)  # one download check per hub name and process (errors are not cached)
 def resolve(name: str, key: str) -> str:
     """Local folder of `name`: a folder as is, or a hub repo (`org/name`) downloaded to the HF cache."""
     if os.path.isdir(name):

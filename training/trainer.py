@@ -140,16 +140,17 @@ class Trainer:
         return True
 
     # --- one step ------------------------------------------------------------------------------------
-    def _forward_backward(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """One micro-batch: loss + backward (FLOPs counted on the first one when asked)."""
+    def _forward_backward(self, batch: dict[str, Any], counted: list[float]) -> dict[str, Any]:
+        """One micro-batch: loss + backward; its FLOPs are appended to `counted` when they are measured
+        (analytically, or by FlopCounterMode until a first step has been counted)."""
         measure = self.cfg.measure_flops if self.cfg.measure_flops is not None else self.info.device.type == "cuda"
         analytic = self.task.flops_per_step(batch) if measure else None
         if analytic is not None:
-            self.flops_per_step = analytic
+            counted.append(analytic)
         elif measure and self.flops_per_step is None:
             with FlopCounterMode(display=False) as counter:
                 out = self.task.forward_backward(batch, self.step)
-            self.flops_per_step = float(counter.get_total_flops())
+            counted.append(float(counter.get_total_flops()))
             return out
         return self.task.forward_backward(batch, self.step)
 
@@ -157,7 +158,10 @@ class Trainer:
         """One optimiser step on `batch`, or on a list of micro-batches whose gradients are averaged
         (optim.grad_accum); see the module docstring. Returns this step's metrics."""
         micro = batch if isinstance(batch, list) else [batch]
-        outs = [self._forward_backward(b) for b in micro]
+        counted: list[float] = []
+        outs = [self._forward_backward(b, counted) for b in micro]
+        if counted:  # every micro-batch of this step was counted: the step's FLOPs
+            self.flops_per_step = sum(counted) if len(counted) == len(micro) else counted[0] * len(micro)
         if len(micro) > 1:  # each backward summed its mean-loss gradient: average them as one batch would
             for model in self.models.values():
                 for p in trainable(model):
