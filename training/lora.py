@@ -72,9 +72,9 @@ def _plain_key(key: str) -> str:
 
 def lora_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Adapter tensors of a full (peft-injected) state dict under diffusers' names, prefixed `transformer.`."""
-    from model.convert import _to_diffusers_transformer
+    from model.convert import transformer_key_to_diffusers
 
-    return {PREFIX + _to_diffusers_transformer(_plain_key(k)): v for k, v in state.items() if _is_lora(k)}
+    return {PREFIX + transformer_key_to_diffusers(_plain_key(k)): v for k, v in state.items() if _is_lora(k)}
 
 
 def base_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -139,7 +139,7 @@ def merge_lora_file(model: nn.Module, path: str, scale: float = 1.0) -> nn.Modul
     alpha comes from the file's metadata (diffusers' convention without it: alpha = rank, scale 1).
     A file for another model (other widths, other layer names) is refused with a one-line error.
     """
-    from model.convert import _from_diffusers_transformer
+    from model.convert import transformer_key_from_diffusers
 
     lora, alpha = read_lora_file(path)
     params = dict(model.named_parameters())
@@ -149,7 +149,7 @@ def merge_lora_file(model: nn.Module, path: str, scale: float = 1.0) -> nn.Modul
         module = key_a.split(".lora_A.")[0]
         b = lora.get(key_a.replace(".lora_A.", ".lora_B."))
         try:
-            name = _from_diffusers_transformer(module + ".weight")
+            name = transformer_key_from_diffusers(module + ".weight")
         except KeyError:
             name = None
         if b is None or name not in params:

@@ -91,6 +91,13 @@ def test_lora_from_a_published_pipeline_exports_what_diffusers_loads(pipe_dir, t
     for (k, a), b in zip(merged.state_dict().items(), lora_run["transformer"].state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)
 
+    # the run's checkpoint (base + adapters through DCP, merged for sampling) holds the same model
+    from training.sample import load_run
+
+    ckpt = load_run(str(run), torch.device("cpu"))
+    for (k, a), b in zip(ckpt["transformer"].state_dict().items(), lora_run["transformer"].state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)
+
     from training.sample import main as sample_main
 
     out = tmp_path / "samples"
@@ -261,3 +268,27 @@ def test_two_process_fsdp_lora_resume_is_exact(pipe_dir, tmp_path):
     torch.testing.assert_close(ours_video(str(export / "pipeline"), emb, lora_file),
                                diffusers_video(str(export / "pipeline"), emb, 2, 6.0, 3, lora=lora_file),
                                atol=TOL, rtol=0)
+
+
+def test_lora_keys_and_shapes_are_those_of_diffusers_with_peft():
+    """Our exported adapter names/shapes = what peft gives diffusers' own model (diffusers' LoRA script:
+    add_adapter + get_peft_model_state_dict, saved with the `transformer.` prefix)."""
+    from diffusers import CogVideoXTransformer3DModel
+    from peft import LoraConfig as PeftLoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from model.convert import load_diffusers_transformer, transformer_config_from_diffusers
+    from tests.training.tiny_pipeline import TRANSFORMER
+    from training.config import LoraConfig
+    from training.lora import apply_lora, lora_state_dict
+
+    ref = CogVideoXTransformer3DModel(**TRANSFORMER)
+    ours = load_diffusers_transformer(ref.state_dict(), transformer_config_from_diffusers(dict(ref.config)))
+    ref.add_adapter(PeftLoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0",
+                                                                        "ff.net.0.proj", "ff.net.2"]))
+    theirs = {f"transformer.{k}": v.shape for k, v in get_peft_model_state_dict(ref).items()}
+    names = apply_lora(ours, LoraConfig(rank=4, alpha=4, targets=["to_q", "to_k", "to_v", "to_out", "ff"]))
+    assert len(names) == 2 * 6
+    assert {k: v.shape for k, v in lora_state_dict(ours.state_dict()).items()} == theirs
+    assert {n for n, p in ours.named_parameters() if p.requires_grad} == {
+        n for n, _ in ours.named_parameters() if ".lora_" in n}  # only adapters train
