@@ -1,7 +1,7 @@
 """Training-step benchmark: our trainer's step against a diffusers-model training step, same config, same
 weights, same data, in the same run.
 
-    .venv/bin/python bench/train.py [--model transformer|vae|both] [--steps 6] [--size small|2b]
+    .venv/bin/python bench/train.py [--model transformer|vae|both|lora] [--steps 6] [--size small|2b]
 
 Variants (each in its own subprocess, so peak memory is its own):
 - ours/trainer: `Trainer.train_step` with FSDP2 (one rank, gloo on CPU / NCCL on GPU): forward, backward,
@@ -10,6 +10,11 @@ Variants (each in its own subprocess, so peak memory is its own):
 - diffusers: `CogVideoXTransformer3DModel` / `AutoencoderKLCogVideoX` built from the same config and loaded
   with our weights (model.convert), the same step.
 Transformer step: v-prediction loss on precomputed latents (frozen encoders excluded). VAE step: L1 + KL.
+`--model lora`: LoRA fine-tuning (rank 16 on to_q/to_k/to_v/to_out, base frozen) of a tiny-but-wide
+transformer (4 layers, 8x64 heads): ours/lora-trainer (our Trainer + FSDP2 + peft adapters), ours/lora-plain
+(our model + peft, the step by hand), diffusers+peft (CogVideoXTransformer3DModel.add_adapter, the same
+step) and ours/full-trainer (full fine-tuning of the same model); ratios: time vs diffusers+peft, peak
+memory vs full fine-tuning.
 Step time is the median over --steps after 2 warm-up steps. Peak memory: on CPU the peak resident set
 above the process's size before the model was built (VmHWM); on GPU torch.cuda.max_memory_allocated. On a GPU
 also tokens/s and MFU (bf16 autocast for the plain/diffusers variants, FSDP mixed precision for ours).
@@ -32,6 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 VARIANTS = ["ours/trainer", "ours/plain", "diffusers"]
+LORA_VARIANTS = ["ours/lora-trainer", "ours/lora-plain", "diffusers+peft", "ours/full-trainer"]
+LORA = {"rank": 16, "alpha": 16.0, "targets": ["to_q", "to_k", "to_v", "to_out"]}
 
 
 def transformer_config(size: str):
@@ -39,6 +46,9 @@ def transformer_config(size: str):
 
     if size == "2b":
         return TransformerConfig.cogvideox_2b()
+    if size == "wide":  # weights dominate memory, as in real fine-tuning: what LoRA saves shows
+        return TransformerConfig(num_heads=8, head_dim=64, num_layers=4, text_embed_dim=512, max_text_len=32,
+                                 time_embed_dim=256, sample_height=16, sample_width=16, sample_frames=9)
     return TransformerConfig(num_heads=4, head_dim=64, num_layers=4, text_embed_dim=256, max_text_len=64,
                              time_embed_dim=256, sample_height=16, sample_width=16, sample_frames=9)
 
@@ -55,7 +65,7 @@ def data(model: str, size: str, device: torch.device) -> dict:
     g = torch.Generator().manual_seed(0)
     if model == "transformer":
         c = transformer_config(size)
-        f, hw, b = (13, 60, 1) if size == "2b" else (3, 16, 2)
+        f, hw, b = {"2b": (13, 60, 1), "wide": (2, 16, 1)}.get(size, (3, 16, 2))
         shape = (b, f, c.in_channels, hw, hw if size != "2b" else 90)
         return {"latents": torch.randn(shape, generator=g).to(device),
                 "text_emb": torch.randn(b, c.max_text_len, c.text_embed_dim, generator=g).to(device),
@@ -90,8 +100,23 @@ def peak_now(device: torch.device) -> float:
 
 
 # --- steps ---------------------------------------------------------------------------------------------
-def plain_step(model_name: str, size: str, variant: str, device: torch.device):
-    """(step function, loss-of-step-1 holder) for ours/plain or diffusers."""
+def add_adapters(model: torch.nn.Module, diffusers_model: bool) -> None:
+    """LORA adapters: through diffusers' own peft integration, or ours (training/lora.py)."""
+    if diffusers_model:
+        from peft import LoraConfig
+
+        model.requires_grad_(False)
+        model.add_adapter(LoraConfig(r=LORA["rank"], lora_alpha=LORA["alpha"], init_lora_weights=True,
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+        return
+    from training.config import LoraConfig as OurLora
+    from training.lora import apply_lora
+
+    apply_lora(model, OurLora(**LORA))
+
+
+def plain_step(model_name: str, size: str, variant: str, device: torch.device, lora: bool = False):
+    """(step function, loss-of-step-1 holder) for ours/plain or diffusers (with LoRA adapters when asked)."""
     from model import convert
 
     torch.manual_seed(0)
@@ -108,6 +133,8 @@ def plain_step(model_name: str, size: str, variant: str, device: torch.device):
             cfg = {k: v for k, v in convert.transformer_config_to_diffusers(ours.config).items() if not k.startswith("_")}
             model = CogVideoXTransformer3DModel(**cfg)
             model.load_state_dict(convert.export_transformer(ours), strict=False)
+        if lora:
+            add_adapters(model, variant == "diffusers")
         sched = Schedule()
         x_t = sched.add_noise(batch["latents"], batch["noise"], batch["t"])
         target = sched.v_target(batch["latents"], batch["noise"], batch["t"])
@@ -145,14 +172,15 @@ def plain_step(model_name: str, size: str, variant: str, device: torch.device):
                 kl = post.kl()
             return (recon.float() - x).abs().mean() + 1e-6 * kl.float().mean() / x[0].numel()
     model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=1e-4)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=1e-4)
     autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     def step() -> float:
         with autocast:
             loss = loss_fn()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         return float(loss)
@@ -160,7 +188,7 @@ def plain_step(model_name: str, size: str, variant: str, device: torch.device):
     return step
 
 
-def trainer_step(model_name: str, size: str, device: torch.device):
+def trainer_step(model_name: str, size: str, device: torch.device, lora: bool = False):
     from training.config import TrainingConfig
     from training.parallelize import init_distributed
     from training.tasks.transformer import TransformerTask, build_schedule
@@ -171,13 +199,18 @@ def trainer_step(model_name: str, size: str, device: torch.device):
     if model_name == "transformer":
         from model.transformer import ExpertTransformer
 
+        from training.tasks.transformer import add_lora
+
         class BenchTask(TransformerTask):
             def build_models(self):
                 self.schedule, self.model_config = build_schedule(self.cfg), transformer_config(size)
                 self.gen = torch.Generator().manual_seed(0)
-                return {"transformer": ExpertTransformer(self.model_config)}
+                model = ExpertTransformer(self.model_config)
+                if self.cfg.transformer.lora:
+                    add_lora(self.cfg, model, self.info.device)
+                return {"transformer": model}
 
-        cfg = TrainingConfig(task="transformer", transformer={"text_dropout": 0.0})
+        cfg = TrainingConfig(task="transformer", transformer={"text_dropout": 0.0, "lora": LORA if lora else None})
         task_cls, step_batch = BenchTask, {"latents": batch["latents"], "text_emb": batch["text_emb"], "captions": []}
     else:
         from model.vae import CausalVAE
@@ -203,10 +236,11 @@ def worker(model_name: str, size: str, variant: str, steps: int) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base = peak_reset(device)  # before the model exists: the peak below covers weights, optimiser and activations
     trainer = None
-    if variant == "ours/trainer":
-        step, trainer = trainer_step(model_name, size, device)
+    if variant in ("ours/trainer", "ours/full-trainer", "ours/lora-trainer"):
+        step, trainer = trainer_step(model_name, size, device, lora=variant == "ours/lora-trainer")
     else:
-        step = plain_step(model_name, size, variant, device)
+        plain = {"ours/lora-plain": "ours/plain", "diffusers+peft": "diffusers"}.get(variant, variant)
+        step = plain_step(model_name, size, plain, device, lora=variant in ("ours/lora-plain", "diffusers+peft"))
     first = step()
     step()
     times = []
@@ -228,7 +262,7 @@ def worker(model_name: str, size: str, variant: str, steps: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--model", default="both", choices=["transformer", "vae", "both"])
+    p.add_argument("--model", default="both", choices=["transformer", "vae", "both", "lora"])
     p.add_argument("--size", default="small", choices=["small", "2b"])
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--threads", type=int, default=1, help="torch threads (more than free cores makes OpenMP spin: keep 1 on a shared machine)")
@@ -236,11 +270,14 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     if a.worker:
-        print("RESULT " + json.dumps(worker(a.model, a.size, a.worker, a.steps)), flush=True)
+        model, size = ("transformer", "wide") if a.model == "lora" else (a.model, a.size)
+        print("RESULT " + json.dumps(worker(model, size, a.worker, a.steps)), flush=True)
         from training.parallelize import shutdown
 
         shutdown()
         return
+    if a.model == "lora":
+        return lora_table(a)
     models = ["transformer", "vae"] if a.model == "both" else [a.model]
     print(f"## Training step: ours vs diffusers ({datetime.date.today()}, torch {torch.__version__}, "
           f"{'cuda' if torch.cuda.is_available() else 'cpu'}, {a.threads} threads, size {a.size})\n")
@@ -263,6 +300,36 @@ def main() -> None:
             ratio = f"{r['step_s'] / ref['step_s']:.2f}x" if ref else "-"
             mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "-"
             print(f"| {m} | {r['variant']} | {r['step_s']:.3f} | {ratio} | {r['peak_gb']:.3f} | {r['first_loss']:.5f} | {mfu} |")
+
+
+def run_variant(a: argparse.Namespace, model: str, variant: str) -> dict | str:
+    """One variant in its own subprocess (its own peak memory): the result row, or why it failed."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
+    r = subprocess.run([sys.executable, __file__, "--worker", variant, "--model", model, "--size", a.size,
+                        "--steps", str(a.steps), "--threads", str(a.threads)], capture_output=True, text=True, env=env)
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not line:
+        return r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
+    return json.loads(line[0][7:])
+
+
+def lora_table(a: argparse.Namespace) -> None:
+    """LoRA rows: step time vs diffusers+peft, peak memory vs our full fine-tuning, one run."""
+    c = transformer_config("wide")
+    print(f"## LoRA fine-tuning step ({datetime.date.today()}, torch {torch.__version__}, "
+          f"{'cuda' if torch.cuda.is_available() else 'cpu'}, {a.threads} threads; transformer {c.num_layers} layers x "
+          f"{c.num_heads}x{c.head_dim}, LoRA rank {LORA['rank']} on {'/'.join(LORA['targets'])})\n")
+    print("| variant | step time (s) | vs diffusers+peft | peak memory (GiB) | vs full fine-tuning | step-1 loss |")
+    print("|---|---|---|---|---|---|")
+    rows = {v: run_variant(a, "lora", v) for v in LORA_VARIANTS}
+    ref_t, ref_m = rows.get("diffusers+peft"), rows.get("ours/full-trainer")
+    for v, r in rows.items():
+        if isinstance(r, str):
+            print(f"| {v} | failed: {r} |||||")
+            continue
+        t = f"{r['step_s'] / ref_t['step_s']:.2f}x" if isinstance(ref_t, dict) else "-"
+        m = f"{r['peak_gb'] / ref_m['peak_gb']:.2f}x" if isinstance(ref_m, dict) and ref_m["peak_gb"] > 0 else "-"
+        print(f"| {v} | {r['step_s']:.3f} | {t} | {r['peak_gb']:.3f} | {m} | {r['first_loss']:.5f} |")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 - export_transformer(model) / export_vae(model) -> diffusers-format state dict
 - save_diffusers(model, folder): config.json + diffusion_pytorch_model.safetensors that diffusers'
   from_pretrained reads.
+- transformer_key_to_diffusers / transformer_key_from_diffusers: one name (LoRA adapter keys too).
 
 Only key names change (every tensor keeps its shape and values), so each direction is a list of regex
 renames; tests/model checks that load -> export reproduces a diffusers state dict exactly.
@@ -105,6 +106,16 @@ def _from_diffusers_transformer(key: str) -> str:
         if n:
             return new
     raise KeyError(f"unknown diffusers transformer key {key}")
+
+
+def transformer_key_to_diffusers(key: str) -> str:
+    """Our transformer parameter (or adapter: `blocks.0.attn.to_q.lora_A.weight`) name -> diffusers' name."""
+    return _to_diffusers_transformer(key)
+
+
+def transformer_key_from_diffusers(key: str) -> str:
+    """diffusers' transformer parameter name -> ours (KeyError for names our model does not have)."""
+    return _from_diffusers_transformer(key)
 
 
 def _to_diffusers_vae(key: str) -> str:

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shards.config import Bucket
+
 
 TINY_RANDOM = "tiny-random"  # the value of a model key that asks for a tiny random model (demo and tests only)
 
@@ -49,6 +51,7 @@ class OptimConfig(Strict):
     warmup_steps: int = Field(100, ge=0)  # linear warm-up from 0 to lr
     min_lr_ratio: float = Field(0.0, ge=0, le=1)  # cosine ends at lr x this
     grad_clip: float = Field(1.0, gt=0)  # max global gradient norm per trained model
+    grad_accum: int = Field(1, ge=1)  # micro-batches per optimiser step (gradients averaged): effective batch = batch x grad_accum x ranks
 
 
 class ParallelConfig(Strict):
@@ -106,16 +109,46 @@ class VAETaskConfig(Strict):
     disc_lr: float = Field(1e-4, gt=0)  # discriminator learning rate (same schedule shape as the VAE)
 
 
+
+class LoraConfig(Strict):
+    """LoRA adapters (peft) on the transformer's linear layers; only they train, the base stays frozen."""
+
+    rank: int = Field(64, ge=1)  # r: inner dimension of each adapter (finetrainers/CogVideo scripts: 64-128)
+    alpha: float = Field(64.0, gt=0)  # adapter output is scaled by alpha / rank (the scale is stored in the export)
+    dropout: float = Field(0.0, ge=0, lt=1)  # dropout on the adapter input during training
+    targets: list[Literal["to_q", "to_k", "to_v", "to_out", "ff"]] = Field(
+        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out"], min_length=1)  # attention projections; "ff" adds both feed-forward layers
+    export_merged: bool = False  # at the end also write the merged full transformer (base + adapters) to <run>/export/transformer_merged
+
+
 class TransformerTaskConfig(Strict):
     """--task transformer: v-prediction training of the expert transformer on frozen VAE latents and T5 text."""
 
     size: Literal["tiny", "2b", "5b", "1.5-5b"] = "tiny"  # model config: tiny (tests, demo) or a published CogVideoX size
-    init_from: str | None = None  # diffusers CogVideoXTransformer3DModel folder (converted on load; None = random init)
-    vae: str | None = None  # VAE weights: a diffusers AutoencoderKLCogVideoX folder or a `--task vae` run's export; "tiny-random" = fixed-seed random tiny VAE (demo, tests); None fails when the transformer task runs
-    text_encoder: str | None = None  # T5 folder (google/t5-v1_1-xxl layout) or hub name; "tiny-random" = tiny random T5 (demo, tests); None fails when used
+    init_from: str | None = None  # a CogVideoX pipeline folder or hub name (transformer + VAE + T5 + schedule from it), or a CogVideoXTransformer3DModel folder; None = random init
+    vae: str | None = None  # VAE weights: a diffusers AutoencoderKLCogVideoX folder or a `--task vae` run's export; None = init_from's pipeline vae/, else an error; "tiny-random" = fixed-seed random tiny VAE (demo, tests)
+    text_encoder: str | None = None  # T5 folder (google/t5-v1_1-xxl layout) or hub name; None = init_from's pipeline text_encoder/, else an error; "tiny-random" = tiny random T5 (demo, tests)
+    snr_shift_scale: float | None = Field(None, gt=0)  # schedule SNR shift (2b: 3.0, 5b: 1.0); None = init_from's scheduler, else by size
+    zero_terminal_snr: bool | None = None  # rescale the schedule to zero terminal SNR; None = init_from's scheduler, else true
+    lora: LoraConfig | None = None  # train LoRA adapters instead of every weight (None = full fine-tuning)
     max_text_len: int = Field(226, ge=1)  # T5 tokens per prompt (CogVideoX: 226)
     text_dropout: float = Field(0.1, ge=0, le=1)  # captions dropped to empty for classifier-free guidance
     ema_decay: float | None = Field(None, gt=0, lt=1)  # keep an EMA of the weights (e.g. 0.9999); None = off
+
+    @model_validator(mode="after")
+    def _lora_ema(self) -> "TransformerTaskConfig":
+        if self.lora is not None and self.ema_decay is not None:
+            raise ValueError("ema_decay with lora: an EMA of the adapters is not supported (set one of them)")
+        return self
+
+
+class StageConfig(Strict):
+    """One stage of progressive training (CogVideoX: low resolution and short clips first)."""
+
+    until_step: int = Field(ge=1)  # this stage runs while the optimiser step is below this value
+    buckets: list[Bucket] = Field(min_length=1)  # shard.loader buckets of this stage ({frames, height, width, batch_size?}); synthetic data: one bucket
+    batch_size: int | None = Field(None, ge=1)  # samples per batch in this stage (None = shard.loader.batch_size / data.batch_size)
+    lr: float | None = Field(None, gt=0)  # peak LR of this stage (the warm-up/cosine shape is kept); None = optim.lr
 
 
 class TrainingConfig(Strict):
@@ -138,12 +171,23 @@ class TrainingConfig(Strict):
     sample: SampleConfig = SampleConfig()
     vae: VAETaskConfig = VAETaskConfig()
     transformer: TransformerTaskConfig = TransformerTaskConfig()
+    stages: list[StageConfig] = []  # progressive training: loader buckets (and LR) switch at step boundaries; [] = one stage
 
     @model_validator(mode="after")
     def _stop(self) -> "TrainingConfig":
         if self.stop_at is not None and self.stop_at > self.steps:
             raise ValueError(f"stop_at ({self.stop_at}) must be <= steps ({self.steps})")
+        ends = [s.until_step for s in self.stages]
+        if ends != sorted(set(ends)):
+            raise ValueError(f"stages: until_step must increase from stage to stage (got {ends})")
         return self
+
+    def stage_at(self, step: int) -> int:
+        """Index of the stage that optimiser step `step` (0-based) trains in; the last stage runs on to the end."""
+        for i, s in enumerate(self.stages):
+            if step < s.until_step:
+                return i
+        return max(0, len(self.stages) - 1)
 
 
 def resolve_out_dir(root: str, out_dir: str, task: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -93,7 +93,12 @@ class SyntheticLoader:
 
 
 class LatentLoader:
-    """Batches of precomputed latents + T5 embeddings (files written by `python -m training latents`)."""
+    """Batches of precomputed latents + T5 embeddings (files written by `python -m training latents`).
+
+    Latents of several buckets have different shapes: a batch only ever holds one shape. The batches of
+    an epoch are each shape's items in file order cut into batch_size chunks (a shape's last chunk may
+    be smaller), ordered by their first item; rank r of w takes every w-th batch.
+    """
 
     def __init__(self, folder: str, batch_size: int, rank: int = 0, world_size: int = 1):
         from safetensors.torch import load_file
@@ -108,12 +113,20 @@ class LatentLoader:
             for i in range(data["latents"].shape[0]):
                 self.items.append((data["latents"][i], data["text_emb"][i], f"{name}:{i}"))
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.batches = self._plan()
         self.position = 0
+
+    def _plan(self) -> list[list[int]]:
+        groups: dict[tuple, list[int]] = {}
+        for i, (z, emb, _) in enumerate(self.items):
+            groups.setdefault((tuple(z.shape), tuple(emb.shape)), []).append(i)
+        chunks = [idx[j:j + self.batch_size] for idx in groups.values() for j in range(0, len(idx), self.batch_size)]
+        return sorted(chunks, key=lambda c: c[0])
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while True:
-            first = (self.position * self.world_size + self.rank) * self.batch_size
-            items = [self.items[(first + j) % len(self.items)] for j in range(self.batch_size)]
+            chunk = self.batches[(self.position * self.world_size + self.rank) % len(self.batches)]
+            items = [self.items[i] for i in chunk]
             self.position += 1
             yield {"latents": torch.stack([i[0] for i in items]), "text_emb": torch.stack([i[1] for i in items]),
                    "captions": [""] * len(items), "keys": [i[2] for i in items]}
@@ -125,9 +138,72 @@ class LatentLoader:
         self.position = int(state["position"])
 
 
+class StagedLoader:
+    """Progressive training: one inner loader per stage (training.stages), switched by the trainer's step.
+
+    `set_step(step)` builds the loader of the stage that step falls in (a new stage starts its data from
+    the beginning); the state holds the stage and its loader's exact position, so a resumed run lands in
+    the same stage at the same batch.
+    """
+
+    def __init__(self, make: Callable[[int], Any], stage_at: Callable[[int], int]):
+        self.make, self.stage_at = make, stage_at
+        self.stage = 0
+        self.inner = make(0)
+        self._it: Iterator[dict[str, Any]] | None = None
+
+    def set_step(self, step: int) -> None:
+        stage = self.stage_at(step)
+        if stage != self.stage:
+            self._switch(stage)
+
+    def _switch(self, stage: int) -> None:
+        if self._it is not None:
+            self._it.close()  # stops the old stage's DataLoader workers
+        self.stage, self.inner, self._it = stage, self.make(stage), None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            if self._it is None:
+                self._it = endless(self.inner)
+            yield next(self._it)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "inner": self.inner.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._switch(int(state["stage"]))  # a fresh inner loader (and iterator) at the saved position
+        self.inner.load_state_dict(state["inner"])
+
+
+def stage_loader(pipeline_cfg: Any, stage: int, rank: int, world_size: int) -> Any:
+    """The loader of progressive stage `stage`: the shard loader with the stage's buckets, or synthetic
+    clips of the stage's one shape."""
+    tcfg = pipeline_cfg.training
+    s, data = tcfg.stages[stage], tcfg.data
+    key = f"training.stages[{stage}]"
+    if data.source == "latents":
+        raise ValueError(f"{key}: progressive stages need data.source shards or synthetic (latents have fixed shapes)")
+    if data.source == "synthetic":
+        if len(s.buckets) != 1:
+            raise ValueError(f"{key}.buckets: synthetic data has one shape per stage (got {len(s.buckets)} buckets)")
+        b = s.buckets[0]
+        size = s.batch_size or b.batch_size or data.batch_size
+        return SyntheticLoader(data.model_copy(update={"frames": b.frames, "height": b.height, "width": b.width,
+                                                       "batch_size": size}), rank, world_size)
+    from shards.loader import ShardLoader
+
+    lc = pipeline_cfg.shard.loader
+    lc = lc.model_copy(update={"buckets": list(s.buckets), "batch_size": s.batch_size or lc.batch_size})
+    return ShardLoader(pipeline_cfg.shard.model_copy(update={"loader": lc}), rank=rank, world_size=world_size,
+                       seed=tcfg.seed, root=pipeline_cfg.root)
+
+
 def build_loader(pipeline_cfg: Any, out_dir: str, rank: int, world_size: int) -> Any:
     """The loader that training.data.source names, for this rank."""
     data = pipeline_cfg.training.data
+    if pipeline_cfg.training.stages:
+        return StagedLoader(lambda s: stage_loader(pipeline_cfg, s, rank, world_size), pipeline_cfg.training.stage_at)
     if data.source == "synthetic":
         return SyntheticLoader(data, rank, world_size)
     if data.source == "latents":

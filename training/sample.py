@@ -1,16 +1,21 @@
-"""Sampling and export from training checkpoints.
+"""Sampling and export: from training checkpoints, or from any CogVideoX diffusers pipeline.
 
     python -m training sample --checkpoint <run dir | checkpoint dir> --prompt "..." [--prompt ...] [--out dir]
+    python -m training sample --pipeline <folder | hub name> [--lora pytorch_lora_weights.safetensors] --prompt "..."
     python -m training export --checkpoint <run dir | checkpoint dir> --out <folder>
 
-Sampling rebuilds the transformer from the checkpoint's meta.json (its config and the training
-section), loads its weights (the EMA when the run kept one) through DCP in this single process, runs
-DDIM (or DPM) with classifier-free guidance, decodes with the frozen VAE and writes one mp4 per prompt.
+From a checkpoint: the transformer is rebuilt from meta.json (its config and the training section),
+its weights (the EMA when the run kept one; a LoRA run's adapters merged) loaded through DCP in this
+single process. From a pipeline (published, exported by a run, plus optionally a LoRA file): our
+modules are converted from its folders, and frames/height/width default to its own sample size. Then
+DDIM (or DPM) with classifier-free guidance (zeroed text as the unconditional branch, as CogVideoX),
+VAE decode, one mp4 per prompt.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -41,30 +46,52 @@ def write_mp4(video: torch.Tensor, path: str, fps: int = 8) -> str:
 
 @torch.no_grad()
 def sample_latents(transformer: torch.nn.Module, text_emb: torch.Tensor, schedule: Any, shape: tuple[int, ...],
-                   sample_cfg: Any, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+                   sample_cfg: Any, device: torch.device, generator: torch.Generator | None = None,
+                   progress: bool = False) -> torch.Tensor:
     """Latents [B, f, C, h, w] by DDIM/DPM with guidance (zeroed text as the unconditional branch)."""
+    from tqdm import tqdm
+
     from model.diffusion import ddim_sample, dpm_sample, transformer_fn
 
     fn = transformer_fn(transformer, text_emb, guidance_scale=sample_cfg.guidance)
     sampler = ddim_sample if sample_cfg.sampler == "ddim" else dpm_sample
     gen = generator or torch.Generator().manual_seed(sample_cfg.seed)
-    return sampler(fn, shape, schedule, num_steps=sample_cfg.steps, guidance_scale=sample_cfg.guidance,
-                   dynamic_guidance=sample_cfg.dynamic_guidance, generator=gen, device=device, dtype=torch.float32)
+    with tqdm(total=sample_cfg.steps, desc="sample", disable=not progress, dynamic_ncols=True) as bar:
+        return sampler(fn, shape, schedule, num_steps=sample_cfg.steps, guidance_scale=sample_cfg.guidance,
+                       dynamic_guidance=sample_cfg.dynamic_guidance, generator=gen, device=device,
+                       dtype=torch.float32, callback=lambda *_: bar.update(1))
 
 
 @torch.no_grad()
 def generate(transformer: torch.nn.Module, vae: torch.nn.Module, text: torch.nn.Module, schedule: Any,
              prompts: list[str], frames: int, height: int, width: int, sample_cfg: Any,
-             device: torch.device) -> torch.Tensor:
-    """Videos [B, F, C, H, W] in [-1, 1] for `prompts`."""
+             device: torch.device, text_emb: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
+    """Videos [B, F, C, H, W] in [-1, 1] for `prompts` (or for given T5 embeddings `text_emb` [B, L, D])."""
     s = vae.config.spatial_compression
-    shape = (len(prompts), (frames - 1) // vae.config.temporal_compression + 1, vae.config.latent_channels,
+    emb = text.encode(list(prompts)).float() if text_emb is None else text_emb.float()
+    shape = (emb.shape[0], (frames - 1) // vae.config.temporal_compression + 1, vae.config.latent_channels,
              height // s, width // s)
-    emb = text.encode(list(prompts)).float().to(device)
-    z = sample_latents(transformer, emb, schedule, shape, sample_cfg, device)
+    z = sample_latents(transformer, emb.to(device), schedule, shape, sample_cfg, device, progress=progress)
     dtype = next(vae.parameters()).dtype
     video = vae.decode((z / vae.scaling_factor).transpose(1, 2).to(dtype))  # [B, C, F, H, W]
     return video.float().transpose(1, 2).clamp(-1, 1)
+
+
+def load_pipeline(name: str, device: torch.device, lora: str | None = None, lora_scale: float = 1.0) -> dict[str, Any]:
+    """Models of a CogVideoX diffusers pipeline (folder or hub name), with a LoRA file merged when given."""
+    from training.lora import merge_lora_file
+    from training.pipeline import load_pipeline_models
+
+    run = load_pipeline_models(name, device)
+    if lora:
+        merge_lora_file(run["transformer"], lora, lora_scale)
+    return run
+
+
+def pipeline_size(run: dict[str, Any]) -> tuple[int, int, int]:
+    """(frames, height, width) a pipeline generates by default: its transformer's sample size."""
+    c, s = run["transformer"].config, run["vae"].config.spatial_compression
+    return c.sample_frames, c.sample_height * s, c.sample_width * s
 
 
 def load_run(checkpoint: str, device: torch.device, ema: bool | None = None) -> dict[str, Any]:
@@ -83,42 +110,79 @@ def load_run(checkpoint: str, device: torch.device, ema: bool | None = None) -> 
     vae = build_frozen_vae(cfg, device)
     model = build_transformer(cfg, text.dim, vae.config.latent_channels, meta["model_config"])
     use_ema = meta.get("ema", False) if ema is None else ema
-    load_weights(path, "transformer", model, ema=use_ema)
+    lora = cfg.transformer.lora
+    if lora:  # a LoRA run: load base + adapters as trained, then sample with the adapters merged
+        from model.transformer import ExpertTransformer
+
+        from training.lora import apply_lora, merged_state
+
+        apply_lora(model, lora)
+        load_weights(path, "transformer", model)
+        merged = ExpertTransformer(model.config)
+        merged.load_state_dict(merged_state(model.state_dict(), lora))
+        model = merged
+    else:
+        load_weights(path, "transformer", model, ema=use_ema)
     return {"path": path, "cfg": cfg, "transformer": model.to(device).eval(), "vae": vae, "text": text,
             "schedule": build_schedule(cfg), "ema": use_ema}
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m training sample", description="Write mp4 samples from a checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="a run's out_dir, its checkpoints/ folder or one step_X folder")
+def parser() -> argparse.ArgumentParser:
+    """The `training sample` command line (other options plug in here)."""
+    p = argparse.ArgumentParser(prog="python -m training sample",
+                                description="Write mp4 samples from a training checkpoint or a CogVideoX pipeline.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a run's out_dir, its checkpoints/ folder or one step_X folder")
+    src.add_argument("--pipeline", help="a CogVideoX diffusers pipeline: folder (published, or a run's export/pipeline) or hub name")
+    p.add_argument("--lora", help="with --pipeline: a CogVideoX LoRA file (pytorch_lora_weights.safetensors)")
+    p.add_argument("--lora-scale", type=float, default=1.0, help="multiplier of the LoRA update (default 1)")
     p.add_argument("--prompt", action="append", required=True, help="text prompt (repeatable: one video each)")
-    p.add_argument("--out", help="output folder (default: <run>/samples/cli)")
-    p.add_argument("--steps", type=int, help="sampler steps (default: training.sample.steps)")
-    p.add_argument("--guidance", type=float, help="guidance scale (default: training.sample.guidance)")
-    p.add_argument("--sampler", choices=["ddim", "dpm"], help="default: training.sample.sampler")
-    p.add_argument("--frames", type=int, help="frames (default: training.sample.frames or data.frames)")
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
+    p.add_argument("--out", help="output folder (default: <run>/samples/cli, or ./samples with --pipeline)")
+    p.add_argument("--steps", type=int, help="sampler steps (default: training.sample.steps, 50 with --pipeline)")
+    p.add_argument("--guidance", type=float, help="guidance scale (default: training.sample.guidance, 6)")
+    p.add_argument("--sampler", choices=["ddim", "dpm"], help="default: training.sample.sampler (ddim)")
+    p.add_argument("--frames", type=int, help="frames (default: training.sample.frames or data.frames; the pipeline's)")
+    p.add_argument("--height", type=int, help="default: data.height, or the pipeline's sample height")
+    p.add_argument("--width", type=int, help="default: data.width, or the pipeline's sample width")
     p.add_argument("--seed", type=int)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even when the run kept an EMA")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    a = p.parse_args(argv)
+    return p
+
+
+def load_for_sampling(a: argparse.Namespace, device: torch.device) -> tuple[dict[str, Any], Any, tuple, str]:
+    """(models, sample settings, (frames, height, width), default output folder) for parsed arguments."""
+    from training.config import SampleConfig
+
+    if a.lora and not a.pipeline:
+        raise ValueError("--lora goes with --pipeline (a LoRA run's checkpoint already holds its adapters)")
+    if a.pipeline:
+        run = load_pipeline(a.pipeline, device, a.lora, a.lora_scale)
+        s, size, out = SampleConfig(), pipeline_size(run), os.path.join(os.getcwd(), "samples")
+    else:
+        run = load_run(a.checkpoint, device, ema=False if a.no_ema else None)
+        cfg = run["cfg"]
+        s = cfg.sample
+        size = (s.frames or cfg.data.frames, cfg.data.height, cfg.data.width)
+        out = os.path.join(os.path.dirname(os.path.dirname(run["path"])), "samples", "cli")
+    s = s.model_copy(update={k: v for k, v in (("steps", a.steps), ("guidance", a.guidance),
+                                               ("sampler", a.sampler), ("seed", a.seed)) if v is not None})
+    size = (a.frames or size[0], a.height or size[1], a.width or size[2])
+    return run, s, size, a.out or out
+
+
+def main(argv: list[str]) -> int:
+    a = parser().parse_args(argv)
     from training.parallelize import pick_device
 
     device = pick_device(a.device, 0)
     try:
-        run = load_run(a.checkpoint, device, ema=False if a.no_ema else None)
+        run, s, (frames, height, width), out = load_for_sampling(a, device)
     except (FileNotFoundError, ValueError) as e:
-        print(f"[training sample] error: {e}", flush=True)
+        print(f"[training sample] error: {e}", file=sys.stderr, flush=True)
         return 2
-    cfg = run["cfg"]
-    s = cfg.sample.model_copy(update={k: v for k, v in (("steps", a.steps), ("guidance", a.guidance),
-                                                        ("sampler", a.sampler), ("seed", a.seed)) if v is not None})
-    frames = a.frames or s.frames or cfg.data.frames
-    height, width = a.height or cfg.data.height, a.width or cfg.data.width
     video = generate(run["transformer"], run["vae"], run["text"], run["schedule"], a.prompt, frames, height, width,
-                     s, device)
-    out = a.out or os.path.join(os.path.dirname(os.path.dirname(run["path"])), "samples", "cli")
+                     s, device, progress=True)
     for i, v in enumerate(video):
         path = write_mp4(v, os.path.join(out, f"sample_{i:03d}.mp4"), s.fps)
         print(f"[training sample] {a.prompt[i]!r} -> {path}", flush=True)

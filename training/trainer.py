@@ -100,7 +100,8 @@ class Trainer:
         task.setup(models)
         self.models = models
         o = cfg.optim
-        self.optimizers = {name: torch.optim.AdamW(m.parameters(), lr=task.lr(name), betas=o.betas, eps=o.eps,
+        # Only trained parameters (LoRA: the adapters) get optimiser state; frozen ones have no gradients.
+        self.optimizers = {name: torch.optim.AdamW(trainable(m), lr=task.lr(name), betas=o.betas, eps=o.eps,
                                                    weight_decay=o.weight_decay, foreach=True)  # multi-tensor (torchtitan's default)
                            for name, m in models.items()}
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(
@@ -112,6 +113,7 @@ class Trainer:
         self.nan_skips = 0  # consecutive skipped steps
         self.log = MetricLog(out_dir, info.is_main)
         self.flops_per_step: float | None = None
+        self.stage: int | None = None  # progressive training stage the last step ran in
         # Per-rank randomness (noise, dropout) differs across ranks; weights were already made above.
         torch.manual_seed(cfg.seed + 1 + info.dp_rank)  # (alike within a context-parallel group)
 
@@ -143,24 +145,43 @@ class Trainer:
         return True
 
     # --- one step ------------------------------------------------------------------------------------
-    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
-        """One optimiser step on `batch` (see the module docstring); returns this step's metrics."""
+    def _forward_backward(self, batch: dict[str, Any], counted: list[float]) -> dict[str, Any]:
+        """One micro-batch: loss + backward; its FLOPs are appended to `counted` when they are measured
+        (analytically, or by FlopCounterMode until a first step has been counted)."""
         measure = self.cfg.measure_flops if self.cfg.measure_flops is not None else self.info.device.type == "cuda"
         analytic = self.task.flops_per_step(batch) if measure else None
         if analytic is not None:
-            self.flops_per_step = analytic
-            out = self.task.forward_backward(batch, self.step)
+            counted.append(analytic)
         elif measure and self.flops_per_step is None:
             with FlopCounterMode(display=False) as counter:
                 out = self.task.forward_backward(batch, self.step)
-            self.flops_per_step = float(counter.get_total_flops())
-        else:
-            out = self.task.forward_backward(batch, self.step)
-        loss = out.pop("loss")
-        bad = all_reduce_max(0.0 if bool(torch.isfinite(loss).all()) else 1.0, self.info.device) > 0
+            counted.append(float(counter.get_total_flops()))
+            return out
+        return self.task.forward_backward(batch, self.step)
+
+    def train_step(self, batch: dict[str, Any] | list[dict[str, Any]]) -> dict[str, float]:
+        """One optimiser step on `batch`, or on a list of micro-batches whose gradients are averaged
+        (optim.grad_accum); see the module docstring. Returns this step's metrics."""
+        micro = batch if isinstance(batch, list) else [batch]
+        counted: list[float] = []
+        outs = [self._forward_backward(b, counted) for b in micro]
+        if counted:  # every micro-batch of this step was counted: the step's FLOPs
+            self.flops_per_step = sum(counted) if len(counted) == len(micro) else counted[0] * len(micro)
+        if len(micro) > 1:  # each backward summed its mean-loss gradient: average them as one batch would
+            for model in self.models.values():
+                for p in trainable(model):
+                    if p.grad is not None:
+                        p.grad.div_(len(micro))
+        losses = torch.stack([o.pop("loss").detach().float().reshape(()) for o in outs])
+        loss = losses.mean()
+        out: dict[str, float] = {}
+        for o in outs:  # terms averaged over micro-batches, throughput counts summed
+            for k, v in o.items():
+                out[k] = out.get(k, 0.0) + float(v) / (1 if k in ("samples", "tokens") else len(outs))
+        bad = all_reduce_max(0.0 if bool(torch.isfinite(losses).all()) else 1.0, self.info.device) > 0
         metrics: dict[str, float] = {"loss": float(loss)}
         for name, model in self.models.items():
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.optim.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(trainable(model), self.cfg.optim.grad_clip)
             norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
             metrics[f"grad_norm/{name}"] = float(norm)
             bad = bad or not math.isfinite(metrics[f"grad_norm/{name}"])
@@ -178,8 +199,30 @@ class Trainer:
             sched.step()
         self.step += 1
         metrics["skipped"] = float(bad)
-        metrics.update({k: float(v) for k, v in out.items()})
+        metrics.update(out)
         return metrics
+
+    def enter_stage(self) -> None:
+        """Progressive training: switch the loader's buckets and the peak LR when the step crosses a stage
+        boundary (also right after a resume, which lands in the stage of the restored step)."""
+        if not self.cfg.stages:
+            return
+        stage = self.cfg.stage_at(self.step)
+        if stage == self.stage:
+            return
+        self.stage = stage
+        if hasattr(self.loader, "set_step"):
+            self.loader.set_step(self.step)
+        lr = self.cfg.stages[stage].lr or self.cfg.optim.lr
+        for name, sched in self.schedulers.items():
+            sched.base_lrs = [self.task.lr(name) * lr / self.cfg.optim.lr for _ in sched.base_lrs]
+            for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+                group["lr"] = base * fn(sched.last_epoch)  # this step already runs at the stage's LR
+        if self.info.is_main:
+            s = self.cfg.stages[stage]
+            shapes = ", ".join(f"{b.frames}x{b.height}x{b.width}" for b in s.buckets)
+            print(f"[training] step {self.step}: stage {stage} (until step {s.until_step}; buckets {shapes}; "
+                  f"peak lr {lr:g})", flush=True)
 
     def _skip(self, metrics: dict[str, float]) -> None:
         """Non-finite loss/gradients: drop this update, or stop with a message that names what happened."""
@@ -210,10 +253,14 @@ class Trainer:
         it = endless(self.loader)
         history: deque[dict[str, float]] = deque(maxlen=HISTORY)  # bounded; metrics.jsonl has every step
         peak = peak_flops(self.info.device)
+        accum = cfg.optim.grad_accum
         while self.step < end:
+            self.enter_stage()
             t0 = time.perf_counter()
-            batch = next(it)
-            metrics = self.train_step(batch)
+            batches = [next(it) for _ in range(accum)]
+            metrics = self.train_step(batches if accum > 1 else batches[0])
+            if self.stage is not None:
+                metrics["stage"] = float(self.stage)
             if self.info.device.type == "cuda":
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
@@ -247,6 +294,11 @@ class Trainer:
 def _format(step: int, m: dict[str, float]) -> str:
     keys = [k for k in m if k not in ("skipped",) and not k.startswith("lr/")]
     return f"step {step}: " + " ".join(f"{k}={m[k]:.4g}" for k in keys)
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters that train (all of them, or a LoRA run's adapters)."""
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -65,10 +65,11 @@ def test_transformer_resume_exact_ema_sample_export(tmp_path):
     summary = train(ref_cfg, "transformer")
     ref = losses(str(tmp_path / "a" / "data" / "runs" / "transformer"))
     assert len(ref) == 4 and all(v == v for v in ref.values())
-    assert [os.path.basename(p) for p in summary["exported"]] == ["transformer", "transformer_ema"]
-    from diffusers import CogVideoXTransformer3DModel
+    assert [os.path.basename(p) for p in summary["exported"]] == ["transformer", "transformer_ema", "pipeline"]
+    from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
 
     CogVideoXTransformer3DModel.from_pretrained(summary["exported"][0])
+    CogVideoXPipeline.from_pretrained(summary["exported"][2])  # tiny random VAE and T5 (ByT5 tokenizer) included
 
     train(write_config(str(tmp_path / "b"), base(4, stop_at=2, **extra)), "transformer")
     train(write_config(str(tmp_path / "b"), base(4, **extra)), "transformer")

@@ -65,3 +65,16 @@ class ToyTask(Task):
 
     def load_rank_state(self, state: dict[str, Any]) -> None:
         self.gen.set_state(state["gen"])
+
+
+class DeterministicToyTask(ToyTask):
+    """The toy without random noise (the input is the clip at half contrast): a step's gradient depends on
+    the batch only, so gradient accumulation can be compared with one bigger batch."""
+
+    name = "toy"
+
+    def forward_backward(self, batch: dict[str, Any], step: int) -> dict[str, Any]:
+        x = batch["frames"].to(self.info.device).movedim(2, -1)
+        loss = torch.nn.functional.mse_loss(self.models["toy"](0.5 * x), x)
+        loss.backward()
+        return {"loss": loss.detach(), "samples": x.shape[0], "tokens": x[..., 0].numel()}

@@ -40,13 +40,25 @@ def model_source(key: str, value: str | None) -> str | None:
     return value
 
 
+def frozen_source(cfg: TrainingConfig, part: str) -> str | None:
+    """Local folder of the frozen "vae" or "text_encoder": the yaml key, else init_from's CogVideoX pipeline
+    component; None for "tiny-random". Null with no pipeline to take it from is an error naming the key."""
+    from training.pipeline import pipeline_dir, resolve
+
+    value = getattr(cfg.transformer, part)
+    if value is None and pipeline_dir(cfg):
+        value = pipeline_dir(cfg)
+    source = model_source(part, value)
+    return resolve(source, f"training.transformer.{part}") if source else None
+
+
 def build_text_encoder(cfg: TrainingConfig, device: torch.device) -> nn.Module:
     """Frozen T5 from training.transformer.text_encoder (the tiny random T5 for "tiny-random")."""
     from model.text import TextEncoder
 
     tc = cfg.transformer
     dtype = torch.bfloat16 if device.type == "cuda" else None
-    source = model_source("text_encoder", tc.text_encoder)
+    source = frozen_source(cfg, "text_encoder")
     if source:
         te = TextEncoder.from_pretrained(source, max_length=tc.max_text_len, dtype=dtype)
     else:
@@ -55,8 +67,8 @@ def build_text_encoder(cfg: TrainingConfig, device: torch.device) -> nn.Module:
 
 
 def build_frozen_vae(cfg: TrainingConfig, device: torch.device) -> nn.Module:
-    """Frozen VAE from training.transformer.vae (a fixed-seed random tiny VAE for "tiny-random")."""
-    source = model_source("vae", cfg.transformer.vae)
+    """Frozen VAE from training.transformer.vae or init_from's pipeline (a fixed-seed random tiny VAE for "tiny-random")."""
+    source = frozen_source(cfg, "vae")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the same random tiny VAE in training and in `training sample`
         vae = build_vae("tiny", source)
@@ -88,15 +100,30 @@ def build_transformer(cfg: TrainingConfig, text_dim: int, latent_channels: int,
     if model_config is not None:
         return ExpertTransformer(TransformerConfig(**model_config))
     if cfg.transformer.init_from:
-        return load_diffusers_transformer(cfg.transformer.init_from)
+        from training.pipeline import init_source
+
+        return load_diffusers_transformer(init_source(cfg.transformer.init_from)[1])
     return ExpertTransformer(transformer_config(cfg, text_dim, latent_channels))
 
 
 def build_schedule(cfg: TrainingConfig) -> Any:
-    from model.diffusion import Schedule, ScheduleConfig
+    """The CogVideoX schedule: training.transformer overrides > init_from's scheduler > the size's default."""
+    from model.diffusion import Schedule
 
-    five = cfg.transformer.size in ("5b", "1.5-5b")
-    return Schedule(ScheduleConfig.cogvideox_5b() if five else ScheduleConfig.cogvideox_2b())
+    from training.pipeline import schedule_config
+
+    return Schedule(schedule_config(cfg))
+
+
+def add_lora(cfg: TrainingConfig, model: nn.Module, device: torch.device) -> nn.Module:
+    """training.transformer.lora: peft adapters in, base frozen (bf16 when FSDP computes in bf16)."""
+    from training.lora import apply_lora, cast_frozen_
+    from training.parallelize import mixed_precision
+
+    apply_lora(model, cfg.transformer.lora)
+    if mixed_precision(cfg.parallel, device).param_dtype == torch.bfloat16:
+        cast_frozen_(model, torch.bfloat16)  # FSDP gathers bf16 anyway; the frozen copy needs no fp32 master
+    return model
 
 
 class TransformerTask(Task):
@@ -112,6 +139,8 @@ class TransformerTask(Task):
             raise ValueError(f"transformer text_embed_dim {model.config.text_embed_dim} != text encoder width "
                              f"{self.text.dim}: training.transformer.init_from and text_encoder do not match")
         self.model_config = model.config
+        if self.cfg.transformer.lora:
+            add_lora(self.cfg, model, dev)
         # t, noise, dropout, images; by data-parallel rank: the ranks of a context-parallel group draw alike
         self.gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.info.dp_rank)
         return {"transformer": model}
@@ -223,22 +252,42 @@ class TransformerTask(Task):
         return paths
 
     def export(self, folder: str) -> list[str]:
-        """diffusers CogVideoXTransformer3DModel folder at <folder>/transformer (and transformer_ema)."""
+        """Diffusers outputs under folder: `transformer/` (+ `transformer_ema/`) of a full fine-tune, or
+        `pytorch_lora_weights.safetensors` (+ `transformer_merged/`) of a LoRA run, and always `pipeline/`,
+        a whole CogVideoXPipeline folder (a LoRA run's holds the base transformer: load the LoRA on top)."""
         from model.convert import save_diffusers
         from model.transformer import ExpertTransformer
 
         from training.checkpoint import full_state_dict
+        from training.pipeline import init_source, write_pipeline
 
-        state = full_state_dict(self.models["transformer"])
+        state = {_clean(k): v for k, v in full_state_dict(self.models["transformer"]).items()}
         ema = {}
         if self.ema:
             ema = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).cpu() for k, v in self.ema.items()}
         if not self.info.is_main:
             return []
-        out = []
-        for name, sd in (("transformer", state), ("transformer_ema", ema)):
-            if sd:
-                plain = ExpertTransformer(self.model_config)
-                plain.load_state_dict(sd, strict=name == "transformer")
-                out.append(save_diffusers(plain, os.path.join(folder, name)))
+
+        def plain(sd: dict, strict: bool = True) -> ExpertTransformer:
+            model = ExpertTransformer(self.model_config)
+            model.load_state_dict(sd, strict=strict)
+            return model
+
+        out, base_from, lora = [], None, self.cfg.transformer.lora
+        if lora:
+            from training.lora import base_state, merged_state, save_lora_file
+
+            out.append(save_lora_file(state, lora, os.path.join(folder, "pytorch_lora_weights.safetensors")))
+            if lora.export_merged:
+                out.append(save_diffusers(plain(merged_state(state, lora)), os.path.join(folder, "transformer_merged")))
+            if self.cfg.transformer.init_from:  # the base is unchanged: link the source, in its own precision
+                base_from = init_source(self.cfg.transformer.init_from)[1]
+            pipe_model = None if base_from else plain(base_state(state))
+        else:
+            for name, sd in (("transformer", state), ("transformer_ema", ema)):
+                if sd:
+                    out.append(save_diffusers(plain(sd, strict=name == "transformer"), os.path.join(folder, name)))
+            pipe_model = plain(ema, strict=False) if ema else plain(state)  # the weights `training sample` uses
+        out.append(write_pipeline(os.path.join(folder, "pipeline"), pipe_model, self.vae, self.text, self.schedule,
+                                  self.cfg, base_from))
         return out
