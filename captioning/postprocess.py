@@ -68,13 +68,14 @@ def quality_flags(text: str, finish_reason: str | None) -> list[str]:
 RETRY_TEMPERATURE = 0.7
 
 
-def judge(g: "object", extra: "object" = None) -> tuple["object", str, list[str]]:
-    """(generation, cleaned text, flags); `extra(text) -> [flags]` adds checks of the caller's own."""
+def judge(g: "object", extra: "object" = None, i: int = 0) -> tuple["object", str, list[str]]:
+    """(generation, cleaned text, flags); `extra(i, text) -> [flags]` adds the caller's own checks of
+    request i (e.g. that an enhanced caption names the clip's camera motion)."""
     text = clean(g.text or "")
     if g.error:
         return g, text, []
     flags = quality_flags(text, g.finish_reason)
-    return g, text, flags + (list(extra(text)) if extra else [])
+    return g, text, flags + (list(extra(i, text)) if extra else [])
 
 
 def generate_judged(call: "object", n: int, params: "object", retry_bad: int,
@@ -93,7 +94,7 @@ def generate_judged(call: "object", n: int, params: "object", retry_bad: int,
         gens = call(list(range(n)), params)
     except Exception as e:  # the engine itself broke: every request of the batch gets the error
         gens = [Generation(error=f"engine: {type(e).__name__}: {e}") for _ in range(n)]
-    results = [judge(g, extra) for g in gens]
+    results = [judge(g, extra, i) for i, g in enumerate(gens)]
     retries = [0] * n
     for attempt in range(1, retry_bad + 1):
         bad = [i for i, (g, _, flags) in enumerate(results) if g.error is None and flags]
@@ -106,7 +107,7 @@ def generate_judged(call: "object", n: int, params: "object", retry_bad: int,
             break
         for i, g in zip(bad, again):
             retries[i] += 1
-            new = judge(g, extra)
+            new = judge(g, extra, i)
             if g.error is None and len(new[2]) <= len(results[i][2]):
                 results[i] = new
     return results, retries

@@ -115,13 +115,13 @@ def check_placeholders(text: str, template: str) -> None:
                          f"template; known: {', '.join('{' + a + '}' for a in sorted(allowed))}")
 
 
-def render(prompt: Prompt, **values: object) -> Prompt:
-    """`prompt` with its placeholders filled (name and hash stay those of the template: the hash says which
+def render(template: Prompt, **values: object) -> Prompt:
+    """`template` with its placeholders filled (name and hash stay those of the template: the hash says which
     template was used, the filled text differs per clip)."""
     try:
-        return replace(prompt, user=prompt.user.format_map(values))
+        return replace(template, user=template.user.format_map(values))
     except KeyError as e:  # a template passed check_placeholders but the caller lacks the value: a bug
-        raise ValueError(f"prompt {prompt.name!r}: no value for placeholder {{{e.args[0]}}}") from None
+        raise ValueError(f"prompt {template.name!r}: no value for placeholder {{{e.args[0]}}}") from None
 
 
 def combined_hash(*prompts: Prompt | None) -> str:

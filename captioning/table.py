@@ -38,6 +38,7 @@ CAPTIONS = pa.schema([
     ("summary_model", pa.string()),   # the text LM that wrote `text` (summary or enhance), else null
     ("summary_engine", pa.string()),  # its engine
     ("source_run", pa.string()),      # enhance: the run whose caption was rewritten
+    ("text_tokens", pa.int32()),      # tokens of the caption's own generation (tokens_in/out: the whole clip's)
 ])
 
 _INT_COLUMNS = [f.name for f in CAPTIONS if pa.types.is_integer(f.type)]

@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("root")
     i.add_argument("--html", default=None, help="write the HTML report here (default <root>/report/index.html)")
     i.add_argument("--no-html", action="store_true")
+    i.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="two captions runs side by side")
     args = ap.parse_args(argv)
 
     from curation.config import ConfigError, load_config
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "inspect":
         from curation.inspect import main as inspect_main
 
-        return inspect_main(args.root, html=None if args.no_html else (args.html or ""))
+        return inspect_main(args.root, html=None if args.no_html else (args.html or ""),
+                            compare=tuple(args.compare) if args.compare else None)
     return 1
 
 
