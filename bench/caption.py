@@ -238,7 +238,8 @@ def mode_cost(tmp: str, vlm: str, lm: str, n: int, max_tokens: int, repeats: int
         items.append({"clip_id": f"clip{k}", "path": p, "duration_s": 4.0})
     common = dict(model=vlm, max_tokens=max_tokens, max_frames=4, max_side=112, retry_bad=0,
                   summary={"model": lm, "max_tokens": max_tokens})
-    cfgs = {"video": CaptionConfig(**common), "frames_then_summary": CaptionConfig(**common, mode="frames_then_summary")}
+    cfgs = {"video": CaptionConfig(**common),
+            "frames_then_summary": CaptionConfig(**common, mode="frames_then_summary")}
     steps = {m: caption_steps(c) for m, c in cfgs.items()}
     for st in (s for v in steps.values() for s in v):
         st.ensure_setup()  # models load once, outside the timed runs

@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--local", action="store_true", help="run in this process instead of on Ray")
     en = sub.add_parser("enhance", help="rewrite a captions run with a text LM into a new run (caption.enhance)")
     en.add_argument("--root", required=True, help="dataset root holding captions/<source>/")
-    en.add_argument("--source", default=None, help="run to rewrite (default: caption.enhance.source_run, else caption.run)")
+    en.add_argument("--source", default=None,
+                    help="run to rewrite (default: caption.enhance.source_run, else caption.run)")
     en.add_argument("--run", default=None, help="output run (default: caption.enhance.run, else <source>-enhanced)")
     en.add_argument("--config", default=None, help="pipelines.yaml whose caption section to start from")
     en.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -98,11 +98,13 @@ class Caption(Stage):
                            prompt=self.prompt.name, prompt_hash=self.prompt.hash, frames=frames, mode="video")
 
 
-def caption_row(clip_id: str, g: Generation, flags: list[str], text: str | None, retries: int, **fields: object) -> dict:
+def caption_row(clip_id: str, g: Generation, flags: list[str], text: str | None, retries: int,
+                **fields: object) -> dict:
     """A captions-table row from the final generation of a clip (text and raw text only when it succeeded)."""
     row = {f: None for f in CAPTIONS.names}
     row.update({"clip_id": clip_id, "text": None if g.error else text, "raw_text": None if g.error else g.text,
-                "tokens_in": g.tokens_in, "tokens_out": g.tokens_out, "text_tokens": g.tokens_out, "latency_s": g.latency_s,
+                "tokens_in": g.tokens_in, "tokens_out": g.tokens_out, "text_tokens": g.tokens_out,
+                "latency_s": g.latency_s,
                 "finish_reason": g.finish_reason, "flags": flags, "retries": retries, "error": g.error,
                 "created_at": _now()})
     row.update(fields)

@@ -80,7 +80,8 @@ def read_run(storage: Storage, run: str) -> pa.Table:
     """One row per clip of a captions run (a caption beats an error; later beats earlier)."""
     parts = storage.list(f"captions/{run}", ".parquet")
     if not parts:
-        raise ValueError(f"no captions run {run!r} under {storage.root} (runs: {', '.join(list_runs(storage)) or 'none'})")
+        known = ", ".join(list_runs(storage)) or "none"
+        raise ValueError(f"no captions run {run!r} under {storage.root} (runs: {known})")
     ts = []
     for p in parts:
         f = pq.ParquetFile(storage.fs.open_input_file(storage.path(p)))
@@ -198,7 +199,8 @@ def _html_run(run: str, s: dict) -> str:
     e = H.escape
     n = s["captioned"]
     rows = [("clips / captioned / errors", f"{s['clips']} / {n} / {s['errors']}"),
-            ("flagged", f"{s['flagged']} ({_pct(s['flagged'], n)}): " + ", ".join(f"{k} {v}" for k, v in s["flags"].items())),
+            ("flagged", f"{s['flagged']} ({_pct(s['flagged'], n)}): "
+                        + ", ".join(f"{k} {v}" for k, v in s["flags"].items())),
             ("words min/p5/median/p95/max", _q(s["words"])), ("tokens min/p5/median/p95/max", _q(s["tokens"])),
             ("distinct texts", f"{s['distinct']} of {n}"),
             (f"shared by >= {SHARED_MIN} clips", f"{len(s['shared'])} texts, {s['shared_clips']} clips "

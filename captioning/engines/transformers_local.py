@@ -109,7 +109,8 @@ class TransformersTextEngine(TextEngine):
 
         self.torch = torch
         self.device, dtype = torch_device_dtype(cfg.transformers)
-        kw = {"attn_implementation": cfg.transformers.attn_implementation} if cfg.transformers.attn_implementation else {}
+        attn = cfg.transformers.attn_implementation
+        kw = {"attn_implementation": attn} if attn else {}
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
         self.tokenizer.padding_side = "left"
         self.hf_model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype, **kw).to(self.device).eval()

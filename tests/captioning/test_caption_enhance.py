@@ -75,3 +75,14 @@ def test_expand_prompts_for_sampling(tiny_lm, tmp_path):
             "enhance.openai.max_retries=0"]
     with pytest.raises(ValueError, match="prompt 'a red car': no expansion .*connection error"):
         expand_prompts(["a red car"], str(y), down)
+
+
+def test_training_sample_enhance_prompt_reports_a_bad_config(tmp_path, capsys):
+    """The flag runs before any checkpoint is loaded: a bad caption.enhance section is a one-line error."""
+    from training.sample import main
+
+    y = tmp_path / "p.yaml"
+    y.write_text("caption:\n  enhance:\n    prompt_text: 'Expand {caption} for {audience}'\n")
+    assert main(["--checkpoint", str(tmp_path / "none"), "--prompt", "a cat", "--enhance-prompt", str(y)]) == 2
+    out = capsys.readouterr().out
+    assert "[training sample] error:" in out and "caption.enhance.prompt_text" in out and "{audience}" in out
