@@ -69,10 +69,10 @@ class Enhance(Stage):
         return TextRequest(r["clip_id"], p.system, p.user)
 
     def __call__(self, rows: list[dict]) -> list[dict]:
-        from captioning.stage import _value
+        from captioning.stage import plain_value
 
         self.ensure_setup()
-        rows = [{k: _value(v) for k, v in r.items()} for r in rows]
+        rows = [{k: plain_value(v) for k, v in r.items()} for r in rows]
         out = [self._row(r, Generation(error=f"enhance: source run {self.source_run!r} has no caption for this "
                                              f"clip ({r['source_error']})"), [], None, 0)
                for r in rows if r.get("source_error")]

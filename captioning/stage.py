@@ -44,8 +44,8 @@ class SampleFrames(Stage):
 
     def process_row(self, row: dict) -> list[dict]:
         want_video = self.cfg.engine == "openai" and self.cfg.openai.video_as == "video_url"
-        duration = _value(row.get("duration_s"))
-        if _value(row.get("tar")):  # a WebDataset sample: read its mp4 member in place
+        duration = plain_value(row.get("duration_s"))
+        if plain_value(row.get("tar")):  # a WebDataset sample: read its mp4 member in place
             data = read_range(row["tar"], int(row["offset"]), int(row["size"]))
             frames, fps = sample_frames_from_bytes(data, duration, self.cfg, f"{row['tar']}:{row['clip_id']}")
         else:
@@ -79,8 +79,8 @@ class Caption(Stage):
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         self.ensure_setup()
-        out = [self._row(r["clip_id"], Generation(error=r["error"]), 0, []) for r in rows if _value(r.get("error"))]
-        todo = [r for r in rows if not _value(r.get("error"))]
+        out = [self._row(r["clip_id"], Generation(error=r["error"]), 0, []) for r in rows if plain_value(r.get("error"))]
+        todo = [r for r in rows if not plain_value(r.get("error"))]
         if not todo:
             return out
         reqs = [CaptionRequest(r["clip_id"], list(r["frames"]), float(r["fps"]), r.get("video")) for r in todo]
@@ -111,8 +111,11 @@ def caption_row(clip_id: str, g: Generation, flags: list[str], text: str | None,
     return row
 
 
-def _value(v: object) -> object:
-    """None for a missing value: rows that crossed Ray Data's pandas batches carry NaN for nulls."""
+def plain_value(v: object) -> object:
+    """A plain Python value: rows that crossed Ray Data's pandas batches carry NaN for nulls and numpy
+    arrays (and scalars) for lists (and numbers)."""
+    if hasattr(v, "tolist") and not isinstance(v, (bytes, str)):
+        v = v.tolist()
     return None if v is None or (isinstance(v, float) and v != v) else v
 
 

@@ -77,9 +77,9 @@ class SampleKeyFrames(Stage):
         self.cfg = cfg
 
     def process_row(self, row: dict) -> list[dict]:
-        from captioning.stage import _value
+        from captioning.stage import plain_value
 
-        row = {k: _value(v) for k, v in row.items()}
+        row = {k: plain_value(v) for k, v in row.items()}
         name = f"{row['tar']}:{row['clip_id']}" if row.get("tar") else row.get("path")
         need_frames = not row.get("frame_texts")
         need_video = self.cfg.summary.video_prompt is not None and not row.get("video_caption")
@@ -124,10 +124,10 @@ class CaptionFrames(Stage):
         self.engine = make_engine(self.cfg)
 
     def __call__(self, rows: list[dict]) -> list[dict]:
-        from captioning.stage import _value
+        from captioning.stage import plain_value
 
         self.ensure_setup()
-        rows = [{k: _value(v) for k, v in r.items()} for r in rows]
+        rows = [{k: plain_value(v) for k, v in r.items()} for r in rows]
         params = SamplingParams(self.cfg.max_tokens, self.cfg.temperature, self.cfg.top_p)
         todo = [r for r in rows if not r.get("error") and not r.get("frame_texts")]
         reqs = [(r, i, CaptionRequest(f"{r['clip_id']}@{t:.2f}s", [jpg], 1.0, as_images=True))
@@ -204,10 +204,10 @@ class Summarize(Stage):
         self.engine = make_text_engine(self.cfg.summary)
 
     def __call__(self, rows: list[dict]) -> list[dict]:
-        from captioning.stage import _value
+        from captioning.stage import plain_value
 
         self.ensure_setup()
-        rows = [{k: _value(v) for k, v in r.items()} for r in rows]
+        rows = [{k: plain_value(v) for k, v in r.items()} for r in rows]
         reqs: list[tuple[dict, TextRequest]] = []
         out = []
         for r in rows:
