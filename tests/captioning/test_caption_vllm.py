@@ -139,7 +139,7 @@ def test_server_killed_mid_run_then_rerun_fills_exactly_the_failed(tiny_vlm, tmp
 def vllm_text_server(tiny_lm, tmp_path_factory):
     """`vllm serve` of the tiny random Qwen2 text LM (the summary / enhance LM)."""
     server = start_vllm_server(tiny_lm, str(tmp_path_factory.mktemp("vllm-text") / "serve.log"),
-                               served_name="tiny-text")
+                               served_name="tiny-text", multimodal=False)
     yield server
     server.stop()
 
