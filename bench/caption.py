@@ -12,7 +12,17 @@ clips are sampled once (the CPU frame step, timed on its own) and the same reque
   bodies and concurrency, alternated in the same run: the ratio is our client's overhead;
 - `transformers serve` through our OpenAI engine and bare requests, the same way.
 
-Prints a markdown table with versions and the date.
+Two more measurements (`--part`):
+
+- `overhead`: the client's own cost, which server speed cannot hide. An instant OpenAI-compatible echo
+  server runs in another process (stdlib, canned answer), so the client process's CPU time per request
+  (time.process_time) is all client: our engine vs bare httpx with the same bodies and concurrency,
+  in paired runs alternating order; the median of the paired CPU ratios is the overhead (target < 10%).
+- `modes`: mode frames_then_summary (key-frame captions + text-LM summary) against mode video on the same
+  clips, tiny VLM + tiny text LM through transformers in this process, paired runs: seconds, model calls
+  and generated tokens per clip, and their ratio.
+
+Prints markdown tables with versions and the date.
 """
 from __future__ import annotations
 
@@ -122,7 +132,9 @@ def client_vs_bare(server, reqs, params, concurrency: int, repeats: int) -> dict
     spread = lambda xs: f"{min(x[0] for x in xs):.2f}-{max(x[0] for x in xs):.2f} s"  # noqa: E731
     # Client CPU per request: what the client itself costs, independent of the server's (noisy) speed.
     cpu = lambda xs: 1000 * statistics.median(x[2] for x in xs) / len(reqs)  # noqa: E731
+    cpu_paired = statistics.median(x[2] / y[2] for x, y in zip(ours, bare))
     return {"ours_s": o, "bare_s": b, "ours_tokens": ours[0][1], "bare_tokens": bare[0][1], "overhead": paired - 1,
+            "cpu_overhead": cpu_paired - 1,
             "ours_spread": spread(ours), "bare_spread": spread(bare),
             "ours_cpu_ms": cpu(ours), "bare_cpu_ms": cpu(bare)}
 
@@ -167,6 +179,85 @@ def _vllm_offline_worker(path: str) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
+ECHO_SERVER = r"""
+import json, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+BODY = json.dumps({"id": "x", "object": "chat.completion", "model": "echo", "choices": [{"index": 0,
+    "message": {"role": "assistant", "content": "A man rides a bicycle along a coastal road at sunset."},
+    "finish_reason": "stop"}], "usage": {"prompt_tokens": 100, "completion_tokens": 12}}).encode()
+
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as real servers
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(BODY)))
+        self.end_headers()
+        self.wfile.write(BODY)
+    def log_message(self, *a):
+        pass
+
+s = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+s.daemon_threads = True
+print("ready", flush=True)
+s.serve_forever()
+"""
+
+
+def client_overhead(reqs, concurrency: int, repeats: int, rounds: int) -> dict:
+    """Client CPU per request, our OpenAI engine vs bare httpx, against an instant echo server in
+    another process (`rounds` x the clips per run; paired runs in alternating order)."""
+    from captioning.servers import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        server = type("S", (), {"base_url": f"http://127.0.0.1:{port}/v1", "model": "echo"})()
+        r = client_vs_bare(server, reqs * rounds, SamplingParams(16, 0.0, 1.0), concurrency, repeats)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return r
+
+
+def mode_cost(tmp: str, vlm: str, lm: str, n: int, max_tokens: int, repeats: int) -> dict:
+    """Seconds, engine calls and generated tokens per clip of frames_then_summary vs video on the same clips."""
+    from captioning.stage import caption_steps
+    from curation.stage import run_local
+    from curation.synth import Scene, make_video
+
+    folder = os.path.join(tmp, "modes")
+    os.makedirs(folder, exist_ok=True)
+    items = []
+    for k in range(n):
+        p = os.path.join(folder, f"clip{k}.mp4")
+        make_video(p, [Scene(48, 2.0, k)], 160, 96, 12.0)  # 4 s: 2 key frames at the default 2 s spacing
+        items.append({"clip_id": f"clip{k}", "path": p, "duration_s": 4.0})
+    common = dict(model=vlm, max_tokens=max_tokens, max_frames=4, max_side=112, retry_bad=0,
+                  summary={"model": lm, "max_tokens": max_tokens})
+    cfgs = {"video": CaptionConfig(**common),
+            "frames_then_summary": CaptionConfig(**common, mode="frames_then_summary")}
+    steps = {m: caption_steps(c) for m, c in cfgs.items()}
+    for st in (s for v in steps.values() for s in v):
+        st.ensure_setup()  # models load once, outside the timed runs
+    out: dict[str, list] = {m: [] for m in cfgs}
+    for i in range(repeats + 1):  # the first round warms both up (caches, allocator) and is dropped
+        for m in (list(cfgs) if i % 2 else list(cfgs)[::-1]):
+            t0 = time.perf_counter()
+            rows = run_local(steps[m], items)  # frame decode + every model call, as the stage runs them
+            dt = time.perf_counter() - t0
+            assert len(rows) == n and all(r["error"] is None for r in rows), [r["error"] for r in rows]
+            calls = sum(1 + (r["frames"] if m != "video" else 0) for r in rows)  # VLM calls (+1 summary)
+            if i:
+                out[m].append((dt / n, sum(r["tokens_out"] for r in rows) / n, calls / n))
+    paired = statistics.median(a[0] / b[0] for a, b in zip(out["frames_then_summary"], out["video"]))
+    med = {m: [statistics.median(x[j] for x in v) for j in range(3)] for m, v in out.items()}
+    return {"per_clip": med, "ratio": paired}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clips", type=int, default=48)
@@ -175,6 +266,10 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8, help="requests in flight (servers)")
     ap.add_argument("--batch", type=int, default=8, help="clips per generate call (in-process engines)")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--part", choices=["all", "engines", "overhead", "modes"], default="all",
+                    help="engines: the throughput table; overhead: client CPU vs bare httpx (echo server); "
+                         "modes: frames_then_summary vs video cost per clip")
+    ap.add_argument("--rounds", type=int, default=10, help="overhead: requests per run = clips x rounds")
     ap.add_argument("--vllm-offline-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.vllm_offline_worker:
@@ -193,6 +288,30 @@ def main() -> None:
                         sample_fps=args.frames / 2.0, max_side=112, max_tokens=args.max_tokens)
     params = SamplingParams(args.max_tokens, 0.0, 1.0)
     reqs, frame_rate = make_requests(tmp, args.clips, cfg)
+    head = (f"{datetime.date.today()}, python {platform.python_version()}, torch {torch.__version__}, "
+            f"transformers {transformers.__version__}, CPU ({os.cpu_count()} cores)")
+    if args.part in ("all", "overhead"):
+        r = client_overhead(reqs, args.concurrency, args.repeats, args.rounds)
+        n = args.clips * args.rounds
+        print(f"\n## OpenAI client overhead, {head} — {n} requests x {args.frames} JPEG frames per run against an "
+              f"instant echo server (other process), concurrency {args.concurrency}, {args.repeats} paired runs\n")
+        print("| client | client CPU ms/request | wall s/run | note |\n|---|---:|---:|---|")
+        print(f"| our OpenAI engine | {r['ours_cpu_ms']:.3f} | {r['ours_s']:.2f} | CPU {r['cpu_overhead'] * 100:+.1f}% "
+              f"vs bare (median paired ratio; target < 10%); wall {r['overhead'] * 100:+.1f}% |")
+        print(f"| bare httpx | {r['bare_cpu_ms']:.3f} | {r['bare_s']:.2f} | peer |")
+    if args.part in ("all", "modes"):
+        from captioning.tiny_lm import build_tiny_text_lm
+
+        lm = build_tiny_text_lm(os.path.join(tmp, "tiny-text-lm"))
+        m = mode_cost(tmp, model, lm, max(2, args.clips // 6), args.max_tokens, max(1, args.repeats // 2))
+        print(f"\n## Caption modes per clip, {head} — 4-s clips, tiny VLM + tiny text LM (transformers, in "
+              f"process), max_tokens {args.max_tokens}, median of paired runs\n")
+        print("| mode | seconds/clip | generated tokens/clip | model calls/clip | note |\n|---|---:|---:|---:|---|")
+        for mode, (sec, toks, calls) in m["per_clip"].items():
+            note = f"{m['ratio']:.2f}x the video mode's time (median paired ratio)" if mode != "video" else "peer"
+            print(f"| {mode} | {sec:.3f} | {toks:.1f} | {calls:.1f} | {note} |")
+    if args.part not in ("all", "engines"):
+        return
     rows = [("frame step (decode + JPEG, 1 CPU)", args.clips / frame_rate, None, "")]
 
     from captioning.engines.transformers_local import TransformersEngine

@@ -3,7 +3,10 @@
     python -m captioning recaption --root data/demo --run qwen7b-dense-v2 [--config pipelines.yaml]
         [--set model=Qwen/Qwen2.5-VL-7B-Instruct --set engine=vllm ...]
         [--shards 'data/demo/shards/train/*.tar' --out data/demo/shards/train-v2 --caption-key txt]
+    python -m captioning enhance --root data/demo [--source default] [--run default-enhanced]
+        [--config pipelines.yaml] [--set enhance.model=... --set enhance.engine=openai ...]
     python -m captioning tiny-model OUT_DIR     # the tiny random Qwen2.5-VL used by tests and the demo
+    python -m captioning tiny-text-model OUT_DIR   # the tiny random Qwen2 text LM (summary, enhance)
 
 `--set` keys are relative to the `caption` section of pipelines.yaml. Re-running the same command
 resumes: clips with a caption in the run are skipped, failed ones retried, finished shards kept.
@@ -55,8 +58,19 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--caption-key", default="txt",
                    help="member extension of the new caption: an existing one is replaced, a new one is added")
     r.add_argument("--local", action="store_true", help="run in this process instead of on Ray")
+    en = sub.add_parser("enhance", help="rewrite a captions run with a text LM into a new run (caption.enhance)")
+    en.add_argument("--root", required=True, help="dataset root holding captions/<source>/")
+    en.add_argument("--source", default=None,
+                    help="run to rewrite (default: caption.enhance.source_run, else caption.run)")
+    en.add_argument("--run", default=None, help="output run (default: caption.enhance.run, else <source>-enhanced)")
+    en.add_argument("--config", default=None, help="pipelines.yaml whose caption section to start from")
+    en.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a caption key, e.g. enhance.model=... enhance.engine=openai")
+    en.add_argument("--local", action="store_true", help="run in this process instead of on Ray")
     t = sub.add_parser("tiny-model", help="build the tiny random Qwen2.5-VL (tests, demo)")
     t.add_argument("out")
+    tt = sub.add_parser("tiny-text-model", help="build the tiny random Qwen2 text LM (tests, demo)")
+    tt.add_argument("out")
     args = ap.parse_args(argv)
 
     if args.cmd == "tiny-model":
@@ -64,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
 
         print(build_tiny_qwen25_vl(args.out))
         return 0
+    if args.cmd == "tiny-text-model":
+        from captioning.tiny_lm import build_tiny_text_lm
+
+        print(build_tiny_text_lm(args.out))
+        return 0
+    if args.cmd == "enhance":
+        return enhance_main(args)
 
     from curation.config import ConfigError
 
@@ -89,6 +110,37 @@ def main(argv: list[str] | None = None) -> int:
         print("some clips have no caption yet (engine errors, see the error column): run the same command again "
               "to retry them", file=sys.stderr)
     return 1 if incomplete else 0
+
+
+def enhance_main(args: argparse.Namespace) -> int:
+    from curation.config import ConfigError
+
+    sets = list(args.set) + ([f"enhance.source_run={args.source}"] if args.source else []) + \
+        ([f"enhance.run={args.run}"] if args.run else [])
+    try:
+        cfg = load_caption_config(args.config, sets, None)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from captioning.enhance import enhance_run
+    from captioning.stage import prepare_text_model
+    from curation.storage import Storage
+
+    cfg = cfg.model_copy(update={"enhance": prepare_text_model(cfg.enhance)})
+    try:
+        if not args.local:
+            from curation.runner import init_ray
+
+            init_ray()
+        counts = enhance_run(Storage(args.root), cfg, local=args.local)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump(counts, sort_keys=False).strip())
+    if counts["errors"]:
+        print("some clips have no enhanced caption (see the error column): run the same command again to retry "
+              "them", file=sys.stderr)
+    return 1 if counts["errors"] else 0
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from captioning.prompts import check_placeholders
 
 
 class _Strict(BaseModel):
@@ -56,10 +58,62 @@ class TransformersEngineConfig(_Strict):
     attn_implementation: str | None = None  # e.g. "sdpa", "flash_attention_2"; None = transformers' choice
 
 
+class TextLMConfig(_Strict):
+    """A text-only language model (the summary of frame captions, caption enhancement, prompt expansion)."""
+
+    engine: Literal["transformers", "vllm", "openai"] = "transformers"  # which engine generates
+    model: str = "Qwen/Qwen2.5-7B-Instruct"  # local folder or hub name (openai: the served model name)
+    demo_model: bool = False  # build the tiny random text LM at `model` when that folder is missing (demo)
+    prompt: str = "summary-v1"  # name of a versioned template in captioning/prompts.py
+    prompt_text: str | None = None  # a custom template instead (same placeholders as the named one)
+    max_tokens: int = Field(512, ge=1)  # new tokens per output
+    temperature: float = Field(0.0, ge=0)  # 0 = greedy
+    top_p: float = Field(1.0, gt=0, le=1)  # nucleus sampling when temperature > 0
+    openai: OpenAIEngineConfig = OpenAIEngineConfig()
+    vllm: VLLMEngineConfig = VLLMEngineConfig()
+    transformers: TransformersEngineConfig = TransformersEngineConfig()
+    # Its own Ray actors. Keep num_cpus apart from the caption step's: Ray Data would otherwise be free to
+    # fuse the two model steps into one worker.
+    resources: CaptionResources = CaptionResources(num_cpus=0.25, workers=1, batch_size=8)
+
+    @field_validator("prompt_text")
+    @classmethod
+    def _known_placeholders(cls, v: str | None, info: "object") -> str | None:
+        if v is not None:
+            check_placeholders(v, info.data.get("prompt", "summary-v1"))
+        return v
+
+
+class SummaryConfig(TextLMConfig):
+    """mode frames_then_summary: key frames captioned one by one, then summarised by a text LM."""
+
+    keyframe_every_s: float = Field(2.0, gt=0)  # one key frame per this many seconds of clip (from t=0)
+    max_keyframes: int = Field(16, ge=1)  # cap; longer clips get this many, evenly spread
+    frame_prompt: str = "frame-v1"  # template of the image caption of one key frame
+    video_prompt: str | None = None  # also caption the whole clip with this template (e.g. short-v1) and
+    # give that short video caption to the summary; None = frame captions only
+
+
+class EnhanceConfig(TextLMConfig):
+    """A text-LM rewrite of every caption of one run, written as a new run (the source run stays)."""
+
+    enabled: bool = False  # run it after the caption stage (`python -m captioning enhance` runs it any time)
+    source_run: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$")  # run to rewrite; None = caption.run
+    run: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$")  # output run; None = <source_run>-enhanced
+    prompt: str = "enhance-v1"  # template; placeholders {caption}, {target_words}, {style}, {camera}
+    target_words: int = Field(120, ge=5)  # length the rewrite aims at
+    style: str = "one fluent paragraph in the present tense, concrete and visual"  # wording of the style
+    require_camera_motion: bool = True  # with the scores table's motion_camera_type: the rewrite must name it
+    # (checked; a rewrite that does not is retried once, then flagged `no_camera_motion`)
+    expand_prompt: str = "expand-v1"  # template of `python -m training sample --enhance-prompt`
+
+
 class CaptionConfig(_Strict):
     """Caption stage: which engine/model/prompt captions which clips, into which captions run."""
 
     run: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$")  # run name: rows go to <root>/captions/<run>/
+    mode: Literal["video", "frames_then_summary"] = "video"  # one VLM call per clip, or CogVideoX's recipe:
+    # key-frame image captions with their times, then a text LM (`summary`) writes the dense caption
     engine: Literal["transformers", "vllm", "openai"] = "transformers"  # which engine captions
     model: str = "Qwen/Qwen2.5-VL-7B-Instruct"  # local folder or hub name (openai: the served model name)
     demo_model: bool = False  # build the tiny random Qwen2.5-VL at `model` when that folder is missing (demo)
@@ -84,6 +138,8 @@ class CaptionConfig(_Strict):
     # Engine step. Its CPU share differs from frames_resources on purpose: Ray Data fuses consecutive steps
     # with equal resources into one worker, which would put frame decoding back inside the engine actor.
     resources: CaptionResources = CaptionResources(num_cpus=0.5, workers=1, batch_size=8)
+    summary: SummaryConfig = SummaryConfig()  # the text LM of mode frames_then_summary
+    enhance: EnhanceConfig = EnhanceConfig()  # the optional rewrite pass into a new run
 
     @model_validator(mode="after")
     def _check(self) -> "CaptionConfig":

@@ -62,3 +62,52 @@ def quality_flags(text: str, finish_reason: str | None) -> list[str]:
     if text and is_looping(text):
         flags.append("looping")
     return flags
+
+
+# Temperature of the re-generation of a bad caption: greedy decoding would repeat the same output.
+RETRY_TEMPERATURE = 0.7
+
+
+def judge(g: "object", extra: "object" = None, i: int = 0) -> tuple["object", str, list[str]]:
+    """(generation, cleaned text, flags); `extra(i, text) -> [flags]` adds the caller's own checks of
+    request i (e.g. that an enhanced caption names the clip's camera motion)."""
+    text = clean(g.text or "")
+    if g.error:
+        return g, text, []
+    flags = quality_flags(text, g.finish_reason)
+    return g, text, flags + (list(extra(i, text)) if extra else [])
+
+
+def generate_judged(call: "object", n: int, params: "object", retry_bad: int,
+                    extra: "object" = None) -> tuple[list[tuple], list[int]]:
+    """Run `call(indices, params) -> [Generation]` for all n requests, then re-generate the bad ones (any
+    flag) up to `retry_bad` times at RETRY_TEMPERATURE, keeping for each the result with fewest flags.
+
+    Returns ([(generation, text, flags)] per request, [retries] per request). An exception of `call`
+    becomes an error Generation for the whole batch (first call) or ends the retries (later calls).
+    """
+    from dataclasses import replace
+
+    from captioning.engines.base import Generation
+
+    try:
+        gens = call(list(range(n)), params)
+    except Exception as e:  # the engine itself broke: every request of the batch gets the error
+        gens = [Generation(error=f"engine: {type(e).__name__}: {e}") for _ in range(n)]
+    results = [judge(g, extra, i) for i, g in enumerate(gens)]
+    retries = [0] * n
+    for attempt in range(1, retry_bad + 1):
+        bad = [i for i, (g, _, flags) in enumerate(results) if g.error is None and flags]
+        if not bad:
+            break
+        p = replace(params, temperature=max(params.temperature, RETRY_TEMPERATURE), seed=attempt)
+        try:
+            again = call(bad, p)
+        except Exception:  # keep what we have: the flags say what is wrong
+            break
+        for i, g in zip(bad, again):
+            retries[i] += 1
+            new = judge(g, extra, i)
+            if g.error is None and len(new[2]) <= len(results[i][2]):
+                results[i] = new
+    return results, retries

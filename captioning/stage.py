@@ -28,9 +28,6 @@ from curation.tables import read_table, write_part
 
 log = logging.getLogger(__name__)
 
-# Temperature of the re-generation of a bad caption: greedy decoding would repeat the same output.
-RETRY_TEMPERATURE = 0.7
-
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -47,8 +44,8 @@ class SampleFrames(Stage):
 
     def process_row(self, row: dict) -> list[dict]:
         want_video = self.cfg.engine == "openai" and self.cfg.openai.video_as == "video_url"
-        duration = _value(row.get("duration_s"))
-        if _value(row.get("tar")):  # a WebDataset sample: read its mp4 member in place
+        duration = plain_value(row.get("duration_s"))
+        if plain_value(row.get("tar")):  # a WebDataset sample: read its mp4 member in place
             data = read_range(row["tar"], int(row["offset"]), int(row["size"]))
             frames, fps = sample_frames_from_bytes(data, duration, self.cfg, f"{row['tar']}:{row['clip_id']}")
         else:
@@ -82,55 +79,44 @@ class Caption(Stage):
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         self.ensure_setup()
-        out = [self._row(r["clip_id"], Generation(error=r["error"]), 0, []) for r in rows if _value(r.get("error"))]
-        todo = [r for r in rows if not _value(r.get("error"))]
+        out = [self._row(r["clip_id"], Generation(error=r["error"]), 0, []) for r in rows if plain_value(r.get("error"))]
+        todo = [r for r in rows if not plain_value(r.get("error"))]
         if not todo:
             return out
         reqs = [CaptionRequest(r["clip_id"], list(r["frames"]), float(r["fps"]), r.get("video")) for r in todo]
         params = SamplingParams(self.cfg.max_tokens, self.cfg.temperature, self.cfg.top_p)
-        try:
-            gens = self.engine.generate(reqs, self.prompt, params)
-        except Exception as e:  # the engine itself broke: every clip of the batch gets the error
-            gens = [Generation(error=f"engine: {type(e).__name__}: {e}") for _ in reqs]
-        results = [_judge(g) for g in gens]
-        retries = [0] * len(reqs)
-        for attempt in range(1, self.cfg.retry_bad + 1):
-            bad = [i for i, (g, text, flags) in enumerate(results) if g.error is None and flags]
-            if not bad:
-                break
-            p = SamplingParams(self.cfg.max_tokens, max(self.cfg.temperature, RETRY_TEMPERATURE), self.cfg.top_p,
-                               seed=attempt)
-            try:
-                again = self.engine.generate([reqs[i] for i in bad], self.prompt, p)
-            except Exception as e:
-                log.warning("retry of %d bad captions failed: %s", len(bad), e)
-                break
-            for i, g in zip(bad, again):
-                retries[i] += 1
-                new = _judge(g)
-                if g.error is None and len(new[2]) <= len(results[i][2]):
-                    results[i] = new
-        for r, req, (g, text, flags), n in zip(todo, reqs, results, retries):
+        results, retries = postprocess.generate_judged(
+            lambda idx, p: self.engine.generate([reqs[i] for i in idx], self.prompt, p), len(reqs), params,
+            self.cfg.retry_bad)
+        for req, (g, text, flags), n in zip(reqs, results, retries):
             out.append(self._row(req.clip_id, g, len(req.frames), flags, text, n))
         return out
 
     def _row(self, clip_id: str, g: Generation, frames: int, flags: list[str], text: str | None = None,
              retries: int = 0) -> dict:
-        return {"clip_id": clip_id, "text": None if g.error else text, "raw_text": None if g.error else g.text,
-                "model": self.cfg.model, "engine": self.cfg.engine, "prompt": self.prompt.name,
-                "prompt_hash": self.prompt.hash, "frames": frames, "tokens_in": g.tokens_in,
-                "tokens_out": g.tokens_out, "latency_s": g.latency_s, "finish_reason": g.finish_reason,
-                "flags": flags, "retries": retries, "error": g.error, "created_at": _now()}
+        return caption_row(clip_id, g, flags, text, retries, model=self.cfg.model, engine=self.cfg.engine,
+                           prompt=self.prompt.name, prompt_hash=self.prompt.hash, frames=frames, mode="video")
 
 
-def _value(v: object) -> object:
-    """None for a missing value: rows that crossed Ray Data's pandas batches carry NaN for nulls."""
+def caption_row(clip_id: str, g: Generation, flags: list[str], text: str | None, retries: int,
+                **fields: object) -> dict:
+    """A captions-table row from the final generation of a clip (text and raw text only when it succeeded)."""
+    row = {f: None for f in CAPTIONS.names}
+    row.update({"clip_id": clip_id, "text": None if g.error else text, "raw_text": None if g.error else g.text,
+                "tokens_in": g.tokens_in, "tokens_out": g.tokens_out, "text_tokens": g.tokens_out,
+                "latency_s": g.latency_s,
+                "finish_reason": g.finish_reason, "flags": flags, "retries": retries, "error": g.error,
+                "created_at": _now()})
+    row.update(fields)
+    return row
+
+
+def plain_value(v: object) -> object:
+    """A plain Python value: rows that crossed Ray Data's pandas batches carry NaN for nulls and numpy
+    arrays (and scalars) for lists (and numbers)."""
+    if hasattr(v, "tolist") and not isinstance(v, (bytes, str)):
+        v = v.tolist()
     return None if v is None or (isinstance(v, float) and v != v) else v
-
-
-def _judge(g: Generation) -> tuple[Generation, str, list[str]]:
-    text = postprocess.clean(g.text or "")
-    return g, text, ([] if g.error else postprocess.quality_flags(text, g.finish_reason))
 
 
 def read_range(uri: str, offset: int, size: int | None) -> bytes:
@@ -178,11 +164,21 @@ def caption_items(storage: Storage, cfg: CaptionConfig, items: list[dict], local
 
     done = done_ids(storage, cfg.run)
     todo = [i for i in items if i["clip_id"] not in done]
+    stages = caption_steps(cfg)
     prompt = get_prompt(cfg.prompt, cfg.prompt_text)
-    write_run_info(storage, cfg.run, {"engine": cfg.engine, "model": cfg.model, "prompt": prompt.name,
-                                      "prompt_hash": prompt.hash, "prompt_system": prompt.system,
-                                      "prompt_user": prompt.user, "started_at": _now(),
-                                      "config": cfg.model_dump(mode="json")})
+    if cfg.mode == "frames_then_summary":
+        from captioning.summary import reusable_frames
+
+        reuse = reusable_frames(storage, cfg)
+        # Every item carries the same keys (Ray Data blocks need one schema); a clip whose summary failed
+        # before brings its frame captions along.
+        empty = {"frame_times": None, "frame_texts": None, "video_caption": None}
+        todo = [{**i, **empty, **reuse.get(i["clip_id"], {})} for i in todo]
+        prompt = stages[-1].prompt
+    write_run_info(storage, cfg.run, {"mode": cfg.mode, "engine": cfg.engine, "model": cfg.model,
+                                      "prompt": prompt.name, "prompt_hash": prompt.hash,
+                                      "prompt_system": prompt.system, "prompt_user": prompt.user,
+                                      "started_at": _now(), "config": cfg.model_dump(mode="json")})
     counts = {"clips": len(items), "skipped": len(items) - len(todo), "captioned": 0, "flagged": 0, "errors": 0,
               "unreadable": 0}
     table = table_name(cfg.run)
@@ -199,7 +195,6 @@ def caption_items(storage: Storage, cfg: CaptionConfig, items: list[dict], local
         if on_part is not None:
             on_part(counts)
 
-    stages = [SampleFrames(cfg), Caption(cfg)]
     t0 = time.time()
     if local:
         step = cfg.sink_every
@@ -207,17 +202,45 @@ def caption_items(storage: Storage, cfg: CaptionConfig, items: list[dict], local
             for i in range(0, len(todo), step):
                 sink(run_local(stages, todo[i:i + step]))
         finally:
-            if stages[1].engine is not None:
-                stages[1].engine.close()
+            for st in stages:
+                if getattr(st, "engine", None) is not None:
+                    st.engine.close()
     else:
         run_pipeline(todo, stages, sink, sink_every=cfg.sink_every, progress=progress)
     counts["seconds"] = round(time.time() - t0, 3)
     return counts
 
 
+def caption_steps(cfg: CaptionConfig) -> list[Stage]:
+    """The pipeline steps of `cfg.mode` (prompts are checked here, before any work)."""
+    if cfg.mode == "frames_then_summary":
+        from captioning.summary import CaptionFrames, SampleKeyFrames, Summarize
+
+        return [SampleKeyFrames(cfg), CaptionFrames(cfg), Summarize(cfg)]
+    return [SampleFrames(cfg), Caption(cfg)]
+
+
+def prepare_text_model(t: "object") -> "object":
+    """prepare_model for a TextLMConfig (summary, enhance): absolute folder; the tiny text LM with demo_model."""
+    if t.engine == "openai":
+        return t
+    if t.demo_model and not os.path.exists(os.path.join(t.model, "config.json")):
+        from captioning.tiny_lm import build_tiny_text_lm
+
+        print(f"[caption] building the tiny random demo text LM at {t.model}", file=sys.stderr)
+        build_tiny_text_lm(t.model)
+    if os.path.isdir(t.model):
+        return t.model_copy(update={"model": os.path.abspath(t.model)})
+    return t
+
+
 def prepare_model(cfg: CaptionConfig) -> CaptionConfig:
     """A local model folder as an absolute path (Ray workers do not share the driver's working dir);
     with `demo_model`, the tiny random Qwen2.5-VL is built there first when the folder is missing."""
+    if cfg.mode == "frames_then_summary":
+        cfg = cfg.model_copy(update={"summary": prepare_text_model(cfg.summary)})
+    if cfg.enhance.enabled:
+        cfg = cfg.model_copy(update={"enhance": prepare_text_model(cfg.enhance)})
     if cfg.engine == "openai":
         return cfg
     if cfg.demo_model and not os.path.exists(os.path.join(cfg.model, "config.json")):
@@ -233,4 +256,9 @@ def prepare_model(cfg: CaptionConfig) -> CaptionConfig:
 def run(cfg: "object", ctx: "object") -> dict:
     """Pipeline entry (`python -m curation run pipelines.yaml --stage caption`)."""
     ccfg = prepare_model(cfg.caption)
-    return caption_items(ctx.storage, ccfg, clip_items(ctx.storage, ccfg), progress=cfg.ray.progress)
+    counts = caption_items(ctx.storage, ccfg, clip_items(ctx.storage, ccfg), progress=cfg.ray.progress)
+    if ccfg.enhance.enabled:
+        from captioning.enhance import enhance_run
+
+        counts["enhance"] = enhance_run(ctx.storage, ccfg, progress=cfg.ray.progress)
+    return counts

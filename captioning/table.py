@@ -13,6 +13,8 @@ import pyarrow as pa
 from curation.storage import Storage
 from curation.tables import read_table
 
+FRAME_CAPTION = pa.struct([("t_s", pa.float64()), ("text", pa.string())])  # time in the clip (s), caption
+
 CAPTIONS = pa.schema([
     ("clip_id", pa.string()),
     ("text", pa.string()),            # cleaned caption (boilerplate opening stripped); null on error
@@ -30,6 +32,13 @@ CAPTIONS = pa.schema([
     ("retries", pa.int32()),          # re-generations spent on a bad caption
     ("error", pa.string()),           # why there is no caption (frames or engine); null when captioned
     ("created_at", pa.string()),      # UTC time the row was written (ISO 8601)
+    ("mode", pa.string()),            # "video", "frames_then_summary" or "enhance" (null: written before modes)
+    ("frame_captions", pa.list_(FRAME_CAPTION)),  # frames_then_summary: each key frame's caption and time
+    ("video_caption", pa.string()),   # frames_then_summary with summary.video_prompt: the short video caption
+    ("summary_model", pa.string()),   # the text LM that wrote `text` (summary or enhance), else null
+    ("summary_engine", pa.string()),  # its engine
+    ("source_run", pa.string()),      # enhance: the run whose caption was rewritten
+    ("text_tokens", pa.int32()),      # tokens of the caption's own generation (tokens_in/out: the whole clip's)
 ])
 
 _INT_COLUMNS = [f.name for f in CAPTIONS if pa.types.is_integer(f.type)]
@@ -46,12 +55,28 @@ def normalize(row: dict) -> dict:
         if out[c] is not None:
             out[c] = int(out[c])
     out["flags"] = list(out["flags"] or [])
+    if out["frame_captions"] is None and row.get("frame_texts") is not None:  # the steps carry two lists
+        out["frame_captions"] = [{"t_s": float(t), "text": x} for t, x in zip(row["frame_times"], row["frame_texts"])]
     return out
+
+
+def frame_lists(captions: list[dict] | None) -> tuple[list[float], list[str]] | tuple[None, None]:
+    """The (times, texts) lists of a frame_captions cell, (None, None) when it is empty."""
+    if not captions:
+        return None, None
+    return [c["t_s"] for c in captions], [c["text"] for c in captions]
+
+
+def conform(t: pa.Table) -> pa.Table:
+    """`t` in the CAPTIONS schema: columns that older parts lack come back as nulls."""
+    cols = [t.column(f.name).cast(f.type) if f.name in t.column_names else pa.nulls(t.num_rows, f.type)
+            for f in CAPTIONS]
+    return pa.Table.from_arrays(cols, schema=CAPTIONS)
 
 
 def read_captions(storage: Storage, run: str) -> pa.Table:
     """One row per clip of a captions run (see module doc for which row wins)."""
-    t = read_table(storage, table_name(run), schema=CAPTIONS, key="")
+    t = conform(read_table(storage, table_name(run), schema=CAPTIONS, key=""))
     if t.num_rows == 0:
         return t
     rows = t.to_pylist()

@@ -333,8 +333,11 @@ def html_report(root: str, storage: Storage, t: pa.Table, counts: dict, s: dict,
     return "".join(out)
 
 
-def main(root: str, html: str | None = None, per_sheet: int = THUMBS_PER_SHEET) -> int:
+def main(root: str, html: str | None = None, per_sheet: int = THUMBS_PER_SHEET,
+         compare: tuple[str, str] | None = None) -> int:
     """Print the summary; write the HTML report unless `html` is None ("" = <root>/report/index.html)."""
+    from curation.caption_report import caption_report
+
     storage = Storage(root)
     root = redact(root)  # shown: no credentials or connection options (curation/uris.py)
     t, rules = load_scores(storage)
@@ -344,8 +347,15 @@ def main(root: str, html: str | None = None, per_sheet: int = THUMBS_PER_SHEET) 
         return 1
     s = summarize(t, rules) if t.num_rows else {"clips": 0, "rules": rules}
     print(terminal_report(root, counts, s))
+    try:
+        cap_lines, cap_html = caption_report(storage, compare=compare)
+    except ValueError as e:  # a --compare run that does not exist
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if cap_lines:
+        print("\n".join(cap_lines))
     if html is not None and t.num_rows:
-        page = html_report(root, storage, t, counts, s, per_sheet).encode()
+        page = html_report(root, storage, t, counts, s, per_sheet).replace("</body>", cap_html + "</body>").encode()
         if html == "":
             storage.write_bytes("report/index.html", page)
             html = redact(storage.uri("report/index.html"))

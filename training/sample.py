@@ -147,6 +147,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even when the run kept an EMA")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--enhance-prompt", nargs="?", const="pipelines.yaml", metavar="CONFIG",
+                   help="expand each prompt with the caption.enhance LM of CONFIG (default pipelines.yaml) first")
     return p
 
 
@@ -173,6 +175,15 @@ def load_for_sampling(a: argparse.Namespace, device: torch.device) -> tuple[dict
 
 def main(argv: list[str]) -> int:
     a = parser().parse_args(argv)
+    original = list(a.prompt)
+    if a.enhance_prompt:  # CogVideoX's prompt optimisation: short prompt -> the long style of training captions
+        from captioning.enhance import expand_prompts
+
+        try:
+            a.prompt = expand_prompts(a.prompt, a.enhance_prompt)
+        except ValueError as e:  # a bad config or an LM that gave no expansion
+            print(f"[training sample] error: {e}", file=sys.stderr, flush=True)
+            return 2
     from training.parallelize import pick_device
 
     device = pick_device(a.device, 0)
@@ -185,6 +196,9 @@ def main(argv: list[str]) -> int:
                      s, device, progress=True)
     for i, v in enumerate(video):
         path = write_mp4(v, os.path.join(out, f"sample_{i:03d}.mp4"), s.fps)
+        if a.enhance_prompt:  # the prompt the video was made from, next to it
+            with open(path[:-4] + ".txt", "w") as f:
+                f.write(f"{original[i]}\n\n{a.prompt[i]}\n")
         print(f"[training sample] {a.prompt[i]!r} -> {path}", flush=True)
     return 0
 

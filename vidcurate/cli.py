@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("root")
     i.add_argument("--html", default=None, help="write the HTML report here (default <root>/report/index.html)")
     i.add_argument("--no-html", action="store_true")
+    i.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="two captions runs side by side")
     args = ap.parse_args(argv)
     try:
         return _dispatch(args)
@@ -68,5 +69,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "inspect":
         from curation.inspect import main as inspect_main
 
-        return inspect_main(args.root, html=None if args.no_html else (args.html or ""))
+        return inspect_main(args.root, html=None if args.no_html else (args.html or ""),
+                            compare=tuple(args.compare) if args.compare else None)
     return 1

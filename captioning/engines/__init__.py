@@ -6,9 +6,10 @@ stage, the config and the CLI import without them.
 from __future__ import annotations
 
 from captioning.config import CaptionConfig
-from captioning.engines.base import CaptionRequest, Engine, Generation, SamplingParams
+from captioning.engines.base import CaptionRequest, Engine, Generation, SamplingParams, TextEngine, TextRequest
 
-__all__ = ["CaptionRequest", "Engine", "Generation", "SamplingParams", "make_engine"]
+__all__ = ["CaptionRequest", "Engine", "Generation", "SamplingParams", "TextEngine", "TextRequest", "make_engine",
+           "make_text_engine"]
 
 
 def make_engine(cfg: CaptionConfig) -> Engine:
@@ -26,3 +27,20 @@ def make_engine(cfg: CaptionConfig) -> Engine:
 
         return TransformersEngine(cfg)
     raise ValueError(f"caption.engine: unknown engine {cfg.engine!r}")
+
+
+def make_text_engine(cfg: "object") -> TextEngine:
+    """The text-only engine of a TextLMConfig (`caption.summary`, `caption.enhance`), model loaded."""
+    if cfg.engine == "openai":
+        from captioning.engines.openai import OpenAITextEngine
+
+        return OpenAITextEngine(cfg)
+    if cfg.engine == "vllm":
+        from captioning.engines.vllm_offline import VLLMTextEngine
+
+        return VLLMTextEngine(cfg)
+    if cfg.engine == "transformers":
+        from captioning.engines.transformers_local import TransformersTextEngine
+
+        return TransformersTextEngine(cfg)
+    raise ValueError(f"unknown text engine {cfg.engine!r}")

@@ -21,6 +21,7 @@ class CaptionRequest:
     frames: list[bytes]  # JPEG frames in time order (all the same size)
     fps: float  # rate the frames were sampled at (the model's video metadata)
     video: bytes | None = None  # the clip's mp4, only when openai.video_as == "video_url"
+    as_images: bool = False  # send the frames as separate images whatever video_input says (key frames)
 
 
 @dataclass
@@ -60,6 +61,43 @@ class Engine(ABC):
 
     def close(self) -> None:
         """Release servers, clients or GPU memory."""
+
+    def wants_video(self, req: CaptionRequest) -> bool:
+        """Whether `req` goes in as one video (else as images)."""
+        return self.cfg.video_input == "video" and not req.as_images
+
+
+@dataclass
+class TextRequest:
+    """One text-only generation: a clip's summary or rewrite, or a prompt to expand."""
+
+    key: str  # clip id (or prompt index): named in errors
+    system: str | None  # system message (None: the chat template's default)
+    user: str  # the filled-in template
+
+
+class TextEngine(ABC):
+    """A text-only language model behind the same contract: one Generation per request, never raising
+    for one request. Built once per worker from a TextLMConfig (`caption.summary`, `caption.enhance`)."""
+
+    name: str = "text-engine"
+
+    def __init__(self, cfg: "object") -> None:
+        self.cfg = cfg
+        self.model = cfg.model
+
+    @abstractmethod
+    def generate_text(self, requests: list[TextRequest], params: SamplingParams) -> list[Generation]:
+        """One Generation per request, in order."""
+
+    def close(self) -> None:
+        """Release clients or GPU memory."""
+
+
+def text_messages(req: TextRequest) -> list[dict]:
+    """Chat messages of a text request (plain string contents: every chat template takes them)."""
+    msgs = [{"role": "system", "content": req.system}] if req.system else []
+    return msgs + [{"role": "user", "content": req.user}]
 
 
 def decode_frames(frames: list[bytes]) -> "list":

@@ -16,7 +16,8 @@ import random
 import time
 
 from captioning.config import CaptionConfig
-from captioning.engines.base import CaptionRequest, Engine, Generation, SamplingParams
+from captioning.engines.base import (CaptionRequest, Engine, Generation, SamplingParams, TextEngine, TextRequest,
+                                    text_messages)
 from captioning.prompts import Prompt
 
 log = logging.getLogger(__name__)
@@ -53,14 +54,16 @@ def parse_response(data: dict) -> Generation:
                       tokens_in=usage.get("prompt_tokens"), tokens_out=usage.get("completion_tokens"))
 
 
-class OpenAIEngine(Engine):
-    name = "openai"
+class ChatClient:
+    """Concurrent chat-completion requests to one endpoint with timeouts, retries and backoff.
 
-    def __init__(self, cfg: CaptionConfig) -> None:
-        super().__init__(cfg)
+    One event loop for the client's life, so the connection pool is reused across batches. The API key
+    only ever sits in the Authorization header of the httpx client.
+    """
+
+    def __init__(self, o: "object") -> None:
         import httpx
 
-        o = cfg.openai
         self.o = o
         self.url = o.base_url.rstrip("/") + "/chat/completions"
         headers = {}
@@ -68,44 +71,39 @@ class OpenAIEngine(Engine):
         if key:
             headers["Authorization"] = f"Bearer {key}"
         self.retries = 0  # re-sends so far: a health signal of the server and the network
-        # One loop for the engine's life, so the connection pool is reused across batches.
         self._loop = asyncio.new_event_loop()
         limits = httpx.Limits(max_connections=o.concurrency, max_keepalive_connections=o.concurrency)
-        self._client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(o.timeout_s, connect=10.0),
-                                         limits=limits)
+        self.http = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(o.timeout_s, connect=10.0), limits=limits)
 
-    def __repr__(self) -> str:  # never show the headers (the key)
-        return f"OpenAIEngine(url={self.url!r}, model={self.model!r})"
+    def run(self, bodies: list[dict | Generation], keys: list[str]) -> list[Generation]:
+        """POST every body (at most `concurrency` in flight); a Generation in place of a body passes through."""
+        return self._loop.run_until_complete(self._batch(bodies, keys))
 
-    def generate(self, requests: list[CaptionRequest], prompt: Prompt, params: SamplingParams) -> list[Generation]:
-        return self._loop.run_until_complete(self._batch(requests, prompt, params))
-
-    async def _batch(self, requests: list[CaptionRequest], prompt: Prompt, params: SamplingParams) -> list[Generation]:
+    async def _batch(self, bodies: list[dict | Generation], keys: list[str]) -> list[Generation]:
         sem = asyncio.Semaphore(self.o.concurrency)
 
-        async def one(req: CaptionRequest) -> Generation:
+        async def one(body: dict | Generation, key: str) -> Generation:
+            if isinstance(body, Generation):
+                return body
             async with sem:
-                return await self._one(req, prompt, params)
+                return await self.post(body, key)
 
-        return list(await asyncio.gather(*(one(r) for r in requests)))
+        return list(await asyncio.gather(*(one(b, k) for b, k in zip(bodies, keys))))
 
-    async def _one(self, req: CaptionRequest, prompt: Prompt, params: SamplingParams) -> Generation:
+    async def post(self, body: dict, key: str) -> Generation:
+        """One request with retries; `key` (the clip) is named in the log, never the body or the headers."""
         import httpx
 
         t0 = time.perf_counter()
-        try:
-            body = chat_payload(self.model, req, prompt, params, self.o.video_as)
-        except ValueError as e:
-            return Generation(error=str(e))
         err = ""
         for attempt in range(self.o.max_retries + 1):
             if attempt:
                 self.retries += 1
-                log.debug("clip %s: retry %d after %s", req.clip_id, attempt, err)
+                log.debug("%s: retry %d after %s", key, attempt, err)
                 delay = self.o.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random())
                 await asyncio.sleep(delay)
             try:
-                r = await self._client.post(self.url, json=body)
+                r = await self.http.post(self.url, json=body)
             except httpx.TimeoutException as e:
                 err = f"timeout after {self.o.timeout_s:.0f}s ({type(e).__name__})"
                 continue
@@ -119,10 +117,69 @@ class OpenAIEngine(Engine):
             err = f"HTTP {r.status_code}: {r.text[:300]}"
             if r.status_code not in _RETRY_STATUS:
                 break
-        log.warning("clip %s: no caption from %s after %d attempt(s): %s", req.clip_id, self.url, attempt + 1, err)
+        log.warning("%s: no answer from %s after %d attempt(s): %s", key, self.url, attempt + 1, err)
         return Generation(error=f"{err} (after {attempt + 1} attempt(s))", latency_s=time.perf_counter() - t0)
 
     def close(self) -> None:
         if not self._loop.is_closed():
-            self._loop.run_until_complete(self._client.aclose())
+            self._loop.run_until_complete(self.http.aclose())
             self._loop.close()
+
+
+class OpenAIEngine(Engine):
+    name = "openai"
+
+    def __init__(self, cfg: CaptionConfig) -> None:
+        super().__init__(cfg)
+        self.o = cfg.openai
+        self.client = ChatClient(cfg.openai)
+        self.url = self.client.url
+        self._client = self.client.http
+
+    def __repr__(self) -> str:  # never show the headers (the key)
+        return f"OpenAIEngine(url={self.url!r}, model={self.model!r})"
+
+    @property
+    def retries(self) -> int:
+        return self.client.retries
+
+    def generate(self, requests: list[CaptionRequest], prompt: Prompt, params: SamplingParams) -> list[Generation]:
+        bodies: list[dict | Generation] = []
+        for r in requests:
+            try:
+                bodies.append(chat_payload(self.model, r, prompt, params, "frames" if r.as_images else self.o.video_as))
+            except ValueError as e:
+                bodies.append(Generation(error=str(e)))
+        return self.client.run(bodies, [f"clip {r.clip_id}" for r in requests])
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def text_payload(model: str, req: TextRequest, params: SamplingParams) -> dict:
+    """The /v1/chat/completions body of a text-only request."""
+    body = {"model": model, "messages": text_messages(req), "max_tokens": params.max_tokens,
+            "temperature": params.temperature, "top_p": params.top_p}
+    if params.temperature > 0:
+        body["seed"] = params.seed
+    return body
+
+
+class OpenAITextEngine(TextEngine):
+    """A text LM behind any OpenAI-compatible server (`vllm serve`, a hosted API)."""
+
+    name = "openai"
+
+    def __init__(self, cfg: "object") -> None:
+        super().__init__(cfg)
+        self.client = ChatClient(cfg.openai)
+
+    def __repr__(self) -> str:
+        return f"OpenAITextEngine(url={self.client.url!r}, model={self.model!r})"
+
+    def generate_text(self, requests: list[TextRequest], params: SamplingParams) -> list[Generation]:
+        return self.client.run([text_payload(self.model, r, params) for r in requests],
+                               [f"clip {r.key}" for r in requests])
+
+    def close(self) -> None:
+        self.client.close()

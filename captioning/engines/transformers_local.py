@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 
 from captioning.config import CaptionConfig
-from captioning.engines.base import (CaptionRequest, Engine, Generation, SamplingParams, decode_frames, messages,
-                                    video_metadata)
+from captioning.engines.base import (CaptionRequest, Engine, Generation, SamplingParams, TextEngine, TextRequest,
+                                    decode_frames, messages, text_messages, video_metadata)
 from captioning.prompts import Prompt
 
 
@@ -24,11 +24,7 @@ class TransformersEngine(Engine):
 
         t = cfg.transformers
         self.torch = torch
-        self.device = t.device if t.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        if t.dtype == "auto":
-            dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        else:
-            dtype = getattr(torch, t.dtype)
+        self.device, dtype = torch_device_dtype(t)
         kw = {"attn_implementation": t.attn_implementation} if t.attn_implementation else {}
         self.processor = AutoProcessor.from_pretrained(cfg.model)
         self.processor.tokenizer.padding_side = "left"
@@ -42,8 +38,18 @@ class TransformersEngine(Engine):
     def generate(self, requests: list[CaptionRequest], prompt: Prompt, params: SamplingParams) -> list[Generation]:
         if not requests:
             return []
+        videos = [self.wants_video(r) for r in requests]
+        if any(videos) and not all(videos):  # one processor call takes either videos or images: split
+            out: dict[int, Generation] = {}
+            for want in (True, False):
+                idx = [i for i, v in enumerate(videos) if v == want]
+                out.update(zip(idx, self.generate([requests[i] for i in idx], prompt, params)))
+            return [out[i] for i in range(len(requests))]
+        return self._generate(requests, prompt, params, videos[0])
+
+    def _generate(self, requests: list[CaptionRequest], prompt: Prompt, params: SamplingParams,
+                  video: bool) -> list[Generation]:
         t0 = time.perf_counter()
-        video = self.cfg.video_input == "video"
         frames = [decode_frames(r.frames) for r in requests]
         texts = [self.processor.apply_chat_template(messages(prompt, len(f), video), add_generation_prompt=True,
                                                     tokenize=False) for f in frames]
@@ -63,14 +69,67 @@ class TransformersEngine(Engine):
             out = self.hf_model.generate(**inputs, max_new_tokens=params.max_tokens, do_sample=sample,
                                       temperature=params.temperature if sample else None,
                                       top_p=params.top_p if sample else None, top_k=None)
-        new = out[:, inputs["input_ids"].shape[1]:].tolist()
-        n_in = inputs["attention_mask"].sum(dim=1).tolist()
-        dt = time.perf_counter() - t0
-        gens = []
-        for row, nin in zip(new, n_in):
-            stop = next((i for i, tok in enumerate(row) if tok in self.eos), None)
-            toks = row if stop is None else row[:stop]
-            text = self.processor.tokenizer.decode(toks, skip_special_tokens=True)
-            gens.append(Generation(text=text, finish_reason="stop" if stop is not None else "length",
-                                   tokens_in=int(nin), tokens_out=len(toks) + (stop is not None), latency_s=dt))
-        return gens
+        return split_generations(out, inputs, self.eos, self.processor.tokenizer, time.perf_counter() - t0)
+
+
+def split_generations(out: "object", inputs: "object", eos: set[int], tokenizer: "object",
+                      dt: float) -> list[Generation]:
+    """One Generation per row of a left-padded `generate` output: text up to the first EOS, token counts."""
+    new = out[:, inputs["input_ids"].shape[1]:].tolist()
+    n_in = inputs["attention_mask"].sum(dim=1).tolist()
+    gens = []
+    for row, nin in zip(new, n_in):
+        stop = next((i for i, tok in enumerate(row) if tok in eos), None)
+        toks = row if stop is None else row[:stop]
+        text = tokenizer.decode(toks, skip_special_tokens=True)
+        gens.append(Generation(text=text, finish_reason="stop" if stop is not None else "length",
+                               tokens_in=int(nin), tokens_out=len(toks) + (stop is not None), latency_s=dt))
+    return gens
+
+
+def torch_device_dtype(t: "object") -> tuple[str, "object"]:
+    """(device, dtype) of a TransformersEngineConfig: "auto" = cuda when present; bf16 on GPU, fp32 on CPU."""
+    import torch
+
+    device = t.device if t.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if t.dtype == "auto":
+        return device, torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return device, getattr(torch, t.dtype)
+
+
+class TransformersTextEngine(TextEngine):
+    """A text-only causal LM in this process: one padded, left-aligned `generate` per batch."""
+
+    name = "transformers"
+
+    def __init__(self, cfg: "object") -> None:
+        super().__init__(cfg)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.device, dtype = torch_device_dtype(cfg.transformers)
+        attn = cfg.transformers.attn_implementation
+        kw = {"attn_implementation": attn} if attn else {}
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+        self.tokenizer.padding_side = "left"
+        self.hf_model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype, **kw).to(self.device).eval()
+        gc = self.hf_model.generation_config
+        eos = gc.eos_token_id if gc.eos_token_id is not None else self.tokenizer.eos_token_id
+        self.eos = set(eos if isinstance(eos, list) else [eos])
+
+    def generate_text(self, requests: list[TextRequest], params: SamplingParams) -> list[Generation]:
+        if not requests:
+            return []
+        t0 = time.perf_counter()
+        texts = [self.tokenizer.apply_chat_template(text_messages(r), add_generation_prompt=True, tokenize=False)
+                 for r in requests]
+        inputs = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False).to(self.device)
+        sample = params.temperature > 0
+        if sample:
+            self.torch.manual_seed(params.seed)
+        with self.torch.inference_mode():
+            out = self.hf_model.generate(**inputs, max_new_tokens=params.max_tokens, do_sample=sample,
+                                         temperature=params.temperature if sample else None,
+                                         top_p=params.top_p if sample else None, top_k=None)
+        return split_generations(out, inputs, self.eos, self.tokenizer, time.perf_counter() - t0)

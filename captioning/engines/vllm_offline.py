@@ -11,9 +11,27 @@ from __future__ import annotations
 import time
 
 from captioning.config import CaptionConfig
-from captioning.engines.base import (CaptionRequest, Engine, Generation, SamplingParams, decode_frames, messages,
-                                    video_metadata)
+from captioning.engines.base import (CaptionRequest, Engine, Generation, SamplingParams, TextEngine, TextRequest,
+                                    decode_frames, messages, text_messages, video_metadata)
 from captioning.prompts import Prompt
+
+
+def vllm_sampling(params: SamplingParams) -> "object":
+    from vllm import SamplingParams as VSP
+
+    return VSP(max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
+               seed=params.seed if params.temperature > 0 else None)
+
+
+def engine_kwargs(model: str, v: "object") -> dict:
+    """vllm.LLM arguments of a VLLMEngineConfig."""
+    kw = dict(model=model, tensor_parallel_size=v.tensor_parallel_size, gpu_memory_utilization=v.gpu_memory_utilization,
+              dtype=v.dtype, enforce_eager=v.enforce_eager, seed=v.seed)
+    if v.max_model_len:
+        kw["max_model_len"] = v.max_model_len
+    if v.max_num_seqs:
+        kw["max_num_seqs"] = v.max_num_seqs
+    return kw
 
 
 def video_item(frames: "list", fps: float) -> tuple:
@@ -32,28 +50,19 @@ class VLLMEngine(Engine):
         from transformers import AutoProcessor
         from vllm import LLM
 
-        v = cfg.vllm
-        kw = dict(model=cfg.model, tensor_parallel_size=v.tensor_parallel_size,
-                  gpu_memory_utilization=v.gpu_memory_utilization, dtype=v.dtype, enforce_eager=v.enforce_eager,
-                  seed=v.seed, limit_mm_per_prompt={"video": 1, "image": cfg.max_frames})
-        if v.max_model_len:
-            kw["max_model_len"] = v.max_model_len
-        if v.max_num_seqs:
-            kw["max_num_seqs"] = v.max_num_seqs
-        self.llm = LLM(**kw)
+        kw = engine_kwargs(cfg.model, cfg.vllm)
+        self.llm = LLM(**kw, limit_mm_per_prompt={"video": 1, "image": cfg.max_frames})
         # The chat template comes from the model's own processor, as `vllm serve` would apply it.
         self.processor = AutoProcessor.from_pretrained(cfg.model)
 
     def generate(self, requests: list[CaptionRequest], prompt: Prompt, params: SamplingParams) -> list[Generation]:
-        from vllm import SamplingParams as VSP
-
         if not requests:
             return []
         t0 = time.perf_counter()
-        video = self.cfg.video_input == "video"
         inputs, gens = [], [None] * len(requests)
         for i, r in enumerate(requests):
             try:
+                video = self.wants_video(r)
                 frames = decode_frames(r.frames)
                 text = self.processor.apply_chat_template(messages(prompt, len(frames), video),
                                                           add_generation_prompt=True, tokenize=False)
@@ -61,8 +70,7 @@ class VLLMEngine(Engine):
                 inputs.append((i, {"prompt": text, "multi_modal_data": mm}))
             except Exception as e:  # a broken clip fails alone
                 gens[i] = Generation(error=f"input: {type(e).__name__}: {e}")
-        sp = VSP(max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
-                 seed=params.seed if params.temperature > 0 else None)
+        sp = vllm_sampling(params)
         try:
             outs = self.llm.generate([x for _, x in inputs], sp, use_tqdm=False) if inputs else []
         except Exception as e:  # e.g. a prompt over max_model_len: retry one by one to isolate it
@@ -81,6 +89,40 @@ class VLLMEngine(Engine):
 
     def _single(self, req: CaptionRequest, prompt: Prompt, params: SamplingParams) -> Generation:
         return self.generate([req], prompt, params)[0]
+
+    def close(self) -> None:
+        del self.llm
+
+
+class VLLMTextEngine(TextEngine):
+    """A text-only LM in vLLM's offline engine: the batch as one `LLM.generate` call."""
+
+    name = "vllm"
+
+    def __init__(self, cfg: "object") -> None:
+        super().__init__(cfg)
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        self.llm = LLM(**engine_kwargs(cfg.model, cfg.vllm))
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+
+    def generate_text(self, requests: list[TextRequest], params: SamplingParams) -> list[Generation]:
+        if not requests:
+            return []
+        t0 = time.perf_counter()
+        prompts = [self.tokenizer.apply_chat_template(text_messages(r), add_generation_prompt=True, tokenize=False)
+                   for r in requests]
+        try:
+            outs = self.llm.generate(prompts, vllm_sampling(params), use_tqdm=False)
+        except Exception as e:  # e.g. one prompt over max_model_len: one by one to isolate it
+            if len(requests) == 1:
+                return [Generation(error=f"generate: {type(e).__name__}: {e}")]
+            return [self.generate_text([r], params)[0] for r in requests]
+        dt = time.perf_counter() - t0
+        return [Generation(text=o.outputs[0].text, finish_reason=o.outputs[0].finish_reason,
+                           tokens_in=len(o.prompt_token_ids or []), tokens_out=len(o.outputs[0].token_ids),
+                           latency_s=dt) for o in outs]
 
     def close(self) -> None:
         del self.llm

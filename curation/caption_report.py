@@ -1,0 +1,273 @@
+"""Caption quality of a dataset root's captions runs, for `python -m curation inspect`.
+
+Reads `<root>/captions/<run>/part-*.parquet` directly with pyarrow (curation is the base layer: it
+never imports captioning) and keeps one row per clip the way captioning.table.read_captions does (a
+caption beats an error, a later row an earlier one). Per run: the length distribution in words and in
+tokens (the generating model's own count), quality flags, the most frequent openings and word 3-grams,
+captions shared by several clips (a broken captioner writes the same text for everything), and the
+share of captions that name the camera motion the motion scorer detected (scores column
+`motion_camera_type`, when present). `--compare RUN_A RUN_B` adds the two runs side by side and a seeded
+sample of clips with both captions next to a contact sheet of the clip.
+"""
+from __future__ import annotations
+
+import base64
+import html as H
+import re
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation import tables
+from curation.storage import Storage
+
+QUANTILES = (0.0, 0.05, 0.5, 0.95, 1.0)
+TOP = 8  # openings, n-grams and shared captions listed per run
+OPENING_WORDS = 3  # an opening is a caption's first this many words
+NGRAM = 3  # word n-grams counted (once per caption)
+SHARED_MIN = 2  # a text written for at least this many clips counts as shared
+COMPARE_SAMPLE = 8  # clips shown with both captions
+CAMERA_COLUMN = "motion_camera_type"
+_COLUMNS = ("clip_id", "text", "flags", "error", "tokens_out", "text_tokens", "mode", "model")
+
+# Words that name each kind of camera motion in a caption (a type is matched by its first word:
+# "pan_left" -> pan). A type not listed here is matched by its own first word and inflections.
+CAMERA_WORDS: dict[str, tuple[str, ...]] = {
+    "static": ("static", "still", "stationary", "fixed", "locked", "steady", "does not move", "motionless"),
+    "pan": ("pan", "pans", "panning", "panned", "sweeps"),
+    "tilt": ("tilt", "tilts", "tilting", "tilted"),
+    "zoom": ("zoom", "zooms", "zooming", "zoomed", "push in", "pulls back", "pull back"),
+    "track": ("track", "tracks", "tracking", "follows", "following", "dolly"),
+    "dolly": ("dolly", "dollies", "tracking", "moves forward", "moves backward"),
+    "roll": ("roll", "rolls", "rolling", "rotates"),
+    "handheld": ("handheld", "hand-held", "shaky", "shakes"),
+}
+_UNKNOWN_CAMERA = {"", "unknown", "none", "null", "nan", "error", "mixed", "complex"}
+
+
+def camera_phrase(camera_type: str | None) -> str | None:
+    """'pan_left' -> 'pan left'; None for a missing or undetermined type."""
+    if camera_type is None or str(camera_type).strip().lower() in _UNKNOWN_CAMERA:
+        return None
+    return re.sub(r"[_\-]+", " ", str(camera_type).strip().lower())
+
+
+def mentions_camera(text: str | None, camera_type: str | None) -> bool | None:
+    """Whether `text` names the camera motion `camera_type`; None when the type is unknown."""
+    phrase = camera_phrase(camera_type)
+    if phrase is None:
+        return None
+    head = phrase.split()[0]
+    words = CAMERA_WORDS.get(head, (head,))
+    low = (text or "").lower()
+    return any(re.search(rf"\b{re.escape(w)}\w*\b" if " " not in w else re.escape(w), low) for w in words)
+
+
+# ----------------------------------------------------------------------------------------------- data
+def list_runs(storage: Storage) -> list[str]:
+    """Captions runs under the root (folders of captions/ holding Parquet parts), in name order."""
+    runs = set()
+    for p in storage.list("captions", ".parquet"):
+        rel = p.split("captions/", 1)[-1]
+        if "/" in rel:
+            runs.add(rel.split("/")[0])
+    return sorted(runs)
+
+
+def read_run(storage: Storage, run: str) -> pa.Table:
+    """One row per clip of a captions run (a caption beats an error; later beats earlier)."""
+    parts = storage.list(f"captions/{run}", ".parquet")
+    if not parts:
+        known = ", ".join(list_runs(storage)) or "none"
+        raise ValueError(f"no captions run {run!r} under {storage.root} (runs: {known})")
+    ts = []
+    for p in parts:
+        f = pq.ParquetFile(storage.fs.open_input_file(storage.path(p)))
+        ts.append(f.read(columns=[c for c in _COLUMNS if c in f.schema_arrow.names]))
+    t = pa.concat_tables(ts, promote_options="permissive")
+    rows = t.to_pylist()
+    best: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        j = best.get(r["clip_id"])
+        if j is None or r.get("error") is None or rows[j].get("error") is not None:
+            best[r["clip_id"]] = i
+    return t.take(sorted(best.values()))
+
+
+def camera_types(storage: Storage) -> dict[str, str]:
+    """clip id -> detected camera motion type, from the scores table (empty when it has no such column)."""
+    parts = storage.list("scores", ".parquet")
+    out: dict[str, str] = {}
+    for p in parts:  # parts in write order: later rows win
+        f = pq.ParquetFile(storage.fs.open_input_file(storage.path(p)))
+        if CAMERA_COLUMN not in f.schema_arrow.names:
+            continue
+        t = f.read(columns=["clip_id", CAMERA_COLUMN])
+        out.update((c, v) for c, v in zip(t.column("clip_id").to_pylist(), t.column(CAMERA_COLUMN).to_pylist())
+                   if v is not None)
+    return out
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.findall(r"[\w']+", text.lower()))
+
+
+def run_stats(t: pa.Table, cameras: dict[str, str]) -> dict:
+    """Statistics of one run's rows (see module doc)."""
+    rows = t.to_pylist()
+    caps = [r for r in rows if r.get("error") is None and r.get("text") is not None]
+    words = np.array([len(r["text"].split()) for r in caps], float)
+    toks = np.array([r.get("text_tokens") if r.get("text_tokens") is not None else (r.get("tokens_out") or 0)
+                     for r in caps], float)
+    flags = Counter(f for r in caps for f in (r.get("flags") or []))
+    norm = [_norm(r["text"]) for r in caps]
+    openings = Counter(" ".join(n.split()[:OPENING_WORDS]) for n in norm if n)
+    grams: Counter = Counter()
+    for n in norm:
+        w = n.split()
+        grams.update({" ".join(w[i:i + NGRAM]) for i in range(len(w) - NGRAM + 1)})
+    same = Counter(n for n in norm if n)
+    shared = [(text, k) for text, k in same.most_common() if k >= SHARED_MIN]
+    cam = [mentions_camera(r["text"], cameras.get(r["clip_id"])) for r in caps]
+    known = [c for c in cam if c is not None]
+    q = lambda v: np.quantile(v, QUANTILES).tolist() if len(v) else []  # noqa: E731
+    return {"clips": len(rows), "captioned": len(caps), "errors": len(rows) - len(caps),
+            "modes": dict(Counter(r.get("mode") or "video" for r in rows)),
+            "models": sorted({r.get("model") or "?" for r in rows}),
+            "words": q(words), "words_mean": float(words.mean()) if len(words) else None,
+            "tokens": q(toks), "flags": dict(flags.most_common()),
+            "flagged": sum(bool(r.get("flags")) for r in caps), "openings": openings.most_common(TOP),
+            "ngrams": grams.most_common(TOP), "shared": shared[:TOP],
+            "shared_clips": sum(k for _, k in shared), "distinct": len(same),
+            "camera_known": len(known), "camera_mentioned": sum(known)}
+
+
+# ------------------------------------------------------------------------------------------- terminal
+def _pct(a: int, b: int) -> str:
+    return f"{100 * a / b:.1f}%" if b else "-"
+
+
+def _q(v: list) -> str:
+    return " / ".join(f"{x:.0f}" for x in v) if v else "-"
+
+
+def terminal_lines(run: str, s: dict) -> list[str]:
+    n = s["captioned"]
+    lines = [f"captions run {run}: {s['clips']} clips, {n} captioned, {s['errors']} errors, "
+             f"{s['flagged']} flagged ({_pct(s['flagged'], n)}); modes {s['modes']}; model {', '.join(s['models'])}",
+             f"  length min/p5/median/p95/max: words {_q(s['words'])}; tokens {_q(s['tokens'])}",
+             f"  flags: {', '.join(f'{k} {v}' for k, v in s['flags'].items()) or 'none'}",
+             f"  distinct texts {s['distinct']} of {n}; shared by >= {SHARED_MIN} clips: {len(s['shared'])} texts "
+             f"covering {s['shared_clips']} clips ({_pct(s['shared_clips'], n)})"]
+    if s["camera_known"]:
+        lines.append(f"  camera motion named: {s['camera_mentioned']} of {s['camera_known']} clips with a detected "
+                     f"type ({_pct(s['camera_mentioned'], s['camera_known'])})")
+    else:
+        lines.append(f"  camera motion named: - (no {CAMERA_COLUMN} in the scores table)")
+    lines.append("  top openings: " + "; ".join(f"'{o}' {k}" for o, k in s["openings"][:5]))
+    lines.append("  top 3-grams (clips): " + "; ".join(f"'{g}' {k}" for g, k in s["ngrams"][:5]))
+    for text, k in s["shared"][:3]:
+        lines.append(f"  shared x{k}: {text[:90]!r}")
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------- html
+def contact_sheet(storage: Storage, path: str | None, frames: int = 3, height: int = 72) -> str | None:
+    """Frames at 20%, 50% and 80% of a clip side by side, as a JPEG data URI (None when unreadable)."""
+    import cv2
+
+    from curation.video import iter_frames
+
+    if not path:
+        return None
+    try:
+        got = [img for _, _, img in iter_frames(storage.uri(path), height * 3, height, fps=4.0)]
+    except Exception:  # a missing or broken clip shows as a placeholder, never stops the report
+        return None
+    if not got:
+        return None
+    pick = [got[int(f * (len(got) - 1))] for f in np.linspace(0.2, 0.8, frames)]
+    h = min(p.shape[0] for p in pick)
+    strip = np.concatenate([p[:h] for p in pick], axis=1)
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(strip, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode() if ok else None
+
+
+def _html_run(run: str, s: dict) -> str:
+    e = H.escape
+    n = s["captioned"]
+    rows = [("clips / captioned / errors", f"{s['clips']} / {n} / {s['errors']}"),
+            ("flagged", f"{s['flagged']} ({_pct(s['flagged'], n)}): "
+                        + ", ".join(f"{k} {v}" for k, v in s["flags"].items())),
+            ("words min/p5/median/p95/max", _q(s["words"])), ("tokens min/p5/median/p95/max", _q(s["tokens"])),
+            ("distinct texts", f"{s['distinct']} of {n}"),
+            (f"shared by >= {SHARED_MIN} clips", f"{len(s['shared'])} texts, {s['shared_clips']} clips "
+                                                 f"({_pct(s['shared_clips'], n)})"),
+            ("camera motion named", f"{s['camera_mentioned']} of {s['camera_known']}" if s["camera_known"] else "-"),
+            ("modes, model", f"{s['modes']}, {', '.join(s['models'])}")]
+    out = [f"<h3>Run {e(run)}</h3><table>"] + [f"<tr><th class=l>{e(a)}</th><td class=l>{e(str(b))}</td></tr>"
+                                                for a, b in rows] + ["</table>"]
+    for title, items in (("top openings", s["openings"]), ("top 3-grams (clips containing)", s["ngrams"]),
+                         ("shared captions", s["shared"])):
+        out.append(f"<details><summary>{e(title)}</summary><table>" + "".join(
+            f"<tr><td class=l>{e(str(a))}</td><td>{k}</td></tr>" for a, k in items) + "</table></details>")
+    return "".join(out)
+
+
+def _clip_paths(storage: Storage) -> dict[str, str]:
+    t = tables.read_table(storage, "clips")
+    if not t.num_rows or "path" not in t.column_names:
+        return {}
+    return dict(zip(t.column("clip_id").to_pylist(), t.column("path").to_pylist()))
+
+
+def compare_section(storage: Storage, a: str, ta: pa.Table, b: str, tb: pa.Table, cameras: dict[str, str],
+                    sample: int, seed: int = 0) -> tuple[list[str], str]:
+    """Terminal lines and HTML of a seeded sample of clips captioned in both runs, side by side."""
+    e = H.escape
+    ca = {r["clip_id"]: r["text"] for r in ta.to_pylist() if r.get("error") is None and r.get("text") is not None}
+    cb = {r["clip_id"]: r["text"] for r in tb.to_pylist() if r.get("error") is None and r.get("text") is not None}
+    both = sorted(set(ca) & set(cb))
+    rng = np.random.default_rng(seed)
+    pick = sorted(rng.choice(both, size=min(sample, len(both)), replace=False).tolist()) if both else []
+    same = sum(ca[k] == cb[k] for k in both)
+    lines = [f"compare {a} vs {b}: {len(both)} clips captioned in both, {same} identical; sample of {len(pick)}:"]
+    paths = _clip_paths(storage)
+    out = [f"<h3>{e(a)} vs {e(b)}</h3><p>{len(both)} clips captioned in both runs, {same} with identical text; "
+           f"a seeded sample of {len(pick)}.</p><table class=compare><tr><th class=l>clip</th>"
+           f"<th class=l>{e(a)}</th><th class=l>{e(b)}</th></tr>"]
+    for k in pick:
+        cam = camera_phrase(cameras.get(k))
+        lines += [f"  {k}" + (f" (camera: {cam})" if cam else ""), f"    {a}: {ca[k][:150]}", f"    {b}: {cb[k][:150]}"]
+        img = contact_sheet(storage, paths.get(k))
+        pic = f"<img src='{img}' alt='{e(k)}'>" if img else "<div class=missing>no frame</div>"
+        out.append(f"<tr><td class=l>{pic}<small>{e(k)}{'<br>camera: ' + e(cam) if cam else ''}</small></td>"
+                   f"<td class=l>{e(ca[k])}</td><td class=l>{e(cb[k])}</td></tr>")
+    out.append("</table>")
+    return lines, "".join(out)
+
+
+def caption_report(storage: Storage, runs: list[str] | None = None, compare: tuple[str, str] | None = None,
+                   sample: int = COMPARE_SAMPLE) -> tuple[list[str], str]:
+    """(terminal lines, HTML section) of the caption quality of `runs` (default: every run), and with
+    `compare` two runs side by side. Raises ValueError naming a compare run that does not exist."""
+    runs = list_runs(storage) if runs is None else runs
+    if compare:
+        runs = list(dict.fromkeys([*runs, *compare]))
+    if not runs:
+        return [], ""
+    cameras = camera_types(storage)
+    loaded = {r: read_run(storage, r) for r in runs}
+    lines, html = [], ["<h2 id=captions>Captions</h2>"]
+    for r in runs:
+        s = run_stats(loaded[r], cameras)
+        lines += terminal_lines(r, s)
+        html.append(_html_run(r, s))
+    if compare:
+        a, b = compare
+        more, section = compare_section(storage, a, loaded[a], b, loaded[b], cameras, sample)
+        lines += more
+        html.append(section)
+    return lines, "".join(html)
