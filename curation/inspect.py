@@ -46,7 +46,9 @@ def load_scores(storage: Storage) -> tuple[pa.Table, list]:
         f = pq.ParquetFile(storage.fs.open_input_file(storage.path(p)))
         schema = f.schema_arrow
         ts.append(f.read(columns=[n for n in schema.names if n != "clip_embedding"]))
-    t = tables.dedupe_last(pa.concat_tables(ts, promote_options="permissive"), "clip_id")
+    t = pa.concat_tables(ts, promote_options="permissive")
+    if pc.count_distinct(t.column("clip_id")).as_py() < t.num_rows:  # re-scored clips: the last row wins
+        t = tables.dedupe_last(t, "clip_id")
     return t, rules_of(schema)
 
 
@@ -66,8 +68,8 @@ def summarize(t: pa.Table, rules: list) -> dict:
     import pandas as pd
 
     n = t.num_rows
-    err = np.array([e is not None for e in t.column("error").to_pylist()]) if n else np.zeros(0, bool)
-    passed = np.array(t.column("passed").fill_null(False).to_pylist(), bool) if n else np.zeros(0, bool)
+    err = t.column("error").is_valid().to_numpy(zero_copy_only=False) if n else np.zeros(0, bool)
+    passed = t.column("passed").fill_null(False).to_numpy(zero_copy_only=False) if n else np.zeros(0, bool)
     flat = pc.list_flatten(t.column("reasons")) if n else pa.array([], pa.string())
     parents = pc.list_parent_indices(t.column("reasons")) if n else pa.array([], pa.int64())
     reasons = pd.Series(flat.to_numpy(zero_copy_only=False)).value_counts()
@@ -77,7 +79,7 @@ def summarize(t: pa.Table, rules: list) -> dict:
         v = t.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
         v = v[np.isfinite(v)]
         quant[c] = np.quantile(v, QUANTILES).tolist() if len(v) else []
-    df = pd.DataFrame({"source": t.column("source").to_pylist(), "passed": passed, "error": err})
+    df = pd.DataFrame({"source": t.column("source").to_pandas(), "passed": passed, "error": err})
     per = df.groupby("source", dropna=False).agg(clips=("passed", "size"), kept=("passed", "sum"),
                                                  errors=("error", "sum"))
     per["dropped"] = per["clips"] - per["kept"] - per["errors"]

@@ -1,5 +1,5 @@
 """A headless Chromium driven over the DevTools protocol on a pipe (no extra package): the inspect
-page's tests and bench/inspect.py load pages, run script, send real mouse input and take screenshots."""
+page's tests and bench/inspect_page.py load pages, run script, send real mouse input and take screenshots."""
 from __future__ import annotations
 
 import base64

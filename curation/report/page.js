@@ -584,6 +584,7 @@
   window.inspect = {
     ready: true, loadMs, exportText, thresholds, counts: () => S,
     settled: () => busy,
+    recountMs: () => { const t = performance.now(); recount(); drawBar(); drawReasons(); drawCats(); for (const c of cols) drawHist(c); return performance.now() - t; },
     keptIds: async () => { const L = await ids(), out = []; for (let i = 0; i < N; i++) if (kept[i]) out.push(L[i].split('\t')[0]); return out; },
     state: () => cols.map(c => ({ name: c.name, kmin: c.kmin, kmax: c.kmax, min: tmin(c), max: tmax(c), nbins: c.nbins })),
     set: (name, side, value) => { const c = cols.find(c => c.name === name); setK(c, side, value === null ? null : side === 'min' ? kForMin(c, value) : kForMax(c, value)); },

@@ -30,7 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 MISSING16, MISSING8 = 65535, 255  # code of a missing/NaN score (breaks no rule, as in Rule.reason)
-LOSSY_BINS = 16384  # bins of equal clip counts when a column has more distinct values than a code holds
+LOSSLESS_MAX = MISSING16 - 1  # up to this many distinct values a column is stored losslessly
+LOSSY_BINS = 16384  # else: this many bins of equal clip counts (+ the stored thresholds as boundaries)
 DISPLAY_BINS = 60  # histogram bars per score
 MAX_CATEGORIES = 64  # string columns with more distinct values get no category view
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
@@ -47,8 +48,9 @@ class Blobs:
 
     def add(self, data: bytes, compress: bool = True) -> str:
         bid = f"b{len(self.tags)}"
-        z = zlib.compress(data, 6) if compress else b""
-        use = compress and len(z) < 0.9 * len(data)
+        # Deflate only what it shrinks: a 64 KB sample decides (quantile codes of scores barely shrink).
+        use = compress and len(zlib.compress(data[:65536], 1)) < 0.9 * min(len(data), 65536)
+        z = zlib.compress(data, 6) if use else b""
         body = z if use else data
         self.raw_bytes += len(body)
         self.tags.append(f'<script type="application/octet-stream" id="{bid}"{" data-z=1" if use else ""}>'
@@ -66,11 +68,12 @@ def _num(x: float | None) -> float | str | None:
 def encode_column(values: np.ndarray, exact32: bool, mins: list[float], maxs: list[float], blobs: Blobs) -> dict:
     """Bin codes of one score column plus each bin's lowest and highest value (see the module docstring)."""
     ok = ~np.isnan(values)
-    srt = np.sort(values[ok])
+    order = np.argsort(values[ok])
+    srt = values[ok][order]
     if not len(srt):
         return {"empty": True}
     uniq = srt[np.concatenate([[True], srt[1:] != srt[:-1]])]
-    lossless = len(uniq) < MISSING16
+    lossless = len(uniq) <= LOSSLESS_MAX
     if lossless:
         bounds = uniq
     else:
@@ -82,7 +85,7 @@ def encode_column(values: np.ndarray, exact32: bool, mins: list[float], maxs: li
     hi = np.append(uniq[np.searchsorted(uniq, bounds[1:], "left") - 1], uniq[-1])
     missing = MISSING8 if len(bounds) < MISSING8 else MISSING16
     code = np.full(len(values), missing, np.uint8 if missing == MISSING8 else np.uint16)
-    code[ok] = np.searchsorted(bounds, values[ok], "right") - 1
+    code[np.flatnonzero(ok)[order]] = np.searchsorted(bounds, srt, "right") - 1  # sorted lookups: fast
     ft = np.float32 if exact32 else np.float64
     a, b = np.quantile(srt, [0.001, 0.999])
     for t in mins + maxs:
@@ -132,12 +135,13 @@ def _categories(t: pa.Table, cols: list[str], blobs: Blobs) -> list[dict]:
     return out
 
 
-def _dedup(storage: "object", row_of: dict[str, int]) -> tuple[dict | None, np.ndarray | None]:
+def _dedup(storage: "object", t: pa.Table) -> tuple[dict | None, np.ndarray | None]:
     """Duplicate groups for the view, and which scored rows dedup dropped (None when dedup did not run)."""
     from curation import tables
 
     if not storage.list("dedup", ".parquet"):
         return None, None
+    row_of = {c: i for i, c in enumerate(t.column("clip_id").to_pylist())}
     d = tables.read_table(storage, "dedup", key="clip_id")
     need = {"clip_id", "group", "kept"}
     if not need <= set(d.column_names):
@@ -188,17 +192,25 @@ def build_data(t: pa.Table, rules: list, numeric: list[str], strings: list[str],
         cols.append({"name": c, "scorer": scorer, "metric": metric, "min": _num(st["min"]), "max": _num(st["max"]),
                      **enc})
     err = pc.fill_null(pc.greater(pc.utf8_length(t.column("error")), 0), False).to_numpy(zero_copy_only=False)
-    row_of = {c: i for i, c in enumerate(t.column("clip_id").to_pylist())}
-    dedup, dup = _dedup(storage, row_of)
+    dedup, dup = _dedup(storage, t)
     flags = err.astype(np.uint8) | (dup.astype(np.uint8) << 1 if dup is not None else 0)
     dur = (pc.subtract(t.column("end_s"), t.column("start_s")).cast(pa.float64()).fill_null(0.0)
            .to_numpy(zero_copy_only=False).astype("<f4"))
-    ids = "\n".join(f"{c}\t{p or ''}" for c, p in zip(t.column("clip_id").to_pylist(), t.column("path").to_pylist()))
+    ids = _lines(t.column("clip_id"), t.column("path"))
     passed = t.column("passed").fill_null(False).to_numpy(zero_copy_only=False)
     meta = {"n": n, "columns": cols, "dur": blobs.add(dur.tobytes()), "flags": blobs.add(flags.tobytes()),
-            "ids": blobs.add(ids.encode()), "categories": _categories(t, strings, blobs), "dedup": dedup,
+            "ids": blobs.add(ids), "categories": _categories(t, strings, blobs), "dedup": dedup,
             "stored_kept": int(passed.sum()), "clip_base": clip_base}
     return meta, blobs
+
+
+def _lines(ids: pa.ChunkedArray, paths: pa.ChunkedArray) -> bytes:
+    """b"clip_id<TAB>path<NL>" for every row, joined in Arrow (no Python string per row)."""
+    empty = pa.scalar("", pa.string())
+    row = pc.binary_join_element_wise(ids.fill_null(""), paths.fill_null(""), "\t")
+    row = pc.binary_join_element_wise(row, empty, "\n").combine_chunks()  # "x" + "\n" + "" per row
+    offsets = np.frombuffer(row.buffers()[1], np.int32, len(row) + 1, row.offset * 4)
+    return row.buffers()[2].to_pybytes()[offsets[0]:offsets[-1]]
 
 
 def _asset(name: str) -> str:
