@@ -10,6 +10,7 @@ parts of 50k rows. Peers, measured in the same run on the same table:
   scalar columns, the floor of any report over this table;
 - browser load vs inert: headless Chromium until the page is ready (data decoded, first recount,
   histograms drawn) against the same browser loading a page of the same bytes that runs no script;
+  sheets: until the first contact sheets are built too (they decode the clip id list);
 - recount: one threshold move recounted over every clip (kept, hours, reasons, 15 histograms).
 """
 from __future__ import annotations
@@ -92,8 +93,9 @@ def measure(n: int, exe: str | None) -> dict:
             with Chromium(exe, 1300, 1000) as b:
                 out["inert_s"] = b.goto(f"file://{inert}", ready="document.querySelector('p')")
                 out["load_s"] = b.goto(f"file://{path}")
-                b.eval("window.inspect.set('motion_mean', 'min', 0.02)")
-                out["recount_ms"] = b.eval("window.inspect.recountMs()")
+                b.eval("window.inspect.settled()")
+                out["sheets_s"] = float(b.eval("document.body.dataset.sheetsMs")) / 1e3
+                out["recount_ms"] = b.eval("window.inspect.recountMs('motion_mean', 'min', 0.02)")
         return out
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -106,12 +108,13 @@ def main() -> None:
     exe = chromium_exe()
     print(f"{len(SCORES)} float32 scores + 1 string column; chromium: {exe or 'not found (no browser numbers)'}")
     print(f"{'rows':>9} {'page MB':>8} {'B/clip':>7} {'read s':>7} {'build s':>8} {'build/read':>10} "
-          f"{'inert s':>8} {'load s':>7} {'load/inert':>10} {'recount ms':>10}")
+          f"{'inert s':>8} {'load s':>7} {'load/inert':>10} {'sheets s':>8} {'recount ms':>10}")
     for n in args.rows or [100_000, 1_000_000]:
         r = measure(n, exe)
         print(f"{n:>9} {r['mb']:>8.1f} {r['mb'] * 1e6 / n:>7.1f} {r['read_s']:>7.2f} {r['build_s']:>8.2f} "
               f"{r['build_s'] / r['read_s']:>10.1f} {r.get('inert_s', float('nan')):>8.2f} "
               f"{r.get('load_s', float('nan')):>7.2f} {r.get('load_s', np.nan) / r.get('inert_s', np.nan):>10.1f} "
+              f"{r.get('sheets_s', float('nan')):>8.2f} "
               f"{r.get('recount_ms', float('nan')):>10.0f}", flush=True)
 
 

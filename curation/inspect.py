@@ -196,11 +196,13 @@ def caption_section(storage: Storage, t: pa.Table) -> str:
     return ("<table><tr><th class=l>captions run</th><th>rows (all parts)</th></tr>" + "".join(rows) + "</table>")
 
 
-def build_page(storage: Storage, t: pa.Table, rules: list, counts: dict, s: dict, clip_base: str | None) -> bytes:
+def build_page(storage: Storage, t: pa.Table, rules: list, counts: dict, s: dict, clip_base: str | None,
+               title: str | None = None) -> bytes:
+    """The interactive page (curation/report/); `title` names the root as the user gave it."""
     from curation.report.page import build_data, render
 
     meta, blobs = build_data(t, rules, score_columns(t, "numeric"), score_columns(t, "string"), storage, clip_base)
-    return render(storage.root, meta, blobs, static_parts(storage, t, counts, s)).encode()
+    return render(title or storage.root, meta, blobs, static_parts(storage, t, counts, s)).encode()
 
 
 def _load(root: str) -> tuple[Storage, pa.Table, list, dict, dict] | None:
@@ -225,7 +227,7 @@ def main(root: str, html: str | None = None) -> int:
     storage, t, rules, counts, s = got
     if html is not None and t.num_rows:
         target = storage.local_path("report/index.html") if html == "" else html
-        page = build_page(storage, t, rules, counts, s, relative_base(storage.local_path(""), target))
+        page = build_page(storage, t, rules, counts, s, relative_base(storage.local_path(""), target), root)
         if html == "":
             storage.write_bytes("report/index.html", page)
             html = storage.uri("report/index.html")
@@ -246,7 +248,7 @@ def make_server(root: str, port: int = 0):
     if got is None or not got[1].num_rows:
         raise ValueError(f"{root}: no scores table to inspect (run the filter stage)")
     storage, t, rules, counts, s = got
-    page = build_page(storage, t, rules, counts, s, "/root/")
+    page = build_page(storage, t, rules, counts, s, "/root/", root)
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *a) -> None:  # quiet: the browser asks for many ranges

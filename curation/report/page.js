@@ -111,7 +111,7 @@
     return r.toFixed(Math.max(0, 5 - e)).replace(/\.0+$|(\.\d*?)0+$/, '$1');
   }
   const fmt = x => x === null ? '' : (Math.abs(x) >= 1e4 || (Math.abs(x) < 1e-3 && x !== 0) ? x.toExponential(3) : +x.toPrecision(4)).toString();
-  const hours = s => (s / 3600).toFixed(s < 360000 ? 2 : 0);
+  const hours = s => s < 3600 ? `${(s / 60).toFixed(1)} min` : `${(s / 3600).toFixed(s < 360000 ? 2 : 0)} h`;
   function bisectLeft(arr, x) { let lo = 0, hi = arr.length; while (lo < hi) { const m = (lo + hi) >> 1; if (arr[m] < x) lo = m + 1; else hi = m; } return lo; }
   function bisectRight(arr, x) { let lo = 0, hi = arr.length; while (lo < hi) { const m = (lo + hi) >> 1; if (arr[m] <= x) lo = m + 1; else hi = m; } return lo; }
   const kForMin = (c, v) => bisectLeft(c.lo, v);       // first bin whose values are all >= v
@@ -120,6 +120,7 @@
   // ----------------------------------------------------------------------------------- recounting
   const nfail = new Uint8Array(N), last = new Uint8Array(N), kept = new Uint8Array(N), base = new Uint8Array(N);
   let S = null;  // the latest counts
+  let histReady = false;  // histograms hold the counts of `kept` (kept starts all 0: every clip dropped)
   function recount() {
     nfail.fill(0);
     const labels = [], cnt = [], hrs = [];
@@ -141,23 +142,44 @@
     }
     const only = new Int32Array(labels.length);
     let k = 0, kh = 0, e = 0, eh = 0, add = 0, rem = 0, kd = 0, all = 0;
+    const flips = [];
     for (let i = 0; i < N; i++) {
       all += dur[i];
-      if (F[i] & 1) { kept[i] = 0; e++; eh += dur[i]; continue; }
+      if (F[i] & 1) { e++; eh += dur[i]; continue; }
       const ok = nfail[i] === 0 ? 1 : 0;
-      kept[i] = ok;
+      if (ok !== kept[i]) { kept[i] = ok; flips.push(i); }
       if (ok) { k++; kh += dur[i]; if (!(F[i] & 2)) kd++; } else if (nfail[i] === 1) only[last[i]]++;
       if (ok && !base[i]) add++; else if (!ok && base[i]) rem++;
     }
-    for (const c of cols) {
-      const C = c.codes, miss = c.missing, D = c.disp, hk = c.hk, hd = c.hd;
-      hk.fill(0); hd.fill(0);
-      for (let i = 0; i < N; i++) { const v = C[i]; if (v === miss) continue; if (kept[i]) hk[D[v]]++; else hd[D[v]]++; }
-    }
-    for (const c of cats) {
-      if (!c.codes) continue;
-      c.tot = new Int32Array(256); c.kep = new Int32Array(256); c.kh = new Float64Array(256);
-      for (let i = 0; i < N; i++) { const v = c.codes[i]; c.tot[v]++; if (kept[i]) { c.kep[v]++; c.kh[v] += dur[i]; } }
+    // Histograms and category counts: a full pass once, then only the clips whose kept state flipped.
+    if (!histReady) {
+      for (const c of cols) {
+        const C = c.codes, miss = c.missing, D = c.disp, hk = c.hk, hd = c.hd;
+        for (let i = 0; i < N; i++) { const v = C[i]; if (v === miss) continue; if (kept[i]) hk[D[v]]++; else hd[D[v]]++; }
+      }
+      for (const c of cats) {
+        if (!c.codes) continue;
+        c.tot = new Int32Array(256); c.kep = new Int32Array(256); c.kh = new Float64Array(256);
+        for (let i = 0; i < N; i++) { const v = c.codes[i]; c.tot[v]++; if (kept[i]) { c.kep[v]++; c.kh[v] += dur[i]; } }
+      }
+      histReady = true;
+    } else {
+      for (const c of cols) {
+        const C = c.codes, miss = c.missing, D = c.disp, hk = c.hk, hd = c.hd;
+        for (const i of flips) {
+          const v = C[i];
+          if (v === miss) continue;
+          const d = D[v];
+          if (kept[i]) { hk[d]++; hd[d]--; } else { hk[d]--; hd[d]++; }
+        }
+      }
+      for (const c of cats) {
+        if (!c.codes) continue;
+        for (const i of flips) {
+          const v = c.codes[i], s = kept[i] ? 1 : -1;
+          c.kep[v] += s; c.kh[v] += s * dur[i];
+        }
+      }
     }
     S = { labels, cnt, hrs, only, kept: k, keptH: kh, errors: e, errorsH: eh, dropped: N - k - e,
           droppedH: all - kh - eh, added: add, removed: rem, keptNotDup: kd, all };
@@ -170,8 +192,8 @@
   const tpl = id => { const t = document.getElementById('static-' + id); return t ? t.content.cloneNode(true) : null; };
   const bar = el('div', { id: 'bar' },
     el('span', {}, el('b', { id: 'kept', class: 'k' }), ' kept ', el('span', { id: 'kept-share' }), ' · ',
-       el('span', { id: 'kept-hours' }), ' h'),
-    el('span', { class: 'd' }, el('b', { id: 'dropped' }), ' dropped · ', el('span', { id: 'dropped-hours' }), ' h'),
+       el('span', { id: 'kept-hours' })),
+    el('span', { class: 'd' }, el('b', { id: 'dropped' }), ' dropped · ', el('span', { id: 'dropped-hours' })),
     el('span', { class: 'd' }, el('b', { id: 'errors' }), ' errors'),
     el('span', {}, 'vs stored thresholds: ', el('b', { id: 'added', class: 'a' }), ' added, ',
        el('b', { id: 'removed', class: 'r' }), ' removed'),
@@ -188,10 +210,13 @@
     el('span', { style: 'background:#9e9e9e' }), 'dropped (any reason)', el('span', { style: 'background:#d32f2f' }), 'min',
     el('span', { style: 'background:#6a1b9a' }), 'max');
   const metrics = el('div', { class: 'metrics', id: 'metrics' });
-  app.append(el('h2', {}, 'Scores'), legend, metrics);
   const skipped = META.columns.filter(c => c.empty).map(c => c.name);
-  if (skipped.length) app.append(el('p', { class: 'warn' }, 'No values: ' + skipped.join(', ')));
-  app.append(el('h2', {}, 'Contact sheets'), el('p', { class: 'note', id: 'thumbs' }), el('div', { id: 'sheets' }));
+  // Two panes: the histograms, and beside them (sticky while they scroll) the contact sheets.
+  app.append(el('div', { class: 'work' },
+    el('div', {}, el('h2', {}, 'Scores'), legend, metrics,
+       skipped.length ? el('p', { class: 'warn' }, 'No values: ' + skipped.join(', ')) : null),
+    el('div', { class: 'side' }, el('h2', {}, 'Contact sheets'), el('p', { class: 'note', id: 'thumbs' }),
+       el('div', { id: 'sheets' }))));
   if (cats.length) app.append(el('h2', {}, 'Categories (camera types, ...)'), el('div', { id: 'cats' }));
   if (META.dedup) app.append(el('h2', {}, 'Duplicate groups'), el('div', { id: 'dedup' }));
   app.append(el('h2', {}, 'Captions'), el('div', { id: 'captions' }, tpl('captions')));
@@ -446,7 +471,7 @@
   function drawReasons() {
     const rows = S.labels.map((l, j) => [l, S.cnt[j], S.hrs[j], S.only[j]]).sort((a, b) => b[1] - a[1]);
     const t = el('table', { id: 'reasons-table' }, el('tr', {}, el('th', { class: 'l' }, 'reason'), el('th', {}, 'clips'),
-      el('th', {}, 'share'), el('th', {}, 'hours'), el('th', {}, 'only this')));
+      el('th', {}, 'share'), el('th', {}, 'duration'), el('th', {}, 'only this')));
     for (const [l, n, h, o] of rows) {
       t.append(el('tr', { class: 'click' + (l === reasonSel ? ' sel' : ''), 'data-reason': l,
         onclick: () => { reasonSel = l; schedule(); } }, el('td', { class: 'l', text: l }), el('td', { text: n }),
@@ -463,7 +488,7 @@
     for (const c of cats) {
       if (!c.codes) { box.append(el('p', { class: 'warn', text: `${c.name}: no view (${c.skipped})` })); continue; }
       const t = el('table', { 'data-cat': c.name }, el('tr', {}, el('th', { class: 'l' }, c.name), el('th', {}, 'clips'),
-        el('th', {}, 'kept now'), el('th', {}, 'kept hours'), el('th', { class: 'l' }, '')));
+        el('th', {}, 'kept now'), el('th', {}, 'kept duration'), el('th', { class: 'l' }, '')));
       const order = [...c.values.keys()].sort((a, b) => c.tot[b] - c.tot[a]);
       if (c.tot[255]) order.push(255);
       const top = Math.max(1, ...order.map(v => c.tot[v]));
@@ -576,15 +601,22 @@
   // was decided with the same rules; --rules-only makes it so).
   recount();
   base.set(kept);
-  await update();
-  await drawDedup();
+  thumbStats();
+  update();  // counts and histograms now; contact sheets (which decode the clip ids) follow
   const loadMs = performance.now() - t0;
+  busy = busy.then(drawDedup).then(() => { document.body.dataset.sheetsMs = (performance.now() - t0).toFixed(0); });
   document.body.dataset.ready = '1';
   document.body.dataset.loadMs = loadMs.toFixed(0);
   window.inspect = {
     ready: true, loadMs, exportText, thresholds, counts: () => S,
     settled: () => busy,
-    recountMs: () => { const t = performance.now(); recount(); drawBar(); drawReasons(); drawCats(); for (const c of cols) drawHist(c); return performance.now() - t; },
+    recountMs: (name, side, value) => {  // one threshold move, recounted and drawn synchronously (bench)
+      const c = cols.find(c => c.name === name);
+      if (side === 'min') c.kmin = kForMin(c, value); else c.kmax = kForMax(c, value);
+      const t = performance.now();
+      recount(); drawBar(); drawReasons(); drawCats(); for (const c of cols) drawHist(c);
+      return performance.now() - t;
+    },
     keptIds: async () => { const L = await ids(), out = []; for (let i = 0; i < N; i++) if (kept[i]) out.push(L[i].split('\t')[0]); return out; },
     state: () => cols.map(c => ({ name: c.name, kmin: c.kmin, kmax: c.kmax, min: tmin(c), max: tmax(c), nbins: c.nbins })),
     set: (name, side, value) => { const c = cols.find(c => c.name === name); setK(c, side, value === null ? null : side === 'min' ? kForMin(c, value) : kForMax(c, value)); },
