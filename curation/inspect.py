@@ -68,7 +68,8 @@ def summarize(t: pa.Table, rules: list) -> dict:
     import pandas as pd
 
     n = t.num_rows
-    err = t.column("error").is_valid().to_numpy(zero_copy_only=False) if n else np.zeros(0, bool)
+    err = pc.fill_null(pc.greater(pc.utf8_length(t.column("error")), 0), False).to_numpy(zero_copy_only=False) \
+        if n else np.zeros(0, bool)  # an empty error string is no error (as in filter.decide)
     passed = t.column("passed").fill_null(False).to_numpy(zero_copy_only=False) if n else np.zeros(0, bool)
     flat = pc.list_flatten(t.column("reasons")) if n else pa.array([], pa.string())
     parents = pc.list_parent_indices(t.column("reasons")) if n else pa.array([], pa.int64())

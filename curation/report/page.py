@@ -87,7 +87,8 @@ def encode_column(values: np.ndarray, exact32: bool, mins: list[float], maxs: li
     code = np.full(len(values), missing, np.uint8 if missing == MISSING8 else np.uint16)
     code[np.flatnonzero(ok)[order]] = np.searchsorted(bounds, srt, "right") - 1  # sorted lookups: fast
     ft = np.float32 if exact32 else np.float64
-    a, b = np.quantile(srt, [0.001, 0.999])
+    fin = srt[np.isfinite(srt)]  # the axis and quantiles ignore infinite scores (they still count)
+    a, b = np.quantile(fin, [0.001, 0.999]) if len(fin) else (0.0, 1.0)
     for t in mins + maxs:
         if math.isfinite(t):
             a, b = min(a, t), max(b, t)
@@ -98,7 +99,7 @@ def encode_column(values: np.ndarray, exact32: bool, mins: list[float], maxs: li
             "lo": blobs.add(lo.astype(ft).astype("<" + np.dtype(ft).str[1:]).tobytes(), compress=False),
             "hi": None if lossless else blobs.add(hi.astype(ft).astype("<" + np.dtype(ft).str[1:]).tobytes(),
                                                   compress=False),
-            "range": [float(a), float(b)], "quantiles": np.quantile(srt, QUANTILES).tolist(),
+            "range": [float(a), float(b)], "quantiles": np.quantile(fin, QUANTILES).tolist() if len(fin) else [],
             # The stored thresholds as bin boundaries: keep codes >= kmin (min) and <= kmax (max).
             "kmin": int(np.searchsorted(lo, mins[0], "left")) if mins else None,
             "kmax": int(np.searchsorted(hi, maxs[0], "right")) - 1 if maxs else None}

@@ -141,3 +141,49 @@ def test_page_of_a_real_run_in_headless_chromium(scored_root, tmp_path):
     bb, g, r = (img[..., i].astype(int) for i in range(3))
     assert ((g > 150) & (r < 120) & (bb < 120)).sum() > 200  # #4caf50 "kept" bars
     assert ((r > 180) & (g < 80) & (bb < 80)).sum() > 50  # #d32f2f min handles
+
+
+def test_page_data_of_odd_columns(tmp_path):
+    """Infinite scores, an all-missing score, an integer score and a string score: the page still builds;
+    codes round-trip to the values (lossless below 65,535 distinct values)."""
+    from test_inspect_rules import scores_table, write_root
+
+    from curation.report.page import MISSING8
+
+    t, schema = scores_table(400, seed=4)
+    mean = t.column("motion_mean").to_numpy(zero_copy_only=False).copy()
+    mean[:3] = [np.inf, -np.inf, np.inf]
+    t = t.set_column(t.schema.get_field_index("motion_mean"), schema.field("motion_mean"), pa.array(mean, pa.float32()))
+    t = t.set_column(t.schema.get_field_index("aesthetic_min"), schema.field("aesthetic_min"), pa.nulls(400, pa.float32()))
+    i = schema.get_field_index("passed")
+    schema = schema.insert(i, pa.field("motion_frames", pa.int32())).insert(i, pa.field("motion_camera_type", pa.string()))
+    t = t.add_column(i, "motion_frames", pa.array(np.arange(400) % 7, pa.int32()))
+    t = t.add_column(i, "motion_camera_type", pa.array(["pan", None, "static", "zoom"] * 100))
+    write_root(str(tmp_path), t, schema)
+    assert insp.main(str(tmp_path), html="") == 0
+    page = open(tmp_path / "report" / "index.html").read()
+    meta = json.loads(re.search(r"<script type='application/json' id=meta>(.*?)</script>", page).group(1))
+    cols = {c["name"]: c for c in meta["columns"]}
+    assert cols["aesthetic_min"] == {**cols["aesthetic_min"], "empty": True}
+    assert "motion_camera_type" not in cols and [c["name"] for c in meta["categories"]] == ["motion_camera_type"]
+    assert meta["categories"][0]["values"] == ["pan", "static", "zoom"]
+
+    def blob(bid: str) -> bytes:
+        import base64
+        import zlib
+
+        m = re.search(rf'<script type="application/octet-stream" id="{bid}"( data-z=1)?>(.*?)</script>', page)
+        raw = base64.b64decode(m.group(2))
+        return zlib.decompress(raw) if m.group(1) else raw
+
+    for name in ("motion_mean", "motion_frames"):
+        c = cols[name]
+        assert c["lossless"] and c["missing"] == MISSING8 or c["nbins"] >= MISSING8
+        codes = np.frombuffer(blob(c["code"]), np.uint8 if c["missing"] == MISSING8 else np.uint16)
+        lo = np.frombuffer(blob(c["lo"]), np.float32 if c["f"] == 4 else np.float64)
+        v = t.column(name).cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+        ok = ~np.isnan(v)
+        assert (codes[~ok] == c["missing"]).all() and (lo[codes[ok]] == v[ok]).all()
+    assert np.isfinite(cols["motion_mean"]["range"]).all() and cols["motion_frames"]["f"] == 8
+    lines = blob(meta["ids"]).decode().split("\n")
+    assert lines[0] == "c0000000\tclips/v0/c0000000.mp4" and len(lines) == 401 and lines[-1] == ""  # one per row
