@@ -50,6 +50,8 @@
     c.hi = c.hi ? view(await blob(c.hi), F) : c.lo;
     c.smin = num(c.min); c.smax = num(c.max);  // stored thresholds (values)
     c.kmin0 = c.kmin; c.kmax0 = c.kmax;        // ... as bin boundaries
+    // A value given for a boundary (stored or typed) is shown and exported as is while the handle stays there.
+    c.pin = { min: c.smin === null ? null : { k: c.kmin, t: c.smin }, max: c.smax === null ? null : { k: c.kmax, t: c.smax } };
     const [a, b] = c.range;
     c.disp = new Uint8Array(c.nbins);
     for (let k = 0; k < c.nbins; k++) c.disp[k] = Math.max(0, Math.min(DB - 1, Math.floor((c.lo[k] - a) / (b - a) * DB)));
@@ -87,14 +89,14 @@
   function tmin(c) {  // the exported min of the current boundary (the stored value when unchanged)
     const k = c.kmin;
     if (k === null) return null;
-    if (k === c.kmin0 && c.smin !== null) return c.smin;
+    if (c.pin.min && c.pin.min.k === k) return c.pin.min.t;
     const a = k > 0 ? c.hi[k - 1] : c.lo[0] - span(c), b = k < c.nbins ? c.lo[k] : c.hi[c.nbins - 1] + span(c);
     return niceIn(a, b, true);
   }
   function tmax(c) {
     const k = c.kmax;
     if (k === null) return null;
-    if (k === c.kmax0 && c.smax !== null) return c.smax;
+    if (c.pin.max && c.pin.max.k === k) return c.pin.max.t;
     const a = k >= 0 ? c.hi[k] : c.lo[0] - span(c), b = k < c.nbins - 1 ? c.lo[k + 1] : c.hi[c.nbins - 1] + span(c);
     return niceIn(a, b, false);
   }
@@ -199,7 +201,8 @@
        el('b', { id: 'removed', class: 'r' }), ' removed'),
     META.dedup && !META.dedup.error ? el('span', { class: 'd' }, el('b', { id: 'kept-nodup' }), ' kept and not a duplicate') : null,
     el('button', { id: 'export-btn', onclick: () => showExport() }, 'Export thresholds'),
-    el('button', { id: 'reset-btn', onclick: () => { for (const c of cols) { c.kmin = c.kmin0; c.kmax = c.kmax0; } update(); } }, 'Reset'));
+    el('button', { id: 'reset-btn', onclick: () => { for (const c of cols) { c.kmin = c.kmin0; c.kmax = c.kmax0;
+      c.pin = { min: c.smin === null ? null : { k: c.kmin0, t: c.smin }, max: c.smax === null ? null : { k: c.kmax0, t: c.smax } }; } update(); } }, 'Reset'));
   app.append(bar);
   app.append(el('p', {}, `${N} clips in the scores table (${META.stored_kept} stored as passed). Drag a red (min) or purple `
     + '(max) handle, use the arrow keys on a focused handle (one bin; Shift: 100), or type a value; a handle at the '
@@ -271,8 +274,14 @@
     const typed = (inp, side) => inp.addEventListener('change', () => {
       const s = inp.value.trim(), v = Number(s);
       if (s === '') setK(c, side, null);
-      else if (!Number.isNaN(v)) setK(c, side, side === 'min' ? kForMin(c, v) : kForMax(c, v));
-      else inp.value = '';
+      else if (!Number.isNaN(v)) {
+        const k = side === 'min' ? kForMin(c, v) : kForMax(c, v);
+        // Keep the typed value when it classifies every clip as the boundary does (else it snaps).
+        const fits = side === 'min' ? (k === 0 || c.hi[k - 1] < v) && (k === c.nbins || v <= c.lo[k])
+                                    : (k === -1 || c.hi[k] <= v) && (k === c.nbins - 1 || v < c.lo[k + 1]);
+        if (fits) c.pin[side] = { k, t: v };
+        setK(c, side, k);
+      } else inp.value = '';
     });
     typed(inMin, 'min'); typed(inMax, 'max');
     c.inMin = inMin; c.inMax = inMax;
@@ -445,6 +454,7 @@
       + `(${Math.min(PER, rem.length)} spread over them)`, spread(rem, PER), lab);
     if (reasonSel !== null) {
       const li = S.labels.indexOf(reasonSel), rows = [];
+      if (li < 0) { const old = sheets.querySelector('[data-sheet="reason"]'); if (old) old.remove(); reasonSel = null; }
       if (li >= 0) {
         const c = cols.find(c => reasonSel.startsWith(c.name + '<') || reasonSel.startsWith(c.name + '>'));
         const k = reasonSel.startsWith(c.name + '<') ? 'lo' : 'hi';

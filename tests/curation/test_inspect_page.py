@@ -147,6 +147,13 @@ def test_drag_recounts_exactly_and_export_round_trips(tmp_path):
         settle(b)
         exp = check_counts(b, t)
         assert any(only < n for n, only in exp["reasons"].values())  # some clips fail two rules
+        # A typed value is kept as typed (it lies between two stored values of this lossless column).
+        b.eval("(() => { const i = document.querySelector('input.tmin[data-col=\"motion_mean\"]'); i.focus(); i.select(); })()")
+        b.call("Input.insertText", session=True, text="0.0234")
+        b.eval("document.querySelector('input.tmin[data-col=\"motion_mean\"]').blur()")
+        settle(b)
+        assert page_rules(b)["motion_mean"]["min"] == 0.0234
+        exp = check_counts(b, t)
         # Camera types: kept now per type equals pyarrow's group counts.
         rows = b.eval("[...document.querySelectorAll('table[data-cat=\"motion_camera_type\"] tr[data-value]')]"
                       ".map(r => [r.dataset.value, +r.children[1].textContent, +r.children[2].textContent])")
