@@ -618,7 +618,7 @@
   document.body.dataset.ready = '1';
   document.body.dataset.loadMs = loadMs.toFixed(0);
   window.inspect = {
-    ready: true, loadMs, exportText, thresholds, counts: () => S,
+    ready: true, loadMs, exportText, thresholds, fmtG, counts: () => S,
     settled: () => busy,
     recountMs: (name, side, value) => {  // one threshold move, recounted and drawn synchronously (bench)
       const c = cols.find(c => c.name === name);

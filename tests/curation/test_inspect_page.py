@@ -114,6 +114,11 @@ def apply_export(b: Chromium, root: str, tmp_path) -> set[str]:
     cfg = write_config(root, {name: e["thresholds"] for name, e in exported.items()}, str(tmp_path / "p.yaml"))
     assert cli(["run", cfg, "--stage", "filter", "--rules-only"]) == 0
     assert passed_ids(Storage(root)) == by_set
+    # The reasons the filter wrote are the page's reason rows, text and count.
+    shown = {r: n for r, n in b.eval("[...document.querySelectorAll('#reasons-table tr[data-reason]')].map(r => "
+                                     "[r.dataset.reason, +r.children[1].textContent])") if n}
+    flat = pc.list_flatten(tables.read_table(Storage(root), "scores").column("reasons")).to_pylist()
+    assert shown == {r: flat.count(r) for r in set(flat)}
     return by_set
 
 
@@ -167,6 +172,8 @@ def test_drag_recounts_exactly_and_export_round_trips(tmp_path):
         assert int(b.eval("document.getElementById('kept-nodup').textContent")) == \
             int((exp["kept"] & ~np.isin(ids, list(dup))).sum())
         assert b.eval("document.querySelectorAll('#dedup .group').length") == insp_groups_shown(d)
+        xs = [float(f"{x:.6g}") for x in np.random.default_rng(0).lognormal(0, 6, 300) * np.where(np.arange(300) % 3, 1, -1)]
+        assert b.eval(f"{xs}.map(window.inspect.fmtG)") == [format(x, "g") for x in xs]  # reason texts as Python's
         page_kept = set(b.eval("window.inspect.keptIds()"))
         assert page_kept == set(ids[exp["kept"]])
         assert apply_export(b, root, tmp_path) == page_kept
