@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation import tables
 from curation.filters.base import ClipFrames, FrameSpec, Rule, ScorerSet
@@ -280,3 +281,107 @@ def run(cfg: "object", ctx: "object") -> dict:
                  progress=cfg.ray.progress)
     ctx.stages.setdefault("filter", {})["errors"] = errors
     return counts
+
+
+# ------------------------------------------------------------------------------------------ rules only
+def decide_table(t: pa.Table, rules: list[Rule]) -> tuple[pa.Array, pa.Array]:
+    """`passed` and `reasons` of every row of a scores table under `rules`: `decide`, vectorised.
+
+    Same semantics row for row: an error drops with ["error"]; a missing or NaN score breaks no rule;
+    per rule the min check comes first; values are compared in float64 (as Python compares the
+    float32 scores that `decide` sees), never in the column's own float32.
+    """
+    n = t.num_rows
+    err = t.column("error") if "error" in t.column_names else pa.nulls(n, pa.string())
+    is_err = pc.fill_null(pc.greater(pc.utf8_length(err), 0), False).to_numpy(zero_copy_only=False)
+    labels, masks = [], []
+    for rule in rules:
+        v = t.column(rule.column).cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+        low = v < rule.min if rule.min is not None else np.zeros(n, bool)
+        if rule.min is not None:
+            labels.append(rule.reason(-np.inf))  # the rule's own reason text for "below min"
+            masks.append(low & ~is_err)
+        if rule.max is not None:
+            labels.append(rule.reason(np.inf))
+            masks.append(~low & (v > rule.max) & ~is_err)
+    m = np.stack(masks + [is_err], axis=1)  # the last column: "error"
+    rows, cols = np.nonzero(m)  # row-major: each row's reasons in rule order
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]).astype(np.int32)
+    values = pa.array(np.asarray(labels + ["error"], dtype=object)[cols].tolist(), pa.string())
+    reasons = pa.ListArray.from_arrays(pa.array(offsets), values)
+    return pa.array(offsets[1:] == offsets[:-1]), reasons
+
+
+def _outcome(storage: "object") -> dict[str, tuple[bool, bool]]:
+    """clip_id -> (passed, error) of the scores table as readers see it (last part wins)."""
+    import pyarrow.parquet as pq
+
+    parts = storage.list("scores", ".parquet")
+    t = tables.dedupe_last(pa.concat_tables(
+        [pq.read_table(storage.fs.open_input_file(storage.path(p)), columns=["clip_id", "passed", "error"])
+         for p in parts], promote_options="permissive"), "clip_id")
+    return {c: (bool(p), bool(e)) for c, p, e in zip(t.column("clip_id").to_pylist(), t.column("passed").to_pylist(),
+                                                     t.column("error").to_pylist())}
+
+
+def rules_only(fcfg: FilterConfig, storage: "object") -> dict:
+    """Re-apply the configured thresholds to the stored scores: nothing is decoded or scored.
+
+    Every scores part is rewritten in place (same name, so "last part wins" keeps its order) with
+    `passed`, `reasons` and the `filter.rules` metadata recomputed; every other column is kept as
+    it is. All parts are checked before the first is rewritten, so a bad rule changes nothing.
+    """
+    import io
+
+    import pyarrow.parquet as pq
+
+    scorers = ScorerSet.from_config(fcfg.enabled_scorers())
+    rules = scorers.rules()
+    parts = storage.list("scores", ".parquet")
+    if not parts:
+        raise ValueError(f"{storage.uri('scores')}: no scores table to re-apply thresholds to (run the filter "
+                         "stage without --rules-only first)")
+    owner = {r.column: sc.name for sc in scorers.scorers for r in sc.rules()}
+    for part in parts:
+        names = pq.read_schema(storage.fs.open_input_file(storage.path(part))).names
+        for r in rules:
+            if r.column not in names:
+                raise ValueError(f"filter.scorers.{owner[r.column]}: column {r.column} is not in {part} (a scorer "
+                                 "added after scoring: run the filter stage with filter.rescore: true, without "
+                                 "--rules-only)")
+    before = _outcome(storage)
+    rules_json = json.dumps([r.__dict__ for r in rules]).encode()
+    for part in parts:
+        t = pq.read_table(storage.fs.open_input_file(storage.path(part)))
+        passed, reasons = decide_table(t, rules)
+        for name, col in (("passed", passed), ("reasons", reasons)):
+            i = t.schema.get_field_index(name)
+            t = t.set_column(i, t.schema.field(i), col)
+        t = t.replace_schema_metadata({**(t.schema.metadata or {}), b"filter.rules": rules_json})
+        buf = io.BytesIO()
+        pq.write_table(t, buf, compression="zstd")
+        storage.write_bytes(part, buf.getvalue())  # atomic: temporary name, then rename over the old part
+    after = _outcome(storage)
+    kept = sum(p for p, _ in after.values())
+    errors = sum(e for _, e in after.values())
+    return {"parts": len(parts), "clips": len(after), "kept": kept, "dropped": len(after) - kept - errors,
+            "errors": errors, "changed": sum(before.get(c, (None,))[0] != p for c, (p, _) in after.items())}
+
+
+def run_rules_only(cfg: "object", ctx: "object") -> dict:
+    """`run --stage filter --rules-only`: rules_only() in this process (no Ray: nothing to decode),
+    recorded in the run manifest like any stage."""
+    t0 = time.time()
+    entry = ctx.stages.setdefault("filter", {"counts": {}, "errors": []})
+    entry["rules_only"] = True
+    print("[filter] --rules-only: re-applying thresholds to the stored scores", file=sys.stderr, flush=True)
+    try:
+        entry["counts"] = rules_only(cfg.filter, ctx.storage)
+    except Exception as e:
+        entry["errors"].append(f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        entry["seconds"] = round(time.time() - t0, 3)
+        path = ctx.write_manifest()
+    print(f"[filter] done in {entry['seconds']:.1f}s: {entry['counts']} (manifest {path})", file=sys.stderr, flush=True)
+    return entry["counts"]

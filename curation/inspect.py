@@ -1,22 +1,23 @@
-"""`python -m curation inspect <root>`: what the pipeline kept and dropped, and why.
+"""`python -m curation inspect <root> [--serve]`: what the pipeline kept and dropped, and why; tune thresholds.
 
 Terminal: counts of the videos/clips/scores tables, kept/dropped per reason, quantiles of every score
-with its threshold, and per source video. HTML (<root>/report/index.html by default): the same, a
-histogram per score (kept and dropped stacked, thresholds marked in red) and contact sheets, i.e.
-thumbnails of clips just either side of each threshold and of dropped clips per reason, so thresholds
-are tuned by looking.
+with its threshold, and per source video. HTML (<root>/report/index.html by default; one
+self-contained file, curation/report/): per score a histogram with draggable min/max thresholds;
+moving one recounts in the page, exactly, the clips and hours kept and dropped overall and per reason,
+and shows contact sheets of the clips nearest the threshold and of those the change adds or removes.
+Views of camera types (string score columns), duplicate groups (<root>/dedup) and captions.
+"Export thresholds" gives the `filter.scorers.<name>.thresholds` yaml, which
+`python -m curation run pipelines.yaml --stage filter --rules-only` applies to the stored scores.
 
 It stays fast on large tables: only the scalar columns are read (never the embeddings), statistics
-are vectorised, and only the few clips shown on contact sheets are opened (a bounded sample, seeded).
+are vectorised, and no clip is opened to build the page (the browser draws thumbnails lazily).
 """
 from __future__ import annotations
 
-import base64
 import html as H
 import json
 import math
 import sys
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -28,11 +29,9 @@ from curation.storage import Storage
 from curation.uris import redact
 
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
-THUMBS_PER_SHEET = 8  # clips per contact sheet (each one decodes a few frames of one clip)
-THUMB_HEIGHT = 72  # px of each frame in a thumbnail strip
-THUMB_FRAMES = 3  # frames per clip: at 20%, 50% and 80% of its length (shows motion)
 TOP_VIDEOS_TERMINAL = 15
 TOP_VIDEOS_HTML = 200
+ERRORS_HTML = 50
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -48,15 +47,21 @@ def load_scores(storage: Storage) -> tuple[pa.Table, list]:
         f = pq.ParquetFile(storage.fs.open_input_file(storage.path(p)))
         schema = f.schema_arrow
         ts.append(f.read(columns=[n for n in schema.names if n != "clip_embedding"]))
-    t = tables.dedupe_last(pa.concat_tables(ts, promote_options="permissive"), "clip_id")
+    t = pa.concat_tables(ts, promote_options="permissive")
+    if pc.count_distinct(t.column("clip_id")).as_py() < t.num_rows:  # re-scored clips: the last row wins
+        t = tables.dedupe_last(t, "clip_id")
     return t, rules_of(schema)
 
 
-def score_columns(t: pa.Table) -> list[str]:
+def score_columns(t: pa.Table, kind: str = "float") -> list[str]:
+    """Scorer columns of a kind: float, numeric (float or integer) or string (e.g. a camera type)."""
     from curation.filter import BASE_FIELDS, TAIL_FIELDS
 
     skip = {n for n, _ in BASE_FIELDS + TAIL_FIELDS}
-    return [f.name for f in t.schema if f.name not in skip and pa.types.is_floating(f.type)]
+    test = {"float": pa.types.is_floating,
+            "numeric": lambda ty: pa.types.is_floating(ty) or pa.types.is_integer(ty),
+            "string": lambda ty: pa.types.is_string(ty) or pa.types.is_large_string(ty)}[kind]
+    return [f.name for f in t.schema if f.name not in skip and test(f.type)]
 
 
 def summarize(t: pa.Table, rules: list) -> dict:
@@ -64,8 +69,9 @@ def summarize(t: pa.Table, rules: list) -> dict:
     import pandas as pd
 
     n = t.num_rows
-    err = np.array([e is not None for e in t.column("error").to_pylist()]) if n else np.zeros(0, bool)
-    passed = np.array(t.column("passed").fill_null(False).to_pylist(), bool) if n else np.zeros(0, bool)
+    err = pc.fill_null(pc.greater(pc.utf8_length(t.column("error")), 0), False).to_numpy(zero_copy_only=False) \
+        if n else np.zeros(0, bool)  # an empty error string is no error (as in filter.decide)
+    passed = t.column("passed").fill_null(False).to_numpy(zero_copy_only=False) if n else np.zeros(0, bool)
     flat = pc.list_flatten(t.column("reasons")) if n else pa.array([], pa.string())
     parents = pc.list_parent_indices(t.column("reasons")) if n else pa.array([], pa.int64())
     reasons = pd.Series(flat.to_numpy(zero_copy_only=False)).value_counts()
@@ -75,7 +81,7 @@ def summarize(t: pa.Table, rules: list) -> dict:
         v = t.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
         v = v[np.isfinite(v)]
         quant[c] = np.quantile(v, QUANTILES).tolist() if len(v) else []
-    df = pd.DataFrame({"source": t.column("source").to_pylist(), "passed": passed, "error": err})
+    df = pd.DataFrame({"source": t.column("source").to_pandas(), "passed": passed, "error": err})
     per = df.groupby("source", dropna=False).agg(clips=("passed", "size"), kept=("passed", "sum"),
                                                  errors=("error", "sum"))
     per["dropped"] = per["clips"] - per["kept"] - per["errors"]
@@ -156,197 +162,60 @@ def _thresholds(rules: list) -> dict[str, str]:
     return out
 
 
-# ----------------------------------------------------------------------------------------- thumbnails
-def thumbnail(storage: Storage, path: str | None, start: float = 0.0, duration: float | None = None) -> str | None:
-    """A strip of THUMB_FRAMES frames of one clip as a JPEG data URI (None when it cannot be read)."""
-    import cv2
-
-    from curation.video import Geometry, first_video_stream, frame_rotation, frame_time, open_container, stream_rotation, stream_sar
-
-    if not path:
-        return None
-    try:
-        with open_container(storage.uri(path)) as c:
-            st = first_video_stream(c, path)
-            dur = duration or (float(st.duration * st.time_base) if st.duration else None) or \
-                (c.duration / 1e6 if c.duration else 2.0)
-            want = [dur * f for f in np.linspace(0.2, 0.8, THUMB_FRAMES)]
-            got: list[np.ndarray] = []
-            for target in want:
-                c.seek(int(target / st.time_base) + (st.start_time or 0), stream=st, backward=True)
-                for i, fr in enumerate(c.decode(st)):
-                    if frame_time(fr, st, i, 25.0) + 1e-3 >= target or i > 600:
-                        geo = Geometry.fit(fr.width, fr.height, stream_sar(st), frame_rotation(fr) or
-                                           stream_rotation(st), max_h=THUMB_HEIGHT, max_w=THUMB_HEIGHT * 3)
-                        got.append(geo.apply(fr))
-                        break
-        if not got:
-            return None
-        h = min(g.shape[0] for g in got)
-        strip = np.concatenate([g[:h] for g in got], axis=1)
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(strip, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
-        return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode() if ok else None
-    except Exception:  # a missing or broken clip shows as a placeholder, never stops the report
-        return None
-
-
-def sheets(t: pa.Table, rules: list, per_sheet: int, seed: int = 0) -> list[tuple[str, str, list[int]]]:
-    """(title, note, row indices) of each contact sheet: either side of each threshold, dropped per reason."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for r in rules:
-        if r.column not in t.column_names:
-            continue
-        v = t.column(r.column).to_numpy(zero_copy_only=False).astype(np.float64)
-        for thr, kind in ((r.min, "min"), (r.max, "max")):
-            if thr is None:
-                continue
-            ok = np.isfinite(v)
-            dist = np.where(ok, np.abs(v - thr), np.inf)
-            k = min(per_sheet, int(ok.sum()))
-            if not k:
-                continue
-            near = np.argpartition(dist, k - 1)[:k] if k < len(dist) else np.arange(len(dist))
-            near = near[np.argsort(v[near])]
-            out.append((f"{r.column} near its {kind} {thr:g}",
-                        f"the {k} clips closest to the threshold, sorted by score", near.tolist()))
-    flat = pc.list_flatten(t.column("reasons")).to_numpy(zero_copy_only=False) if t.num_rows else []
-    parents = pc.list_parent_indices(t.column("reasons")).to_numpy() if t.num_rows else []
-    for reason in sorted(set(flat) - {"error"}):
-        idx = parents[flat == reason]
-        pick = rng.choice(idx, size=min(per_sheet, len(idx)), replace=False)
-        out.append((f"dropped: {reason}", f"{len(pick)} of {len(idx)} dropped clips, random sample", sorted(pick.tolist())))
+# ----------------------------------------------------------------------------------------------- html
+def static_parts(storage: Storage, t: pa.Table, counts: dict, s: dict, captions_html: str = "") -> dict[str, str]:
+    """HTML of the parts that do not move with the thresholds: table counts, per video, errors, captions."""
+    e = H.escape
+    rows = "".join(f"<tr><th class=l>{name}</th><td class=l>{e(json.dumps(c))}</td></tr>" for name, c in counts.items())
+    out = {"counts": f"<table>{rows}</table>"}
+    per = s["per_video"].head(TOP_VIDEOS_HTML)
+    body = "".join(f"<tr><td class=l>{e(str(src))}</td><td>{r.clips}</td><td>{r.kept}</td><td>{r.dropped}</td>"
+                   f"<td>{r.errors}</td><td class=l>{e(r.top_reason if isinstance(r.top_reason, str) else '')}</td></tr>"
+                   for src, r in per.iterrows())
+    out["videos"] = (f"<p>{len(s['per_video'])} videos; the {len(per)} with most clips; kept/dropped as stored in the "
+                     "table</p><table><tr><th class=l>source</th><th>clips</th><th>kept</th><th>dropped</th>"
+                     f"<th>errors</th><th class=l>top reason</th></tr>{body}</table>")
+    if s["errors"]:
+        err = pc.filter(t.select(["clip_id", "error"]), pc.fill_null(pc.greater(pc.utf8_length(t.column("error")), 0),
+                                                                       False)).slice(0, ERRORS_HTML).to_pylist()
+        out["errors"] = "<table>" + "".join(f"<tr><td class=l>{e(r['clip_id'])}</td><td class=l>{e(r['error'])}</td>"
+                                            "</tr>" for r in err) + "</table>"
+    # caption quality (curation/caption_report.py): lengths, flags, openings, shared captions, --compare
+    out["captions"] = captions_html or "<p>No captions yet (run the caption stage).</p>"
     return out
 
 
-# ----------------------------------------------------------------------------------------------- html
-def svg_histogram(values: np.ndarray, passed: np.ndarray, thresholds: list[tuple[float, str]],
-                  bins: int = 40, w: int = 560, h: int = 170) -> str:
-    """Stacked histogram (kept green, dropped grey) with red threshold lines, as inline SVG."""
-    ok = np.isfinite(values)
-    v, p = values[ok], passed[ok]
-    if not len(v):
-        return "<p>no values</p>"
-    lo, hi = np.quantile(v, [0.001, 0.999])
-    for t, _ in thresholds:
-        lo, hi = min(lo, t), max(hi, t)
-    if hi <= lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    edges = np.linspace(lo, hi, bins + 1)
-    vc = np.clip(v, lo, hi)
-    kept, _ = np.histogram(vc[p], edges)
-    drop, _ = np.histogram(vc[~p], edges)
-    top = max(1, int((kept + drop).max()))
-    pl, pb, pw, ph = 40, 22, w - 75, h - 40
-    bw = pw / bins
-    x = lambda val: pl + (val - lo) / (hi - lo) * pw  # noqa: E731
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" class="hist">',
-           f'<line x1="{pl}" y1="{h - pb}" x2="{pl + pw}" y2="{h - pb}" stroke="#444"/>']
-    for i in range(bins):
-        kh, dh = kept[i] / top * ph, drop[i] / top * ph
-        y0 = h - pb
-        if kh:
-            out.append(f'<rect x="{pl + i * bw:.1f}" y="{y0 - kh:.1f}" width="{bw - 1:.1f}" height="{kh:.1f}" fill="#4caf50"/>')
-        if dh:
-            out.append(f'<rect x="{pl + i * bw:.1f}" y="{y0 - kh - dh:.1f}" width="{bw - 1:.1f}" height="{dh:.1f}" fill="#9e9e9e"/>')
-    for t, label in thresholds:
-        right = x(t) > pl + 0.7 * pw  # label on the inner side of the line, so it is never cut off
-        out.append(f'<line x1="{x(t):.1f}" y1="8" x2="{x(t):.1f}" y2="{h - pb}" stroke="#d32f2f" stroke-width="2" '
-                   f'stroke-dasharray="4 2" class="threshold"/><text x="{x(t) + (-3 if right else 3):.1f}" y="16" '
-                   f'fill="#d32f2f" font-size="11" text-anchor="{"end" if right else "start"}">{H.escape(label)}</text>')
-    for val in np.linspace(lo, hi, 5):
-        out.append(f'<text x="{x(val):.1f}" y="{h - 6}" font-size="10" text-anchor="middle">{_fmt(float(val))}</text>')
-    out.append(f'<text x="4" y="{h - pb}" font-size="10">0</text><text x="4" y="14" font-size="10">{top}</text></svg>')
-    return "".join(out)
+def build_page(storage: Storage, t: pa.Table, rules: list, counts: dict, s: dict, clip_base: str | None,
+               title: str | None = None, captions_html: str = "") -> bytes:
+    """The interactive page (curation/report/); `title` names the root as the user gave it."""
+    from curation.report.page import build_data, render
+
+    meta, blobs = build_data(t, rules, score_columns(t, "numeric"), score_columns(t, "string"), storage, clip_base)
+    return render(redact(title or storage.root), meta, blobs, static_parts(storage, t, counts, s, captions_html)).encode()
 
 
-CSS = """body{font:14px system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0}
-td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f4f4f4}td.l,th.l{text-align:left}
-.score{display:inline-block;vertical-align:top;margin:0 24px 24px 0}.sheet{margin-bottom:18px}
-.clip{display:inline-block;margin:4px;font-size:11px;text-align:center;vertical-align:top}
-.clip img{display:block;border:1px solid #ccc}.bad{color:#c62828}.missing{width:160px;height:72px;background:#eee;
-display:flex;align-items:center;justify-content:center;color:#888}.legend span{display:inline-block;width:12px;height:12px;margin:0 4px}"""
-
-
-def html_report(root: str, storage: Storage, t: pa.Table, counts: dict, s: dict, per_sheet: int) -> str:
-    thr = _thresholds(s["rules"])
-    passed = np.array(t.column("passed").fill_null(False).to_pylist(), bool) if t.num_rows else np.zeros(0, bool)
-    e = H.escape
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>Filter report: {e(root)}</title>"
-           f"<style>{CSS}</style></head><body><h1>Filter report</h1><p>{e(root)} &middot; "
-           f"{time.strftime('%Y-%m-%d %H:%M:%S')}</p><h2>Counts</h2><table>"]
-    for name, c in counts.items():
-        out.append(f"<tr><th class=l>{name}</th><td class=l>{e(json.dumps(c))}</td></tr>")
-    n = max(1, s["clips"])
-    out.append(f"<tr><th class=l>scores</th><td class=l id=summary>{s['clips']} clips: kept {s['kept']} "
-               f"({100 * s['kept'] / n:.1f}%), dropped {s['dropped']}, errors {s['errors']}</td></tr></table>")
-    out.append("<h2>Dropped by reason</h2><table><tr><th class=l>reason</th><th>clips</th><th>share</th></tr>")
-    for r, k in s["reasons"].items():
-        out.append(f"<tr><td class=l>{e(r)}</td><td>{k}</td><td>{100 * k / n:.1f}%</td></tr>")
-    out.append("</table><h2>Scores</h2><p class=legend><span style='background:#4caf50'></span>kept"
-               "<span style='background:#9e9e9e'></span>dropped<span style='background:#d32f2f'></span>threshold</p>")
-    rules_by_col: dict[str, list] = {}
-    for r in s["rules"]:
-        rules_by_col.setdefault(r.column, []).append(r)
-    for c, qs in s["quantiles"].items():
-        marks = [(x, f"{k} {x:g}") for r in rules_by_col.get(c, []) for x, k in ((r.min, "min"), (r.max, "max"))
-                 if x is not None]
-        v = t.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
-        q = " ".join(f"p{int(a * 100)}={_fmt(b)}" for a, b in zip(QUANTILES, qs))
-        out.append(f"<div class=score><h3>{e(c)} <small>{e(thr.get(c, ''))}</small></h3>"
-                   f"{svg_histogram(v, passed, marks)}<div><small>{e(q)}</small></div></div>")
-    out.append("<h2>Contact sheets</h2><p id=thumbs>Each strip: frames at 20%, 50% and 80% of a clip; "
-               "<span class=bad>red</span> = dropped (for any reason). Thumbnails: "
-               "<span id=thumbs-loaded>?</span> loaded.</p>")
-    cache: dict[int, str | None] = {}
-    cols = set(t.column_names)
-    for title, note, idx in sheets(t, s["rules"], per_sheet):
-        out.append(f"<div class=sheet><h3>{e(title)}</h3><p><small>{e(note)}</small></p>")
-        col = title.split(" ")[0] if " near " in title else None
-        for i in idx:
-            row = {k: t.column(k)[i].as_py() for k in ("clip_id", "path", "passed", "start_s", "end_s") if k in cols}
-            if i not in cache:
-                dur = (row.get("end_s") or 0) - (row.get("start_s") or 0)
-                cache[i] = thumbnail(storage, row.get("path"), duration=dur if dur > 0 else None)
-            val = f"{col}={_fmt(t.column(col)[i].as_py())}<br>" if col else ""
-            img = f"<img src='{cache[i]}' alt='{e(row['clip_id'])}'>" if cache[i] else "<div class=missing>no frame</div>"
-            cls = "" if row.get("passed") else " bad"
-            out.append(f"<div class='clip{cls}'>{img}{val}{e(row['clip_id'][-28:])}</div>")
-        out.append("</div>")
-    per = s["per_video"].head(TOP_VIDEOS_HTML)
-    out.append(f"<h2>Per source video</h2><p>{len(s['per_video'])} videos; the {len(per)} with most clips</p><table>"
-               "<tr><th class=l>source</th><th>clips</th><th>kept</th><th>dropped</th><th>errors</th>"
-               "<th class=l>top reason</th></tr>")
-    for src, r in per.iterrows():
-        tr = r.top_reason if isinstance(r.top_reason, str) else ""
-        out.append(f"<tr><td class=l>{e(str(src))}</td><td>{r.clips}</td><td>{r.kept}</td><td>{r.dropped}</td>"
-                   f"<td>{r.errors}</td><td class=l>{e(tr)}</td></tr>")
-    out.append("</table>")
-    if s["errors"]:
-        errs = [(a, b) for a, b in zip(t.column("clip_id").to_pylist(), t.column("error").to_pylist()) if b][:50]
-        out.append("<h2>Errors</h2><table>" + "".join(
-            f"<tr><td class=l>{e(a)}</td><td class=l>{e(b)}</td></tr>" for a, b in errs) + "</table>")
-    # Count thumbnails the browser actually decoded (a broken image shows up here, not silently).
-    out.append("<script>addEventListener('load',()=>{const im=[...document.images];"
-               "document.getElementById('thumbs-loaded').textContent="
-               "im.filter(i=>i.complete&&i.naturalWidth>0).length+' of '+im.length;});</script></body></html>")
-    return "".join(out)
-
-
-def main(root: str, html: str | None = None, per_sheet: int = THUMBS_PER_SHEET,
-         compare: tuple[str, str] | None = None) -> int:
-    """Print the summary; write the HTML report unless `html` is None ("" = <root>/report/index.html)."""
-    from curation.caption_report import caption_report
-
+def _load(root: str) -> tuple[Storage, pa.Table, list, dict, dict] | None:
     storage = Storage(root)
-    root = redact(root)  # shown: no credentials or connection options (curation/uris.py)
     t, rules = load_scores(storage)
     counts = table_counts(storage)
     if not t.num_rows and not counts:
         print(f"error: no tables under {root} (videos/, clips/, scores/): is this a dataset root?", file=sys.stderr)
-        return 1
+        return None
     s = summarize(t, rules) if t.num_rows else {"clips": 0, "rules": rules}
-    print(terminal_report(root, counts, s))
+    print(terminal_report(redact(root), counts, s))  # shown: no credentials (curation/uris.py)
+    return storage, t, rules, counts, s
+
+
+def main(root: str, html: str | None = None, compare: tuple[str, str] | None = None) -> int:
+    """Print the summary; write the HTML page unless `html` is None ("" = <root>/report/index.html).
+    `compare`: two captions runs shown side by side."""
+    from curation.caption_report import caption_report
+    from curation.report.page import relative_base
+
+    got = _load(root)
+    if got is None:
+        return 1
+    storage, t, rules, counts, s = got
     try:
         cap_lines, cap_html = caption_report(storage, compare=compare)
     except ValueError as e:  # a --compare run that does not exist
@@ -355,12 +224,80 @@ def main(root: str, html: str | None = None, per_sheet: int = THUMBS_PER_SHEET,
     if cap_lines:
         print("\n".join(cap_lines))
     if html is not None and t.num_rows:
-        page = html_report(root, storage, t, counts, s, per_sheet).replace("</body>", cap_html + "</body>").encode()
+        target = storage.local_path("report/index.html") if html == "" else html
+        page = build_page(storage, t, rules, counts, s, relative_base(storage.local_path(""), target), root,
+                          cap_html)
         if html == "":
             storage.write_bytes("report/index.html", page)
             html = redact(storage.uri("report/index.html"))
         else:
             with open(html, "wb") as f:
                 f.write(page)
-        print(f"html report: {html}")
+        print(f"html report: {html} ({len(page) / 1e6:.1f} MB, {t.num_rows} clips)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- serve
+def make_server(root: str, port: int = 0):
+    """An HTTP server on 127.0.0.1: the page at /, the root's clip files at /root/<path> (with Range)."""
+    import posixpath
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    got = _load(root)
+    if got is None or not got[1].num_rows:
+        raise ValueError(f"{root}: no scores table to inspect (run the filter stage)")
+    storage, t, rules, counts, s = got
+    from curation.caption_report import caption_report
+
+    page = build_page(storage, t, rules, counts, s, "/root/", root, caption_report(storage)[1])
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a) -> None:  # quiet: the browser asks for many ranges
+            pass
+
+        def do_GET(self) -> None:
+            if self.path in ("/", "/index.html"):
+                return self._send(200, page, "text/html; charset=utf-8")
+            rel = posixpath.normpath(self.path.split("?", 1)[0][len("/root/"):]) if self.path.startswith("/root/") else ""
+            if not rel or rel.startswith("..") or rel.startswith("/") or not storage.exists(rel):
+                return self._send(404, b"not found", "text/plain")
+            with storage.fs.open_input_file(storage.path(rel)) as f:
+                size = f.size()
+                a, b = 0, size - 1
+                rng = self.headers.get("Range", "")
+                if rng.startswith("bytes="):
+                    lo, _, hi = rng[6:].split(",")[0].partition("-")
+                    a, b = (int(lo), min(int(hi or size - 1), size - 1)) if lo else (max(0, size - int(hi)), size - 1)
+                f.seek(a)
+                data = f.read(max(0, b - a + 1))
+            self._send(206 if rng else 200, data, "video/mp4" if rel.endswith(".mp4") else "application/octet-stream",
+                       {"Content-Range": f"bytes {a}-{b}/{size}"} if rng else {})
+
+        def _send(self, code: int, data: bytes, ctype: str, extra: dict | None = None) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Accept-Ranges", "bytes")
+            for k, v in (extra or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+
+    return ThreadingHTTPServer(("127.0.0.1", port), Handler)
+
+
+def serve(root: str, port: int = 8765) -> int:
+    """`inspect --serve`: serve the page until Ctrl-C (bound to 127.0.0.1 only)."""
+    try:
+        srv = make_server(root, port)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"serving http://127.0.0.1:{srv.server_address[1]}/ (Ctrl-C stops)", flush=True)
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.server_close()
     return 0

@@ -1,5 +1,6 @@
 """Command line: `python -m curation run pipelines.yaml [--stage S ...] [--set key=value ...]`,
-`python -m curation demo [pipelines.yaml]`, `python -m curation inspect <root>`."""
+`python -m curation run pipelines.yaml --stage filter --rules-only` (new thresholds, stored scores),
+`python -m curation demo [pipelines.yaml]`, `python -m curation inspect <root> [--serve]`."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +16,8 @@ def main(argv: list[str] | None = None) -> int:
                    "default: probe, split, filter, dedup, caption, shard")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     r.add_argument("--verbose", action="store_true", help="show Ray's own logging (default: runs/<run_id>.log)")
+    r.add_argument("--rules-only", action="store_true", help="filter stage: re-apply the configured thresholds "
+                   "to the stored scores (passed/reasons recomputed; nothing decoded or scored)")
     d = sub.add_parser("demo", help="the whole flow on generated sample videos: every stage, the report, a short "
                        "tiny VAE and transformer training, a sampled mp4")
     d.add_argument("config", nargs="?", default="pipelines.yaml")
@@ -25,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--html", default=None, help="write the HTML report here (default <root>/report/index.html)")
     i.add_argument("--no-html", action="store_true")
     i.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="two captions runs side by side")
+    i.add_argument("--serve", action="store_true", help="serve the page and the clips on 127.0.0.1 (thumbnails of "
+                   "object-store roots; the static page reads local clips itself) until Ctrl-C")
+    i.add_argument("--port", type=int, default=8765, help="--serve: port on 127.0.0.1 (0 = any free port)")
     args = ap.parse_args(argv)
     try:
         return _dispatch(args)
@@ -57,6 +63,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 2
         stages = [s.strip() for arg in (args.stage or stage_names(PipelineConfig)) for s in arg.split(",") if s.strip()]
         try:
+            if args.rules_only:
+                return _rules_only(cfg, stages, args.verbose)
             run_stages(cfg, stages, verbose=args.verbose)
         except ValueError as e:
             print(f"error: {scrub(str(e))}", file=sys.stderr)
@@ -69,6 +77,31 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "inspect":
         from curation.inspect import main as inspect_main
 
+        if args.serve:
+            from curation.inspect import serve
+
+            return serve(args.root, args.port)
         return inspect_main(args.root, html=None if args.no_html else (args.html or ""),
                             compare=tuple(args.compare) if args.compare else None)
     return 1
+
+
+def _rules_only(cfg: "object", stages: list[str], verbose: bool = False) -> int:
+    """--rules-only: the filter stage re-applies thresholds in this process; later stages run as usual."""
+    from curation.filter import run_rules_only
+    from curation.pipeline import RunContext, run_stages
+    from curation.storage import Storage
+
+    if "filter" not in stages:
+        print("error: --rules-only re-applies the filter thresholds: add --stage filter", file=sys.stderr)
+        return 2
+    i = stages.index("filter")
+    if i:
+        print(f"error: --rules-only works on stored scores; {', '.join(stages[:i])} cannot run before it in the same "
+              "command", file=sys.stderr)
+        return 2
+    ctx = RunContext(cfg, Storage(cfg.root))
+    run_rules_only(cfg, ctx)
+    if stages[1:]:
+        run_stages(cfg, stages[1:], ctx, verbose=verbose)
+    return 0
