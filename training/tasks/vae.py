@@ -103,11 +103,13 @@ class VAETask(Task):
 
         s, frames = self.split, x.shape[2]
         latent_frames = (frames - 1) // 4 + 1
-        post = vae.encode(s.shard(x, 4))
+        cfg = self.model_config
+        sc = cfg.spatial_compression
+        shape = (x.shape[0], cfg.latent_channels, latent_frames, x.shape[3] // sc, x.shape[4] // sc)
+        noise = torch.randn(shape, generator=self.gen, device=self.gen.device, dtype=x.dtype)
         a, b = s.bounds(latent_frames, 1)
-        shape = post.mean.shape[:2] + (latent_frames,) + post.mean.shape[3:]
-        noise = torch.randn(shape, generator=self.gen, device=self.gen.device, dtype=post.mean.dtype)[:, :, a:b]
-        recon = s.gather(vae.decode(post.mean + post.std * noise.to(post.mean.device)), s.frame_counts(frames, 4))
+        recon, post = vae(s.shard(x, 4), noise=noise[:, :, a:b])  # through the root module: FSDP gathers it
+        recon = s.gather(recon, s.frame_counts(frames, 4))
         kl = all_reduce_sum(post.kl().float(), s.group).mean() / x[0].numel()
         return recon, post, kl
 
@@ -179,9 +181,8 @@ class VAETask(Task):
         vae, s = self.models["vae"], self.split
         if s is None:
             recon = vae(x, sample=False)[0]
-        else:  # every rank of the cp group decodes its frames of the posterior mode
-            z = s.gather(vae.encode(s.shard(x, 4)).mode(), s.frame_counts((x.shape[2] - 1) // 4 + 1, 1))
-            recon = s.gather(vae.decode(s.shard(z, 1)), s.frame_counts(x.shape[2], 4))
+        else:  # every rank of the cp group reconstructs its frames (encode, posterior mode, decode)
+            recon = s.gather(vae(s.shard(x, 4), sample=False)[0], s.frame_counts(x.shape[2], 4))
         recon = recon.float().clamp(-1, 1)
         value = psnr(recon, x)
         paths = []
