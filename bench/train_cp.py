@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import os
 import statistics
 import sys
@@ -62,7 +61,7 @@ def activation_bytes(dim: int, layers: int, text: int, video: int, cp: int, chec
     return bytes_per * layers * per_block
 
 
-def state_bytes(params: int, shards: int, mixed: bool) -> float:
+def state_bytes(params: int, shards: int) -> float:
     """Parameters, gradients and AdamW states per rank under FSDP over `shards` ranks: fp32 master weights,
     fp32 gradients and two fp32 moments (16 B/param) sharded; with bf16 compute one block's gathered bf16
     weights are added by the caller."""
@@ -87,9 +86,8 @@ def comm_bytes_per_step(params: int, dim: int, layers: int, text: int, video: in
 
 
 # --- measurement --------------------------------------------------------------------------------------------
-def _step(model, batch, cp):
-    from model.context_parallel import ContextParallel  # noqa: F401  (cp is one or None)
-
+def _step(model, batch, cp) -> float:
+    """Forward + MSE + backward with `cp` (a ContextParallel, or None for the whole sequence on this rank)."""
     model.enable_context_parallel(cp)
     out = model(batch["latents"], batch["text"], batch["t"])
     loss = ((out - batch["target"]) ** 2).mean()
@@ -117,8 +115,9 @@ def _measure(rank: int, world: int, args: argparse.Namespace, out: str) -> None:
     model = ExpertTransformer(cfg).to(device)
     g = torch.Generator().manual_seed(0)
     shape = (1, args.frames, cfg.in_channels, args.latent, args.latent)
-    batch = {"latents": torch.randn(shape, generator=g), "text": torch.randn(1, cfg.max_text_len, cfg.text_embed_dim, generator=g),
-             "t": torch.tensor([500]), "target": torch.randn(shape, generator=g)}
+    batch = {"latents": torch.randn(shape, generator=g), "t": torch.tensor([500]),
+             "text": torch.randn(1, cfg.max_text_len, cfg.text_embed_dim, generator=g),
+             "target": torch.randn(shape, generator=g)}
     batch = {k: v.to(device) for k, v in batch.items()}
     rows = []
     for ac in (False, True):
@@ -209,7 +208,7 @@ def scaling_tables() -> None:
         print("| GPUs (FSDP shards) | weights+grads+AdamW per rank (GiB) | + 2 gathered bf16 blocks | FSDP traffic per rank per step (GiB) |")
         print("|---|---|---|---|")
         for gpus in (8, 64, 512):
-            st = state_bytes(p, gpus, True)
+            st = state_bytes(p, gpus)
             c = comm_bytes_per_step(p, s["dim"], s["layers"], 226, 1, 1, gpus, "ulysses")
             print(f"| {gpus} | {st / gib:.2f} | {(st + 2 * block_bf16) / gib:.2f} | {c['fsdp'] / gib:.1f} |")
         print("\n| clip | tokens (text + video) | cp | attention | activations, no AC (GiB) | with AC (GiB) | "
