@@ -2,6 +2,7 @@
 weights, same data, in the same run.
 
     .venv/bin/python bench/train.py [--model transformer|vae|both|lora] [--steps 6] [--size small|2b]
+    .venv/bin/python bench/train.py --cp 2 [--steps 3]     (context parallelism: bench/train_cp.py)
 
 Variants (each in its own subprocess, so peak memory is its own):
 - ours/trainer: `Trainer.train_step` with FSDP2 (one rank, gloo on CPU / NCCL on GPU): forward, backward,
@@ -267,7 +268,15 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--threads", type=int, default=1, help="torch threads (more than free cores makes OpenMP spin: keep 1 on a shared machine)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    a = p.parse_args()
+    p.add_argument("--cp", type=int, help="instead: context parallelism, per-rank memory/time at cp=N vs cp=1 "
+                   "(bench/train_cp.py; its own options follow, e.g. --frames 13 --latent 24)")
+    a, rest = p.parse_known_args()
+    if a.cp:
+        from bench.train_cp import main as cp_main
+
+        return cp_main(["--cp", str(a.cp), "--steps", str(a.steps), "--threads", str(a.threads), *rest])
+    if rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
     torch.set_num_threads(a.threads)
     if a.worker:
         model, size = ("transformer", "wide") if a.model == "lora" else (a.model, a.size)

@@ -635,10 +635,15 @@ class CausalVAE(nn.Module):
             return self._tiled(z, self._decode_frames, (th, tw), (self.tile_sample_height, self.tile_sample_width))
         return self._decode_frames(z)
 
-    def forward(self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None):
-        """Reconstruction for VAE training: (x_hat, posterior)."""
+    def forward(self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None,
+                noise: torch.Tensor | None = None):
+        """Reconstruction for VAE training: (x_hat, posterior). `noise` (the posterior's shape) replaces the
+        generator's draw (context parallel: each rank's slice of the whole clip's noise)."""
         posterior = self.encode(x)
-        z = posterior.sample(generator) if sample else posterior.mode()
+        if noise is not None:
+            z = posterior.mean + posterior.std * noise.to(posterior.mean)
+        else:
+            z = posterior.sample(generator) if sample else posterior.mode()
         return self.decode(z), posterior
 
 

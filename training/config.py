@@ -63,7 +63,7 @@ class ParallelConfig(Strict):
     activation_checkpointing: bool = False  # recompute each block in backward (less memory, ~30% more compute)
     compile: bool = False  # torch.compile each block (GPU; first steps are slow while compiling)
     reshard_after_forward: bool = True  # free gathered block weights after forward (ZeRO-3); False keeps them (ZeRO-2, faster, more memory)
-    cp_size: int = Field(1, ge=1)  # context parallelism (--task transformer): ranks that split one sample's video tokens (divides shard_size, or the world); the same batch goes to all of them, so data-parallel size = world / cp_size
+    cp_size: int = Field(1, ge=1)  # context parallelism: ranks that split one sample (transformer: its video tokens; vae: its frames); divides shard_size (or the world); they all get the same batch, so data-parallel size = world / cp_size
     cp_attention: Literal["auto", "ulysses", "allgather"] = "auto"  # exact attention over split tokens: ulysses (all-to-all, needs num_heads % cp_size == 0), allgather (gather K/V, any cp_size); auto = ulysses when the heads divide, else allgather
 
 

@@ -1,6 +1,6 @@
-"""Context parallelism in the trainer (torchrun, gloo on CPU): a cp=2 run of the transformer task gives
-the losses of the one-process run, and a DCP checkpoint written with dp=2 resumes under cp=2 (weights
-and optimiser resharded) exactly as it resumes in one process."""
+"""Context parallelism in the trainer (torchrun, gloo on CPU): cp=2 runs of the transformer and VAE tasks
+give the losses of the one-process runs, and a DCP checkpoint written with dp=2 resumes under cp=2
+(weights and optimiser resharded) exactly as it resumes in one process."""
 from __future__ import annotations
 
 import os
@@ -22,11 +22,11 @@ def training(steps: int, **extra) -> dict:
     return cfg
 
 
-def _run(folder, cfg: dict, nproc: int) -> dict[int, float]:
+def _run(folder, cfg: dict, nproc: int, task: str = "transformer") -> dict[int, float]:
     path = write_config(str(folder), cfg)
-    r = run_cli([path, "--task", "transformer"], nproc=nproc)
+    r = run_cli([path, "--task", task], nproc=nproc)
     assert r.returncode == 0, r.stderr[-3000:]
-    return losses(os.path.join(str(folder), "data", "runs", "transformer"))
+    return losses(os.path.join(str(folder), "data", "runs", task))
 
 
 def _close(a: dict[int, float], b: dict[int, float], rel: float = 1e-5) -> bool:
@@ -66,3 +66,12 @@ def test_cp_size_must_divide_the_shard_group():
         build_cp_mesh(ParallelConfig(cp_size=2, shard_size=3), torch.device("cpu"), 6)
     with pytest.raises(ValueError, match=r"shard_size \(4\) must divide the number of processes \(6\)"):
         build_cp_mesh(ParallelConfig(cp_size=2, shard_size=4), torch.device("cpu"), 6)
+
+
+@pytest.mark.heavy
+def test_vae_cp2_training_gives_the_cp1_losses(tmp_path):
+    vae = {"gan_start_step": 2, "disc_channels": 8, "disc_layers": 2}  # the GAN switches on at step 2
+    cfg = lambda **p: training(3, data={"height": 16, "width": 16, "frames": 17}, vae=vae, **p)  # noqa: E731
+    ref = _run(tmp_path / "cp1", cfg(), 1, "vae")
+    cp = _run(tmp_path / "cp2", cfg(parallel={"cp_size": 2}), 2, "vae")
+    assert _close(cp, ref, 1e-4), (cp, ref)

@@ -53,9 +53,6 @@ class VAETask(Task):
 
     def build_models(self) -> dict[str, nn.Module]:
         c = self.cfg.vae
-        if self.info.cp_size > 1:
-            raise ValueError("training.parallel.cp_size > 1 is for --task transformer; the VAE task trains whole "
-                             "clips per rank (model/vae.py has the time-split hooks: model.context_parallel.TimeSplit)")
         vae = build_vae(c.size, c.init_from, c.channels, c.latent_channels)
         vae.chunked = False  # training sees whole clips: GroupNorm statistics over all frames, one pass per block
         models: dict[str, nn.Module] = {"vae": vae}
@@ -66,7 +63,14 @@ class VAETask(Task):
             self.lpips = LPIPS.from_files(c.lpips_backbone, c.lpips_linear).to(self.info.device)
         elif bool(c.lpips_backbone) != bool(c.lpips_linear):
             raise ValueError("training.vae: LPIPS needs both lpips_backbone and lpips_linear (or neither)")
-        self.gen = torch.Generator(device=self.info.device).manual_seed(self.cfg.seed * 7919 + self.info.rank)
+        # by data-parallel rank: the ranks of a context-parallel group draw the same posterior noise
+        self.gen = torch.Generator(device=self.info.device).manual_seed(self.cfg.seed * 7919 + self.info.dp_rank)
+        self.split = None
+        if self.info.cp_size > 1:  # frames of each clip split over the cp group (model/context_parallel.py)
+            from model.context_parallel import TimeSplit
+
+            self.split = TimeSplit(self.info.cp_group)
+            vae.enable_context_parallel(self.split)
         self.model_config = vae.config
         return models
 
@@ -91,6 +95,24 @@ class VAETask(Task):
             nll = nll + c.lpips_weight * lp
         return nll, terms
 
+    def _split_forward(self, vae: nn.Module, x: torch.Tensor):
+        """Context parallel: this rank encodes and decodes its frames (halo exchange, group-wide GroupNorm);
+        the posterior noise is the full clip's draw sliced, the reconstruction is gathered (every rank then
+        computes the losses of the whole clip), the KL is summed over the group."""
+        from model.context_parallel import all_reduce_sum
+
+        s, frames = self.split, x.shape[2]
+        latent_frames = (frames - 1) // 4 + 1
+        cfg = self.model_config
+        sc = cfg.spatial_compression
+        shape = (x.shape[0], cfg.latent_channels, latent_frames, x.shape[3] // sc, x.shape[4] // sc)
+        noise = torch.randn(shape, generator=self.gen, device=self.gen.device, dtype=x.dtype)
+        a, b = s.bounds(latent_frames, 1)
+        recon, post = vae(s.shard(x, 4), noise=noise[:, :, a:b])  # through the root module: FSDP gathers it
+        recon = s.gather(recon, s.frame_counts(frames, 4))
+        kl = all_reduce_sum(post.kl().float(), s.group).mean() / x[0].numel()
+        return recon, post, kl
+
     def forward_backward(self, batch: dict[str, Any], step: int) -> dict[str, Any]:
         c = self.cfg.vae
         vae = self.models["vae"]
@@ -98,9 +120,12 @@ class VAETask(Task):
         if (x.shape[2] - 1) % 8:
             raise ValueError(f"VAE training batch has {x.shape[2]} frames: the CogVideoX VAE reproduces 8N+1 frames "
                              f"(1, 9, 17, ...; an even latent count decodes to 4 extra frames); fix the buckets")
-        recon, post = vae(x, sample=True, generator=self.gen)
+        if self.split is None:
+            recon, post = vae(x, sample=True, generator=self.gen)
+            kl = post.kl().float().mean() / x[0].numel()
+        else:
+            recon, post, kl = self._split_forward(vae, x)
         recon = recon.float()
-        kl = post.kl().float().mean() / x[0].numel()
         gan = "disc" in self.models and step >= c.gan_start_step
 
         # Decoder-side losses on a detached leaf: their gradient w.r.t. the reconstruction.
@@ -130,7 +155,7 @@ class VAETask(Task):
             total = total + d_loss.detach()
             metrics.update(d_loss=d_loss.detach(), logits_real=real.mean().detach(), logits_fake=fake.mean().detach())
         metrics.update(loss=total, kl=kl.detach(), psnr=psnr(recon.detach(), x), samples=x.shape[0],
-                       tokens=post.mean[:, 0].numel())
+                       tokens=x.shape[0] * ((x.shape[2] - 1) // 4 + 1) * post.mean.shape[3] * post.mean.shape[4])
         return metrics
 
     def rank_state(self) -> dict[str, Any]:
@@ -153,7 +178,12 @@ class VAETask(Task):
         d = self.cfg.data
         clips = [synthetic_clip(i, d.synthetic_seed + 10_000, d.frames, d.height, d.width)[0] for i in range(2)]
         x = torch.stack(clips).to(self.info.device).transpose(1, 2)
-        recon = self.models["vae"](x, sample=False)[0].float().clamp(-1, 1)
+        vae, s = self.models["vae"], self.split
+        if s is None:
+            recon = vae(x, sample=False)[0]
+        else:  # every rank of the cp group reconstructs its frames (encode, posterior mode, decode)
+            recon = s.gather(vae(s.shard(x, 4), sample=False)[0], s.frame_counts(x.shape[2], 4))
+        recon = recon.float().clamp(-1, 1)
         value = psnr(recon, x)
         paths = []
         if self.info.is_main:
