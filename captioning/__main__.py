@@ -19,28 +19,7 @@ import sys
 
 import yaml
 
-
-def load_caption_config(path: str | None, overrides: list[str], run: str | None) -> "object":
-    """The `caption` section of pipelines.yaml (defaults without a file), with overrides; exits on errors."""
-    from pydantic import ValidationError
-
-    from captioning.config import CaptionConfig
-    from curation.config import ConfigError, apply_overrides
-
-    data: dict = {}
-    if path:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file {path!r} does not exist")
-        data = (yaml.safe_load(open(path)) or {}).get("caption") or {}
-    data = apply_overrides(data, overrides)
-    if run:
-        data["run"] = run
-    try:
-        return CaptionConfig.model_validate(data)
-    except ValidationError as e:
-        lines = [f"  caption.{'.'.join(map(str, err['loc']))}: "
-                 f"{'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}" for err in e.errors()]
-        raise ConfigError("invalid caption configuration\n" + "\n".join(lines)) from None
+from captioning.config import load_caption_config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -150,3 +150,28 @@ class CaptionConfig(_Strict):
             raise ValueError(f"resources.num_gpus ({self.resources.num_gpus}) must be >= "
                              f"vllm.tensor_parallel_size ({self.vllm.tensor_parallel_size})")
         return self
+
+
+def load_caption_config(path: str | None, overrides: list[str], run: str | None) -> "object":
+    """The `caption` section of pipelines.yaml (defaults without a file), with overrides; exits on errors."""
+    import os
+
+    import yaml
+    from pydantic import ValidationError
+
+    from curation.config import ConfigError, apply_overrides
+
+    data: dict = {}
+    if path:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {path!r} does not exist")
+        data = (yaml.safe_load(open(path)) or {}).get("caption") or {}
+    data = apply_overrides(data, overrides)
+    if run:
+        data["run"] = run
+    try:
+        return CaptionConfig.model_validate(data)
+    except ValidationError as e:
+        lines = [f"  caption.{'.'.join(map(str, err['loc']))}: "
+                 f"{'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}" for err in e.errors()]
+        raise ConfigError("invalid caption configuration\n" + "\n".join(lines)) from None

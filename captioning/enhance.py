@@ -174,7 +174,7 @@ def enhance_run(storage: Storage, cfg: CaptionConfig, local: bool = False, progr
 def expand_prompts(prompts: list[str], config: str | None = None, overrides: list[str] | None = None) -> list[str]:
     """Each short prompt expanded by the `caption.enhance` LM of `config` (pipelines.yaml) with its
     `expand_prompt` template. Raises ValueError naming the prompt that got no expansion."""
-    from captioning.__main__ import load_caption_config
+    from captioning.config import load_caption_config
     from captioning.engines import make_text_engine
     from captioning.stage import prepare_text_model
 

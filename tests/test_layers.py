@@ -18,7 +18,7 @@ ALLOWED = {
     "curation": set(),
     "captioning": {"curation"},
     "shards": {"curation", "captioning"},
-    "training": {"curation", "shards", "model"},
+    "training": {"curation", "captioning", "shards", "model"},  # captioning: sample --enhance-prompt
     "vidcurate": {"model", "curation", "captioning", "shards", "training"},
 }
 _MODULE_REF = re.compile(r"^(%s)(\.\w+)*(:\w+)?$" % "|".join(PROJECT))
