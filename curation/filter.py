@@ -292,7 +292,7 @@ def decide_table(t: pa.Table, rules: list[Rule]) -> tuple[pa.Array, pa.Array]:
     float32 scores that `decide` sees), never in the column's own float32.
     """
     n = t.num_rows
-    err = t.column("error") if "error" in t.column_names else pa.nulls(n, pa.string())
+    err = t.column("error").cast(pa.string()) if "error" in t.column_names else pa.nulls(n, pa.string())
     is_err = pc.fill_null(pc.greater(pc.utf8_length(err), 0), False).to_numpy(zero_copy_only=False)
     labels, masks = [], []
     for rule in rules:

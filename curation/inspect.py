@@ -69,7 +69,7 @@ def summarize(t: pa.Table, rules: list) -> dict:
     import pandas as pd
 
     n = t.num_rows
-    err = pc.fill_null(pc.greater(pc.utf8_length(t.column("error")), 0), False).to_numpy(zero_copy_only=False) \
+    err = pc.fill_null(pc.greater(pc.utf8_length(t.column("error").cast(pa.string())), 0), False).to_numpy(zero_copy_only=False) \
         if n else np.zeros(0, bool)  # an empty error string is no error (as in filter.decide)
     passed = t.column("passed").fill_null(False).to_numpy(zero_copy_only=False) if n else np.zeros(0, bool)
     flat = pc.list_flatten(t.column("reasons")) if n else pa.array([], pa.string())
@@ -176,7 +176,7 @@ def static_parts(storage: Storage, t: pa.Table, counts: dict, s: dict, captions_
                      "table</p><table><tr><th class=l>source</th><th>clips</th><th>kept</th><th>dropped</th>"
                      f"<th>errors</th><th class=l>top reason</th></tr>{body}</table>")
     if s["errors"]:
-        err = pc.filter(t.select(["clip_id", "error"]), pc.fill_null(pc.greater(pc.utf8_length(t.column("error")), 0),
+        err = pc.filter(t.select(["clip_id", "error"]), pc.fill_null(pc.greater(pc.utf8_length(t.column("error").cast(pa.string())), 0),
                                                                        False)).slice(0, ERRORS_HTML).to_pylist()
         out["errors"] = "<table>" + "".join(f"<tr><td class=l>{e(r['clip_id'])}</td><td class=l>{e(r['error'])}</td>"
                                             "</tr>" for r in err) + "</table>"

@@ -83,8 +83,8 @@ class Scorer:
         # A metric may be a label (pa.string(), e.g. motion camera_type): shown and stored, never thresholded.
         labels = {m for m, t in self.metrics().items() if not (pa.types.is_floating(t) or pa.types.is_integer(t))}
         if set(cfg.thresholds) & labels:
-            raise ValueError(f"scorers.{name}.thresholds: {sorted(set(cfg.thresholds) & labels)} are labels, "
-                             "not numbers: they cannot have min/max")
+            raise ValueError(f"scorers.{name}.thresholds: {sorted(set(cfg.thresholds) & labels)} are labels, not numeric "
+                             "metrics: they cannot have min/max")
 
     def metrics(self) -> dict[str, pa.DataType]:
         """Metric name -> Arrow type (float32 numbers, or pa.string() labels); columns are `<name>_<metric>`."""

@@ -192,7 +192,7 @@ def build_data(t: pa.Table, rules: list, numeric: list[str], strings: list[str],
         scorer, metric = split_column(c, names)
         cols.append({"name": c, "scorer": scorer, "metric": metric, "min": _num(st["min"]), "max": _num(st["max"]),
                      **enc})
-    err = pc.fill_null(pc.greater(pc.utf8_length(t.column("error")), 0), False).to_numpy(zero_copy_only=False)
+    err = pc.fill_null(pc.greater(pc.utf8_length(t.column("error").cast(pa.string())), 0), False).to_numpy(zero_copy_only=False)
     dedup, dup = _dedup(storage, t)
     flags = err.astype(np.uint8) | (dup.astype(np.uint8) << 1 if dup is not None else 0)
     dur = (pc.subtract(t.column("end_s"), t.column("start_s")).cast(pa.float64()).fill_null(0.0)

@@ -84,5 +84,5 @@ def test_training_sample_enhance_prompt_reports_a_bad_config(tmp_path, capsys):
     y = tmp_path / "p.yaml"
     y.write_text("caption:\n  enhance:\n    prompt_text: 'Expand {caption} for {audience}'\n")
     assert main(["--checkpoint", str(tmp_path / "none"), "--prompt", "a cat", "--enhance-prompt", str(y)]) == 2
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # errors go to stderr
     assert "[training sample] error:" in out and "caption.enhance.prompt_text" in out and "{audience}" in out

@@ -61,7 +61,9 @@ def test_terminal_summary_and_html(scored_root, capsys):
     page = open(os.path.join(scored_root, "report", "index.html")).read()
     meta = json.loads(re.search(r"<script type='application/json' id=meta>(.*?)</script>", page).group(1))
     cols = {c["name"]: c for c in meta["columns"]}
-    assert set(cols) == {"motion_mean", "motion_min_patch", "motion_still_share", "aesthetic_mean", "aesthetic_min"}
+    motion = {f"motion_{m}" for m in ("mean", "min_patch", "still_share", "camera", "object", "moving_area", "shake",
+                                      "level")}
+    assert set(cols) == motion | {"aesthetic_mean", "aesthetic_min"}  # numbers only: camera_type is a label
     assert cols["motion_mean"]["min"] == 0.01 and cols["aesthetic_mean"]["min"] == 4.5
     assert cols["motion_mean"]["scorer"] == "motion" and cols["aesthetic_min"]["metric"] == "min"
     assert meta["n"] == 7 and meta["stored_kept"] == 4 and meta["clip_base"] == "../"  # clips read relative to the page
@@ -89,6 +91,9 @@ def test_fast_on_100k_clips(tmp_path, monkeypatch):
         "source": [f"/raw/v{i // 50}.mp4" for i in range(n)], "path": [f"clips/v/c{i}.mp4" for i in range(n)],
         "start_s": np.zeros(n), "end_s": np.full(n, 4.0), "frames_sampled": np.full(n, 8, np.int32),
         "motion_mean": mean, "motion_min_patch": mean * 0.5, "motion_still_share": rng.random(n).astype(np.float32),
+        "motion_camera": mean * 0.6, "motion_object": mean, "motion_moving_area": rng.random(n).astype(np.float32),
+        "motion_shake": (rng.random(n) * 0.01).astype(np.float32), "motion_level": mean,
+        "motion_camera_type": pa.array(["static"] * n, pa.string()),
         "passed": [not r for r in reasons], "reasons": reasons, "clip_embedding": emb.cast(pa.list_(pa.float32())),
         "error": pa.nulls(n, pa.string()), "decode_s": np.zeros(n, np.float32), "score_s": np.zeros(n, np.float32),
     }, schema=schema)
@@ -122,7 +127,8 @@ def test_page_of_a_real_run_in_headless_chromium(scored_root, tmp_path):
     with Chromium(exe, 1200, 1400) as b:
         b.goto(f"file://{page}")
         assert b.eval("document.getElementById('kept').textContent") == "4"
-        assert b.eval("document.querySelectorAll('svg.hist').length") == 5
+        numeric = insp.score_columns(insp.load_scores(Storage(scored_root))[0], "numeric")
+        assert b.eval("document.querySelectorAll('svg.hist').length") == len(numeric)  # one per number column
         b.eval("window.inspect.settled()")
         for _ in range(200):  # thumbnails load as the sheets scroll into view
             d = b.eval("Object.assign({}, document.getElementById('thumbs').dataset)")
@@ -156,9 +162,10 @@ def test_page_data_of_odd_columns(tmp_path):
     t = t.set_column(t.schema.get_field_index("motion_mean"), schema.field("motion_mean"), pa.array(mean, pa.float32()))
     t = t.set_column(t.schema.get_field_index("aesthetic_min"), schema.field("aesthetic_min"), pa.nulls(400, pa.float32()))
     i = schema.get_field_index("passed")
-    schema = schema.insert(i, pa.field("motion_frames", pa.int32())).insert(i, pa.field("motion_camera_type", pa.string()))
+    schema = schema.insert(i, pa.field("motion_frames", pa.int32()))
     t = t.add_column(i, "motion_frames", pa.array(np.arange(400) % 7, pa.int32()))
-    t = t.add_column(i, "motion_camera_type", pa.array(["pan", None, "static", "zoom"] * 100))
+    c = schema.get_field_index("motion_camera_type")  # the motion scorer's label column, with a missing value
+    t = t.set_column(c, "motion_camera_type", pa.array(["pan", None, "static", "zoom"] * 100, pa.string()))
     write_root(str(tmp_path), t, schema)
     assert insp.main(str(tmp_path), html="") == 0
     page = open(tmp_path / "report" / "index.html").read()

@@ -35,6 +35,11 @@ def scores_table(n: int, seed: int = 0, scorers: dict | None = None) -> tuple[pa
             "source": [f"/raw/v{i // 50}.mp4" for i in range(n)], "path": [f"clips/v{i // 50}/c{i:07d}.mp4" for i in range(n)],
             "start_s": np.zeros(n), "end_s": rng.uniform(2, 10, n), "frames_sampled": np.full(n, 8, np.int32),
             "motion_mean": mean, "motion_min_patch": mean * 0.5, "motion_still_share": rng.random(n).astype(np.float32),
+            # the motion scorer's camera/scene metrics and its camera-type label
+            "motion_camera": mean * 0.6, "motion_object": mean, "motion_moving_area": rng.random(n).astype(np.float32),
+            "motion_shake": (rng.random(n) * 0.01).astype(np.float32), "motion_level": mean,
+            "motion_camera_type": pa.array(np.array(["static", "pan", "zoom"], object)[rng.integers(0, 3, n)].tolist(),
+                                           pa.string()),
             "aesthetic_mean": aes, "aesthetic_min": aes - 0.5, "passed": np.zeros(n, bool), "reasons": [[]] * n,
             "clip_embedding": pa.FixedSizeListArray.from_arrays(pa.array(rng.normal(size=n * 4).astype(np.float32)), 4)
             .cast(pa.list_(pa.float32())),

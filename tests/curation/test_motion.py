@@ -79,7 +79,7 @@ def test_known_motion(scored, name):
 
 
 def test_default_rules_keep_walkers_drop_frozen_and_shaky(scored):
-    from curation.config import load_config
+    from vidcurate.flow import load_config
     import os
 
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

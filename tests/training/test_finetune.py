@@ -245,7 +245,8 @@ def test_latents_of_several_buckets_are_batched_by_shape(tmp_path):
     shapes = [tuple(next(it)["latents"].shape) for _ in range(4)]
     assert shapes == [(2, 3, 4, 4, 4), (2, 3, 4, 4, 4), (2, 1, 4, 4, 6), (2, 3, 4, 4, 4)]  # epoch of 3, then again
     cfg = {"steps": 3, "out_dir": "runs", "data": {"source": "latents", "latents_dir": str(folder), "batch_size": 2},
-           "checkpoint": {"export_diffusers": False}, "transformer": {"max_text_len": 12}}
+           "checkpoint": {"export_diffusers": False},
+           "transformer": {"max_text_len": 12, "vae": "tiny-random", "text_encoder": "tiny-random"}}
     summary = train(write_config(str(tmp_path), cfg), "transformer")
     assert summary["step"] == 3 and all(h["loss"] == h["loss"] for h in summary["history"])
 
