@@ -36,11 +36,15 @@ class Chromium:
         os.close(from_child)
         self._buf = b""
         self._id = 0
-        target = next(t for t in self.call("Target.getTargets")["targetInfos"] if t["type"] == "page")
-        self.session = self.call("Target.attachToTarget", targetId=target["targetId"], flatten=True)["sessionId"]
-        self.call("Page.enable", session=True)
-        self.call("Emulation.setDeviceMetricsOverride", session=True, width=width, height=height,
-                  deviceScaleFactor=1, mobile=False)
+        try:
+            target = next(t for t in self.call("Target.getTargets")["targetInfos"] if t["type"] == "page")
+            self.session = self.call("Target.attachToTarget", targetId=target["targetId"], flatten=True)["sessionId"]
+            self.call("Page.enable", session=True)
+            self.call("Emulation.setDeviceMetricsOverride", session=True, width=width, height=height,
+                      deviceScaleFactor=1, mobile=False)
+        except BaseException:  # never leave a browser or its profile behind
+            self.close()
+            raise
 
     def __enter__(self) -> "Chromium":
         return self
