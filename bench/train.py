@@ -12,7 +12,7 @@ Variants (each in its own subprocess, so peak memory is its own):
   with our weights (model.convert), the same step.
 Transformer step: v-prediction loss on precomputed latents (frozen encoders excluded). VAE step: L1 + KL.
 `--model lora`: LoRA fine-tuning (rank 16 on to_q/to_k/to_v/to_out, base frozen) of a tiny-but-wide
-transformer (4 layers, 8x64 heads): ours/lora-trainer (our Trainer + FSDP2 + peft adapters), ours/lora-plain
+transformer (4 layers, 16x64 heads): ours/lora-trainer (our Trainer + FSDP2 + peft adapters), ours/lora-plain
 (our model + peft, the step by hand), diffusers+peft (CogVideoXTransformer3DModel.add_adapter, the same
 step) and ours/full-trainer (full fine-tuning of the same model); ratios: time vs diffusers+peft, peak
 memory vs full fine-tuning.
@@ -48,7 +48,7 @@ def transformer_config(size: str):
     if size == "2b":
         return TransformerConfig.cogvideox_2b()
     if size == "wide":  # weights dominate memory, as in real fine-tuning: what LoRA saves shows
-        return TransformerConfig(num_heads=8, head_dim=64, num_layers=4, text_embed_dim=512, max_text_len=32,
+        return TransformerConfig(num_heads=16, head_dim=64, num_layers=4, text_embed_dim=512, max_text_len=32,
                                  time_embed_dim=256, sample_height=16, sample_width=16, sample_frames=9)
     return TransformerConfig(num_heads=4, head_dim=64, num_layers=4, text_embed_dim=256, max_text_len=64,
                              time_embed_dim=256, sample_height=16, sample_width=16, sample_frames=9)

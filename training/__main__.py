@@ -3,6 +3,7 @@
     torchrun --nproc_per_node N -m training pipelines.yaml --task vae|transformer [--set training.steps=100]
     python -m training pipelines.yaml --task vae                      (one process: same code, gloo/NCCL group of 1)
     python -m training sample --checkpoint <run or checkpoint> --prompt "..." [--out dir]
+    python -m training sample --pipeline <CogVideoX pipeline folder or hub name> [--lora FILE] --prompt "..."
     python -m training export --checkpoint <run or checkpoint> --out <folder>
     python -m training latents pipelines.yaml [--limit N]             (precompute VAE latents + T5 embeddings)
 """
