@@ -18,6 +18,7 @@ from collections import Counter
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation import tables
@@ -29,6 +30,7 @@ OPENING_WORDS = 3  # an opening is a caption's first this many words
 NGRAM = 3  # word n-grams counted (once per caption)
 SHARED_MIN = 2  # a text written for at least this many clips counts as shared
 COMPARE_SAMPLE = 8  # clips shown with both captions
+TEXT_SAMPLE = 5000  # openings and n-grams are counted on a seeded sample of this many captions (speed)
 CAMERA_COLUMN = "motion_camera_type"
 _COLUMNS = ("clip_id", "text", "flags", "error", "tokens_out", "text_tokens", "mode", "model")
 
@@ -68,12 +70,11 @@ def mentions_camera(text: str | None, camera_type: str | None) -> bool | None:
 # ----------------------------------------------------------------------------------------------- data
 def list_runs(storage: Storage) -> list[str]:
     """Captions runs under the root (folders of captions/ holding Parquet parts), in name order."""
-    runs = set()
-    for p in storage.list("captions", ".parquet"):
-        rel = p.split("captions/", 1)[-1]
-        if "/" in rel:
-            runs.add(rel.split("/")[0])
-    return sorted(runs)
+    import pyarrow.fs as pafs
+
+    sel = pafs.FileSelector(storage.path("captions"), allow_not_found=True)
+    return sorted(i.base_name for i in storage.fs.get_file_info(sel)
+                  if i.type == pafs.FileType.Directory and storage.list(f"captions/{i.base_name}", ".parquet"))
 
 
 def read_run(storage: Storage, run: str) -> pa.Table:
@@ -87,13 +88,13 @@ def read_run(storage: Storage, run: str) -> pa.Table:
         f = pq.ParquetFile(storage.fs.open_input_file(storage.path(p)))
         ts.append(f.read(columns=[c for c in _COLUMNS if c in f.schema_arrow.names]))
     t = pa.concat_tables(ts, promote_options="permissive")
-    rows = t.to_pylist()
-    best: dict[str, int] = {}
-    for i, r in enumerate(rows):
-        j = best.get(r["clip_id"])
-        if j is None or r.get("error") is None or rows[j].get("error") is not None:
-            best[r["clip_id"]] = i
-    return t.take(sorted(best.values()))
+    n = t.num_rows
+    # Vectorised "a caption beats an error, a later row an earlier one": the max of ok * n + row index per clip.
+    ok = np.asarray(pc.is_null(t.column("error")).to_numpy(zero_copy_only=False), bool) if "error" in t.column_names \
+        else np.ones(n, bool)
+    score = pa.array(ok.astype(np.int64) * n + np.arange(n))
+    best = pa.table({"clip_id": t.column("clip_id"), "s": score}).group_by("clip_id").aggregate([("s", "max")])
+    return t.take(np.sort(best.column("s_max").to_numpy() % n)) if n else t
 
 
 def camera_types(storage: Storage) -> dict[str, str]:
@@ -110,8 +111,12 @@ def camera_types(storage: Storage) -> dict[str, str]:
     return out
 
 
+_PUNCT = str.maketrans({c: " " for c in '!"#$%&()*+,./:;<=>?@[\\]^_`{|}~'})
+
+
 def _norm(text: str) -> str:
-    return " ".join(re.findall(r"[\w']+", text.lower()))
+    """Lower case, punctuation out, single spaces: captions that differ only in those count as one."""
+    return " ".join(text.lower().translate(_PUNCT).split())
 
 
 def run_stats(t: pa.Table, cameras: dict[str, str]) -> dict:
@@ -123,9 +128,11 @@ def run_stats(t: pa.Table, cameras: dict[str, str]) -> dict:
                      for r in caps], float)
     flags = Counter(f for r in caps for f in (r.get("flags") or []))
     norm = [_norm(r["text"]) for r in caps]
-    openings = Counter(" ".join(n.split()[:OPENING_WORDS]) for n in norm if n)
+    some = norm if len(norm) <= TEXT_SAMPLE else \
+        [norm[i] for i in np.random.default_rng(0).choice(len(norm), TEXT_SAMPLE, replace=False)]
+    openings = Counter(" ".join(n.split()[:OPENING_WORDS]) for n in some if n)
     grams: Counter = Counter()
-    for n in norm:
+    for n in some:
         w = n.split()
         grams.update({" ".join(w[i:i + NGRAM]) for i in range(len(w) - NGRAM + 1)})
     same = Counter(n for n in norm if n)
@@ -141,7 +148,7 @@ def run_stats(t: pa.Table, cameras: dict[str, str]) -> dict:
             "flagged": sum(bool(r.get("flags")) for r in caps), "openings": openings.most_common(TOP),
             "ngrams": grams.most_common(TOP), "shared": shared[:TOP],
             "shared_clips": sum(k for _, k in shared), "distinct": len(same),
-            "camera_known": len(known), "camera_mentioned": sum(known)}
+            "camera_known": len(known), "camera_mentioned": sum(known), "text_sample": len(some)}
 
 
 # ------------------------------------------------------------------------------------------- terminal
@@ -166,7 +173,8 @@ def terminal_lines(run: str, s: dict) -> list[str]:
                      f"type ({_pct(s['camera_mentioned'], s['camera_known'])})")
     else:
         lines.append(f"  camera motion named: - (no {CAMERA_COLUMN} in the scores table)")
-    lines.append("  top openings: " + "; ".join(f"'{o}' {k}" for o, k in s["openings"][:5]))
+    sampled = f" (sample of {s['text_sample']})" if s["text_sample"] < n else ""
+    lines.append(f"  top openings{sampled}: " + "; ".join(f"'{o}' {k}" for o, k in s["openings"][:5]))
     lines.append("  top 3-grams (clips): " + "; ".join(f"'{g}' {k}" for g, k in s["ngrams"][:5]))
     for text, k in s["shared"][:3]:
         lines.append(f"  shared x{k}: {text[:90]!r}")

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from curation.caption_report import caption_report, mentions_camera, read_run, run_stats
+from curation.caption_report import caption_report, list_runs, mentions_camera, read_run, run_stats
 from curation.storage import Storage
 from curation.synth import Scene, make_video
 from curation.tables import CLIPS, write_part
@@ -81,6 +81,9 @@ def test_inspect_prints_caption_quality_and_compares_two_runs(root, tmp_path, ca
     page = out.read_text()
     assert "<h2 id=captions>" in page and "Clip 3: the camera stays still" in page
     assert page.count("<img src='data:image/jpeg;base64,") >= 6  # a contact sheet next to each pair
+    assert list_runs(Storage(root)) == ["a", "b"]
+    assert main(["inspect", root, "--no-html"]) == 0  # every run, no comparison
+    assert "captions run b:" in capsys.readouterr().out
     lines, html = caption_report(Storage(root), runs=["b"])
     assert lines[0].startswith("captions run b:") and "Run b" in html and "compare" not in html
     assert main(["inspect", root, "--no-html", "--compare", "a", "nope"]) == 2
