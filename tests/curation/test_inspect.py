@@ -60,7 +60,7 @@ def test_terminal_summary_and_html(scored_root, capsys):
     assert re.search(r"motion_mean\s.*>= 0.01", text) and "aesthetic_mean" in text
     assert "per source video (2 videos" in text and "/raw/a.mp4" in text
     page = open(os.path.join(scored_root, "report", "index.html")).read()
-    assert page.count("<svg") == 5  # one histogram per score column
+    assert page.count("<svg") == 10  # one histogram per numeric score column (motion 8, aesthetic 2)
     assert page.count('class="threshold"') == 2  # motion_mean and aesthetic_mean thresholds
     assert "motion_mean near its min 0.01" in page and "dropped: motion_mean&lt;0.01" in page
     assert page.count("data:image/jpeg;base64,") >= 6  # thumbnails of real clips
@@ -88,6 +88,8 @@ def test_fast_on_100k_clips(tmp_path, monkeypatch):
         "source": [f"/raw/v{i // 50}.mp4" for i in range(n)], "path": [f"clips/v/c{i}.mp4" for i in range(n)],
         "start_s": np.zeros(n), "end_s": np.full(n, 4.0), "frames_sampled": np.full(n, 8, np.int32),
         "motion_mean": mean, "motion_min_patch": mean * 0.5, "motion_still_share": rng.random(n).astype(np.float32),
+        **{f"motion_{m}": rng.random(n).astype(np.float32) for m in ("camera", "object", "moving_area", "shake", "level")},
+        "motion_camera_type": rng.choice(["static", "pan", "zoom"], n),
         "passed": [not r for r in reasons], "reasons": reasons, "clip_embedding": emb.cast(pa.list_(pa.float32())),
         "error": pa.nulls(n, pa.string()), "decode_s": np.zeros(n, np.float32), "score_s": np.zeros(n, np.float32),
     }, schema=schema)
@@ -123,7 +125,7 @@ def test_report_renders_in_headless_chromium(scored_root, tmp_path):
     assert m, "the page script did not run (thumbnail counter missing)"
     loaded, total = int(m.group(1)), int(m.group(2))
     assert total >= 6 and loaded == total, f"browser decoded {loaded} of {total} thumbnails"
-    assert dom.count("<svg") == 5 and dom.count('class="threshold"') == 2
+    assert dom.count("<svg") == 10 and dom.count('class="threshold"') == 2
     shot = tmp_path / "shot.png"
     subprocess.run(flags + [f"--screenshot={shot}", f"file://{page}"], capture_output=True, timeout=120)
     import cv2
