@@ -113,7 +113,7 @@ def test_transnet_split_on_ray(ray_local, tmp_path):
 
     raw = tmp_path / "raw"
     raw.mkdir()
-    make_video(str(raw / "a.mp4"), [Scene(40, 2, 1), Scene(40, 2, 2)], 96, 64, 24.0)
+    make_video(str(raw / "a.mp4"), [Scene(40, 1, 1), Scene(40, 1, 2)], 96, 64, 24.0)  # no texture wrap-around
     (tmp_path / "p.yaml").write_text(f"root: {tmp_path / 'root'}\ninputs: ['{raw}/*.mp4']\n"
                                      "ray: {num_cpus: 2, progress: false}\n"
                                      "split: {detector: transnetv2, min_clip_s: 0.5}\n")
