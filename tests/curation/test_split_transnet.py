@@ -99,9 +99,12 @@ def test_missing_package_is_a_config_error(tmp_path, monkeypatch):
 @pytest.mark.heavy
 @pytest.mark.testdata
 def test_real_cuts(model, testdata):
-    # PySceneDetect's labelled cuts of its test video; TransNetV2 finds them within a frame.
+    # PySceneDetect's test video: hard cuts at 30 and 180, then fades from/to black and a dissolve
+    # (read off its frames; bench/split.py). TransNetV2 starts a shot after each of the 7 transitions;
+    # PySceneDetect's own goldens list only 30, 180, 394 (it misses the fades).
     cuts = detect_scenes(os.path.join(testdata, "scenedetect", "testvideo.mp4"), params(), model=model)
-    assert len(cuts) == 3 and all(abs(a - b) <= 1 for a, b in zip(cuts, [30, 180, 394])), cuts
+    ends = [30, 180, 241, 361, 424, 560, 694]  # first frame after each transition
+    assert len(cuts) == len(ends) and all(abs(a - b) <= 2 for a, b in zip(cuts, ends)), cuts
 
 
 @pytest.mark.heavy
@@ -113,7 +116,7 @@ def test_transnet_split_on_ray(ray_local, tmp_path):
 
     raw = tmp_path / "raw"
     raw.mkdir()
-    make_video(str(raw / "a.mp4"), [Scene(40, 2, 1), Scene(40, 2, 2)], 96, 64, 24.0)
+    make_video(str(raw / "a.mp4"), [Scene(40, 1, 1), Scene(40, 1, 2)], 96, 64, 24.0)  # no texture wrap-around
     (tmp_path / "p.yaml").write_text(f"root: {tmp_path / 'root'}\ninputs: ['{raw}/*.mp4']\n"
                                      "ray: {num_cpus: 2, progress: false}\n"
                                      "split: {detector: transnetv2, min_clip_s: 0.5}\n")
