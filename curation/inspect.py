@@ -342,8 +342,14 @@ def main(root: str, html: str | None = None, per_sheet: int = THUMBS_PER_SHEET) 
         return 1
     s = summarize(t, rules) if t.num_rows else {"clips": 0, "rules": rules}
     print(terminal_report(root, counts, s))
+    from curation import run_report  # stage accounting of the latest run (its own module)
+
+    run = run_report.latest_manifest(storage)
+    if run:
+        print("\n".join(run_report.terminal_lines(run)))
     if html is not None and t.num_rows:
-        page = html_report(root, storage, t, counts, s, per_sheet).encode()
+        page = html_report(root, storage, t, counts, s, per_sheet)
+        page = page.replace("</body></html>", (run_report.html_section(run) if run else "") + "</body></html>").encode()
         if html == "":
             storage.write_bytes("report/index.html", page)
             html = storage.uri("report/index.html")

@@ -36,7 +36,7 @@ class RunContext:
     cfg: PipelineConfig
     storage: Storage
     run_id: str = field(default_factory=lambda: time.strftime("%Y%m%dT%H%M%S") + f"-{int(time.time()*1e6)%1000000:06d}")
-    stages: dict = field(default_factory=dict)  # stage -> {"counts": ..., "seconds": ..., "errors": [...]}
+    stages: dict = field(default_factory=dict)  # stage -> {"counts", "seconds", "errors", "accounting"}
 
     def manifest(self) -> dict:
         versions = {}
@@ -63,11 +63,14 @@ def resolve(stage: str):
 
 def run_stages(cfg: PipelineConfig, stages: list[str], ctx: RunContext | None = None) -> RunContext:
     """Run the named stages in order on Ray, writing the manifest after each (so a crash keeps it)."""
-    from curation.runner import init_ray
+    from curation import accounting
+    from curation.runner import check_root_placement, init_ray
 
     ctx = ctx or RunContext(cfg, Storage(cfg.root))
     fns = [(s, resolve(s)) for s in stages]  # fail on a bad name before any work
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    check_root_placement(ctx.storage, cfg.ray.shared_root)  # before any work: nothing lands on a node's disk
+    accounting.take()  # events of pipelines run outside run_stages are not this run's
     for name, fn in fns:
         t0 = time.time()
         entry = ctx.stages.setdefault(name, {"counts": {}, "errors": []})
@@ -77,9 +80,11 @@ def run_stages(cfg: PipelineConfig, stages: list[str], ctx: RunContext | None = 
         except Exception as e:
             entry["errors"].append(f"{type(e).__name__}: {e}")
             entry["seconds"] = round(time.time() - t0, 3)
+            entry["accounting"] = accounting.summarize(accounting.take())
             ctx.write_manifest()
             raise
         entry["seconds"] = round(time.time() - t0, 3)
+        entry["accounting"] = accounting.summarize(accounting.take())  # per step: busy, waits, rows/s, bottleneck
         path = ctx.write_manifest()
         print(f"[{name}] done in {entry['seconds']:.1f}s: {entry['counts']} (manifest {path})", file=sys.stderr,
               flush=True)
