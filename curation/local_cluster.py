@@ -32,7 +32,7 @@ def _loopback(on: bool, saved: tuple = (None, True)) -> tuple:
     return old
 
 
-def _retrying(start, attempts: int = 3):
+def _retrying(start, attempts: int = 5):
     """Start a node; on a startup timeout kill the processes that attempt left and try again.
 
     Ray waits a fixed 30 s for a new raylet to register, which a machine shared by many test runs
