@@ -99,18 +99,15 @@ class Tee(Stage):
         return [self.shape(self.storage, r) for r in out if self.keep(r)]
 
 
-def streamed(cfg) -> dict:
-    """The flow as one Ray Data pipeline (+ the shard stage); returns counts, seconds, accounting."""
+def flow_steps(cfg) -> tuple[list[Stage], dict]:
+    """The steps of the streamed flow (each stage's worker object, teed to its table) and its sink."""
     from captioning.stage import Caption, SampleFrames, prepare_model
     from captioning.table import CAPTIONS, normalize, table_name
     from curation.filter import BASE_FIELDS, build_stages, ensure_demo_models, scores_schema
-    from curation.pipeline import RunContext
     from curation.probe import ProbeStage
-    from curation.runner import run_pipeline
     from curation.split import SplitParams, SplitStage
     from curation.stage import StageResources
     from curation.storage import expand_inputs
-    from shards.writer import run as shard_run
 
     st = Storage(cfg.root)
     ensure_demo_models(cfg.filter)
@@ -130,13 +127,23 @@ def streamed(cfg) -> dict:
             shape=lambda s, r: {"clip_id": r["clip_id"], "path": s.uri(r["path"]),
                                 "duration_s": (r["end_s"] - r["start_s"]) if r.get("end_s") else None}),
         SampleFrames(ccfg), Caption(ccfg)]
-    items = [{"source": s} for s in expand_inputs(cfg.inputs)]
     counts = {"captions": 0}
 
     def sink(rows: list[dict]) -> None:
         tables.write_part(st, table_name(ccfg.run), [normalize(r) for r in rows], schema=CAPTIONS)
         counts["captions"] += len(rows)
 
+    return steps, {"sink": sink, "counts": counts, "items": [{"source": s} for s in expand_inputs(cfg.inputs)]}
+
+
+def streamed(cfg) -> dict:
+    """The flow as one Ray Data pipeline (+ the shard stage); returns counts, seconds, accounting."""
+    from curation.pipeline import RunContext
+    from curation.runner import run_pipeline
+    from shards.writer import run as shard_run
+
+    steps, f = flow_steps(cfg)
+    st, ccfg, sink, counts, items = Storage(cfg.root), cfg.caption, f["sink"], f["counts"], f["items"]
     accounting.take()
     t0 = time.time()
     run_pipeline(items, steps, sink, sink_every=ccfg.sink_every, progress=False)
@@ -149,6 +156,30 @@ def streamed(cfg) -> dict:
     return {"seconds": flow_s + shard_s, "flow_s": flow_s, "shard_s": shard_s, "counts": counts,
             "samples": shard["samples"], "accounting": flow_acct,
             "shard_accounting": accounting.summarize(accounting.take())}
+
+
+def solo(cfg) -> dict:
+    """Every step alone in this process, one after the other over all rows (no Ray): per step wall
+    and CPU seconds. The floor of each step's cost, free of Ray's scheduling and start-up."""
+    from shards.writer import write_shards
+
+    steps, f = flow_steps(cfg)
+    rows, out = f["items"], {}
+    for stp in steps:
+        stp.ensure_setup()
+        t0, c0 = time.perf_counter(), time.process_time()
+        nxt = []
+        for i in range(0, len(rows), max(1, stp.resources.batch_size)):
+            nxt.extend(stp(rows[i:i + max(1, stp.resources.batch_size)]))
+        out[stp.name] = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+                         "rows_in": len(rows), "rows_out": len(nxt)}
+        rows = nxt
+    f["sink"](rows)
+    t0, c0 = time.perf_counter(), time.process_time()
+    stats = write_shards(Storage(cfg.root), cfg.shard.writer, "solo", local=True)
+    out["shard"] = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+                    "rows_in": stats["kept"], "rows_out": stats["samples"]}
+    return {"steps": out, "samples": stats["samples"], "seconds": sum(v["wall_s"] for v in out.values())}
 
 
 def staged(cfg) -> dict:
@@ -209,6 +240,31 @@ def report(r: dict) -> None:
           f"{b['clip_bytes'] / max(clips, 1) / 1e3:.0f} KB clip")
 
 
+def run_solo(inputs: dict, models: str, work: str, out: str | None) -> None:
+    from curation.config import load_config
+
+    results = []
+    for data, paths in inputs.items():
+        folder = os.path.join(work, f"{data}-solo")
+        os.makedirs(folder)
+        cfg = load_config(write_cfg(folder, paths, models))
+        r = solo(cfg)
+        r["storage"] = storage_bytes(cfg.root)
+        clips = r["storage"]["clips"]
+        print(f"\n== {data} videos ({len(paths)}), every step alone in one process: {clips} clips, "
+              f"{r['samples']} samples, {r['seconds']:.1f} s = {clips / r['seconds']:.3f} clips/s")
+        print(f"  {'step':15s} {'rows in':>7s} {'wall s':>7s} {'CPU s':>7s} {'CPU s/clip':>10s}")
+        for k, v in r["steps"].items():
+            print(f"  {k:15s} {v['rows_in']:7d} {v['wall_s']:7.2f} {v['cpu_s']:7.2f} {v['cpu_s'] / max(clips, 1):10.3f}")
+        b = r["storage"]
+        print(f"  storage: {b['video_bytes'] / 1e6:.2f} MB video ({b['video_s']:.0f} s) -> {b['clip_bytes'] / 1e6:.2f} MB "
+              f"clips ({b['clip_s']:.0f} s, {clips} clips)")
+        results.append({"data": data, **r})
+    if out:
+        with open(out, "w") as fh:
+            json.dump(results, fh, indent=1, default=str)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nodes", default="1,2", help="worker-node counts to run, comma-separated")
@@ -216,6 +272,8 @@ def main() -> None:
     ap.add_argument("--data", default="synth,real", help="input sets: synth, real")
     ap.add_argument("--videos", type=int, default=4, help="synthetic videos")
     ap.add_argument("--out", default=None, help="write all results as JSON here")
+    ap.add_argument("--solo", action="store_true", help="only run every step alone in this process (no Ray): "
+                    "per step CPU s per clip")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from captioning.tiny_vlm import build_tiny_qwen25_vl
@@ -229,6 +287,8 @@ def main() -> None:
         build_tiny_qwen25_vl(os.path.join(models, "tiny-vlm"))
         sets = {"synth": lambda: synth_inputs(os.path.join(work, "synth"), args.videos), "real": real_inputs}
         inputs = {d: sets[d]() for d in args.data.split(",")}
+        if args.solo:
+            return run_solo(inputs, models, work, args.out)
         counts = sorted(int(n) for n in args.nodes.split(","))
         cluster = LocalCluster(workers=counts[0], cpus=args.cpus)  # grown node by node: one start-up
         try:
