@@ -32,6 +32,21 @@ def _loopback(on: bool, saved: tuple = (None, True)) -> tuple:
     return old
 
 
+def _forget_address(address: str) -> None:
+    """Remove the "latest cluster" file Cluster writes for this head (/tmp/ray/ray_current_cluster):
+    while it exists, every plain ray.init() on the machine (other test runs) joins this cluster."""
+    from ray._common.utils import get_ray_address_file
+
+    path = get_ray_address_file(None)
+    try:
+        with open(path) as f:
+            mine = f.read().strip() == address
+        if mine:
+            os.remove(path)
+    except OSError:
+        pass
+
+
 def _retrying(start, attempts: int = 5):
     """Start a node; on a startup timeout kill the processes that attempt left and try again.
 
@@ -66,6 +81,7 @@ class LocalCluster:
         self.c = Cluster()
         _retrying(lambda: self.c.add_node(num_cpus=0, node_ip_address="127.0.0.1", include_dashboard=False,
                                           object_store_memory=OBJECT_STORE))
+        _forget_address(self.c.address)
         self.workers: list = []  # worker nodes, oldest first
         for _ in range(workers):
             self.add_worker()
