@@ -70,6 +70,11 @@ class DropOdd(Stage):
 
 
 def test_pipeline_records_every_step_on_ray(ray_local):
+    import sys
+
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
     got: list[dict] = []
     accounting.take()
     n = run_pipeline([{"i": i} for i in range(6)], [Slow(StageResources(num_cpus=1)),
