@@ -23,6 +23,15 @@ class CaptionResources(_Strict):
     num_gpus: float = Field(0.0, ge=0)  # GPUs per worker (the vllm engine: tensor_parallel_size)
     workers: int | None = Field(None, ge=1)  # actor/task concurrency; None = as many as CPUs allow
     batch_size: int = Field(1, ge=1)  # clips handed to one call
+    min_workers: int | None = Field(None, ge=1)  # autoscaling pool instead of `workers` (see curation.config.Resources)
+    max_workers: int | None = Field(None, ge=1)  # its upper bound (null = what the cluster holds)
+
+    @model_validator(mode="after")
+    def _pool(self):
+        from curation.stage import check_pool
+
+        check_pool(self.workers, self.min_workers, self.max_workers)
+        return self
 
 
 class OpenAIEngineConfig(_Strict):

@@ -35,6 +35,18 @@ class Resources(Strict):
     num_gpus: float = Field(0.0, ge=0)  # GPUs per worker; fractional shares allowed
     workers: int | None = Field(None, ge=1)  # actor/task concurrency; None = as many as CPUs allow
     batch_size: int = Field(1, ge=1)  # rows handed to one call of the stage
+    # Autoscaling pool (instead of a fixed `workers`): Ray Data starts min_workers actors and adds more,
+    # up to max_workers (null = what the cluster holds), while the stage's input queue grows; tasks run
+    # at most max_workers at once. The run manifest's accounting shows how many each stage used.
+    min_workers: int | None = Field(None, ge=1)
+    max_workers: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _pool(self) -> "Resources":
+        from curation.stage import check_pool
+
+        check_pool(self.workers, self.min_workers, self.max_workers)
+        return self
 
 
 class RayConfig(Strict):
@@ -43,6 +55,9 @@ class RayConfig(Strict):
     address: str | None = None  # None: connect to RAY_ADDRESS (set by `ray job submit`) or start a local Ray
     num_cpus: int | None = Field(None, ge=1)  # CPUs of the embedded local Ray (None = all)
     progress: bool = True  # show Ray Data progress bars
+    # A local-folder root on a cluster of several nodes is refused (each node would write to its own
+    # disk); true declares the folder a shared filesystem mounted at the same path on every node.
+    shared_root: bool = False
 
 
 class ProbeConfig(Strict):

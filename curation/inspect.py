@@ -223,10 +223,15 @@ def main(root: str, html: str | None = None, compare: tuple[str, str] | None = N
         return 2
     if cap_lines:
         print("\n".join(cap_lines))
+    from curation import run_report  # stage accounting of the latest run (its own module)
+
+    run = run_report.latest_manifest(storage)
+    if run:
+        print("\n".join(run_report.terminal_lines(run)))
     if html is not None and t.num_rows:
         target = storage.local_path("report/index.html") if html == "" else html
         page = build_page(storage, t, rules, counts, s, relative_base(storage.local_path(""), target), root,
-                          cap_html)
+                          cap_html + (run_report.html_section(run) if run else ""))
         if html == "":
             storage.write_bytes("report/index.html", page)
             html = redact(storage.uri("report/index.html"))

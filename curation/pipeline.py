@@ -32,7 +32,7 @@ class RunContext:
     cfg: BaseConfig
     storage: Storage
     run_id: str = field(default_factory=lambda: time.strftime("%Y%m%dT%H%M%S") + f"-{int(time.time()*1e6)%1000000:06d}")
-    stages: dict = field(default_factory=dict)  # stage -> {"counts": ..., "seconds": ..., "errors": [...]}
+    stages: dict = field(default_factory=dict)  # stage -> {"counts", "seconds", "errors", "accounting"}
     log_path: str | None = None  # local file with Ray's own logging of this run (runs/<run_id>.log in the root)
 
     def manifest(self) -> dict:
@@ -72,7 +72,7 @@ def run_stages(cfg: BaseConfig, stages: list[str], ctx: RunContext | None = None
 
     The console shows one progress bar per stage and a summary at the end; Ray's own logging goes to
     runs/<run_id>.log under the root unless `verbose`."""
-    from curation import runner
+    from curation import accounting, runner
 
     ctx = ctx or RunContext(cfg, Storage(cfg.root))
     fns = [(s, resolve(cfg, s)) for s in stages]  # fail on a bad name before any work
@@ -84,6 +84,9 @@ def run_stages(cfg: BaseConfig, stages: list[str], ctx: RunContext | None = None
     tables.new_run()  # part numbers continue after whatever another process wrote meanwhile
     try:
         runner.init_ray(cfg.ray.address, cfg.ray.num_cpus)
+        # before any work: on a multi-node cluster nothing may land on one node's disk
+        runner.check_root_placement(ctx.storage, cfg.ray.shared_root)
+        accounting.take()  # events of pipelines run outside run_stages are not this run's
         for name, fn in fns:
             _run_one(cfg, ctx, name, fn)
     finally:
@@ -107,7 +110,10 @@ def _run_one(cfg: BaseConfig, ctx: RunContext, name: str, fn) -> None:
         entry["failed"] = True
         raise
     finally:
+        from curation import accounting
+
         entry["seconds"] = round(time.time() - t0, 3)
+        entry["accounting"] = accounting.summarize(accounting.take())  # per step: busy, waits, rows/s, bottleneck
         ctx.write_manifest()
         _keep_log(ctx)
 

@@ -16,6 +16,7 @@ import tempfile
 import time
 from typing import Callable, Iterable
 
+from curation import accounting
 from curation.stage import Stage
 from curation.uris import scrub
 
@@ -124,6 +125,22 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         _to_log_file()
 
 
+def check_root_placement(storage: "object", shared: bool = False) -> None:
+    """Refuse a local-folder root when the Ray cluster has several nodes (unless declared shared).
+
+    Workers write clip and shard files themselves: with a per-node folder each node would keep its
+    own piece of the dataset and the tables would point at files other nodes cannot read.
+    """
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if storage.is_local and len(nodes) > 1 and not shared:
+        raise ValueError(f"root {storage.root!r} is a local folder but the Ray cluster has {len(nodes)} nodes: "
+                         "each node would write its files to its own disk. Use an object-store root "
+                         "(s3://..., gs://...), or set ray.shared_root: true if the folder is a shared "
+                         "filesystem mounted at the same path on every node")
+
+
 class _Wrap:
     """Callable class for Ray Data: builds the stage once per actor and converts batch formats."""
 
@@ -132,11 +149,26 @@ class _Wrap:
         self.stage.ensure_setup()
 
     def __call__(self, batch: "object") -> "object":
-        return _to_batch(self.stage(_from_batch(batch)))
+        return _accounted(self.stage, batch)
 
 
 def _from_batch(batch: "object") -> list[dict]:
+    if "__empty__" in batch.columns:  # the marker row of an empty upstream batch (it carries accounting)
+        batch = batch[batch["__empty__"].isna()].drop(columns="__empty__")
     return batch.to_dict("records")
+
+
+def _accounted(stage: Stage, batch: "object") -> "object":
+    """Run `stage` on a batch and record the call (curation/accounting.py) on the output batch."""
+    t0, c0 = time.time(), accounting.cpu_now()
+    batch, events, times = accounting.split_batch(batch)
+    rows = _from_batch(batch)
+    res = stage(rows)
+    out = _to_batch(res) if res else _to_batch([{"__empty__": True}])
+    t1 = time.time()
+    ev = accounting.event(stage.name, t0, t1, accounting.cpu_now() - c0, len(rows), len(res),
+                          accounting.batch_bytes(batch), accounting.batch_bytes(out), [t0 - t for t in times])
+    return accounting.attach(out, events + [ev], t1)
 
 
 def _to_batch(rows: list[dict]) -> "object":
@@ -147,7 +179,7 @@ def _to_batch(rows: list[dict]) -> "object":
 
 def _stateless(stage: Stage) -> Callable:
     def fn(batch: "object") -> "object":
-        return _to_batch(stage(_from_batch(batch)))
+        return _accounted(stage, batch)
     return fn
 
 
@@ -168,34 +200,52 @@ def run_pipeline(items: list[dict], stages: list[Stage], sink: Callable[[list[di
     ctx.execution_options.preserve_order = False
     # Small blocks so work spreads across workers even for a handful of long videos, and results (and
     # so resume points) stream back often; capped so a million-clip run does not schedule a million tasks.
-    ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
+    t_submit = time.time()  # the first step's queue waits count from here
+    ds = ray.data.from_items([{**it, accounting.TIME_COL: t_submit} for it in items],
+                             override_num_blocks=min(len(items), MAX_BLOCKS))
     for st in stages:
         r = st.resources
         common = dict(batch_format="pandas", batch_size=r.batch_size, num_cpus=r.num_cpus, **_no_fusion())
         if r.num_gpus:
             common["num_gpus"] = r.num_gpus
+        pool = pool_size(r, st.stateful)
         if st.stateful:
-            ds = ds.map_batches(_Wrap, fn_constructor_args=(st,), concurrency=r.workers or 1, **common)
+            ds = ds.map_batches(_Wrap, fn_constructor_args=(st,), concurrency=pool, **common)
         else:
-            if r.workers:
-                common["concurrency"] = r.workers
+            if pool:
+                common["concurrency"] = pool
             ds = ds.map_batches(_stateless(st), **common)
     n = 0
     pending: list[dict] = []
     bar = StageBar(items, _CONSOLE["stage"] or stages[-1].name, enabled=progress)
+    events: list[dict] = []
+    waits: list[float] = []  # of the rows handed to the next sink call
+
+    def flush() -> None:
+        t0 = time.time()
+        sink(pending)
+        events.append(accounting.event(accounting.SINK, t0, time.time(), 0.0, len(pending), len(pending), 0, 0,
+                                       waits, worker="driver"))
+        waits.clear()
+
     for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
+        arrived = time.time()
+        batch, evs, times = accounting.split_batch(batch)
+        events.extend(evs)
         if "__empty__" in batch.columns:
             batch = batch[batch["__empty__"].isna()].drop(columns="__empty__") if len(batch.columns) > 1 else batch.iloc[0:0]
         rows = [{k: _clean(v) for k, v in r.items()} for r in batch.to_dict("records")]
         bar.update(rows)
+        waits.extend(arrived - t for t in times[:len(rows)])
         pending.extend(rows)
         n += len(rows)
         if len(pending) >= sink_every:
-            sink(pending)
+            flush()
             pending = []
     if pending:
-        sink(pending)
+        flush()
     bar.close()
+    accounting.add(events)
     return n
 
 
@@ -243,6 +293,29 @@ class StageBar:
         elif self.enabled:
             print(f"{self.label}: {self.count()}/{self.total} done, {self.errors} errors, "
                   f"{time.time() - self.t0:.1f} s", file=sys.stderr, flush=True)
+
+
+def pool_size(r: "object", stateful: bool) -> "int | tuple[int, int] | None":
+    """Ray Data concurrency of a step: a fixed pool (`workers`), or an autoscaling pool between
+    `min_workers` and `max_workers` that Ray Data grows while the step's input queue builds up (tasks:
+    at most `max_workers` at once). An unset max is what the cluster's CPUs (GPUs) can hold."""
+    lo, hi = getattr(r, "min_workers", None), getattr(r, "max_workers", None)
+    if lo is None and hi is None:
+        return (r.workers or 1) if stateful else r.workers
+    lo = lo or 1
+    hi = hi or max(lo, _fits(r))
+    return (lo, hi) if stateful else hi
+
+
+def _fits(r: "object") -> int:
+    """Workers of `r`'s size the cluster holds (its scarcest resource decides)."""
+    import ray
+
+    res = ray.cluster_resources()
+    n = int(res.get("CPU", 0) // r.num_cpus) if r.num_cpus else 1 << 16
+    if r.num_gpus:
+        n = min(n, int(res.get("GPU", 0) // r.num_gpus))
+    return max(n, 1)
 
 
 def _no_fusion() -> dict:

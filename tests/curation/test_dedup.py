@@ -237,7 +237,7 @@ def own_ray():
 @pytest.mark.heavy  # two Ray Data pipelines (~15 s quiet)
 def test_rerun_reuses_hashes_and_ray_path(tmp_path, copies, own_ray):
     """The stage through run_stages on a real Ray: hashes computed once; a second run gives the same table."""
-    from curation.config import load_config
+    from vidcurate.flow import load_config
     from curation.pipeline import run_stages
 
     root = fresh(tmp_path, copies)
@@ -278,7 +278,8 @@ def test_hash_error_and_config_errors(tmp_path, copies):
 def test_missing_backend_is_a_config_error(tmp_path, monkeypatch):
     import importlib.util
 
-    from curation.config import ConfigError, load_config
+    from curation.config import ConfigError
+    from vidcurate.flow import load_config
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "faiss" else real(m, *a))
