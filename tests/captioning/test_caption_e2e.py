@@ -107,7 +107,7 @@ def test_pipeline_frames_then_summary_and_enhance_on_ray(ray_local, tiny_vlm, ti
     lm = f"{{model: {tiny_lm}, max_tokens: 8, resources: {{num_cpus: 0.25, workers: 1, batch_size: 2}}}}"
     caption = (f"{{model: {tiny_vlm}, mode: frames_then_summary, max_tokens: 6, max_side: 112, retry_bad: 0, "
                f"summary: {lm[:-1]}, keyframe_every_s: 1.0}}, enhance: {lm[:-1]}, enabled: true}}, "
-               "resources: {num_cpus: 1, workers: 1, batch_size: 4}}")
+               "resources: {num_cpus: 0.5, workers: 1, batch_size: 4}}")  # 2-CPU Ray: leave a CPU for the frame tasks
     cfg = load_config(pipeline_cfg(tmp_path, caption))
     ctx = run_stages(cfg, ["probe", "split", "filter", "caption"])
     rows = check_one_row_per_kept_clip(cfg)

@@ -16,7 +16,7 @@ def training(steps: int, **extra) -> dict:
            "data": {"source": "synthetic", "frames": 9, "height": 32, "width": 32, "batch_size": 1,
                     "synthetic_clips": 4},
            "optim": {"lr": 1e-3, "warmup_steps": 1}, "checkpoint": {"every": 2, "keep": 1, "export_diffusers": False},
-           "transformer": {"max_text_len": 8, "text_dropout": 0.0}}
+           "transformer": {"max_text_len": 8, "text_dropout": 0.0, "vae": "tiny-random", "text_encoder": "tiny-random"}}
     for k, v in extra.items():
         cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and k in cfg else v
     return cfg
