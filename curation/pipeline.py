@@ -82,17 +82,25 @@ def run_stages(cfg: BaseConfig, stages: list[str], ctx: RunContext | None = None
     from curation import tables
 
     tables.new_run()  # part numbers continue after whatever another process wrote meanwhile
+    refused = False
     try:
         runner.init_ray(cfg.ray.address, cfg.ray.num_cpus)
         # before any work: on a multi-node cluster nothing may land on one node's disk
-        runner.check_root_placement(ctx.storage, cfg.ray.shared_root)
+        try:
+            runner.check_root_placement(ctx.storage, cfg.ray.shared_root)
+        except ValueError:
+            refused = True  # nothing of this run may stay in the refused folder, not even its log
+            raise
         accounting.take()  # events of pipelines run outside run_stages are not this run's
         for name, fn in fns:
             _run_one(cfg, ctx, name, fn)
     finally:
         runner.set_stage(None)
         runner.console(None, True)
-        _keep_log(ctx)
+        if refused:
+            _drop_local_log(ctx)
+        else:
+            _keep_log(ctx)
         print(summary(ctx), file=sys.stderr, flush=True)
     return ctx
 
@@ -116,6 +124,20 @@ def _run_one(cfg: BaseConfig, ctx: RunContext, name: str, fn) -> None:
         entry["accounting"] = accounting.summarize(accounting.take())  # per step: busy, waits, rows/s, bottleneck
         ctx.write_manifest()
         _keep_log(ctx)
+
+
+def _drop_local_log(ctx: RunContext) -> None:
+    """Remove the log a refused run opened under a local root, and the folders made for it."""
+    if ctx.log_path and os.path.exists(ctx.log_path):
+        os.remove(ctx.log_path)
+    ctx.log_path = None
+    folder = ctx.storage.local_path("runs")
+    for d in (folder, ctx.storage.local_path("")):
+        try:
+            if d:
+                os.rmdir(d)  # only when empty: a root that had data keeps it
+        except OSError:
+            break
 
 
 def _keep_log(ctx: RunContext) -> None:

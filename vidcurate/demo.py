@@ -83,7 +83,7 @@ def run_demo(config: str, overrides: list[str], verbose: bool = False) -> int:
     _command(["-m", "training", "sample", "--checkpoint", os.path.join(train_dir, "transformer"), "--prompt", prompt,
               "--out", samples, *SAMPLE], log_path, verbose)
     tables = [t for t in ("videos", "clips", "scores", "captions", "shards") if os.path.isdir(os.path.join(root, t))]
-    print(f"\n[demo] done in {time.time() - t0:.0f} s. Outputs under {root}:\n"
+    print(f"\n[demo] done in {time.time() - t0:.0f} s. Outputs (under {root})\n"
           f"  tables       {', '.join(os.path.join(root, t) for t in tables)}  (Parquet; shards/ = WebDataset tars)\n"
           f"  report       {report}\n"
           f"  run manifest {os.path.join(root, 'runs', ctx.run_id + '.json')}  (log {ctx.log_path})\n"
