@@ -10,28 +10,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from captioning.prompts import check_placeholders
+from curation.filters.config import Resources
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class CaptionResources(_Strict):
-    """How one step of the caption stage runs on Ray (same fields as curation.config.Resources)."""
-
-    num_cpus: float = Field(1.0, gt=0)  # CPUs reserved per worker
-    num_gpus: float = Field(0.0, ge=0)  # GPUs per worker (the vllm engine: tensor_parallel_size)
-    workers: int | None = Field(None, ge=1)  # actor/task concurrency; None = as many as CPUs allow
-    batch_size: int = Field(1, ge=1)  # clips handed to one call
-    min_workers: int | None = Field(None, ge=1)  # autoscaling pool instead of `workers` (see curation.config.Resources)
-    max_workers: int | None = Field(None, ge=1)  # its upper bound (null = what the cluster holds)
-
-    @model_validator(mode="after")
-    def _pool(self):
-        from curation.stage import check_pool
-
-        check_pool(self.workers, self.min_workers, self.max_workers)
-        return self
+CaptionResources = Resources  # how a caption step runs on Ray: the fields of every stage's resources
 
 
 class OpenAIEngineConfig(_Strict):

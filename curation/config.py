@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
 from curation.dedup import DedupConfig
-from curation.filters.config import FilterConfig, resolve_path
+from curation.filters.config import FilterConfig, Resources, resolve_path  # noqa: F401 (Resources: every stage's)
 from curation.uris import scrub
 
 
@@ -26,27 +26,6 @@ class ConfigError(ValueError):
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class Resources(Strict):
-    """How a stage runs on Ray: its worker pool and what each worker holds."""
-
-    num_cpus: float = Field(1.0, gt=0)  # CPUs reserved per worker (task or actor)
-    num_gpus: float = Field(0.0, ge=0)  # GPUs per worker; fractional shares allowed
-    workers: int | None = Field(None, ge=1)  # actor/task concurrency; None = as many as CPUs allow
-    batch_size: int = Field(1, ge=1)  # rows handed to one call of the stage
-    # Autoscaling pool (instead of a fixed `workers`): Ray Data starts min_workers actors and adds more,
-    # up to max_workers (null = what the cluster holds), while the stage's input queue grows; tasks run
-    # at most max_workers at once. The run manifest's accounting shows how many each stage used.
-    min_workers: int | None = Field(None, ge=1)
-    max_workers: int | None = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _pool(self) -> "Resources":
-        from curation.stage import check_pool
-
-        check_pool(self.workers, self.min_workers, self.max_workers)
-        return self
 
 
 class RayConfig(Strict):

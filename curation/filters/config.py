@@ -19,14 +19,19 @@ class _Strict(BaseModel):
 
 
 class Resources(_Strict):
-    """How a filter step runs on Ray (same keys as curation.config.Resources)."""
+    """How a stage or one of its steps runs on Ray: its worker pool and what each worker holds. The one
+    model of every stage's `resources` (curation, captioning); it lives here because curation/config.py
+    imports this module."""
 
     num_cpus: float = Field(1.0, gt=0)  # CPUs reserved per worker (task or actor)
     num_gpus: float = Field(0.0, ge=0)  # GPUs per worker; fractional shares allowed (0 = CPU only)
     workers: int | None = Field(None, ge=1)  # concurrency; None = as many as CPUs allow (actors: 1)
     batch_size: int = Field(1, ge=1)  # clips handed to one call
-    min_workers: int | None = Field(None, ge=1)  # autoscaling pool instead of `workers` (see curation.config.Resources)
-    max_workers: int | None = Field(None, ge=1)  # its upper bound (null = what the cluster holds)
+    # Autoscaling pool (instead of a fixed `workers`): Ray Data starts min_workers actors and adds more,
+    # up to max_workers (null = what the cluster holds), while the stage's input queue grows; tasks run
+    # at most max_workers at once. The run manifest's accounting shows how many each stage used.
+    min_workers: int | None = Field(None, ge=1)
+    max_workers: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _pool(self):
