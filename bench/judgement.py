@@ -56,7 +56,7 @@ class Judgement:
     score: str  # column ranked for the AUC
     sign: float  # +1: higher score = more positive; -1: lower
     positive: set[str]  # tags it should drop
-    ignore: set[str] = field(default_factory=set)  # tags of clips left out
+    ignore: set[str] = field(default_factory=set)  # negatives with these tags are left out (not positives)
 
 
 def load_filter(pipelines: str, overrides: list[str]) -> FilterConfig:
@@ -206,9 +206,9 @@ class Row:
 
 def evaluate(j: Judgement, clips: list[Clip], rows: dict[str, dict], part: str, cost: float) -> Row:
     pos_tags = j.positive
-    use = [c for c in clips if c.part == part and c.kind not in DUPLICATES and not (set(c.tags) & j.ignore)]
+    use = [c for c in clips if c.part == part and c.kind not in DUPLICATES]
     pos = [c for c in use if set(c.tags) & pos_tags]
-    neg = [c for c in use if not set(c.tags) & pos_tags]
+    neg = [c for c in use if not set(c.tags) & (pos_tags | j.ignore)]
     tp = sum(drops(j.rules, rows[c.clip_id]) for c in pos)
     fp = sum(drops(j.rules, rows[c.clip_id]) for c in neg)
     prec = tp / (tp + fp) if tp + fp else None
