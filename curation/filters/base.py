@@ -23,10 +23,13 @@ class FrameSpec:
     fmt: Literal["rgb24", "gray"]  # pixel format handed to the scorer
     short_side: int  # frames are scaled so their shorter side is this (aspect kept, never below 8 px)
     square_crop: bool = False  # centre crop to short_side x short_side after scaling (CLIP input)
+    # Frames per sample: >1 gives (T, burst, H, W[, 3]) arrays, each sampled frame followed by the next
+    # burst-1 decoded frames (frame-to-frame motion: camera shake, whose jitter a 2 fps sample aliases).
+    burst: int = 1
 
     @property
     def key(self) -> str:
-        return f"{self.fmt}{self.short_side}{'sq' if self.square_crop else ''}"
+        return f"{self.fmt}{self.short_side}{'sq' if self.square_crop else ''}{f'b{self.burst}' if self.burst > 1 else ''}"
 
 
 @dataclass
