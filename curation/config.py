@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from curation.dedup import DedupConfig
 from curation.filters.config import FilterConfig, Resources, resolve_path  # noqa: F401 (Resources: every stage's)
+from curation.prefilter import PrefilterConfig
 from curation.uris import scrub
 
 
@@ -44,6 +45,7 @@ class ProbeConfig(Strict):
 
     count_frames: bool = True  # decode packets to count frames when the container has no frame count
     resources: Resources = Resources(num_cpus=1, batch_size=4)
+    prefilter: PrefilterConfig = PrefilterConfig()  # metadata rules (no decode): a video breaking one is not split
 
 
 class TransNetConfig(Strict):

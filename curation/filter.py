@@ -106,11 +106,15 @@ class DecodeStage(Stage):
         clip = decode_clip(self.storage.uri(row["path"]), self.specs, self.cfg.sample_fps, self.cfg.max_frames,
                            self.mv_cells)
         out = {**_base(row), "frames_sampled": len(clip.times), "error": None}
-        for sc in self.scorers.by_step("cpu"):
-            for m, v in sc.score(clip).items():
+        # Border finders first: the other scorers then see the picture inside the bars (clip.content).
+        for sc in sorted(self.scorers.by_step("cpu"), key=lambda sc: not sc.crops):
+            vals = sc.score(clip)
+            if sc.crops:
+                clip.content = sc.content_box(vals)
+            for m, v in vals.items():
                 out[f"{sc.name}_{m}"] = v
         frames = {k: _spread(v, self.ship[k]) for k, v in clip.frames.items() if k in self.ship}
-        slim = ClipFrames(clip.times, frames, clip.width, clip.height, clip.fps)
+        slim = ClipFrames(clip.times, frames, clip.width, clip.height, clip.fps, content=clip.content)
         out[_PAYLOAD] = pickle.dumps(slim, protocol=5)
         out["decode_s"] = time.perf_counter() - t0
         return [out]

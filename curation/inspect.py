@@ -18,6 +18,7 @@ import html as H
 import json
 import math
 import sys
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -106,12 +107,19 @@ def table_counts(storage: Storage) -> dict:
         if not parts:
             continue
         key = "video_id" if name == "videos" else "clip_id"
-        t = pa.concat_tables([pq.read_table(storage.fs.open_input_file(storage.path(p)), columns=[key, col])
-                              for p in parts], promote_options="permissive")
-        t = tables.dedupe_last(t, key)
+        ts = []
+        for p in parts:  # videos: also the prefilter reasons (parts written before them have none)
+            f = pq.ParquetFile(storage.fs.open_input_file(storage.path(p)))
+            ts.append(f.read(columns=[c for c in (key, col, "reasons") if c in f.schema_arrow.names
+                                      and (c != "reasons" or name == "videos")]))
+        t = tables.dedupe_last(pa.concat_tables(ts, promote_options="permissive"), key)
         vals = t.column(col).to_pylist()
         out[name] = ({"total": len(vals), "errors": sum(v is not None for v in vals)} if name == "videos"
                      else {s: vals.count(s) for s in sorted(set(vals), key=str)})
+        if name == "videos" and "reasons" in t.column_names:
+            why = Counter(r for rs in t.column("reasons").to_pylist() if rs for r in rs)
+            out[name]["prefiltered"] = sum(bool(rs) for rs in t.column("reasons").to_pylist())
+            out[name]["prefilter_reasons"] = dict(why.most_common())
     return out
 
 
@@ -125,7 +133,10 @@ def _fmt(x: float | None) -> str:
 def terminal_report(root: str, counts: dict, s: dict) -> str:
     lines = [f"dataset root: {root}"]
     if "videos" in counts:
-        lines.append(f"videos: {counts['videos']['total']} ({counts['videos']['errors']} errors)")
+        v = counts["videos"]
+        why = ", ".join(f"{r} {n}" for r, n in v.get("prefilter_reasons", {}).items())
+        lines.append(f"videos: {v['total']} ({v['errors']} errors, {v.get('prefiltered', 0)} prefiltered"
+                     + (f": {why})" if why else ")"))
     if "clips" in counts:
         lines.append("clips: " + ", ".join(f"{v} {k}" for k, v in counts["clips"].items()))
     if not s["clips"]:

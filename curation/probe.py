@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from curation import tables
+from curation.prefilter import PrefilterConfig, bits_per_pixel, prefilter_reasons
 from curation.stage import Stage
 from curation.video import (VideoError, first_video_stream, frame_rotation, open_container, stream_rotation,
                             stream_sar, video_id_for)
@@ -76,6 +77,8 @@ def probe_video(source: str, count_frames: bool = True) -> dict:
             duration = max(duration, (max(pts) - min(pts)) * tb + 1.0 / max(fps, 1e-6)) if not st.duration else duration
         sar = stream_sar(st)
         w, h = cc.width, cc.height
+        # The video stream's own bitrate; else the container's (audio included: an upper bound).
+        rate = st.bit_rate or c.bit_rate or (size * 8 / duration if duration else None)
         dw, dh = round(w * sar), h
         if rotation in (90, 270):
             dw, dh = dh, dw
@@ -84,7 +87,7 @@ def probe_video(source: str, count_frames: bool = True) -> dict:
             "frames": frames, "fps": fps, "vfr": vfr, "width": w, "height": h, "display_width": dw,
             "display_height": dh, "sar": sar, "rotation": rotation, "codec": cc.name,
             "pix_fmt": cc.pix_fmt or (first.format.name if first is not None else None),
-            "has_audio": bool(c.streams.audio), "error": None,
+            "has_audio": bool(c.streams.audio), "error": None, "bpp": bits_per_pixel(rate, w, h, fps),
         }
 
 
@@ -93,12 +96,16 @@ class ProbeStage(Stage):
 
     name = "probe"
 
-    def __init__(self, count_frames: bool = True, resources=None) -> None:
+    def __init__(self, count_frames: bool = True, resources=None, prefilter: PrefilterConfig | None = None,
+                 min_clip_s: float | None = None) -> None:
         super().__init__(resources)
         self.count_frames = count_frames
+        self.prefilter, self.min_clip_s = prefilter or PrefilterConfig(), min_clip_s
 
     def process_row(self, row: dict) -> list[dict]:
-        return [probe_video(row["source"], self.count_frames)]
+        out = probe_video(row["source"], self.count_frames)
+        out["reasons"] = prefilter_reasons(out, self.prefilter, self.min_clip_s)
+        return [out]
 
     def error_rows(self, row: dict, message: str) -> list[dict]:
         src = row["source"]
@@ -123,13 +130,15 @@ def run(cfg: "object", ctx: "object") -> dict:
     # The table holds redacted sources (curation.uris); the workers get the full URI to open.
     done = {r["source"] for r in tables.read_table(storage, "videos", tables.VIDEOS).to_pylist() if not r["error"]}
     todo = [{"source": s} for s in sources if redact(s) not in done]
-    stage = ProbeStage(cfg.probe.count_frames, StageResources.from_config(cfg.probe.resources))
-    counts = {"inputs": len(sources), "skipped": len(sources) - len(todo), "probed": 0, "errors": 0}
+    stage = ProbeStage(cfg.probe.count_frames, StageResources.from_config(cfg.probe.resources), cfg.probe.prefilter,
+                       cfg.split.min_clip_s)
+    counts = {"inputs": len(sources), "skipped": len(sources) - len(todo), "probed": 0, "errors": 0, "prefiltered": 0}
 
     def sink(rows: list[dict]) -> None:
         tables.write_part(storage, "videos", rows, tables.VIDEOS)
         counts["probed"] += len(rows)
         counts["errors"] += sum(1 for r in rows if r.get("error"))
+        counts["prefiltered"] += sum(1 for r in rows if r.get("reasons"))
 
     run_pipeline(todo, [stage], sink, sink_every=max(1, min(64, len(todo) // 10 or 1)), progress=cfg.ray.progress)
     errs = [f"{r['source']}: {r['error']}" for r in tables.read_table(storage, "videos", tables.VIDEOS).to_pylist()

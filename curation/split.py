@@ -485,7 +485,9 @@ def run(cfg: "object", ctx: "object") -> dict:
     from curation.runner import run_pipeline
 
     storage = ctx.storage
-    videos = [r for r in tables.read_table(storage, "videos", tables.VIDEOS).to_pylist() if not r["error"]]
+    # Videos that broke a probe.prefilter rule (reasons) are never split.
+    videos = [r for r in tables.read_table(storage, "videos", tables.VIDEOS).to_pylist()
+              if not r["error"] and not r.get("reasons")]
     done, failed = split_state(storage)
     full = _openable(cfg.inputs)  # redacted source (as stored) -> the URI with its credentials, to open
     todo = [{"video_id": v["video_id"], "source": full.get(v["source"], v["source"]), "fps": v["fps"]}

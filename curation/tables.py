@@ -35,6 +35,8 @@ VIDEOS = pa.schema([
     ("pix_fmt", pa.string()),
     ("has_audio", pa.bool_()),
     ("error", pa.string()),           # null when the file probed cleanly
+    ("bpp", pa.float64()),            # video bits per pixel per frame: bitrate / (width x height x fps)
+    ("reasons", pa.list_(pa.string())),  # probe.prefilter rules broken (e.g. "short_side<128"): not split; [] = passes
 ])
 
 CLIPS = pa.schema([

@@ -17,8 +17,10 @@ from curation.video import (VideoError, first_video_stream, frame_rotation, fram
                             stream_rotation, stream_sar)
 
 
-def _target(disp_w: float, disp_h: float, short: int) -> tuple[int, int]:
+def _target(disp_w: float, disp_h: float, short: int, upscale: bool = True) -> tuple[int, int]:
     s = short / min(disp_w, disp_h)
+    if not upscale:
+        s = min(s, 1.0)
     return max(8, int(round(disp_w * s))), max(8, int(round(disp_h * s)))
 
 
@@ -98,7 +100,7 @@ def decode_clip(source: str, specs: list[FrameSpec], sample_fps: float = 2.0, ma
                     dw, dh = fr.width * stream_sar(st), float(fr.height)
                     if rotation in (90, 270):
                         dw, dh = dh, dw
-                    geo = {s.key: _target(dw, dh, s.short_side) for s in specs}
+                    geo = {s.key: _target(dw, dh, s.short_side, s.upscale) for s in specs}
                     geo["_display"] = (int(round(dw)), int(round(dh)))
                 next_t = (math.floor(t * rate + 1e-6) + 1) / rate
                 times.append(t)
