@@ -52,21 +52,24 @@ class Judgement:
     """One entry of bench/judgements.yaml."""
 
     name: str
-    rules: list[Rule]  # the drop rules that decide it (from pipelines.yaml thresholds)
+    rules: list  # the drop rules that decide it: Rules (pipelines.yaml thresholds) or the PrefilterRule
     score: str  # column ranked for the AUC
     sign: float  # +1: higher score = more positive; -1: lower
     positive: set[str]  # tags it should drop
     ignore: set[str] = field(default_factory=set)  # negatives with these tags are left out (not positives)
 
 
-def load_filter(pipelines: str, overrides: list[str]) -> FilterConfig:
-    """pipelines.yaml's filter section (with --set overrides), validated as the filter stage does."""
+def load_filter(pipelines: str, overrides: list[str]) -> tuple[FilterConfig, "object"]:
+    """pipelines.yaml's filter section and probe prefilter (with --set overrides), validated as the stages do."""
     from curation.config import apply_overrides
+    from curation.prefilter import PrefilterConfig
 
     data = apply_overrides(yaml.safe_load(open(pipelines)) or {}, overrides)
     if "filter" not in data:
         raise ValueError(f"{pipelines}: has no `filter` section")
-    return FilterConfig.model_validate(data["filter"], context={"base_dir": os.path.dirname(os.path.abspath(pipelines))})
+    base = {"base_dir": os.path.dirname(os.path.abspath(pipelines))}
+    pre = PrefilterConfig.model_validate((data.get("probe") or {}).get("prefilter") or {})
+    return FilterConfig.model_validate(data["filter"], context=base), pre
 
 
 def bench_scorers(fcfg: FilterConfig) -> list[Scorer]:
@@ -74,14 +77,17 @@ def bench_scorers(fcfg: FilterConfig) -> list[Scorer]:
     return [s for s in ScorerSet.from_config(fcfg.enabled_scorers()).scorers if not s.needs_embedding]
 
 
-def load_judgements(path: str, scorers: list[Scorer]) -> list[Judgement]:
+def load_judgements(path: str, scorers: list[Scorer], prefilter: "object" = None) -> list[Judgement]:
     """bench/judgements.yaml -> Judgements whose rules exist among the scorers (others are skipped, said)."""
     raw = (yaml.safe_load(open(path)) or {}).get("judgements") or {}
     by_name = {s.name: s for s in scorers}
     out = []
     for name, e in raw.items():
-        rules: list[Rule] = []
+        rules: list = []
         for ref in e.get("rules", []):
+            if ref == "prefilter":
+                rules.append(PrefilterRule(prefilter))
+                continue
             scorer, _, metric = ref.partition(".")
             if scorer not in by_name:
                 print(f"  judgement {name}: scorer {scorer!r} is not configured (or needs CLIP): skipped")
@@ -91,6 +97,13 @@ def load_judgements(path: str, scorers: list[Scorer]) -> list[Judgement]:
             if not got:
                 raise ValueError(f"{path}: judgements.{name}.rules: {ref!r} has no threshold in filter.scorers")
             rules += got
+        if "detect" in e:  # a detector that drops nothing (borders): judged by a detection threshold instead
+            d = dict(e["detect"])
+            col = d.pop("column")
+            if col.split("_", 1)[0] not in by_name:
+                print(f"  judgement {name}: column {col!r} has no configured scorer: skipped")
+                continue
+            rules = [Rule(col, **d)]
         if not rules:
             continue
         score = e.get("score") or rules[0].column
@@ -127,14 +140,17 @@ def score_clips(clips: list[Clip], scorers: list[Scorer], fcfg: FilterConfig, ca
             t1 = time.perf_counter()
             probe = {f"probe_{k}": v for k, v in probe_video(c.path).items()
                      if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            probe["probe_bpp"] = 8 * probe["probe_bytes"] / max(1.0, probe["probe_width"] * probe["probe_height"]
-                                                                * probe["probe_fps"] * probe["probe_duration_s"])
             base.add(c.clip_id, {"decode_s": t1 - t0, "probe_s": time.perf_counter() - t1, **probe})
-            for s in scorers:
-                t0 = time.perf_counter()
-                vals = s.score(frames)
-                stores[s.name].add(c.clip_id, {"_s": time.perf_counter() - t0,
-                                                **{f"{s.name}_{k}": v for k, v in vals.items()}})
+            # Border finders first: the other scorers see the picture inside the bars, as in the filter stage.
+            for s in sorted(scorers, key=lambda s: not s.crops):
+                if c.clip_id not in stores[s.name].rows:
+                    t0 = time.perf_counter()
+                    vals = s.score(frames)
+                    stores[s.name].add(c.clip_id, {"_s": time.perf_counter() - t0,
+                                                    **{f"{s.name}_{k}": v for k, v in vals.items()}})
+                if s.crops:
+                    got = stores[s.name].rows[c.clip_id]
+                    frames.content = s.content_box({k[len(s.name) + 1:]: v for k, v in got.items() if k != "_s"})
         row = dict(base.rows[c.clip_id])
         secs["decode"] += row.pop("decode_s")
         secs["probe"] += row.pop("probe_s")
@@ -169,8 +185,22 @@ class _Store:
             f.write(json.dumps({"clip_id": clip_id, **values}) + "\n")
 
 
-def drops(rules: list[Rule], row: dict) -> bool:
-    return any(r.reason(_num(row.get(r.column))) for r in rules)
+@dataclass
+class PrefilterRule:
+    """The probe-level prefilter of pipelines.yaml (curation/prefilter.py) on a clip's probe row."""
+
+    cfg: "object"  # PrefilterConfig
+    column: str = "prefilter"
+
+    def fires(self, row: dict) -> bool:
+        from curation.prefilter import prefilter_reasons
+
+        probe = {k[len("probe_"):]: v for k, v in row.items() if k.startswith("probe_")}
+        return bool(prefilter_reasons(probe, self.cfg))
+
+
+def drops(rules: list, row: dict) -> bool:
+    return any(r.fires(row) if isinstance(r, PrefilterRule) else r.reason(_num(row.get(r.column))) for r in rules)
 
 
 def _num(v) -> float | None:
@@ -266,6 +296,47 @@ def table(results: list[Row], keep: dict[str, tuple[float, int, list[str]]], sec
     return "\n".join(lines)
 
 
+def dedup_table(clips: list[Clip], frames: int, max_distance: float) -> str:
+    """Where the pHash signal links near-duplicates: per kind of copy, the mean Hamming distance per 64-bit
+    frame hash to its original and the share linked at the configured distance, against other windows of
+    the same source video (which must not be linked). The CLIP-embedding signal needs a real CLIP model
+    (the configured one is the tiny random demo model), so only pHash is measured here."""
+    from curation.phash import clip_hash
+
+    by_id = {c.clip_id: c for c in clips}
+    hashes: dict[str, np.ndarray] = {}
+
+    def h(cid: str) -> np.ndarray:
+        if cid not in hashes:
+            hashes[cid] = np.unpackbits(clip_hash(by_id[cid].path, None, frames), axis=1)
+        return hashes[cid]
+
+    def dist(a: str, b: str) -> float:
+        return float((h(a) != h(b)).sum(axis=1).mean())
+
+    dups = [c for c in clips if c.kind in DUPLICATES]
+    if not dups:
+        return ""
+    rows = {}
+    for c in dups:
+        rows.setdefault(c.kind, []).append(dist(c.clip_id, c.params["of"]))
+    originals = sorted({c.params["of"] for c in dups})
+    others = [dist(o, c.clip_id) for o in originals for c in clips
+              if c.kind == "clean" and c.short_side == by_id[o].short_side and c.source == by_id[o].source
+              and c.window != by_id[o].window]
+    lines = [f"| copy of a clip (pHash, {frames} frames) | pairs | mean bits differing / 64 | linked at <= {max_distance:g} |",
+             "|---|---|---|---|"]
+    for kind in DUPLICATES:
+        if kind in rows:
+            d = np.array(rows[kind])
+            lines.append(f"| {kind} | {len(d)} | {d.mean():.1f} (max {d.max():.1f}) | {100 * np.mean(d <= max_distance):.0f}% |")
+    if others:
+        d = np.array(others)
+        lines.append(f"| other shot of the same video (must not link) | {len(d)} | {d.mean():.1f} (min {d.min():.1f}) | "
+                     f"{100 * np.mean(d <= max_distance):.0f}% |")
+    return "\n".join(lines)
+
+
 def write_doc(path: str, text: str) -> None:
     """Replace the text between the table markers of a docs file (the rest of the page is hand-written)."""
     doc = open(path).read()
@@ -290,13 +361,13 @@ def smoke_sources(folder: str) -> tuple[str, list[Source]]:
 
 
 def run(args: argparse.Namespace) -> str:
-    fcfg = load_filter(args.pipelines, args.set or [])
+    fcfg, prefilter = load_filter(args.pipelines, args.set or [])
     scorers = bench_scorers(fcfg)
-    if args.only:
-        scorers = [s for s in scorers if s.name in args.only.split(",") or s.name == "motion"]
-    judgements = load_judgements(args.judgements, scorers)
-    if args.only:
+    judgements = load_judgements(args.judgements, scorers, prefilter)
+    if args.only:  # those judgements, and the scorers they read (plus any border finder: it crops for them)
         judgements = [j for j in judgements if j.name in args.only.split(",")]
+        used = {r.column.split("_", 1)[0] for j in judgements for r in j.rules} | {j.score.split("_", 1)[0] for j in judgements}
+        scorers = [s for s in scorers if s.name in used or s.crops]
     if args.smoke:
         testdata, sources = smoke_sources(os.path.join(args.cache, "smoke-src"))
         opts = SetOptions(window_s=1.0, base_short=144, drift_shorts=(), per_kind=1, duplicates_per_part=0,
@@ -311,12 +382,14 @@ def run(args: argparse.Namespace) -> str:
     rows, secs = score_clips(scored, scorers, fcfg, os.path.join(args.cache, "scores"))
     results = []
     for j in judgements:
-        names = {r.column.split("_", 1)[0] for r in j.rules}
+        names = {r.column.split("_", 1)[0] for r in j.rules} | ({"probe"} if any(isinstance(r, PrefilterRule) for r in j.rules) else set())
         cost = sum(secs.get(n, 0.0) for n in names) / max(secs["decode"], 1e-9)
         results += [evaluate(j, scored, rows, part, cost) for part in ("calibration", "report")]
-    rules = [r for s in scorers for r in s.rules()]
+    rules = [r for s in scorers for r in s.rules()] + [PrefilterRule(prefilter)]
     keep = {part: rule_set_keep(rules, scored, rows, part) for part in ("calibration", "report")}
     out = table(results, keep, secs, clips)
+    dd = yaml.safe_load(open(args.pipelines)).get("dedup") or {}
+    out += "\n\n" + dedup_table(clips, int(dd.get("phash_frames", 5)), float(dd.get("phash_max_distance", 10)))
     for r in results:
         if r.dropped_clean:
             out += f"\n<!-- {r.judgement} / {r.part}: clean clips dropped: {', '.join(r.dropped_clean)} -->"
