@@ -44,7 +44,7 @@ class Source:
 
 SOURCES = [
     Source("sintel", "sintel/test_video_30s.mp4", "calibration",
-           ((0, 31, ("letterbox", "border")), (6.0, 10.5, ("title_card", "overlay_text")))),
+           ((0, 31, ("letterbox", "border")), (7.2, 9.2, ("title_card", "overlay_text")))),
     Source("interview", "scenedetect/issue-195-aspect-ratio.mp4", "calibration"),
     Source("pancake", "decord/flipping_a_pancake.mkv", "calibration", ((0, 11, ("handheld",)),)),
     Source("bbb", "bbb/bigbuckbunny.mp4", "report"),
@@ -252,10 +252,14 @@ def blur(frames: np.ndarray, rng: np.random.Generator, fps: float, sigma: float)
     return np.stack([cv2.GaussianBlur(f, (0, 0), s) for f in frames]), {"sigma_360": sigma}
 
 
-def exposure(frames: np.ndarray, rng: np.random.Generator, fps: float, gain: float) -> tuple[np.ndarray, dict]:
-    """gain < 1: under-exposed (dark, crushed); > 1: over-exposed (clipped highlights)."""
-    lin = (frames.astype(np.float32) / 255) ** 2.2 * gain
-    return (np.clip(lin, 0, 1) ** (1 / 2.2) * 255).round().astype(np.uint8), {"gain": gain}
+def exposure(frames: np.ndarray, rng: np.random.Generator, fps: float, target: float) -> tuple[np.ndarray, dict]:
+    """Exposure changed in linear light so the median pixel lands at `target` (linear): 0.004 is under-exposed
+    (crushed to ~8% grey), 0.6 over-exposed (clipped highlights). A fixed gain would leave a dark scene
+    looking normal after "over-exposure"; the target does not depend on the scene."""
+    lin = (frames.astype(np.float32) / 255) ** 2.2
+    gain = target / max(float(np.median(lin)), 1e-4)
+    gain = min(gain, 0.25) if target < 0.1 else max(gain, 4.0)  # always a real change, whatever the scene
+    return (np.clip(lin * gain, 0, 1) ** (1 / 2.2) * 255).round().astype(np.uint8), {"gain": round(gain, 3)}
 
 
 def down_up(frames: np.ndarray, rng: np.random.Generator, fps: float, factor: int) -> tuple[np.ndarray, dict]:
@@ -284,8 +288,8 @@ PICTURE: dict[str, tuple[tuple[str, ...], Callable, int]] = {
     "windowbox": (("windowbox", "border"), lambda f, r, fps: bars(f, r, fps, "windowbox"), 18),
     "blur_mild": (("blur_mild",), lambda f, r, fps: blur(f, r, fps, 1.5), 18),
     "blur": (("blur",), lambda f, r, fps: blur(f, r, fps, 3.5), 18),
-    "underexposed": (("underexposed", "exposure"), lambda f, r, fps: exposure(f, r, fps, 0.06), 18),
-    "overexposed": (("overexposed", "exposure"), lambda f, r, fps: exposure(f, r, fps, 6.0), 18),
+    "underexposed": (("underexposed", "exposure"), lambda f, r, fps: exposure(f, r, fps, 0.004), 18),
+    "overexposed": (("overexposed", "exposure"), lambda f, r, fps: exposure(f, r, fps, 0.6), 18),
     "compressed": (("compressed", "low_quality"), lambda f, r, fps: (f, {}), 46),
     "down_up": (("down_up", "low_quality"), lambda f, r, fps: down_up(f, r, fps, 4), 18),
     "frozen": (("frozen",), lambda f, r, fps: hold(f, r, fps, None), 18),
@@ -431,17 +435,15 @@ def build_set(testdata: str, cache: str, opts: SetOptions, sources: list[Source]
               log: Callable[[str], None] = print) -> list[Clip]:
     """Make (or reuse) every clip of the set under cache/<opts.key()>/; returns the labels."""
     sources = sources if sources is not None else SOURCES
-    folder = os.path.join(cache, opts.clip_key() + "-" + hashlib.sha1(repr(sources).encode()).hexdigest()[:6])
+    # The folder depends on what changes pixels only; natural tags are applied on every load (relabel).
+    ident = repr([(s.name, s.path, s.part) for s in sources])
+    folder = os.path.join(cache, opts.clip_key() + "-" + hashlib.sha1(ident.encode()).hexdigest()[:6])
     labels = os.path.join(folder, f"labels-{opts.key()}.jsonl")
+    spans = _spans(testdata, folder, sources, opts)
     if os.path.exists(labels):
-        return [Clip(**json.loads(line)) for line in open(labels)]
-    os.makedirs(folder, exist_ok=True)
-    spans = {}
-    for src in sources:
-        path = os.path.join(testdata, src.path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"test video {path} is missing (labelled source {src.name})")
-        spans[src.name] = shot_windows(path, opts.window_s, opts.min_window_s)
+        clips = [Clip(**json.loads(line)) for line in open(labels)]
+        if all(os.path.exists(c.path) for c in clips):  # else: make the missing ones (the others are kept)
+            return relabel(clips, sources, spans)
     plan = plan_draws({k: len(v) for k, v in spans.items()}, sources, opts)
     clips: list[Clip] = []
     for si, src in enumerate(sources):
@@ -454,43 +456,79 @@ def build_set(testdata: str, cache: str, opts: SetOptions, sources: list[Source]
         for c in clips:
             f.write(json.dumps(asdict(c)) + "\n")
     os.replace(labels + ".tmp", labels)
+    return relabel(clips, sources, spans)
+
+
+def _spans(testdata: str, folder: str, sources: list[Source], opts: SetOptions) -> dict[str, list]:
+    """Windows (t0, t1) of every source, computed once per folder (shot detection is the slow part)."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "windows.json")
+    spans = json.load(open(path)) if os.path.exists(path) else {}
+    for src in sources:
+        if src.name not in spans:
+            video = os.path.join(testdata, src.path)
+            if not os.path.exists(video):
+                raise FileNotFoundError(f"test video {video} is missing (labelled source {src.name})")
+            spans[src.name] = shot_windows(video, opts.window_s, opts.min_window_s)
+    with open(path, "w") as f:
+        json.dump(spans, f)
+    return spans
+
+
+def kind_tags(kind: str) -> list[str]:
+    """The labels a kind of clip carries by construction."""
+    if kind in PICTURE:
+        return list(PICTURE[kind][0])
+    if kind in CAMERA:
+        return list(CAMERA[kind][0])
+    return ["duplicate"] if kind in DUPLICATES else []
+
+
+def relabel(clips: list[Clip], sources: list[Source], spans: dict[str, list]) -> list[Clip]:
+    """Tags = the kind's own + the natural tags of the window's time range (as SOURCES says now)."""
+    by_name = {s.name: s for s in sources}
+    for c in clips:
+        wi = int(c.window.rsplit("-w", 1)[1])
+        c.tags = sorted(set(kind_tags(c.kind)) | set(natural_tags(by_name[c.source], *spans[c.source][wi])))
     return clips
 
 
 def _window_clips(folder: str, src: Source, wi: int, span: tuple[float, float], native: np.ndarray, fps: float,
                   native_short: int, opts: SetOptions, si: int, kinds: list[str]) -> list[Clip]:
-    """Every clip of one window: clean copies at each size, then the drawn degradations and duplicates."""
+    """Every clip of one window: the clean copy, the drawn degradations, duplicates and resolution copies.
+    A clip already on disk is not rendered again (its parameters come from its .json sidecar)."""
     wid = f"{src.name}-w{wi:02d}"
-    nat = natural_tags(src, *span)
     out: list[Clip] = []
 
-    def emit(kind: str, short: int, frames: np.ndarray, tags: list[str], params: dict, crf: int = 18,
-             clip_fps: float = fps) -> None:
+    def emit(kind: str, short: int, make: Callable[[], tuple[np.ndarray, dict, int, float]]) -> None:
         cid = f"{wid}-{kind}-{short}"
         p = os.path.join(folder, cid + ".mp4")
         if not os.path.exists(p):
+            frames, params, crf, clip_fps = make()
+            with open(p + ".json", "w") as f:
+                json.dump(params, f)
             encode(p, frames, clip_fps, crf)
-        out.append(Clip(cid, p, src.name, src.part, wid, kind, sorted(set(tags) | set(nat)), short, native_short,
-                        params))
+        params = json.load(open(p + ".json")) if os.path.exists(p + ".json") else {}
+        out.append(Clip(cid, p, src.name, src.part, wid, kind, [], short, native_short, params))
 
     wh = size_for(native, opts.base_short)
     base = resize(native, wh)
-    emit("clean", opts.base_short, base, [], {})
+    emit("clean", opts.base_short, lambda: (base, {}, 18, fps))
     for kind in kinds:
         krng = np.random.default_rng([opts.seed, si, wi, len(kind), sum(map(ord, kind))])
         if kind == "drift":
             for short in opts.drift_shorts:
-                emit("clean", short, resize(native, size_for(native, short)), [], {})
+                emit("clean", short, lambda short=short: (resize(native, size_for(native, short)), {}, 18, fps))
         elif kind == "duplicates":
             for dk in DUPLICATES:
-                frames, dfps, crf = duplicate(dk, base, fps)
-                emit(dk, opts.base_short, frames, ["duplicate"], {"of": f"{wid}-clean-{opts.base_short}"}, crf, dfps)
+                emit(dk, opts.base_short, lambda dk=dk: (*_dup(dk, base, fps, f"{wid}-clean-{opts.base_short}"),))
         elif kind in CAMERA:
-            tags, fn = CAMERA[kind]
-            frames, params = fn(native, wh, krng, fps)
-            emit(kind, opts.base_short, frames, list(tags), params)
+            emit(kind, opts.base_short, lambda fn=CAMERA[kind][1], r=krng: (*fn(native, wh, r, fps), 18, fps))
         else:
-            tags, fn, crf = PICTURE[kind]
-            frames, params = fn(base, krng, fps)
-            emit(kind, opts.base_short, frames, list(tags), params, crf)
+            emit(kind, opts.base_short, lambda fn=PICTURE[kind][1], crf=PICTURE[kind][2], r=krng: (*fn(base, r, fps), crf, fps))
     return out
+
+
+def _dup(kind: str, base: np.ndarray, fps: float, of: str) -> tuple[np.ndarray, dict, int, float]:
+    frames, dfps, crf = duplicate(kind, base, fps)
+    return frames, {"of": of}, crf, dfps
