@@ -370,7 +370,7 @@ def run(args: argparse.Namespace) -> str:
         scorers = [s for s in scorers if s.name in used or s.crops]
     if args.smoke:
         testdata, sources = smoke_sources(os.path.join(args.cache, "smoke-src"))
-        opts = SetOptions(window_s=1.0, base_short=144, drift_shorts=(), per_kind=1, duplicates_per_part=0,
+        opts = SetOptions(window_s=1.0, base_short=144, drift_shorts=(), per_kind=1, duplicates_per_part=1,
                           kinds=("subtitles", "frozen", "jitter"))
     else:
         testdata, sources = args.testdata, None

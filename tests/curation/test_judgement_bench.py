@@ -18,6 +18,10 @@ def test_smoke_run_reports_every_judgement(tmp_path):
     for name in ("text", "nsfw", "shake", "still"):
         assert f"| {name} | report |" in text and f"| {name} | calibration |" in text
     assert "Whole default rule set, report part: keeps" in text
+    # The dedup measurement has a row per kind of copy (one window per part: 2 pairs). (Its numbers on this
+    # smooth synthetic texture are the known pHash weakness: ~24 of 64 bits differ after a re-encode.)
+    for kind in judgement_set.DUPLICATES:
+        assert f"| {kind} | 2 | " in text
     # A frozen synthetic clip is what the still judgement must catch, whatever else the smoke set says.
     assert "| still | report | 1 / 3 | 1.00 | 1.00 | 1.00 |" in text
 
