@@ -8,7 +8,8 @@ threshold tuned on the calibration part is reported on videos it never saw.
 
 Natural content counts too (`SOURCES[...].natural`): letterboxed films carry the tag "letterbox",
 Sintel's "the Blender Foundation presents" card "title_card", testvideo.mp4's persistent copyright line
-"watermark", GoldenEye's computer-screen close-ups "scene_text" (text in the scene: keep).
+"watermark", the interview's faint "BBC FOUR" corner logo "logo", GoldenEye's computer-screen close-ups
+"scene_text" (text in the scene: keep).
 
 Everything is written under a cache folder outside the repo (`/tmp/i21a/judgement` by default): the
 clips as mp4 (libx264 crf 18, or the kind's own crf) and `labels.jsonl`, one row per clip. A second run
@@ -45,7 +46,8 @@ class Source:
 SOURCES = [
     Source("sintel", "sintel/test_video_30s.mp4", "calibration",
            ((0, 31, ("letterbox", "border")), (7.2, 9.2, ("title_card", "overlay_text")))),
-    Source("interview", "scenedetect/issue-195-aspect-ratio.mp4", "calibration"),
+    # A faint "BBC FOUR" channel logo sits in the top-left corner of every frame (a real persistent watermark).
+    Source("interview", "scenedetect/issue-195-aspect-ratio.mp4", "calibration", ((0, 26, ("logo", "overlay_text")),)),
     Source("pancake", "decord/flipping_a_pancake.mkv", "calibration", ((0, 11, ("handheld",)),)),
     Source("bbb", "bbb/bigbuckbunny.mp4", "report"),
     Source("leaf", "scenedetect/testvideo.mp4", "report", ((0, 25, ("watermark", "overlay_text")),)),
