@@ -13,9 +13,11 @@ Metrics per clip, over the scored frames, from the text lines only:
 - `area_mean`, `area_max`: share of the frame the union of the lines covers (full-frame text:
   title cards, slides); `boxes_max`: most lines on one frame;
 - `band`: share of frames with a line centred in the bottom `band_height` of the frame (burned-in
-  subtitles, lower thirds);
+  subtitles, lower thirds; on a still, detailed picture only lines that change count);
 - `persist`: share of frames with a line that stays put (a line at the same place, IoU >= `persist_iou`,
-  on at least 2/3 of the other scored frames): overlays stay where they are while the picture moves;
+  on at least 2/3 of the other scored frames) while the picture around it moves or is plain (a card):
+  overlays stay where they are while the picture moves; on a still, detailed picture (a screen, a sign
+  filmed from a tripod) a line that stays put is as likely scene text, and is not counted;
 - `corner`: the same for persistent lines inside a corner region (channel logos, watermarks).
 With `recognize: true`, `text` holds the recognised lines (truncated to `max_chars`).
 
@@ -60,6 +62,11 @@ class TextConfig(ScorerConfig):
     band_height: float = Field(0.3, gt=0, le=1)  # subtitle band: the bottom share of the frame (band metric)
     corner: float = Field(0.3, gt=0, le=0.5)  # corner regions: this share of the width and height from each corner
     persist_iou: float = Field(0.4, gt=0, le=1)  # a line "stays put" when a line on another frame overlaps it this much
+    # A line that stays put is an overlay only where that can be told: the picture around it changes (mean
+    # absolute frame difference >= move_eps grey levels) or is plain (std <= flat_std: a card). On a still,
+    # detailed picture (a screen or a sign filmed from a tripod) it is scene text as likely as an overlay: kept.
+    move_eps: float = Field(2.0, ge=0)
+    flat_std: float = Field(12.0, ge=0)
     threads: int = Field(1, ge=0)  # onnxruntime intra-op threads per worker (0 = all cores)
 
 
@@ -171,6 +178,11 @@ class TextScorer(Scorer):
         areas = [text_area(b, fh, fw) for b in per_frame]
         rects = [_rects(b) for b in per_frame]
         stays = _persistent(rects, self.cfg.persist_iou)
+        if not _overlay_context(frames, rects, self.cfg.move_eps, self.cfg.flat_std):
+            # Still, detailed picture: lines that stay put may be scene text (a screen's menu bar): they count
+            # neither as persistent nor in the band; lines that change (subtitles) still do.
+            rects = [r[~s] for r, s in zip(rects, stays)]
+            stays = [np.zeros(len(r), bool) for r in rects]
         band = [bool(len(r)) and bool(((r[:, 1] + r[:, 3]) / 2 > (1 - self.cfg.band_height) * fh).any()) for r in rects]
         cw, ch = self.cfg.corner * fw, self.cfg.corner * fh
         corner = []
@@ -183,6 +195,20 @@ class TextScorer(Scorer):
         if self.cfg.recognize:
             out["text"] = " | ".join(found)[:self.cfg.max_chars]
         return out
+
+
+def _overlay_context(frames: np.ndarray, rects: list[np.ndarray], move_eps: float, flat_std: float) -> bool:
+    """Can a line that stays put be told from the scene? True when the picture outside every line moves
+    (overlays stay put while the picture moves) or is plain (text on a card)."""
+    gray = frames.astype(np.float32).mean(axis=3)
+    mask = np.ones(gray.shape[1:], bool)
+    for r in rects:
+        for x0, y0, x1, y1 in r.astype(int):
+            mask[max(0, y0):y1 + 1, max(0, x0):x1 + 1] = False
+    if mask.mean() < 0.2:  # text everywhere: a slide
+        return True
+    moving = len(gray) > 1 and float(np.abs(np.diff(gray, axis=0))[:, mask].mean()) >= move_eps
+    return moving or float(np.median([g[mask].std() for g in gray])) <= flat_std
 
 
 def _native(frames: np.ndarray, native_short: int) -> np.ndarray:
