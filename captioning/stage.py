@@ -21,10 +21,11 @@ from captioning.config import CaptionConfig
 from captioning.engines import CaptionRequest, Generation, SamplingParams
 from captioning.frames import probe_duration, sample_frames, sample_frames_from_bytes
 from captioning.prompts import get_prompt
-from captioning.table import CAPTIONS, done_ids, normalize, table_name, write_run_info
-from curation.stage import Stage, StageResources, run_local
+from captioning.table import CAPTIONS, normalize, table_name, write_run_info
+from curation.stage import Stage, StageResources
+from curation.table_stage import TableStage, execute
+from curation.tables import read_table
 from curation.storage import Storage
-from curation.tables import read_table, write_part
 
 log = logging.getLogger(__name__)
 
@@ -151,62 +152,65 @@ def clip_items(storage: Storage, cfg: CaptionConfig) -> list[dict]:
              "duration_s": (r["frames"] / r["fps"]) if r.get("fps") and r.get("frames") else None} for r in rows]
 
 
+class CaptionTable(TableStage):
+    """The caption stage: work items (clips) -> one row each in `captions/<cfg.run>`; a clip with a
+    caption in that run is skipped, error rows are retried."""
+
+    name = "caption"
+    item_count = "clips"
+    statuses = ("captioned", "flagged", "errors", "unreadable")
+
+    def __init__(self, storage: Storage, cfg: CaptionConfig, items: list[dict]) -> None:
+        # A run keeps every row (a caption beats an error in read_captions): no row key to dedupe on.
+        super().__init__(storage, table_name(cfg.run), CAPTIONS, key=None, resume_key="clip_id")
+        self.cfg, self._items = cfg, items
+        self._steps = caption_steps(cfg)  # checks the prompts before any work
+        self.prompt = self._steps[-1].prompt if cfg.mode == "frames_then_summary" else get_prompt(cfg.prompt, cfg.prompt_text)
+
+    def items(self) -> list[dict]:
+        if self.cfg.mode != "frames_then_summary":
+            return self._items
+        from captioning.summary import reusable_frames
+
+        reuse = reusable_frames(self.storage, self.cfg)
+        # Every item carries the same keys (Ray Data blocks need one schema); a clip whose summary failed
+        # before brings its frame captions along.
+        empty = {"frame_times": None, "frame_texts": None, "video_caption": None}
+        return [{**i, **empty, **reuse.get(i["clip_id"], {})} for i in self._items]
+
+    def steps(self) -> list[Stage]:
+        return self._steps
+
+    def status(self, row: dict) -> str | None:
+        if row["error"]:
+            return "unreadable" if row["error"].startswith("frames:") else "errors"
+        return "flagged" if row["flags"] else "captioned"
+
+    def sink_every(self, todo: int) -> int:
+        return self.cfg.sink_every
+
+    def prepare(self, rows: list[dict]) -> list[dict]:
+        return [normalize(r) for r in rows]
+
+    def begin(self, todo: list[dict]) -> None:
+        cfg, prompt = self.cfg, self.prompt
+        write_run_info(self.storage, cfg.run, {"mode": cfg.mode, "engine": cfg.engine, "model": cfg.model,
+                                               "prompt": prompt.name, "prompt_hash": prompt.hash,
+                                               "prompt_system": prompt.system, "prompt_user": prompt.user,
+                                               "started_at": _now(), "config": cfg.model_dump(mode="json")})
+
+
 def caption_items(storage: Storage, cfg: CaptionConfig, items: list[dict], local: bool = False,
                   progress: bool = True, on_part: Callable[[dict], None] | None = None) -> dict:
     """Caption work items into `captions/<cfg.run>`, skipping clips already captioned in that run.
 
-    `local` runs the two steps in this process (tests, small jobs); otherwise on the current Ray.
+    `local` runs the steps in this process (tests, small jobs); otherwise on the current Ray.
     `on_part(counts)` is called after each written part (progress reports; tests use it to kill a
     server mid-run). Returns counts: clips asked, skipped (already done), captioned, flagged, errors
     (engine failures: worth a re-run), unreadable (clips whose frames could not be decoded).
     """
-    from curation.runner import run_pipeline
-
-    done = done_ids(storage, cfg.run)
-    todo = [i for i in items if i["clip_id"] not in done]
-    stages = caption_steps(cfg)
-    prompt = get_prompt(cfg.prompt, cfg.prompt_text)
-    if cfg.mode == "frames_then_summary":
-        from captioning.summary import reusable_frames
-
-        reuse = reusable_frames(storage, cfg)
-        # Every item carries the same keys (Ray Data blocks need one schema); a clip whose summary failed
-        # before brings its frame captions along.
-        empty = {"frame_times": None, "frame_texts": None, "video_caption": None}
-        todo = [{**i, **empty, **reuse.get(i["clip_id"], {})} for i in todo]
-        prompt = stages[-1].prompt
-    write_run_info(storage, cfg.run, {"mode": cfg.mode, "engine": cfg.engine, "model": cfg.model,
-                                      "prompt": prompt.name, "prompt_hash": prompt.hash,
-                                      "prompt_system": prompt.system, "prompt_user": prompt.user,
-                                      "started_at": _now(), "config": cfg.model_dump(mode="json")})
-    counts = {"clips": len(items), "skipped": len(items) - len(todo), "captioned": 0, "flagged": 0, "errors": 0,
-              "unreadable": 0}
-    table = table_name(cfg.run)
-
-    def sink(rows: list[dict]) -> None:
-        rows = [normalize(r) for r in rows]
-        write_part(storage, table, rows, schema=CAPTIONS)
-        for r in rows:
-            if r["error"]:
-                key = "unreadable" if r["error"].startswith("frames:") else "errors"
-            else:
-                key = "flagged" if r["flags"] else "captioned"
-            counts[key] += 1
-        if on_part is not None:
-            on_part(counts)
-
     t0 = time.time()
-    if local:
-        step = cfg.sink_every
-        try:
-            for i in range(0, len(todo), step):
-                sink(run_local(stages, todo[i:i + step]))
-        finally:
-            for st in stages:
-                if getattr(st, "engine", None) is not None:
-                    st.engine.close()
-    else:
-        run_pipeline(todo, stages, sink, sink_every=cfg.sink_every, progress=progress)
+    counts = execute(CaptionTable(storage, cfg, items), local=local, progress=progress, on_part=on_part).counts
     counts["seconds"] = round(time.time() - t0, 3)
     return counts
 

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from curation import tables
 from curation.stage import Stage, StageResources
 from curation.storage import Storage
+from curation.table_stage import TableStage, execute
 from shards.config import WriterConfig
 from curation.uris import redact
 
@@ -288,6 +289,68 @@ def _typed(rows: list[dict]) -> list[dict]:
     return out
 
 
+class ShardTable(TableStage):
+    """The shard stage: the planned shards of `wc.name` -> tars and their index sidecars.
+
+    Its "table" is the sidecars (`<folder>/index/<shard>.parquet`, one row per sample): a shard is done
+    when its tar exists and its sidecar lists the plan's keys with the plan's digest and no error."""
+
+    name = "shard"
+    item_count = "shards"
+    statuses = ()
+
+    def __init__(self, storage: Storage, wc: WriterConfig) -> None:
+        super().__init__(storage, f"shards/{wc.name}/index", INDEX, key="key", resume_key="shard")
+        self.wc, self.folder = wc, f"shards/{wc.name}"
+        self.sel = select(storage, wc)
+        self.plan = pack(self.sel.samples, wc)
+        self.names = [shard_name(i) for i in range(len(self.plan))]
+        self.expected = {n: len(p) for n, p in zip(self.names, self.plan)}
+        self.got: dict[str, list[dict]] = {}  # shard -> index rows arrived so far (a shard's rows may come split)
+
+    def items(self) -> list[dict]:
+        return [{"shard": n, "samples": json.dumps(p, default=str), "digest": digest(p)}
+                for n, p in zip(self.names, self.plan)]
+
+    def todo(self, items: list[dict]) -> tuple[list[dict], int]:
+        _remove_tmp(self.storage, self.folder)  # leftovers of a killed run
+        return [i for i, p in zip(items, self.plan)
+                if not _is_done(self.storage, self.folder, i["shard"], p, i["digest"])], 0
+
+    def steps(self) -> list[Stage]:
+        return [ShardWriteStage(self.storage, self.folder, StageResources.from_config(self.wc.resources))]
+
+    def failed(self, row: dict) -> bool:
+        return row.get("key") is None  # the task failed before writing the shard
+
+    def error_text(self, row: dict) -> str:
+        return f"{row['shard']}: {row['error']}"
+
+    def sink_every(self, todo: int) -> int:
+        return 1
+
+    def prepare(self, rows: list[dict]) -> list[dict]:
+        return _typed(rows)
+
+    def write(self, rows: list[dict]) -> None:
+        """A shard's sidecar, once all its rows arrived (or its task failed: no tar of an older plan stays)."""
+        for r in rows:
+            self.got.setdefault(r["shard"], []).append(r)
+        for n in [n for n, rs in self.got.items() if len(rs) >= self.expected[n] or any(r["key"] is None for r in rs)]:
+            if any(r["key"] is None for r in self.got[n]):
+                self.storage.delete(f"{self.folder}/{n}")
+            buf = io.BytesIO()
+            pq.write_table(pa.Table.from_pylist(self.got.pop(n), schema=INDEX), buf, compression="zstd")
+            self.storage.write_bytes(_sidecar(self.folder, n), buf.getvalue())
+
+    def finish(self, counts: dict, local: bool) -> dict:
+        removed = _remove_stale(self.storage, self.folder, set(self.names))
+        stats = _finish(self.storage, self.folder, self.names, self.sel, self.wc)
+        stats.update({"shards_written": counts["shards"] - counts["skipped"], "shards_skipped": counts["skipped"],
+                      "shards_removed": removed})
+        return stats
+
+
 def write_shards(storage: Storage, wc: WriterConfig, run_id: str, local: bool = False,
                  progress: bool = True) -> dict:
     """Join, plan and write the shard set `wc.name`; returns the run's stats (also saved as JSON).
@@ -296,40 +359,9 @@ def write_shards(storage: Storage, wc: WriterConfig, run_id: str, local: bool = 
     shard on the current Ray (curation.runner.run_pipeline).
     """
     t0 = time.time()
-    folder = f"shards/{wc.name}"
-    sel = select(storage, wc)
-    plan = pack(sel.samples, wc)
-    names = [shard_name(i) for i in range(len(plan))]
-    digests = [digest(p) for p in plan]
-    _remove_tmp(storage, folder)  # leftovers of a killed run
-    todo = [{"shard": n, "samples": json.dumps(p, default=str), "digest": d}
-            for n, p, d in zip(names, plan, digests) if not _is_done(storage, folder, n, p, d)]
-    expected = {n: len(p) for n, p in zip(names, plan)}
-    got: dict[str, list[dict]] = {}
-
-    def sink(rows: list[dict]) -> None:
-        for r in _typed(rows):
-            got.setdefault(r["shard"], []).append(r)
-        for n in [n for n, rs in got.items() if len(rs) >= expected[n] or any(r["key"] is None for r in rs)]:
-            if any(r["key"] is None for r in got[n]):  # the task failed: no tar of an older plan may stay
-                storage.delete(f"{folder}/{n}")
-            buf = io.BytesIO()
-            pq.write_table(pa.Table.from_pylist(got.pop(n), schema=INDEX), buf, compression="zstd")
-            storage.write_bytes(_sidecar(folder, n), buf.getvalue())
-
-    stage = ShardWriteStage(storage, folder, StageResources.from_config(wc.resources))
-    if local:
-        for item in todo:
-            sink(stage([item]))
-    else:
-        from curation.runner import run_pipeline
-
-        run_pipeline(todo, [stage], sink, sink_every=1, progress=progress)
-    removed = _remove_stale(storage, folder, set(names))
-    stats = _finish(storage, folder, names, sel, wc)
-    stats.update({"run_id": run_id, "shards_written": len(todo), "shards_skipped": len(plan) - len(todo),
-                  "shards_removed": removed, "seconds": round(time.time() - t0, 3)})
-    storage.write_bytes(f"{folder}/stats/{run_id}.json", json.dumps(stats, indent=2, default=str).encode())
+    stats = execute(ShardTable(storage, wc), local=local, progress=progress).counts
+    stats.update({"run_id": run_id, "seconds": round(time.time() - t0, 3)})
+    storage.write_bytes(f"shards/{wc.name}/stats/{run_id}.json", json.dumps(stats, indent=2, default=str).encode())
     return stats
 
 
