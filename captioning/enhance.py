@@ -22,6 +22,7 @@ from captioning import postprocess
 from captioning.config import CaptionConfig, EnhanceConfig
 from captioning.engines import Generation, SamplingParams, TextRequest
 from captioning.prompts import get_text_prompt, render
+from captioning.rows import caption_row, plain_value
 from captioning.table import CAPTIONS, frame_lists, normalize, read_captions, table_name, write_run_info
 from curation.caption_report import CAMERA_COLUMN, camera_phrase, mentions_camera
 from curation.stage import Stage, StageResources
@@ -70,8 +71,6 @@ class Enhance(Stage):
         return TextRequest(r["clip_id"], p.system, p.user)
 
     def __call__(self, rows: list[dict]) -> list[dict]:
-        from captioning.stage import plain_value
-
         self.ensure_setup()
         rows = [{k: plain_value(v) for k, v in r.items()} for r in rows]
         out = [self._row(r, Generation(error=f"enhance: source run {self.source_run!r} has no caption for this "
@@ -96,8 +95,6 @@ class Enhance(Stage):
         return ["no_camera_motion"]
 
     def _row(self, r: dict, g: Generation, flags: list[str], text: str | None, retries: int) -> dict:
-        from captioning.stage import caption_row
-
         row = caption_row(r["clip_id"], g, flags, text, retries, model=self.e.model, engine=self.e.engine,
                           prompt=self.prompt.name, prompt_hash=self.prompt.hash, mode="enhance",
                           frames=r.get("frames"), summary_model=self.e.model, summary_engine=self.e.engine,
@@ -185,7 +182,7 @@ def expand_prompts(prompts: list[str], config: str | None = None, overrides: lis
     `expand_prompt` template. Raises ValueError naming the prompt that got no expansion."""
     from captioning.config import load_caption_config
     from captioning.engines import make_text_engine
-    from captioning.stage import prepare_text_model
+    from captioning.models import prepare_text_model
 
     e = prepare_text_model(load_caption_config(config, overrides or [], None).enhance)
     tmpl = get_text_prompt(e.expand_prompt, None, "caption.enhance.expand_prompt")

@@ -13,19 +13,16 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
 from curation.dedup import DedupConfig
 from curation.filters.config import FilterConfig, Resources, resolve_path  # noqa: F401 (Resources: every stage's)
+from curation.schema import Strict
 from curation.uris import scrub
 
 
 class ConfigError(ValueError):
     """A pipelines.yaml problem; the message names the key path and the reason."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class RayConfig(Strict):

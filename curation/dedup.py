@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curation import tables
-from curation.filters.config import Resources
+from curation.schema import Resources
 from curation.stage import Stage, StageResources
 from curation.table_stage import TableStage, execute
 

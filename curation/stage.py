@@ -10,6 +10,8 @@ from __future__ import annotations
 import traceback
 from dataclasses import dataclass
 
+from curation.schema import check_pool  # noqa: F401 (re-exported: its old home)
+
 
 @dataclass
 class StageResources:
@@ -26,14 +28,6 @@ class StageResources:
     def from_config(cls, r: object) -> "StageResources":
         return cls(num_cpus=r.num_cpus, num_gpus=r.num_gpus, workers=r.workers, batch_size=r.batch_size,
                    min_workers=getattr(r, "min_workers", None), max_workers=getattr(r, "max_workers", None))
-
-
-def check_pool(workers: int | None, lo: int | None, hi: int | None) -> None:
-    """The pool keys of a resources section agree (raised as a config error naming the section)."""
-    if workers is not None and (lo is not None or hi is not None):
-        raise ValueError("set either workers (a fixed pool) or min_workers/max_workers (autoscaling), not both")
-    if lo is not None and hi is not None and hi < lo:
-        raise ValueError(f"max_workers ({hi}) must be >= min_workers ({lo})")
 
 
 class Stage:

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from curation import tables
 from curation.stage import Stage, StageResources
+from curation.kept import duplicates as kept_duplicates, kept_view
 from curation.storage import Storage
 from curation.table_stage import TableStage, execute
 from shards.config import WriterConfig
@@ -98,49 +99,29 @@ def read_captions(storage: Storage, run: str) -> dict[str, dict]:
 
 
 def select(storage: Storage, wc: WriterConfig) -> Selection:
-    """Join clips, scores and captions; return the kept samples in their fixed-seed shuffled order."""
-    clips = tables.read_table(storage, "clips", tables.CLIPS).to_pylist()
-    if not clips:
+    """Join the kept clips (curation.kept) and captions; return the kept samples in their fixed-seed
+    shuffled order."""
+    view = kept_view(storage)
+    if not view.clips:
         raise ValueError(f"{storage.root}: the clips table is empty or missing (run the split stage first)")
-    scores_t = tables.read_table(storage, "scores")
-    if scores_t.num_rows == 0 and wc.require_scores:
+    if not view.scores and wc.require_scores:
         raise ValueError(f"{redact(storage.uri('scores'))}: no scores table (run the filter stage first, or set "
                          "shard.writer.require_scores: false to treat every ok clip as passed)")
-    scores = {r["clip_id"]: r for r in scores_t.to_pylist()}
     run = wc.captions_run or latest_captions_run(storage)
     if run is None:
         raise ValueError(f"{redact(storage.uri('captions'))}: no captions run found (run the caption stage first)")
     if not storage.list(f"captions/{run}", ".parquet"):
         raise ValueError(f"{redact(storage.uri('captions/' + run))}: captions run {run!r} has no parts")
     caps = read_captions(storage, run)
-    dups = duplicates(storage, {c for c, r in scores.items() if r.get("passed")})
-    sel = Selection([], Counter(), len(clips), run, bool(scores))
-    for c in clips:
+    sel = Selection([], Counter(), len(view.clips), run, bool(view.scores))
+    for c in view.clips:
         cid = c["clip_id"]
-        if c["status"] != "ok" or not c["path"]:
-            sel.dropped[f"clip {c['status']}"] += 1
+        why = view.reason(c) or _caption_problem(caps.get(cid), wc)
+        if why:
+            sel.dropped[why] += 1
             continue
-        s = scores.get(cid)
-        if scores and s is None:
-            sel.dropped["no scores row"] += 1
-            continue
-        if s is not None and not s.get("passed"):
-            sel.dropped["filtered out"] += 1
-            continue
-        if cid in dups:
-            sel.dropped["duplicate"] += 1
-            continue
-        cap = caps.get(cid)
-        if cap is None:
-            sel.dropped["not captioned"] += 1
-            continue
-        if cap.get("error") is not None or not (cap.get("text") or "").strip():
-            sel.dropped["caption failed"] += 1
-            continue
-        if set(cap.get("flags") or []) & set(wc.drop_caption_flags):
-            sel.dropped["caption flagged"] += 1
-            continue
-        score = {k: v for k, v in (s or {}).items() if k != "clip_id"}
+        cap = caps[cid]
+        score = {k: v for k, v in view.scores.get(cid, {}).items() if k != "clip_id"}
         meta = {"key": cid, "clip": c, "scores": score, "caption": {**cap, "run": run}}
         sel.samples.append({"key": cid, "path": c["path"], "bytes": int(c["bytes"] or 0),
                             "caption": cap["text"].strip(), "meta": meta})
@@ -149,13 +130,20 @@ def select(storage: Storage, wc: WriterConfig) -> Selection:
     return sel
 
 
-def duplicates(storage: Storage, passed: set[str]) -> set[str]:
-    """Clips the dedup table marks as duplicates (kept: false) of a clip that still passes the filter."""
-    from curation.dedup import read_dedup
+def _caption_problem(cap: dict | None, wc: WriterConfig) -> str | None:
+    """Why a kept clip's caption keeps it out of the shards (None: it goes in)."""
+    if cap is None:
+        return "not captioned"
+    if cap.get("error") is not None or not (cap.get("text") or "").strip():
+        return "caption failed"
+    if set(cap.get("flags") or []) & set(wc.drop_caption_flags):
+        return "caption flagged"
+    return None
 
-    t = read_dedup(storage)
-    return {c for c, k, d in zip(*(t.column(n).to_pylist() for n in ("clip_id", "kept", "duplicate_of")))
-            if k is False and d in passed}
+
+def duplicates(storage: Storage, passed: set[str]) -> set[str]:
+    """Clips the dedup table marks as duplicates of a clip that still passes (curation.kept.duplicates)."""
+    return kept_duplicates(storage, passed)
 
 
 def pack(samples: list[dict], wc: WriterConfig) -> list[list[dict]]:
