@@ -19,8 +19,9 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-# Columns whose values are timings or stamps of a run, never results.
-VOLATILE = {"latency_s", "created_at", "run_id", "seconds"}
+# Columns whose values are timings or stamps of a run, never results (a shard's digest hashes its
+# samples' metadata, which carries the filter's decode/score timings).
+VOLATILE = {"latency_s", "created_at", "run_id", "seconds", "decode_s", "score_s", "digest"}
 RTOL, ATOL = 1e-5, 1e-6  # float tolerance (scores computed in another process order may differ in the last bits)
 
 
@@ -51,7 +52,7 @@ def read(root: str, rel: str) -> pa.Table:
 
 
 def sort_key(t: pa.Table) -> str | None:
-    return next((k for k in ("clip_id", "video_id", "key", "shard") if k in t.column_names), None)
+    return next((k for k in ("clip_id", "key", "video_id", "shard") if k in t.column_names), None)
 
 
 def same(a: object, b: object) -> bool:
@@ -68,7 +69,7 @@ def rows_of(t: pa.Table) -> list[dict]:
     cols = [c for c in t.column_names if c not in VOLATILE]
     rows = t.select(cols).to_pylist()
     key = sort_key(t)
-    return sorted(rows, key=lambda r: (str(r.get(key)), str(r.get("error")), str(r.get("status"))))
+    return sorted(rows, key=lambda r: (str(r.get(key)), repr(sorted(r.items(), key=lambda kv: kv[0]))))
 
 
 def compare(a: str, b: str) -> list[str]:
