@@ -24,10 +24,14 @@ class FrameSpec:
     short_side: int  # frames are scaled so their shorter side is this (aspect kept, never below 8 px)
     square_crop: bool = False  # centre crop to short_side x short_side after scaling (CLIP input)
     upscale: bool = True  # false: a clip smaller than short_side keeps its native size (sharpness, quality)
+    # Frames per sample: >1 gives (T, burst, H, W[, 3]) arrays, each sampled frame followed by the next
+    # burst-1 decoded frames (frame-to-frame motion: camera shake, whose jitter a 2 fps sample aliases).
+    burst: int = 1
 
     @property
     def key(self) -> str:
-        return f"{self.fmt}{self.short_side}{'sq' if self.square_crop else ''}{'' if self.upscale else 'n'}"
+        return (f"{self.fmt}{self.short_side}{'sq' if self.square_crop else ''}{'' if self.upscale else 'n'}"
+                f"{f'b{self.burst}' if self.burst > 1 else ''}")
 
 
 @dataclass
