@@ -10,7 +10,9 @@ Per sampled frame (gray, full range 0-255), a bar is the run of edge rows (colum
 texture or noise, a bar has none). A bar of the clip is one that holds on every frame that shows
 anything (frames darker than `limit` overall tell nothing and are skipped): the clip's bar is the
 smallest of its frames' bars, so a dark moment or a fade never widens it. The mixed row where a bar
-meets the picture (half bar, half picture after scaling) goes to the bar.
+meets the picture (half bar, half picture after scaling) goes to the bar. Bars are found in centred
+pairs: the thinner of top/bottom (left/right) counts for both, so one dark side of the picture (a night
+sky, the black edge of a filmed screen, a black frame with a caption) is not a bar.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ class BordersConfig(ScorerConfig):
     limit: float = Field(24.0, ge=0, le=255)  # a bar row/column has mean luma <= this (0-255; cropdetect's default)
     flat_std: float = Field(8.0, ge=0)  # ... and luma std <= this (bars are flat; dark picture content is not)
     min_picture: float = Field(0.3, gt=0, le=1)  # bars leaving less than this share of a side are not bars (a dark clip)
+    min_bar: float = Field(0.01, ge=0, lt=0.5)  # thinner bars (share of the side) are none: encoder edge lines
 
 
 class BordersScorer(Scorer):
@@ -47,7 +50,8 @@ class BordersScorer(Scorer):
 
     def score(self, clip: ClipFrames, embeddings: np.ndarray | None = None) -> dict[str, Any]:
         g = clip.frames[FrameSpec("gray", self.cfg.short_side).key].astype(np.float32)
-        lit = g.reshape(len(g), -1).mean(axis=1) > self.cfg.limit
+        # A frame tells where bars end when some row or column of it is brighter than a bar can be.
+        lit = (g.mean(axis=2).max(axis=1) > self.cfg.limit) | (g.mean(axis=1).max(axis=1) > self.cfg.limit)
         if not lit.any():  # an all-dark clip: no frame can show where a bar ends
             return box_metrics(0, 0, 0, 0)
         g = g[lit]
@@ -56,9 +60,14 @@ class BordersScorer(Scorer):
         bottom = min(_edge_bar(f[::-1], self.cfg.limit, self.cfg.flat_std) for f in g)
         left = min(_edge_bar(f.T, self.cfg.limit, self.cfg.flat_std) for f in g)
         right = min(_edge_bar(f.T[::-1], self.cfg.limit, self.cfg.flat_std) for f in g)
-        if (h - top - bottom) < self.cfg.min_picture * h:
+        # Bars come in centred pairs (letterbox, pillarbox): one dark side alone is dark picture content
+        # (a black sky, the dark edge of a screen, text on black), so each pair is cut to its thinner bar,
+        # and bars thinner than min_bar are none.
+        top = bottom = min(top, bottom)
+        left = right = min(left, right)
+        if top < self.cfg.min_bar * h or (h - 2 * top) < self.cfg.min_picture * h:
             top = bottom = 0
-        if (w - left - right) < self.cfg.min_picture * w:
+        if left < self.cfg.min_bar * w or (w - 2 * left) < self.cfg.min_picture * w:
             left = right = 0
         # Half an analysis pixel more on every found bar: the mixed, darkened rows next to a bar at
         # full resolution (Sintel: 1-2 rows at 480p) fall inside the crop.

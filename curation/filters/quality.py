@@ -26,6 +26,7 @@ class QualityConfig(ScorerConfig):
 
     short_side: int = Field(256, ge=32, le=1080)  # analysis size (short side, px); smaller clips keep their own size
     frames: int = Field(3, ge=1)  # frames per clip scored (BRISQUE costs ~0.1 s per 256p frame on one core)
+    min_luma: float = Field(16.0, ge=0, le=255)  # frames darker than this mean luma (0-255) are not scored
 
 
 def brisque_model() -> Any:
@@ -75,5 +76,7 @@ class QualityScorer(Scorer):
         if not hasattr(self, "model"):
             self.setup()
         g = spread(clip.inner(self.spec().key), self.cfg.frames)
-        vals = [self.model.score_gray(f) for f in g if f.std() > 0]  # a flat frame has no statistics to fit
+        # A flat or near-black frame (fades, black title cards) has no natural-scene statistics to fit:
+        # BRISQUE reads it as heavy distortion (100+). Such frames are skipped.
+        vals = [self.model.score_gray(f) for f in g if f.std() > 0 and f.mean() >= self.cfg.min_luma]
         return {"brisque": float(np.median(vals)) if vals else None}

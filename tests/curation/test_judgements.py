@@ -73,11 +73,13 @@ def scores(tmp_path, videos: dict[str, np.ndarray], scorers: dict | None = None)
 def test_borders_found_and_other_scorers_see_only_the_picture(tmp_path):
     pic = picture(320, 192, 48)
     dark = (pic * 0.35).astype(np.uint8)  # a dark picture: dark is not a bar
+    one_side = pic.copy()
+    one_side[:, :, -40:] = 0  # one black side alone (a dark edge of the picture) is not a bar
     s = scores(tmp_path, {"plain": pic, "letterbox": bars(pic, top=24, bottom=24),
                           "pillarbox": bars(pic, left=40, right=40), "window": bars(pic, 16, 16, 32, 32),
-                          "dark": dark}, {k: v for k, v in SCORERS.items() if k != "quality"})
+                          "dark": dark, "one_side": one_side}, {k: v for k, v in SCORERS.items() if k != "quality"})
     assert s["plain"]["borders_kind"] == "none" and s["plain"]["borders_area"] == 0
-    assert s["dark"]["borders_kind"] == "none"
+    assert s["dark"]["borders_kind"] == "none" and s["one_side"]["borders_kind"] == "none"
     lb, pb, wb = s["letterbox"], s["pillarbox"], s["window"]
     assert lb["borders_kind"] == "letterbox" and pb["borders_kind"] == "pillarbox" and wb["borders_kind"] == "windowbox"
     # The box is within about one analysis pixel (1/144 of the short side) of the true bars, and never inside the picture.
@@ -100,8 +102,10 @@ def test_blur_exposure_and_frozen_separate_degraded_from_clean(tmp_path):
     blurred = np.stack([cv2.GaussianBlur(f, (0, 0), 3.0) for f in pic])
     held = pic.copy()
     held[12:48] = pic[12]  # a frame held 1.5 s at 24 fps
+    still = np.repeat(pic[:1], 48, axis=0)  # nothing ever changes: motion_level's judgement, not a held frame
     s = scores(tmp_path, {"clean": pic, "blur": blurred, "under": np.clip(pic * 0.3 - 20.0, 0, 255).astype(np.uint8),
-                          "over": np.clip(pic.astype(np.float32) * 2.5, 0, 255).astype(np.uint8), "held": held})
+                          "over": np.clip(pic.astype(np.float32) * 2.5, 0, 255).astype(np.uint8), "held": held,
+                          "still": still})
     clean = s["clean"]
     assert s["blur"]["sharpness_blur"] > clean["sharpness_blur"] + 0.15
     assert s["blur"]["quality_brisque"] > clean["quality_brisque"] + 10
@@ -110,6 +114,7 @@ def test_blur_exposure_and_frozen_separate_degraded_from_clean(tmp_path):
     assert s["over"]["exposure_bright"] > 0.2 > clean["exposure_bright"]
     assert clean["frozen_longest_s"] == 0 and clean["frozen_share"] == 0
     assert s["held"]["frozen_longest_s"] >= 1.0 and s["held"]["frozen_jumps"] == 0
+    assert s["still"]["frozen_longest_s"] == 0 and s["still"]["frozen_share"] == 0
 
 
 def test_sharpness_does_not_depend_on_resolution(tmp_path):
