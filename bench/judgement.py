@@ -317,10 +317,14 @@ def dedup_table(clips: list[Clip], frames: int, max_distance: float) -> str:
     dups = [c for c in clips if c.kind in DUPLICATES]
     if not dups:
         return ""
-    rows = {}
+    rows: dict[str, list[float]] = {}
+
+    def original(c: Clip) -> str:  # a copy is made from its window's clean clip at the same size
+        return f"{c.window}-clean-{c.short_side}"
+
     for c in dups:
-        rows.setdefault(c.kind, []).append(dist(c.clip_id, c.params["of"]))
-    originals = sorted({c.params["of"] for c in dups})
+        rows.setdefault(c.kind, []).append(dist(c.clip_id, original(c)))
+    originals = sorted({original(c) for c in dups})
     others = [dist(o, c.clip_id) for o in originals for c in clips
               if c.kind == "clean" and c.short_side == by_id[o].short_side and c.source == by_id[o].source
               and c.window != by_id[o].window]
