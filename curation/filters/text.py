@@ -22,7 +22,7 @@ Metrics per clip, over the scored frames, from the text lines only:
 With `recognize: true`, `text` holds the recognised lines (truncated to `max_chars`).
 
 Default thresholds (pipelines.yaml) from bench/judgement.py's calibration part (docs/judgement.md):
-drop burned-in subtitles (band), persistent corner logos/watermarks (corner) and title cards (area),
+drop burned-in subtitles (band), persistent logos, watermarks and title cards (persist), slides (area),
 keep scene text and texture.
 """
 from __future__ import annotations
