@@ -179,9 +179,11 @@ class TextScorer(Scorer):
         rects = [_rects(b) for b in per_frame]
         stays = _persistent(rects, self.cfg.persist_iou)
         if not _overlay_context(frames, rects, self.cfg.move_eps, self.cfg.flat_std):
-            # Still, detailed picture: lines that stay put may be scene text (a screen's menu bar): they count
-            # neither as persistent nor in the band; lines that change (subtitles) still do.
-            rects = [r[~s] for r, s in zip(rects, stays)]
+            # Still, detailed picture: a line that stays put and whose own pixels stay the same may be scene
+            # text (a screen's menu bar): it counts neither as persistent nor in the band. Lines whose text
+            # changes in place (subtitles: a new line every second or so) still count in the band.
+            gray = frames.astype(np.float32).mean(axis=3)
+            rects = [r[~s | _changes(gray, i, r, 3 * self.cfg.move_eps)] for i, (r, s) in enumerate(zip(rects, stays))]
             stays = [np.zeros(len(r), bool) for r in rects]
         band = [bool(len(r)) and bool(((r[:, 1] + r[:, 3]) / 2 > (1 - self.cfg.band_height) * fh).any()) for r in rects]
         cw, ch = self.cfg.corner * fw, self.cfg.corner * fh
@@ -209,6 +211,15 @@ def _overlay_context(frames: np.ndarray, rects: list[np.ndarray], move_eps: floa
         return True
     moving = len(gray) > 1 and float(np.abs(np.diff(gray, axis=0))[:, mask].mean()) >= move_eps
     return moving or float(np.median([g[mask].std() for g in gray])) <= flat_std
+
+
+def _changes(gray: np.ndarray, i: int, rects: np.ndarray, eps: float) -> np.ndarray:
+    """Per line of frame i: do its pixels change on some other frame (mean absolute difference >= eps)?"""
+    out = np.zeros(len(rects), bool)
+    for k, (x0, y0, x1, y1) in enumerate(rects.astype(int)):
+        box = (slice(max(0, y0), y1 + 1), slice(max(0, x0), x1 + 1))
+        out[k] = any(float(np.abs(gray[j][box] - gray[i][box]).mean()) >= eps for j in range(len(gray)) if j != i)
+    return out
 
 
 def _native(frames: np.ndarray, native_short: int) -> np.ndarray:
