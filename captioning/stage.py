@@ -134,17 +134,17 @@ def read_range(uri: str, offset: int, size: int | None) -> bytes:
 
 
 def clip_items(storage: Storage, cfg: CaptionConfig) -> list[dict]:
-    """Work items from the clips table: ok clips, and with `only_kept` those whose scores row passed."""
+    """Work items from the clips table: ok clips, and with `only_kept` the kept ones (curation.kept.kept_clips)."""
     clips = read_table(storage, "clips")
     if clips.num_rows == 0:
         raise ValueError(f"{storage.root}: no clips table (run the split stage first)")
     rows = [r for r in clips.to_pylist() if r.get("status", "ok") == "ok" and r.get("path")]
     if cfg.only_kept:
-        scores = read_table(storage, "scores")
-        if scores.num_rows:
-            kept = {r["clip_id"] for r in scores.select(["clip_id", "passed"]).to_pylist() if r["passed"]}
-            rows = [r for r in rows if r["clip_id"] in kept]
-        else:
+        from curation.kept import kept_clips
+
+        kept = {r["clip_id"] for r in kept_clips(storage)}  # passed, not a duplicate, selected (curation/kept.py)
+        rows = [r for r in rows if r["clip_id"] in kept]
+        if not read_table(storage, "scores").num_rows:
             print("[caption] no scores table: captioning every ok clip (run the filter stage to caption only "
                   "kept clips)", file=sys.stderr)
     return [{"clip_id": r["clip_id"], "path": storage.uri(r["path"]),

@@ -37,6 +37,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from curation import tables
+from curation.kept import duplicates, selected_ids  # one definition of kept (curation/kept.py)
 from curation.stage import Stage, StageResources
 from curation.storage import Storage
 from shards.config import WriterConfig
@@ -113,6 +114,7 @@ def select(storage: Storage, wc: WriterConfig) -> Selection:
         raise ValueError(f"{redact(storage.uri('captions/' + run))}: captions run {run!r} has no parts")
     caps = read_captions(storage, run)
     dups = duplicates(storage, {c for c, r in scores.items() if r.get("passed")})
+    chosen = selected_ids(storage)  # the select stage's training set, when it ran
     sel = Selection([], Counter(), len(clips), run, bool(scores))
     for c in clips:
         cid = c["clip_id"]
@@ -128,6 +130,9 @@ def select(storage: Storage, wc: WriterConfig) -> Selection:
             continue
         if cid in dups:
             sel.dropped["duplicate"] += 1
+            continue
+        if chosen is not None and cid not in chosen:
+            sel.dropped["not selected"] += 1
             continue
         cap = caps.get(cid)
         if cap is None:
@@ -148,13 +153,6 @@ def select(storage: Storage, wc: WriterConfig) -> Selection:
     return sel
 
 
-def duplicates(storage: Storage, passed: set[str]) -> set[str]:
-    """Clips the dedup table marks as duplicates (kept: false) of a clip that still passes the filter."""
-    from curation.dedup import read_dedup
-
-    t = read_dedup(storage)
-    return {c for c, k, d in zip(*(t.column(n).to_pylist() for n in ("clip_id", "kept", "duplicate_of")))
-            if k is False and d in passed}
 
 
 def pack(samples: list[dict], wc: WriterConfig) -> list[list[dict]]:
