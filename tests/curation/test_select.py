@@ -27,7 +27,10 @@ def make_root(path: str, n: int = 60, seed: int = 0) -> Storage:
         clips.append({"clip_id": cid, "video_id": f"v{i % 6}", "source": f"v{i % 6}.mp4", "start_frame": 0,
                       "end_frame": frames, "start_s": 0.0, "end_s": frames / 24, "width": w, "height": h, "fps": 24.0,
                       "frames": frames, "bytes": 1000, "path": f"clips/{cid}.mp4", "status": "ok", "reason": None})
-        scores.append({"clip_id": cid, "passed": i >= 3, "error": None, "aesthetic_mean": float(rng.uniform(3, 7)),
+        scores.append({"clip_id": cid, "video_id": f"v{i % 6}", "source": f"v{i % 6}.mp4", "path": f"clips/{cid}.mp4",
+                       "start_s": 0.0, "end_s": frames / 24, "frames_sampled": 4, "passed": i >= 3,
+                       "reasons": [] if i >= 3 else ["aesthetic_mean<4.5"], "error": None,
+                       "aesthetic_mean": float(rng.uniform(3, 7)),
                        "motion_mean": float(rng.uniform(0, 1)), "camera_type": CAMERA[i % 3]})
         dedup.append({"clip_id": cid, "cluster": i % 5, "group": cid, "duplicate_of": None, "similarity": None,
                       "method": None, "kept": True})
@@ -118,3 +121,16 @@ def test_unconstrained_writes_no_table_and_bad_keys_are_named(tmp_path):
         select(st, SelectConfig(max_clips=5, score="aesthetic * 2"))
     with pytest.raises(ValueError, match="max_clips or max_hours"):
         SelectConfig(max_clips=5, max_hours=1)
+
+
+def test_inspect_shows_distributions_before_and_after(tmp_path, capsys):
+    from curation import inspect
+
+    st = make_root(str(tmp_path))
+    select(st, SelectConfig(max_clips=12, quotas={"camera_type": 0.34}))
+    assert inspect.main(str(tmp_path), html=str(tmp_path / "page.html")) == 0
+    out = capsys.readouterr().out
+    assert "selection: 12 of 56 kept clips" in out and "budget" in out
+    line = next(x for x in out.splitlines() if x.strip().startswith("camera_type"))
+    assert "static" in line and "->" in line  # shares after: at most 4 of 12 per camera type
+    assert "Selection (before / after)" in (tmp_path / "page.html").read_text()
