@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shards.config import Bucket
+from shards.weights import SampleWeights
 
 
 TINY_RANDOM = "tiny-random"  # the value of a model key that asks for a tiny random model (demo and tests only)
@@ -33,6 +34,7 @@ class DataConfig(Strict):
     latents_dir: str | None = None  # source=latents: folder written by `python -m training latents` (None = <out_dir>/latents)
     synthetic_clips: int = Field(64, ge=1)  # source=synthetic: distinct clips before the stream repeats
     synthetic_seed: int = 0  # source=synthetic: seed of the generated patterns (held-out clips use another seed)
+    weights: SampleWeights = SampleWeights()  # source=shards: per-clip copies per epoch from scores, score-to-text captions (shards/weights.py)
 
     @model_validator(mode="after")
     def _sizes(self) -> "DataConfig":

@@ -196,7 +196,7 @@ def stage_loader(pipeline_cfg: Any, stage: int, rank: int, world_size: int) -> A
     lc = pipeline_cfg.shard.loader
     lc = lc.model_copy(update={"buckets": list(s.buckets), "batch_size": s.batch_size or lc.batch_size})
     return ShardLoader(pipeline_cfg.shard.model_copy(update={"loader": lc}), rank=rank, world_size=world_size,
-                       seed=tcfg.seed, root=pipeline_cfg.root)
+                       seed=tcfg.seed, root=pipeline_cfg.root, weights=data.weights)
 
 
 def build_loader(pipeline_cfg: Any, out_dir: str, rank: int, world_size: int) -> Any:
@@ -210,7 +210,24 @@ def build_loader(pipeline_cfg: Any, out_dir: str, rank: int, world_size: int) ->
         return LatentLoader(data.latents_dir or os.path.join(out_dir, "latents"), data.batch_size, rank, world_size)
     from shards.loader import ShardLoader  # owns decoding, frame sampling, buckets and batch size (shard.loader)
 
-    return ShardLoader(pipeline_cfg, rank=rank, world_size=world_size, seed=pipeline_cfg.training.seed)
+    if rank == 0:
+        write_data_manifest(pipeline_cfg, out_dir)
+    return ShardLoader(pipeline_cfg, rank=rank, world_size=world_size, seed=pipeline_cfg.training.seed,
+                       weights=data.weights)
+
+
+def write_data_manifest(pipeline_cfg: Any, out_dir: str) -> str:
+    """<out_dir>/data_manifest.json: the shards, sampling weights and score text this run trains with."""
+    import json
+
+    data = pipeline_cfg.training.data
+    path = os.path.join(out_dir, "data_manifest.json")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"source": data.source, "shards": pipeline_cfg.shard.loader.shards or
+                   f"{pipeline_cfg.root.rstrip('/')}/shards/{pipeline_cfg.shard.writer.name}",
+                   "weights": data.weights.model_dump(mode="json")}, f, indent=2)
+    return path
 
 
 def endless(loader: Any) -> Iterator[dict[str, Any]]:
