@@ -6,6 +6,7 @@
     python -m training sample --pipeline <CogVideoX pipeline folder or hub name> [--lora FILE] --prompt "..."
     python -m training export --checkpoint <run or checkpoint> --out <folder>
     python -m training latents pipelines.yaml [--limit N]             (precompute VAE latents + T5 embeddings)
+    torchrun ... -m training cache pipelines.yaml                      (the per-clip latent/text cache, training/cache.py)
 """
 from __future__ import annotations
 
@@ -49,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         from training.sample import export_main
 
         return export_main(argv[1:])
+    if argv and argv[0] == "cache":
+        from training.cache import main as cache_main
+
+        from vidcurate.flow import load_config
+
+        return cache_main(argv[1:], load_config)
     if argv and argv[0] == "latents":
         from training.latents import main as latents_main
 

@@ -182,8 +182,8 @@ def stage_loader(pipeline_cfg: Any, stage: int, rank: int, world_size: int) -> A
     tcfg = pipeline_cfg.training
     s, data = tcfg.stages[stage], tcfg.data
     key = f"training.stages[{stage}]"
-    if data.source == "latents":
-        raise ValueError(f"{key}: progressive stages need data.source shards or synthetic (latents have fixed shapes)")
+    if data.source in ("latents", "cache"):
+        raise ValueError(f"{key}: progressive stages need data.source shards or synthetic (not {data.source})")
     if data.source == "synthetic":
         if len(s.buckets) != 1:
             raise ValueError(f"{key}.buckets: synthetic data has one shape per stage (got {len(s.buckets)} buckets)")
@@ -208,6 +208,12 @@ def build_loader(pipeline_cfg: Any, out_dir: str, rank: int, world_size: int) ->
         return SyntheticLoader(data, rank, world_size)
     if data.source == "latents":
         return LatentLoader(data.latents_dir or os.path.join(out_dir, "latents"), data.batch_size, rank, world_size)
+    if data.source == "cache":  # the shard loader's batches, encoded once (training/cache.py)
+        from training.cache import cache_loader
+
+        if rank == 0:
+            write_data_manifest(pipeline_cfg, out_dir)
+        return cache_loader(pipeline_cfg, rank, world_size)
     from shards.loader import ShardLoader  # owns decoding, frame sampling, buckets and batch size (shard.loader)
 
     if rank == 0:
