@@ -92,3 +92,30 @@ def test_a_missing_entry_and_a_random_window_are_named(setup):
     with pytest.raises(ValueError, match="random_start: false"):
         cache.shard_loader(bad, 0, 1)
     assert os.path.basename(cache.cache_dir(cfg)) == "latents"
+
+
+@pytest.mark.heavy
+def test_torchrun_fill_then_train_from_the_cache(setup, tmp_path):
+    """Two torchrun ranks fill the cache; a second fill encodes nothing; the transformer trains from it."""
+    from tests.training.helpers import losses, run_cli
+
+    cfg, d, enc, path = setup
+    p = run_cli(["cache", path], nproc=2)
+    assert p.returncode == 0, p.stderr[-2000:]
+    counts = [json_counts(x) for x in p.stdout.splitlines() if x.startswith("[training cache]")]
+    assert len(counts) == 2 and sum(c["latents_encoded"] for c in counts) == len(d.kept)
+    p = run_cli(["cache", path], nproc=2)
+    counts = [json_counts(x) for x in p.stdout.splitlines() if x.startswith("[training cache]")]
+    assert sum(c["latents_encoded"] + c["texts_encoded"] for c in counts) == 0
+    out = str(tmp_path / "run")
+    p = run_cli([path, "--task", "transformer", "--set", "training.data.source=cache", "--set", "training.steps=3",
+                 "--set", f"training.out_dir={out}", "--set", "training.checkpoint.export_diffusers=false"])
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert len(losses(os.path.join(out, "transformer"))) == 3
+    assert os.path.exists(os.path.join(out, "transformer", "data_manifest.json"))
+
+
+def json_counts(line: str) -> dict:
+    import json
+
+    return json.loads(line.split(": ", 1)[1].rsplit(" -> ", 1)[0])
