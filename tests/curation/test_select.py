@@ -134,3 +134,22 @@ def test_inspect_shows_distributions_before_and_after(tmp_path, capsys):
     line = next(x for x in out.splitlines() if x.strip().startswith("camera_type"))
     assert "static" in line and "->" in line  # shares after: at most 4 of 12 per camera type
     assert "Selection (before / after)" in (tmp_path / "page.html").read_text()
+
+
+def test_stage_entry_reports_what_a_budget_change_adds_and_removes(tmp_path, capsys):
+    import os
+
+    from curation.pipeline import RunContext
+    from vidcurate.flow import load_config
+
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    st = make_root(str(tmp_path / "root"))
+    from curation.select import run
+
+    cfg = load_config(os.path.join(here, "pipelines.yaml"), [f"root={st.root}", "select.max_clips=10",
+                      "select.quotas={video: 0.3}"], check_inputs=False)
+    assert run(cfg, RunContext(cfg, st))["selected"] == 10
+    cfg.select.max_clips = 15
+    counts = run(cfg, RunContext(cfg, st))
+    assert counts["added"] == 5 and counts["removed"] == 0
+    assert "+5 -0" in capsys.readouterr().err
