@@ -29,7 +29,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from curation import expr, tables
-from curation.kept import SELECT_TABLE, kept_clips
+from curation.kept import SELECT_TABLE, kept_clips, selected_ids
 
 SELECT = pa.schema([
     ("clip_id", pa.string()),        # every kept clip (ok, passed, not a duplicate)
@@ -172,7 +172,7 @@ def buckets(width: list, height: list, duration_s: list, cfg: SelectConfig) -> l
 
 def candidates(storage: "object", cfg: SelectConfig) -> tuple[list[dict], dict[str, np.ndarray], np.ndarray | None]:
     """Kept clips (before selection, by clip_id) with their quota columns; score columns; embeddings."""
-    clips = kept_clips(storage, selected=False)
+    clips = sorted(kept_clips(storage, selected=False), key=lambda c: c["clip_id"])
     if not clips:
         raise ValueError(f"{storage.uri('clips')}: no kept clips to select from (run split, filter and dedup first)")
     scores = tables.read_table(storage, "scores")
@@ -267,7 +267,7 @@ def select(storage: "object", cfg: SelectConfig) -> dict:
     units, budget = (dur, cfg.max_hours * 3600) if cfg.max_hours is not None else (np.ones(len(clips)), cfg.max_clips)
     chosen, rank, reasons = choose(score, units, budget, groups, cfg.quotas, cfg.seed,
                                    floor_reasons(cols, cfg, len(clips)))
-    before = _selected_before(storage)
+    before = selected_ids(storage)
     rows = [{"clip_id": c["clip_id"], "selected": bool(s), "rank": int(r) if r >= 0 else None, "reason": why,
              "score": float(v) if np.isfinite(v) else None, "duration_s": c["duration_s"], "video_id": c["video_id"],
              "cluster": c["cluster"], "camera_type": c["camera_type"], "bucket": c["bucket"]}
@@ -284,12 +284,6 @@ def select(storage: "object", cfg: SelectConfig) -> dict:
 def constrained(cfg: SelectConfig) -> bool:
     """Whether the config leaves any kept clip out (a budget, a quota or a floor)."""
     return cfg.max_clips is not None or cfg.max_hours is not None or bool(cfg.quotas) or bool(cfg.floors)
-
-
-def _selected_before(storage: "object") -> set[str] | None:
-    from curation.kept import selected_ids
-
-    return selected_ids(storage)
 
 
 def replace_table(storage: "object", rows: list[dict]) -> None:
