@@ -34,7 +34,12 @@ def train(config: str, task: str | None = None, overrides: list[str] | None = No
     info = init_distributed(tcfg.parallel, tcfg.device)
     try:
         task_obj = cls(tcfg, info, out_dir)
-        loader = build_loader(cfg, out_dir, info.dp_rank, info.dp_size)  # one stream per data-parallel rank
+        if tcfg.data.source == "cache":  # the per-clip latent cache (training/cache.py)
+            from training.cache import cache_loader
+
+            loader = cache_loader(cfg, info.dp_rank, info.dp_size, out_dir)
+        else:
+            loader = build_loader(cfg, out_dir, info.dp_rank, info.dp_size)  # one stream per data-parallel rank
         return Trainer(tcfg, task_obj, loader, info, out_dir).train()
     finally:
         shutdown(info)

@@ -246,10 +246,14 @@ def shard_loader(cfg: Any, rank: int, world_size: int, every_clip_once: bool = F
     return ShardLoader(cfg, rank=rank, world_size=world_size, seed=cfg.training.seed, weights=w, **kw)
 
 
-def cache_loader(cfg: Any, rank: int, world_size: int) -> CacheLoader:
-    """training.data.source=cache: the shard loader's batches, read from the cache."""
+def cache_loader(cfg: Any, rank: int, world_size: int, out_dir: str | None = None) -> CacheLoader:
+    """training.data.source=cache: the shard loader's batches, read from the cache (rank 0 records the
+    data manifest in `out_dir`)."""
+    from training.data import write_data_manifest
     from training.parallelize import pick_device
 
+    if rank == 0 and out_dir:
+        write_data_manifest(cfg, out_dir)
     vae_id, text_id = frozen_ids(cfg.training, pick_device(cfg.training.device, int(os.environ.get("LOCAL_RANK", "0"))))
     return CacheLoader(shard_loader(cfg, rank, world_size, plan_only=True), cache_dir(cfg), vae_id, text_id,
                        cfg.training.transformer.max_text_len, cfg.shard.loader.crop)

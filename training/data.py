@@ -208,12 +208,9 @@ def build_loader(pipeline_cfg: Any, out_dir: str, rank: int, world_size: int) ->
         return SyntheticLoader(data, rank, world_size)
     if data.source == "latents":
         return LatentLoader(data.latents_dir or os.path.join(out_dir, "latents"), data.batch_size, rank, world_size)
-    if data.source == "cache":  # the shard loader's batches, encoded once (training/cache.py)
-        from training.cache import cache_loader
-
-        if rank == 0:
-            write_data_manifest(pipeline_cfg, out_dir)
-        return cache_loader(pipeline_cfg, rank, world_size)
+    if data.source == "cache":  # built by training.cache.cache_loader (it needs the frozen encoders' ids)
+        raise ValueError("training.data.source=cache: the loader is training.cache.cache_loader (python -m training "
+                         "builds it); build_loader reads shards, synthetic clips or latents")
     from shards.loader import ShardLoader  # owns decoding, frame sampling, buckets and batch size (shard.loader)
 
     if rank == 0:
