@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime
 import os
 import socket
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -26,9 +25,6 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from training.config import ParallelConfig
 
-# The model files return transposed views from blocks; FSDP2 warns about in-place ops on such views,
-# which neither the models nor the tasks do.
-warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
 
 
 @dataclass
