@@ -46,6 +46,7 @@ class TransformerConfig:
     flip_sin_to_cos: bool = True  # timestep sinusoid layout [cos | sin]
     freq_shift: float = 0.0  # timestep sinusoid frequency shift
     ofs_embed_dim: int | None = None  # 1.5 image-to-video "ofs" embedding width (None: absent)
+    learned_positions: bool = False  # 5b-I2V (1.0): a stored [text + video] position table added to the tokens (with RoPE)
     rope_theta: float = 10000.0  # RoPE base
 
     @property
@@ -183,6 +184,8 @@ class ExpertTransformer(nn.Module):
         if cfg.ofs_embed_dim:
             self.ofs_mlp = nn.Sequential(nn.Linear(cfg.ofs_embed_dim, cfg.ofs_embed_dim), nn.SiLU(),
                                          nn.Linear(cfg.ofs_embed_dim, cfg.ofs_embed_dim))
+        if cfg.learned_positions:  # diffusers keeps it a persistent buffer (loaded, never trained): so do we
+            self.register_buffer("pos_embedding", torch.zeros(1, cfg.max_text_len + self._sample_tokens(), dim))
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.num_layers)])
         self.norm_final = nn.LayerNorm(dim, eps=cfg.norm_eps)
         self.out_mod = nn.Linear(cfg.time_embed_dim, 2 * dim)
@@ -203,6 +206,25 @@ class ExpertTransformer(nn.Module):
                 m.cp = cp
 
     # -- positions ---------------------------------------------------------------------------------
+    def _sample_tokens(self) -> int:
+        cfg = self.config
+        frames = (cfg.sample_frames - 1) // cfg.temporal_compression + 1
+        return frames * (cfg.sample_height // cfg.patch_size) * (cfg.sample_width // cfg.patch_size)
+
+    def _learned_positions(self, frames: int, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """The [1, text + video, dim] table of a 5b-I2V model: the stored one at the training grid; for
+        other frame counts the sin-cos table with zero text rows, as diffusers does (other sizes refused)."""
+        cfg, p = self.config, self.config.patch_size
+        if (height, width) != (cfg.sample_height, cfg.sample_width):
+            raise ValueError(f"learned positions (5b-I2V) exist only for latents of {cfg.sample_height}x"
+                             f"{cfg.sample_width}, got {height}x{width}")
+        if (frames - 1) * cfg.temporal_compression + 1 == cfg.sample_frames:
+            return self.pos_embedding.to(dtype)
+        video = sincos_3d(cfg.dim, frames, height // p, width // p, cfg.spatial_interpolation_scale,
+                          cfg.temporal_interpolation_scale, self.pos_embedding.device)
+        text = video.new_zeros(cfg.max_text_len, cfg.dim)
+        return torch.cat([text, video])[None].to(dtype)
+
     def _positions(self, frames: int, height: int, width: int, device: torch.device, dtype: torch.dtype):
         """Token-grid positions for (latent frames, latent height, latent width): the RoPE (cos, sin)
         pair, or the sin-cos table to add to video tokens. Cached per shape."""
@@ -269,6 +291,9 @@ class ExpertTransformer(nn.Module):
 
         video = self.patchify(latents)
         text = self.text_proj(text_emb)
+        if self.config.learned_positions:
+            table = self._learned_positions(f, h, w, video.dtype)
+            text, video = text + table[:, :text.shape[1]], video + table[:, text.shape[1]:]
         pos = self._positions(f, h, w, latents.device, latents.dtype)
         rope = None
         if self.config.use_rope:
