@@ -180,6 +180,7 @@ def vae_config_from_diffusers(cfg: dict) -> VAEConfig:
         temporal_compression=int(cfg.get("temporal_compression_ratio", 4)),
         sample_height=cfg.get("sample_height", 480), sample_width=cfg.get("sample_width", 720),
         scaling_factor=cfg.get("scaling_factor", 1.15258426),
+        invert_scale_latents=bool(cfg.get("invert_scale_latents", False)),
     )
 
 
@@ -193,7 +194,7 @@ def vae_config_to_diffusers(c: VAEConfig) -> dict:
         "norm_num_groups": c.norm_num_groups, "temporal_compression_ratio": c.temporal_compression,
         "sample_height": c.sample_height, "sample_width": c.sample_width, "scaling_factor": c.scaling_factor,
         "shift_factor": None, "latents_mean": None, "latents_std": None, "force_upcast": True,
-        "use_quant_conv": False, "use_post_quant_conv": False, "invert_scale_latents": False,
+        "use_quant_conv": False, "use_post_quant_conv": False, "invert_scale_latents": c.invert_scale_latents,
     }
 
 

@@ -39,6 +39,7 @@ class VAEConfig:
     sample_height: int = 480  # training resolution; tiling tiles are half of it
     sample_width: int = 720
     scaling_factor: float = 1.15258426  # latents are multiplied by this before diffusion (2b 1.15258426, 5b 0.7)
+    invert_scale_latents: bool = False  # 1.5's VAE: image-to-video image latents are divided by scaling_factor, not multiplied
     encode_chunk_frames: int = 8  # pixel frames per encode chunk (the first chunk also takes the remainder)
     decode_chunk_latents: int = 2  # latent frames per decode chunk (first chunk takes the remainder)
     stream_frames: int = 2  # frames per slice when streaming a chunk without autograd (memory vs. call count)

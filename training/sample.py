@@ -2,6 +2,7 @@
 
     python -m training sample --checkpoint <run dir | checkpoint dir> --prompt "..." [--prompt ...] [--out dir]
     python -m training sample --pipeline <folder | hub name> [--lora pytorch_lora_weights.safetensors] --prompt "..."
+    ... --image first_frame.png        image-to-video models (5b-I2V, 1.5-I2V layouts): the conditioning image
     python -m training export --checkpoint <run dir | checkpoint dir> --out <folder>
 
 From a checkpoint: the transformer is rebuilt from meta.json (its config and the training section),
@@ -47,13 +48,15 @@ def write_mp4(video: torch.Tensor, path: str, fps: int = 8) -> str:
 @torch.no_grad()
 def sample_latents(transformer: torch.nn.Module, text_emb: torch.Tensor, schedule: Any, shape: tuple[int, ...],
                    sample_cfg: Any, device: torch.device, generator: torch.Generator | None = None,
-                   progress: bool = False) -> torch.Tensor:
-    """Latents [B, f, C, h, w] by DDIM/DPM with guidance (zeroed text as the unconditional branch)."""
+                   progress: bool = False, image_latents: torch.Tensor | None = None,
+                   ofs: torch.Tensor | None = None) -> torch.Tensor:
+    """Latents [B, f, C, h, w] by DDIM/DPM with guidance (zeroed text as the unconditional branch);
+    image-to-video: `image_latents` [B, f, C, h, w] concatenated on channels at every step."""
     from tqdm import tqdm
 
     from model.diffusion import ddim_sample, dpm_sample, transformer_fn
 
-    fn = transformer_fn(transformer, text_emb, guidance_scale=sample_cfg.guidance)
+    fn = transformer_fn(transformer, text_emb, guidance_scale=sample_cfg.guidance, image_latents=image_latents, ofs=ofs)
     sampler = ddim_sample if sample_cfg.sampler == "ddim" else dpm_sample
     gen = generator or torch.Generator().manual_seed(sample_cfg.seed)
     with tqdm(total=sample_cfg.steps, desc="sample", disable=not progress, dynamic_ncols=True) as bar:
@@ -62,16 +65,69 @@ def sample_latents(transformer: torch.nn.Module, text_emb: torch.Tensor, schedul
                        dtype=torch.float32, callback=lambda *_: bar.update(1))
 
 
+def load_images(paths: list[str], height: int, width: int, key: str = "--image") -> torch.Tensor:
+    """Image files -> [N, 3, H, W] in [-1, 1], resized (Lanczos) to height x width as diffusers' I2V pipeline does."""
+    from PIL import Image
+
+    if not paths:
+        raise ValueError(f"{key}: an image-to-video model needs a conditioning image")
+    out = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{key} {path!r}: no such file")
+        img = Image.open(path).convert("RGB")
+        if img.size != (width, height):
+            img = img.resize((width, height), Image.LANCZOS)
+        out.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1) * 2 - 1)
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def encode_images(vae: torch.nn.Module, images: torch.Tensor, generator: torch.Generator,
+                  device: torch.device) -> torch.Tensor:
+    """Images [B, 3, H, W] -> scaled image latents [B, 1, C, h, w], a posterior sample per image drawn
+    from `generator` one image after the other (the order of CogVideoXImageToVideoPipeline)."""
+    from model.i2v import image_scale
+
+    dtype = next(vae.parameters()).dtype
+    z = torch.cat([vae.encode(img[None, :, None].to(device, dtype)).sample(generator) for img in images])
+    return (z.float() * image_scale(vae.scaling_factor, vae.config.invert_scale_latents)).transpose(1, 2)
+
+
+def _image_inputs(transformer: torch.nn.Module, vae: torch.nn.Module, images: torch.Tensor | None, batch: int,
+                  latent_frames: int, generator: torch.Generator, device: torch.device):
+    """(conditioning latents, ofs, front padding) of an image-to-video model; (None, None, 0) otherwise."""
+    from model.i2v import OFS, condition, front_padding, is_image_to_video
+
+    c = transformer.config
+    if not is_image_to_video(c.in_channels, c.out_channels):
+        return None, None, 0
+    if images is None:
+        raise ValueError("--image: this is an image-to-video model; give the conditioning image")
+    images = images.expand(batch, *images.shape[1:]) if images.shape[0] == 1 else images
+    if images.shape[0] != batch:
+        raise ValueError(f"--image: {images.shape[0]} images for {batch} prompts (give one, or one per prompt)")
+    pad = front_padding(latent_frames, c.patch_size_t)
+    cond = condition(encode_images(vae, images, generator, device), latent_frames + pad)
+    ofs = torch.full((1,), OFS, device=device) if c.ofs_embed_dim else None
+    return cond, ofs, pad
+
+
 @torch.no_grad()
 def generate(transformer: torch.nn.Module, vae: torch.nn.Module, text: torch.nn.Module, schedule: Any,
              prompts: list[str], frames: int, height: int, width: int, sample_cfg: Any,
-             device: torch.device, text_emb: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
-    """Videos [B, F, C, H, W] in [-1, 1] for `prompts` (or for given T5 embeddings `text_emb` [B, L, D])."""
+             device: torch.device, text_emb: torch.Tensor | None = None, progress: bool = False,
+             images: torch.Tensor | None = None) -> torch.Tensor:
+    """Videos [B, F, C, H, W] in [-1, 1] for `prompts` (or for given T5 embeddings `text_emb` [B, L, D]);
+    image-to-video models take `images` [1 or B, 3, H, W] in [-1, 1] (load_images)."""
     s = vae.config.spatial_compression
     emb = text.encode(list(prompts)).float() if text_emb is None else text_emb.float()
-    shape = (emb.shape[0], (frames - 1) // vae.config.temporal_compression + 1, vae.config.latent_channels,
-             height // s, width // s)
-    z = sample_latents(transformer, emb.to(device), schedule, shape, sample_cfg, device, progress=progress)
+    f = (frames - 1) // vae.config.temporal_compression + 1
+    gen = torch.Generator().manual_seed(sample_cfg.seed)  # image posteriors first, then the initial noise
+    cond, ofs, pad = _image_inputs(transformer, vae, images, emb.shape[0], f, gen, device)
+    shape = (emb.shape[0], f + pad, vae.config.latent_channels, height // s, width // s)
+    z = sample_latents(transformer, emb.to(device), schedule, shape, sample_cfg, device, generator=gen,
+                       progress=progress, image_latents=cond, ofs=ofs)[:, pad:]
     dtype = next(vae.parameters()).dtype
     video = vae.decode((z / vae.scaling_factor).transpose(1, 2).to(dtype))  # [B, C, F, H, W]
     return video.float().transpose(1, 2).clamp(-1, 1)
@@ -145,6 +201,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, help="default: data.height, or the pipeline's sample height")
     p.add_argument("--width", type=int, help="default: data.width, or the pipeline's sample width")
     p.add_argument("--seed", type=int)
+    p.add_argument("--image", action="append", help="image-to-video: the conditioning image (once, or once per prompt; "
+                                                    "default with --checkpoint: training.sample.images)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even when the run kept an EMA")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--enhance-prompt", nargs="?", const="pipelines.yaml", metavar="CONFIG",
@@ -173,6 +231,21 @@ def load_for_sampling(a: argparse.Namespace, device: torch.device) -> tuple[dict
     return run, s, size, a.out or out
 
 
+def conditioning_images(a: argparse.Namespace, run: dict[str, Any], s: Any, height: int,
+                        width: int) -> torch.Tensor | None:
+    """--image files (or a checkpoint's training.sample.images) for an image-to-video model; None for text-to-video."""
+    from model.i2v import is_image_to_video
+
+    c = run["transformer"].config
+    if not is_image_to_video(c.in_channels, c.out_channels):
+        if a.image:
+            raise ValueError("--image: this is a text-to-video model (it takes no conditioning image)")
+        return None
+    from_run = a.checkpoint and not a.image  # a checkpoint's own validation images
+    return load_images(a.image or (s.images if from_run else []), height, width,
+                       "training.sample.images" if from_run else "--image")
+
+
 def main(argv: list[str]) -> int:
     a = parser().parse_args(argv)
     original = list(a.prompt)
@@ -192,8 +265,13 @@ def main(argv: list[str]) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"[training sample] error: {e}", file=sys.stderr, flush=True)
         return 2
+    try:
+        images = conditioning_images(a, run, s, height, width)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"[training sample] error: {e}", file=sys.stderr, flush=True)
+        return 2
     video = generate(run["transformer"], run["vae"], run["text"], run["schedule"], a.prompt, frames, height, width,
-                     s, device, progress=True)
+                     s, device, progress=True, images=images)
     for i, v in enumerate(video):
         path = write_mp4(v, os.path.join(out, f"sample_{i:03d}.mp4"), s.fps)
         if a.enhance_prompt:  # the prompt the video was made from, next to it
