@@ -130,6 +130,7 @@ def add_lora(cfg: TrainingConfig, model: nn.Module, device: torch.device) -> nn.
 
 class TransformerTask(Task):
     name = "transformer"
+    i2v = False  # image-to-video model (set by build_models from the model's channels)
 
     def build_models(self) -> dict[str, nn.Module]:
         dev = self.info.device
