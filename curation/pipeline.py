@@ -34,6 +34,8 @@ class RunContext:
     run_id: str = field(default_factory=lambda: time.strftime("%Y%m%dT%H%M%S") + f"-{int(time.time()*1e6)%1000000:06d}")
     stages: dict = field(default_factory=dict)  # stage -> {"counts", "seconds", "errors", "accounting"}
     log_path: str | None = None  # local file with Ray's own logging of this run (runs/<run_id>.log in the root)
+    wait: bool = False  # another run holds a stage's lease: wait for it (True) or refuse (curation/lease.py)
+    leases: object = None  # curation.lease.Leases held by this run (taken in run_stages)
 
     def manifest(self) -> dict:
         versions = {}
@@ -44,7 +46,8 @@ class RunContext:
                 pass
         # No credentials in the manifest: every URI in argv, config and errors is redacted.
         return scrub_obj({"run_id": self.run_id, "argv": sys.argv, "python": platform.python_version(),
-                          "versions": versions, "config": self.cfg.model_dump(mode="json"), "stages": self.stages})
+                          "versions": versions, "config": self.cfg.model_dump(mode="json"), "stages": self.stages,
+                          **_fault_records(self)})
 
     def write_manifest(self) -> str:
         rel = f"runs/{self.run_id}.json"
@@ -84,6 +87,11 @@ def run_stages(cfg: BaseConfig, stages: list[str], ctx: RunContext | None = None
     tables.new_run()  # part numbers continue after whatever another process wrote meanwhile
     refused = False
     try:
+        try:  # one owner per root and stage, before any work (curation/lease.py)
+            _take_leases(ctx, stages)
+        except ValueError:
+            refused = True
+            raise
         runner.init_ray(cfg.ray.address, cfg.ray.num_cpus)
         # before any work: on a multi-node cluster nothing may land on one node's disk
         try:
@@ -95,6 +103,8 @@ def run_stages(cfg: BaseConfig, stages: list[str], ctx: RunContext | None = None
         for name, fn in fns:
             _run_one(cfg, ctx, name, fn)
     finally:
+        if ctx.leases is not None:
+            ctx.leases.release()
         runner.set_stage(None)
         runner.console(None, True)
         if refused:
@@ -124,6 +134,18 @@ def _run_one(cfg: BaseConfig, ctx: RunContext, name: str, fn) -> None:
         entry["accounting"] = accounting.summarize(accounting.take())  # per step: busy, waits, rows/s, bottleneck
         ctx.write_manifest()
         _keep_log(ctx)
+
+
+def _take_leases(ctx: RunContext, stages: list[str]) -> None:
+    from curation.lease import Leases
+
+    ctx.leases = Leases(ctx.storage, ctx.run_id)
+    ctx.leases.acquire(stages, wait=ctx.wait)
+
+
+def _fault_records(ctx: RunContext) -> dict:
+    """The manifest's record of leases (held, taken over from a dead run, lost)."""
+    return {"leases": ctx.leases.record()} if ctx.leases is not None else {}
 
 
 def _drop_local_log(ctx: RunContext) -> None:
