@@ -38,6 +38,7 @@ def probe_video(source: str, count_frames: bool = True) -> dict:
         pts: list[int] = []
         first = None
         frames = 0
+        decode_error = None
         try:
             if count_frames:
                 # Demux + decode every frame: container frame counts are often missing or wrong,
@@ -52,7 +53,10 @@ def probe_video(source: str, count_frames: bool = True) -> dict:
             else:
                 frames = st.frames
         except Exception as e:  # FFmpeg errors mid-stream: the file is truncated or corrupt
-            raise VideoError(f"{source}: decode failed after {frames} frames ({type(e).__name__}: {e})") from None
+            decode_error = f"{source}: decode failed after {frames} frames ({type(e).__name__}: {e})"
+            if frames == 0:
+                raise VideoError(decode_error) from None
+            # Salvage: the frames before the damage are still split (clips flagged truncated); the row says where.
         if count_frames and frames == 0:
             raise VideoError(f"{source}: no decodable video frames")
         tb = float(st.time_base) if st.time_base else 0.0
@@ -84,7 +88,7 @@ def probe_video(source: str, count_frames: bool = True) -> dict:
             "frames": frames, "fps": fps, "vfr": vfr, "width": w, "height": h, "display_width": dw,
             "display_height": dh, "sar": sar, "rotation": rotation, "codec": cc.name,
             "pix_fmt": cc.pix_fmt or (first.format.name if first is not None else None),
-            "has_audio": bool(c.streams.audio), "error": None,
+            "has_audio": bool(c.streams.audio), "error": decode_error, "truncated": decode_error is not None,
         }
 
 
@@ -121,7 +125,8 @@ def run(cfg: "object", ctx: "object") -> dict:
     storage = ctx.storage
     sources = expand_inputs(cfg.inputs)
     # The table holds redacted sources (curation.uris); the workers get the full URI to open.
-    done = {r["source"] for r in tables.read_table(storage, "videos", tables.VIDEOS).to_pylist() if not r["error"]}
+    done = {r["source"] for r in tables.read_table(storage, "videos", tables.VIDEOS).to_pylist()
+            if tables.usable_video(r)}  # a salvaged (truncated) file is not probed again: it stays truncated
     todo = [{"source": s} for s in sources if redact(s) not in done]
     stage = ProbeStage(cfg.probe.count_frames, StageResources.from_config(cfg.probe.resources))
     counts = {"inputs": len(sources), "skipped": len(sources) - len(todo), "probed": 0, "errors": 0}

@@ -321,7 +321,7 @@ class Scanner:
             if self.first is None:
                 raise VideoError(f"{self.source}: decode failed ({e})") from None
             # Truncated mid-stream: the frames that did decode still make clips, and the rows say so.
-            self.truncated = f"decode stopped at frame {i + 1}: {e}"
+            self.truncated = f"truncated: decode stopped at frame {i + 1}: {e}"
         if self.first is None:
             raise VideoError(f"{self.source}: no decodable video frames")
 
@@ -485,7 +485,7 @@ def run(cfg: "object", ctx: "object") -> dict:
     from curation.runner import run_pipeline
 
     storage = ctx.storage
-    videos = [r for r in tables.read_table(storage, "videos", tables.VIDEOS).to_pylist() if not r["error"]]
+    videos = [r for r in tables.read_table(storage, "videos", tables.VIDEOS).to_pylist() if tables.usable_video(r)]
     done, failed = split_state(storage)
     full = _openable(cfg.inputs)  # redacted source (as stored) -> the URI with its credentials, to open
     todo = [{"video_id": v["video_id"], "source": full.get(v["source"], v["source"]), "fps": v["fps"]}

@@ -35,6 +35,7 @@ VIDEOS = pa.schema([
     ("pix_fmt", pa.string()),
     ("has_audio", pa.bool_()),
     ("error", pa.string()),           # null when the file probed cleanly
+    ("truncated", pa.bool_()),        # decoding failed mid-stream (error says where): the frames before are used
 ])
 
 CLIPS = pa.schema([
@@ -54,6 +55,11 @@ CLIPS = pa.schema([
     ("status", pa.string()),          # "ok", "dropped" (too short etc.) or "error"
     ("reason", pa.string()),          # why dropped / the error
 ])
+
+def usable_video(row: dict) -> bool:
+    """A videos-table row whose frames later stages use: probed cleanly, or truncated (salvaged up to the damage)."""
+    return not row.get("error") or bool(row.get("truncated"))
+
 
 # Tables keyed by these columns; a captions run is keyed by clip_id too.
 KEYS = {"videos": "video_id", "clips": "clip_id", "scores": "clip_id"}
