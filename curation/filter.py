@@ -102,9 +102,15 @@ class DecodeStage(Stage):
     def process_row(self, row: dict) -> list[dict]:
         from curation.filters.decode import decode_clip
 
+        from curation.video import VideoError
+
         t0 = time.perf_counter()
-        clip = decode_clip(self.storage.uri(row["path"]), self.specs, self.cfg.sample_fps, self.cfg.max_frames,
-                           self.mv_cells)
+        try:
+            clip = decode_clip(self.storage.uri(row["path"]), self.specs, self.cfg.sample_fps, self.cfg.max_frames,
+                               self.mv_cells)
+        except VideoError as e:  # a clip file rotten after split wrote it: split cuts it again next run
+            tables.quarantine(self.storage, row["path"], str(e))
+            raise VideoError(f"{e} (quarantined; the next split run cuts it again)") from None
         out = {**_base(row), "frames_sampled": len(clip.times), "error": None}
         for sc in self.scorers.by_step("cpu"):
             for m, v in sc.score(clip).items():
@@ -233,10 +239,10 @@ def todo_clips(storage: "object", rescore: bool) -> tuple[list[dict], int]:
     clips = [r for r in tables.read_table(storage, "clips", tables.CLIPS).to_pylist() if r["status"] == "ok"]
     done: set[str] = set()
     if not rescore:
-        import pyarrow.parquet as pq
-
         for part in storage.list("scores", ".parquet"):  # two columns only: never the embeddings
-            t = pq.read_table(storage.fs.open_input_file(storage.path(part)), columns=["clip_id", "error"])
+            t = tables.read_part(storage, part, ["clip_id", "error"])
+            if t is None:  # quarantined: its clips are scored again
+                continue
             for c, e in zip(t.column("clip_id").to_pylist(), t.column("error").to_pylist()):
                 (done.add if not e else done.discard)(c)  # parts in write order: the last row of a clip wins
     todo = [{k: r[k] for k, _ in BASE_FIELDS if k in r} for r in clips if r["clip_id"] not in done]
@@ -314,12 +320,9 @@ def decide_table(t: pa.Table, rules: list[Rule]) -> tuple[pa.Array, pa.Array]:
 
 def _outcome(storage: "object") -> dict[str, tuple[bool, bool]]:
     """clip_id -> (passed, error) of the scores table as readers see it (last part wins)."""
-    import pyarrow.parquet as pq
-
-    parts = storage.list("scores", ".parquet")
-    t = tables.dedupe_last(pa.concat_tables(
-        [pq.read_table(storage.fs.open_input_file(storage.path(p)), columns=["clip_id", "passed", "error"])
-         for p in parts], promote_options="permissive"), "clip_id")
+    parts = [tables.read_part(storage, p, ["clip_id", "passed", "error"]) for p in storage.list("scores", ".parquet")]
+    t = tables.dedupe_last(pa.concat_tables([t for t in parts if t is not None], promote_options="permissive"),
+                           "clip_id")
     return {c: (bool(p), bool(e)) for c, p, e in zip(t.column("clip_id").to_pylist(), t.column("passed").to_pylist(),
                                                      t.column("error").to_pylist())}
 

@@ -45,9 +45,16 @@ def load_scores(storage: Storage) -> tuple[pa.Table, list]:
         return pa.table({}), []
     ts, schema = [], None
     for p in parts:
-        f = pq.ParquetFile(storage.fs.open_input_file(storage.path(p)))
-        schema = f.schema_arrow
-        ts.append(f.read(columns=[n for n in schema.names if n != "clip_embedding"]))
+        try:
+            names = pq.read_schema(storage.fs.open_input_file(storage.path(p))).names
+        except (OSError, pa.ArrowException):
+            names = None  # a rotten footer: read_part quarantines it
+        got = tables.read_part(storage, p, [n for n in names if n != "clip_embedding"] if names else None)
+        if got is not None:
+            ts.append(got)
+            schema = got.schema
+    if not ts:
+        return pa.table({}), []
     t = pa.concat_tables(ts, promote_options="permissive")
     if pc.count_distinct(t.column("clip_id")).as_py() < t.num_rows:  # re-scored clips: the last row wins
         t = tables.dedupe_last(t, "clip_id")
@@ -107,8 +114,10 @@ def table_counts(storage: Storage) -> dict:
         if not parts:
             continue
         key = "video_id" if name == "videos" else "clip_id"
-        t = pa.concat_tables([pq.read_table(storage.fs.open_input_file(storage.path(p)), columns=[key, col])
-                              for p in parts], promote_options="permissive")
+        ts = [t for t in (tables.read_part(storage, p, [key, col]) for p in parts) if t is not None]
+        if not ts:  # every part rotten (quarantined)
+            continue
+        t = pa.concat_tables(ts, promote_options="permissive")
         t = tables.dedupe_last(t, key)
         vals = t.column(col).to_pylist()
         out[name] = ({"total": len(vals), "errors": sum(v is not None for v in vals)} if name == "videos"

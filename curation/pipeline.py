@@ -144,8 +144,13 @@ def _take_leases(ctx: RunContext, stages: list[str]) -> None:
 
 
 def _fault_records(ctx: RunContext) -> dict:
-    """The manifest's record of leases (held, taken over from a dead run, lost)."""
-    return {"leases": ctx.leases.record()} if ctx.leases is not None else {}
+    """The manifest's record of leases (held, taken over from a dead run, lost) and quarantined files."""
+    from curation.tables import QUARANTINED
+
+    out = {"quarantined": list(QUARANTINED)}  # damaged files this driver moved aside (curation.tables.quarantine)
+    if ctx.leases is not None:
+        out["leases"] = ctx.leases.record()
+    return out
 
 
 def _drop_local_log(ctx: RunContext) -> None:

@@ -480,6 +480,16 @@ def split_state(storage: Storage) -> tuple[set[str], dict[str, str]]:
     return done, {v: e for v, e in errors.items() if v not in done}
 
 
+def quarantined_clips(storage: Storage) -> dict[str, list[str]]:
+    """video_id -> quarantined files of its clips (quarantine/clips/<video_id>/..., see tables.quarantine)."""
+    out: dict[str, list[str]] = {}
+    for rel in storage.walk_files("quarantine/clips"):
+        parts = rel.split("/")
+        if len(parts) >= 4:
+            out.setdefault(parts[2], []).append(rel)
+    return out
+
+
 def run(cfg: "object", ctx: "object") -> dict:
     """Split every probed video not yet split (resume per video; failed videos are tried again)."""
     from curation.runner import run_pipeline
@@ -487,6 +497,8 @@ def run(cfg: "object", ctx: "object") -> dict:
     storage = ctx.storage
     videos = [r for r in tables.read_table(storage, "videos", tables.VIDEOS).to_pylist() if tables.usable_video(r)]
     done, failed = split_state(storage)
+    rotten = quarantined_clips(storage)  # clip files found damaged on read: their videos are split again
+    done -= set(rotten)
     full = _openable(cfg.inputs)  # redacted source (as stored) -> the URI with its credentials, to open
     todo = [{"video_id": v["video_id"], "source": full.get(v["source"], v["source"]), "fps": v["fps"]}
             for v in videos if v["video_id"] not in done]
@@ -497,11 +509,15 @@ def run(cfg: "object", ctx: "object") -> dict:
         print(f"[split] WARNING: split.resources.num_gpus={stage.resources.num_gpus} but the Ray cluster has no "
               "GPU: TransNetV2 runs on CPU", file=sys.stderr, flush=True)
         stage.resources.num_gpus = 0
-    counts = {"videos": len(videos), "skipped": len(videos) - len(todo), "retried": len(failed), "split": 0,
+    counts = {"videos": len(videos), "skipped": len(videos) - len(todo), "retried": len(failed),
+              "recut": len(rotten.keys() & {t["video_id"] for t in todo}), "split": 0,
               "clips": 0, "dropped": 0, "errors": 0}
 
     def sink(rows: list[dict]) -> None:
         tables.write_part(storage, "clips", rows, tables.CLIPS)
+        for vid in {r["video_id"] for r in rows if r["status"] != "error"} & set(rotten):
+            for q in rotten[vid]:  # re-cut: the damaged copy has done its job
+                storage.delete(q)
         counts["split"] += len({r["video_id"] for r in rows})
         for r in rows:
             counts[{"ok": "clips", "dropped": "dropped", "error": "errors"}[r["status"]]] += 1

@@ -8,6 +8,7 @@ that was re-done after a crash between part write and bookkeeping is never count
 from __future__ import annotations
 
 import io
+import posixpath
 import uuid
 from typing import Iterable
 
@@ -82,7 +83,9 @@ def write_part(storage: Storage, table: str, rows: list[dict] | pa.Table,
         t = t.replace_schema_metadata({k: scrub(v.decode("utf-8", "replace")).encode()
                                        for k, v in t.schema.metadata.items()})
     buf = io.BytesIO()
-    pq.write_table(t, buf, compression="zstd")
+    # Page checksums: a bit flipped after writing is an error on read, not silently wrong values
+    # (measured: 1% of single-bit flips go unnoticed with them, 46% without; docs/faults.md).
+    pq.write_table(t, buf, compression="zstd", write_page_checksum=True)
     rel = f"{table}/part-{next_sequence(storage, table):020d}-{uuid.uuid4().hex[:8]}.parquet"
     storage.write_bytes(rel, buf.getvalue())
     return rel
@@ -107,6 +110,7 @@ def next_sequence(storage: Storage, table: str) -> int:
 def new_run() -> None:
     """Forget cached sequences: the next write lists its table again (a run may follow another process's)."""
     _SEQUENCES.clear()
+    QUARANTINED.clear()
 
 
 def _sequence_of(rel: str) -> int:
@@ -139,12 +143,50 @@ def read_table(storage: Storage, table: str, schema: pa.Schema | None = None,
     parts = storage.list(table, ".parquet")
     if not parts:
         return schema.empty_table() if schema is not None else pa.table({})
-    tables = [pq.read_table(storage.fs.open_input_file(storage.path(p))) for p in parts]
+    tables = [t for t in (read_part(storage, p) for p in parts) if t is not None]
+    if not tables:
+        return schema.empty_table() if schema is not None else pa.table({})
     t = pa.concat_tables(tables, promote_options="permissive")
     key = key or KEYS.get(table.split("/")[0])
     if key and key in t.column_names and t.num_rows:
         t = dedupe_last(t, key)
     return t
+
+
+def read_part(storage: Storage, rel: str, columns: list[str] | None = None) -> pa.Table | None:
+    """One part, its page checksums verified; a rotten part (bad footer, checksum, cut short) is moved to
+    quarantine/ with a message and read as absent, so its rows are redone by the next run of its stage."""
+    try:
+        f = pq.ParquetFile(storage.fs.open_input_file(storage.path(rel)), page_checksum_verification=True)
+        return f.read(columns=[c for c in columns if c in f.schema_arrow.names] if columns else None)
+    except FileNotFoundError:
+        return None  # quarantined meanwhile by another reader
+    except (OSError, pa.ArrowException) as e:  # ArrowInvalid (footer, checksum), IOError (short read)
+        quarantine(storage, rel, f"unreadable Parquet part ({type(e).__name__}: {e})")
+        return None
+
+
+def quarantine(storage: Storage, rel: str, why: str) -> str:
+    """Move a damaged file to quarantine/<rel> (readers then skip it; the stage that wrote it redoes its
+    rows) next to a note saying why; warn on stderr. Returns the quarantined path."""
+    import sys
+    import time
+
+    dest = f"quarantine/{rel}"
+    message = f"quarantined {storage.uri(rel) if storage.is_local else rel}: {why}; moved to {dest}"
+    try:
+        storage.makedirs(posixpath.dirname(dest))
+        storage.fs.move(storage.path(rel), storage.path(dest))
+        storage.write_bytes(dest + ".why.txt", f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {why}\n".encode())
+    except FileNotFoundError:
+        pass  # another reader moved it first
+    print(f"warning: {scrub(message)}", file=sys.stderr, flush=True)
+    QUARANTINED.append(scrub(message))
+    return dest
+
+
+# Messages of the files this process quarantined (the run manifest lists them).
+QUARANTINED: list[str] = []
 
 
 def dedupe_last(t: pa.Table, key: str) -> pa.Table:
