@@ -10,6 +10,8 @@ from __future__ import annotations
 import traceback
 from dataclasses import dataclass
 
+from curation.storage import DiskFull
+
 
 @dataclass
 class StageResources:
@@ -69,6 +71,8 @@ class Stage:
         for row in rows:
             try:
                 out.extend(self.process_row(row))
+            except DiskFull:  # not the input's fault, and every later write would fail too: stop the run
+                raise
             except Exception as e:  # one bad input never stops the batch: it becomes an error row
                 msg = f"{type(e).__name__}: {e}"
                 if not str(e):

@@ -6,6 +6,7 @@ run never leaves a half-written file where a reader would trust it.
 """
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import uuid
@@ -72,11 +73,15 @@ class Storage:
                 f.write(data)
             return
         tmp = self.path(posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(rel)}"))
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path(rel))
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path(rel))
+        except OSError as e:
+            _discard(tmp)  # no partial file stays behind, under any name
+            raise _disk_full(e, self.path(rel)) from None
 
     def put_file(self, local_src: str, rel: str) -> None:
         """Move a finished local file into the root atomically (rename locally, upload remotely)."""
@@ -84,11 +89,29 @@ class Storage:
         if parent:
             self.makedirs(parent)
         if self.is_local:
-            os.replace(local_src, self.path(rel))
+            try:
+                os.replace(local_src, self.path(rel))
+            except OSError as e:
+                if e.errno != errno.EXDEV:
+                    raise
+                self._copy_in(local_src, rel)  # the root is on another filesystem than the temporary folder
         else:
             pafs.copy_files(local_src, self.path(rel), source_filesystem=pafs.LocalFileSystem(),
                             destination_filesystem=self.fs)
             os.remove(local_src)
+
+    def _copy_in(self, local_src: str, rel: str) -> None:
+        """Copy to a temporary name next to the target, then rename: atomic across filesystems too."""
+        import shutil
+
+        tmp = self.path(posixpath.join(posixpath.dirname(rel), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(rel)}"))
+        try:
+            shutil.copyfile(local_src, tmp)
+            os.replace(tmp, self.path(rel))
+        except OSError as e:
+            _discard(tmp)
+            raise _disk_full(e, self.path(rel)) from None
+        os.remove(local_src)
 
     def delete(self, rel: str) -> None:
         if self.exists(rel):
@@ -99,6 +122,43 @@ class Storage:
         for info in self.fs.get_file_info(sel):
             if info.type == pafs.FileType.File:
                 yield posixpath.relpath(info.path, self.base)
+
+
+class DiskFull(OSError):
+    """No space left where the root lives: the run stops (every further write would fail too)."""
+
+    def __init__(self, path: str, detail: str = "") -> None:
+        self.path, self.detail = path, detail
+        free = _free_bytes(path)
+        super().__init__(errno.ENOSPC, f"no space left on device writing {path}"
+                         + (f" ({free / 1e6:.1f} MB free there)" if free is not None else "")
+                         + ": nothing partial was kept; free space and run the same command again to resume")
+
+    def __reduce__(self) -> tuple:  # Ray sends it from a worker to the driver
+        return DiskFull, (self.path, self.detail)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _disk_full(e: OSError, path: str) -> OSError:
+    """`e` as a DiskFull naming `path` when the device is full (ENOSPC, EDQUOT), else `e` itself."""
+    return DiskFull(path, str(e)) if e.errno in (errno.ENOSPC, errno.EDQUOT) else e
+
+
+def _free_bytes(path: str) -> int | None:
+    try:
+        st = os.statvfs(os.path.dirname(path) or ".")
+        return st.f_bavail * st.f_frsize
+    except OSError:
+        return None
+
+
+def _discard(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:

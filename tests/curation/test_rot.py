@@ -66,6 +66,7 @@ def test_inspect_survives_rotten_parts(tmp_path, capsys):
     assert len([p for p in Storage(root).walk_files("quarantine") if p.endswith(".parquet")]) == 2
 
 
+@pytest.mark.heavy
 def test_next_run_redoes_rotten_rows(ray_local, tmp_path):
     """A rotten clips part and a rotten clip file: the next run re-splits those videos, re-scores the clip,
     and the final tables equal a clean run's."""
