@@ -85,6 +85,9 @@ def run_stages(cfg: BaseConfig, stages: list[str], ctx: RunContext | None = None
     from curation import tables
 
     tables.new_run()  # part numbers continue after whatever another process wrote meanwhile
+    from curation import retry
+
+    retry.take()  # retries of this run only
     refused = False
     try:
         try:  # one owner per root and stage, before any work (curation/lease.py)
@@ -144,10 +147,13 @@ def _take_leases(ctx: RunContext, stages: list[str]) -> None:
 
 
 def _fault_records(ctx: RunContext) -> dict:
-    """The manifest's record of leases (held, taken over from a dead run, lost) and quarantined files."""
+    """The manifest's record of leases (held, taken over from a dead run, lost), quarantined files and retries."""
     from curation.tables import QUARANTINED
 
-    out = {"quarantined": list(QUARANTINED)}  # damaged files this driver moved aside (curation.tables.quarantine)
+    from curation import retry
+
+    out = {"quarantined": list(QUARANTINED),  # damaged files this driver moved aside (curation.tables.quarantine)
+           "object_store": retry.snapshot()}  # the driver's object-store retries per call type (curation/retry.py)
     if ctx.leases is not None:
         out["leases"] = ctx.leases.record()
     return out

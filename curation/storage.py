@@ -27,6 +27,7 @@ class Storage:
             self.root = os.path.abspath(os.path.expanduser(self.root))
         self.fs, self.base = filesystem(self.root)
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+        self._rfs = _single_try(self.fs)  # for the calls below that curation/retry.py retries (and counts)
 
     def path(self, rel: str) -> str:
         """Filesystem path (for self.fs) of a path relative to the root."""
@@ -43,35 +44,45 @@ class Storage:
         head, sep, query = self.root.partition("?")
         return f"{head.rstrip('/')}/{rel}{sep}{query}"
 
+    def _call(self, op: str, fn, *args, **kw):
+        """A filesystem call; on object stores, transient errors are retried and counted (curation/retry.py)."""
+        if self.is_local:
+            return fn(*args, **kw)
+        from curation import retry
+
+        return retry.call(op, fn, *args, **kw)
+
     def exists(self, rel: str) -> bool:
-        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+        return self._call("head", self._rfs.get_file_info, self.path(rel)).type != pafs.FileType.NotFound
 
     def makedirs(self, rel: str) -> None:
-        self.fs.create_dir(self.path(rel), recursive=True)
+        self._call("mkdir", self._rfs.create_dir, self.path(rel), recursive=True)
 
     def list(self, rel: str, suffix: str = "") -> list[str]:
         """Relative paths of the files directly under `rel` ending with `suffix`, sorted."""
         sel = pafs.FileSelector(self.path(rel), allow_not_found=True)
         out = []
-        for info in self.fs.get_file_info(sel):
+        for info in self._call("list", self._rfs.get_file_info, sel):
             if info.type == pafs.FileType.File and info.base_name.endswith(suffix) \
                     and not info.base_name.startswith(".tmp-"):
                 out.append(posixpath.join(rel, info.base_name))
         return sorted(out)
 
     def read_bytes(self, rel: str) -> bytes:
-        with self.fs.open_input_stream(self.path(rel)) as f:
+        return self._call("get", self._read, rel)
+
+    def _read(self, rel: str) -> bytes:
+        with self._rfs.open_input_stream(self.path(rel)) as f:
             return f.read()
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Atomic write: temporary name then rename (local), single put (object stores)."""
         parent = posixpath.dirname(rel)
+        if not self.is_local:  # no folders to make on an object store: one PUT (each extra call can fail)
+            self._call("put", self._put, rel, data)
+            return
         if parent:
             self.makedirs(parent)
-        if not self.is_local:
-            with self.fs.open_output_stream(self.path(rel)) as f:
-                f.write(data)
-            return
         tmp = self.path(posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(rel)}"))
         try:
             with open(tmp, "wb") as f:
@@ -86,7 +97,7 @@ class Storage:
     def put_file(self, local_src: str, rel: str) -> None:
         """Move a finished local file into the root atomically (rename locally, upload remotely)."""
         parent = posixpath.dirname(rel)
-        if parent:
+        if parent and self.is_local:
             self.makedirs(parent)
         if self.is_local:
             try:
@@ -96,8 +107,7 @@ class Storage:
                     raise
                 self._copy_in(local_src, rel)  # the root is on another filesystem than the temporary folder
         else:
-            pafs.copy_files(local_src, self.path(rel), source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=self.fs)
+            self._call("put", self._upload, local_src, rel)
             os.remove(local_src)
 
     def _copy_in(self, local_src: str, rel: str) -> None:
@@ -113,13 +123,24 @@ class Storage:
             raise _disk_full(e, self.path(rel)) from None
         os.remove(local_src)
 
+    def _upload(self, local_src: str, rel: str) -> None:
+        """Stream a local file into one object; an error on close (the upload's last call) raises."""
+        import shutil
+
+        with open(local_src, "rb") as src, self._rfs.open_output_stream(self.path(rel)) as f:
+            shutil.copyfileobj(src, f, 8 << 20)
+
+    def _put(self, rel: str, data: bytes) -> None:
+        with self._rfs.open_output_stream(self.path(rel)) as f:
+            f.write(data)
+
     def delete(self, rel: str) -> None:
         if self.exists(rel):
-            self.fs.delete_file(self.path(rel))
+            self._call("delete", self._rfs.delete_file, self.path(rel))
 
     def walk_files(self, rel: str) -> Iterator[str]:
         sel = pafs.FileSelector(self.path(rel), recursive=True, allow_not_found=True)
-        for info in self.fs.get_file_info(sel):
+        for info in self._call("list", self._rfs.get_file_info, sel):
             if info.type == pafs.FileType.File:
                 yield posixpath.relpath(info.path, self.base)
 
@@ -159,6 +180,17 @@ def _discard(path: str) -> None:
         os.remove(path)
     except FileNotFoundError:
         pass
+
+
+def _single_try(fs: pafs.FileSystem) -> pafs.FileSystem:
+    """`fs` with the S3 client's own retries off, so every retry is curation/retry.py's (backoff with jitter,
+    counted in the manifest); other filesystems as they are. Direct users of Storage.fs keep the client's."""
+    if not isinstance(fs, pafs.S3FileSystem):
+        return fs
+    _, (kwargs,) = fs.__reduce__()
+    # allow_delayed_open: a small object is one PutObject, not a multipart upload of 3 calls (each can fail)
+    kwargs["allow_delayed_open"] = True
+    return pafs.S3FileSystem(**kwargs, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1))
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:

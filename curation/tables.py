@@ -156,11 +156,13 @@ def read_table(storage: Storage, table: str, schema: pa.Schema | None = None,
 def read_part(storage: Storage, rel: str, columns: list[str] | None = None) -> pa.Table | None:
     """One part, its page checksums verified; a rotten part (bad footer, checksum, cut short) is moved to
     quarantine/ with a message and read as absent, so its rows are redone by the next run of its stage."""
-    try:
-        f = pq.ParquetFile(storage.fs.open_input_file(storage.path(rel)), page_checksum_verification=True)
-        return f.read(columns=[c for c in columns if c in f.schema_arrow.names] if columns else None)
+    try:  # an object store's transient errors are retried (and raised when they last), never quarantined
+        src = storage.fs.open_input_file(storage.path(rel)) if storage.is_local else pa.BufferReader(storage.read_bytes(rel))
     except FileNotFoundError:
         return None  # quarantined meanwhile by another reader
+    try:
+        f = pq.ParquetFile(src, page_checksum_verification=True)
+        return f.read(columns=[c for c in columns if c in f.schema_arrow.names] if columns else None)
     except (OSError, pa.ArrowException) as e:  # ArrowInvalid (footer, checksum), IOError (short read)
         quarantine(storage, rel, f"unreadable Parquet part ({type(e).__name__}: {e})")
         return None
