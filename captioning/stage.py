@@ -226,9 +226,11 @@ def prepare_text_model(t: "object") -> "object":
         return t
     if t.demo_model and not os.path.exists(os.path.join(t.model, "config.json")):
         from captioning.tiny_lm import build_tiny_text_lm
+        from curation.runner import output_to_log
 
         print(f"[caption] building the tiny random demo text LM at {t.model}", file=sys.stderr)
-        build_tiny_text_lm(t.model)
+        with output_to_log():  # its save_pretrained progress bar: the run log, not the console
+            build_tiny_text_lm(t.model)
     if os.path.isdir(t.model):
         return t.model_copy(update={"model": os.path.abspath(t.model)})
     return t
@@ -245,9 +247,11 @@ def prepare_model(cfg: CaptionConfig) -> CaptionConfig:
         return cfg
     if cfg.demo_model and not os.path.exists(os.path.join(cfg.model, "config.json")):
         from captioning.tiny_vlm import build_tiny_qwen25_vl
+        from curation.runner import output_to_log
 
         print(f"[caption] building the tiny random demo model at {cfg.model}", file=sys.stderr)
-        build_tiny_qwen25_vl(cfg.model)
+        with output_to_log():  # its save_pretrained progress bar: the run log, not the console
+            build_tiny_qwen25_vl(cfg.model)
     if os.path.isdir(cfg.model):
         return cfg.model_copy(update={"model": os.path.abspath(cfg.model)})
     return cfg

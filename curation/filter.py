@@ -231,7 +231,10 @@ def ensure_demo_models(cfg: FilterConfig) -> None:
         print(f"[filter] WARNING: {', '.join(missing)} missing: building tiny RANDOM demo models in {base} "
               "(scores are meaningless; set filter.demo_models: null and real weights for real runs)",
               file=sys.stderr, flush=True)
-        make_tiny(base)
+        from curation.runner import output_to_log
+
+        with output_to_log():  # library progress bars of the model saves: the run log, not the console
+            make_tiny(base)
 
 
 def todo_clips(storage: "object", rescore: bool) -> tuple[list[dict], int]:
