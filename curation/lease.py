@@ -86,16 +86,17 @@ class _LocalBackend:
         path = self._path(rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
             os.link(tmp, path)  # atomic, and readers never see a half-written lease
         except FileExistsError:
             return None
         finally:
-            os.remove(tmp)
+            if os.path.exists(tmp):
+                os.remove(tmp)
         return hashlib.sha1(data).hexdigest()
 
     def replace(self, rel: str, data: bytes, token: str) -> str | None:
@@ -306,7 +307,7 @@ class Leases:
         """Take every stage's lease, or raise LeaseHeld naming the holder (`wait`: until free or stale)."""
         self._be = self._be or backend(self.storage)
         t0, said = time.time(), False
-        for stage in stages:
+        for stage in sorted(set(stages)):  # one global order: two waiting runs never hold what the other waits for
             lease = Lease(self.storage, stage, self.owner, ttl_s, heartbeat_s)
             while (holder := lease.try_acquire(self._be)) is not None:
                 msg = (f"stage {stage!r} of root {redact(self.storage.root)} is held by {holder.describe()}: "
