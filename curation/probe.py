@@ -112,6 +112,8 @@ class ProbeStage(Stage):
         except OSError:
             pass
         blank = {f.name: None for f in tables.VIDEOS}
+        if src not in message:  # an error raised below our code (e.g. a codec's metadata): still name the file
+            message = f"{src}: {message}"
         return [{**blank, "video_id": video_id_for(src), "source": src, "bytes": size, "error": message}]
 
 

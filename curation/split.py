@@ -241,6 +241,8 @@ class SplitStage(Stage):
 
 def error_row(row: dict, message: str) -> dict:
     blank = {f.name: None for f in tables.CLIPS}
+    if row["source"] not in message:  # every error row names its file
+        message = f"{row['source']}: {message}"
     return {**blank, "clip_id": f"{row['video_id']}_error", "video_id": row["video_id"], "source": row["source"],
             "status": "error", "reason": message}
 

@@ -37,8 +37,9 @@ def small_copy(src: str, dst: str, seconds: float = 1.0, width: int = 128) -> bo
             for i, fr in enumerate(c.decode(st)):
                 if i >= float(rate) * seconds:
                     break
-                img = fr.reformat(width=o.width, height=o.height, format="yuv420p")
-                img.pts = None
+                # a new frame (no source timestamps or time base): the encoder numbers frames at `rate`
+                img = av.VideoFrame.from_ndarray(fr.to_ndarray(width=o.width, height=o.height, format="rgb24"),
+                                                 format="rgb24")
                 for p in o.encode(img):
                     out.mux(p)
             for p in o.encode():
@@ -169,11 +170,12 @@ def test_fuzz_probe_split_filter_caption(fuzz_inputs, tmp_path):
     assert sorted(os.path.basename(v["source"]) for v in videos) == sorted(kinds)  # every file has its row
     bad = [v for v in videos if v["error"]]
     for v in bad:  # names the file and the cause
-        assert v["error"].startswith(v["source"] + ": ") and len(v["error"]) > len(v["source"]) + 10, v["error"]
+        _, _, cause = v["error"].partition(v["source"])
+        assert len(cause.strip(": ")) > 5, v["error"]
     clips = tables.read_table(st, "clips", tables.CLIPS).to_pylist()
     split_errors = [c for c in clips if c["status"] == "error"]
     for c in split_errors:
-        assert os.path.basename(c["source"]) in c["reason"] or c["reason"].startswith(("no frames", "VideoError")), c
+        assert c["source"] in c["reason"], c
     usable = {v["video_id"] for v in videos if tables.usable_video(v)}
     assert {c["video_id"] for c in clips} == usable  # every usable video was split (clips or an error row)
     ok = {c["clip_id"] for c in clips if c["status"] == "ok"}
@@ -194,7 +196,7 @@ def test_fuzz_probe_split_filter_caption(fuzz_inputs, tmp_path):
 
 def _cause(error: str) -> str:
     """The cause part of '<source>: <cause>' reduced to its kind (for the summary)."""
-    cause = error.split(": ", 1)[-1]
+    cause = error.rsplit(".mp4", 1)[-1].rsplit(".mov", 1)[-1].rsplit(".mkv", 1)[-1]
     for key in ("decode failed after", "cannot open", "no video stream", "empty file", "no decodable", "decode failed"):
         if key in cause:
             return key
