@@ -7,14 +7,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from captioning.prompts import check_placeholders
-from curation.filters.config import Resources
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from curation.schema import Resources, Strict as _Strict
 
 
 CaptionResources = Resources  # how a caption step runs on Ray: the fields of every stage's resources

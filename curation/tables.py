@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import posixpath
 import uuid
-from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -64,10 +63,6 @@ def usable_video(row: dict) -> bool:
 
 # Tables keyed by these columns; a captions run is keyed by clip_id too.
 KEYS = {"videos": "video_id", "clips": "clip_id", "scores": "clip_id"}
-
-# Marker table: a video whose split finished (with or without clips) gets a row, so resume skips it.
-SPLIT_DONE = pa.schema([("video_id", pa.string()), ("clips", pa.int64()), ("error", pa.string())])
-
 
 def write_part(storage: Storage, table: str, rows: list[dict] | pa.Table,
                schema: pa.Schema | None = None) -> str | None:
@@ -153,6 +148,26 @@ def read_table(storage: Storage, table: str, schema: pa.Schema | None = None,
     return t
 
 
+def read_columns(storage: Storage, table: str, columns: list[str], key: str | None = None) -> pa.Table:
+    """Only `columns` of every part of `table` (a part lacking one has nulls), last row per `key`.
+
+    Resume reads a few small columns: never the embeddings or frame lists of a wide table."""
+    parts = storage.list(table, ".parquet")
+    ts = []
+    for p in parts:
+        t = read_part(storage, p, columns)  # a rotten part: quarantined, its rows redone
+        if t is None:
+            continue
+        for c in columns:
+            if c not in t.column_names:  # null-typed: promotes to the column's type in the other parts
+                t = t.append_column(c, pa.nulls(t.num_rows, pa.null()))
+        ts.append(t.select(columns))
+    if not ts:
+        return pa.table({c: pa.array([], pa.string()) for c in columns})
+    t = pa.concat_tables(ts, promote_options="permissive")
+    return dedupe_last(t, key) if key and t.num_rows else t
+
+
 def read_part(storage: Storage, rel: str, columns: list[str] | None = None) -> pa.Table | None:
     """One part, its page checksums verified; a rotten part (bad footer, checksum, cut short) is moved to
     quarantine/ with a message and read as absent, so its rows are redone by the next run of its stage."""
@@ -198,12 +213,3 @@ def dedupe_last(t: pa.Table, key: str) -> pa.Table:
     if len(last) == len(keys):
         return t
     return t.take(sorted(last.values()))
-
-
-def ids_in(storage: Storage, table: str, column: str, where: Iterable[tuple[str, object]] = ()) -> set[str]:
-    """Set of `column` values present in `table` (optionally where every (col, value) matches)."""
-    t = read_table(storage, table)
-    if t.num_rows == 0 or column not in t.column_names:
-        return set()
-    rows = t.to_pylist()
-    return {r[column] for r in rows if all(r.get(c) == v for c, v in where)}
