@@ -9,7 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 from curation import tables
-from curation.stage import Stage
+from curation.stage import Stage, StageResources
+from curation.storage import Storage
+from curation.table_stage import TableStage
+from curation.uris import redact
 from curation.video import (VideoError, first_video_stream, frame_rotation, open_container, stream_rotation,
                             stream_sar, video_id_for)
 
@@ -38,6 +41,7 @@ def probe_video(source: str, count_frames: bool = True) -> dict:
         pts: list[int] = []
         first = None
         frames = 0
+        decode_error = None
         try:
             if count_frames:
                 # Demux + decode every frame: container frame counts are often missing or wrong,
@@ -52,7 +56,10 @@ def probe_video(source: str, count_frames: bool = True) -> dict:
             else:
                 frames = st.frames
         except Exception as e:  # FFmpeg errors mid-stream: the file is truncated or corrupt
-            raise VideoError(f"{source}: decode failed after {frames} frames ({type(e).__name__}: {e})") from None
+            decode_error = f"{source}: decode failed after {frames} frames ({type(e).__name__}: {e})"
+            if frames == 0:
+                raise VideoError(decode_error) from None
+            # Salvage: the frames before the damage are still split (clips flagged truncated); the row says where.
         if count_frames and frames == 0:
             raise VideoError(f"{source}: no decodable video frames")
         tb = float(st.time_base) if st.time_base else 0.0
@@ -84,7 +91,7 @@ def probe_video(source: str, count_frames: bool = True) -> dict:
             "frames": frames, "fps": fps, "vfr": vfr, "width": w, "height": h, "display_width": dw,
             "display_height": dh, "sar": sar, "rotation": rotation, "codec": cc.name,
             "pix_fmt": cc.pix_fmt or (first.format.name if first is not None else None),
-            "has_audio": bool(c.streams.audio), "error": None,
+            "has_audio": bool(c.streams.audio), "error": decode_error, "truncated": decode_error is not None,
         }
 
 
@@ -108,31 +115,49 @@ class ProbeStage(Stage):
         except OSError:
             pass
         blank = {f.name: None for f in tables.VIDEOS}
+        if src not in message:  # an error raised below our code (e.g. a codec's metadata): still name the file
+            message = f"{src}: {message}"
         return [{**blank, "video_id": video_id_for(src), "source": src, "bytes": size, "error": message}]
 
 
-def run(cfg: "object", ctx: "object") -> dict:
-    """Probe every input not yet in the videos table (rows with errors are retried)."""
-    from curation.runner import run_pipeline
-    from curation.stage import StageResources
-    from curation.storage import expand_inputs
-    from curation.uris import redact
+class ProbeTable(TableStage):
+    """The probe stage: one videos-table row per input (errors are retried by the next run)."""
 
-    storage = ctx.storage
-    sources = expand_inputs(cfg.inputs)
-    # The table holds redacted sources (curation.uris); the workers get the full URI to open.
-    done = {r["source"] for r in tables.read_table(storage, "videos", tables.VIDEOS).to_pylist() if not r["error"]}
-    todo = [{"source": s} for s in sources if redact(s) not in done]
-    stage = ProbeStage(cfg.probe.count_frames, StageResources.from_config(cfg.probe.resources))
-    counts = {"inputs": len(sources), "skipped": len(sources) - len(todo), "probed": 0, "errors": 0}
+    name = "probe"
+    item_count, done_count = "inputs", "probed"
+    statuses = ("errors", "truncated")  # truncated: decoding failed mid-stream, the frames before are used
+    error_columns = ("error", "truncated")
 
-    def sink(rows: list[dict]) -> None:
-        tables.write_part(storage, "videos", rows, tables.VIDEOS)
-        counts["probed"] += len(rows)
-        counts["errors"] += sum(1 for r in rows if r.get("error"))
+    def __init__(self, storage: Storage, inputs: list[str], count_frames: bool = True,
+                 resources: StageResources | None = None) -> None:
+        # Rows hold redacted sources (curation.uris): an input is done when its redacted URI has a clean row.
+        super().__init__(storage, "videos", tables.VIDEOS, key="video_id", resume_key="source")
+        self.inputs, self.count_frames, self.resources = inputs, count_frames, resources
 
-    run_pipeline(todo, [stage], sink, sink_every=max(1, min(64, len(todo) // 10 or 1)), progress=cfg.ray.progress)
-    errs = [f"{r['source']}: {r['error']}" for r in tables.read_table(storage, "videos", tables.VIDEOS).to_pylist()
-            if r["error"]]
-    ctx.stages.setdefault("probe", {})["errors"] = errs
-    return counts
+    @classmethod
+    def from_run(cls, cfg: "object", ctx: "object") -> "ProbeTable":
+        return cls(ctx.storage, cfg.inputs, cfg.probe.count_frames, StageResources.from_config(cfg.probe.resources))
+
+    def items(self) -> list[dict]:
+        from curation.storage import expand_inputs
+
+        return [{"source": s} for s in expand_inputs(self.inputs)]  # workers get the full URI to open
+
+    def item_key(self, item: dict) -> str:
+        return redact(item["source"])
+
+    def steps(self) -> list[Stage]:
+        return [ProbeStage(self.count_frames, self.resources)]
+
+    def sink_every(self, todo: int) -> int:
+        return max(1, min(64, todo // 10 or 1))
+
+    def failed(self, row: dict) -> bool:
+        # a salvaged (truncated) file is done: probing it again would find the same damage
+        return not tables.usable_video(row)
+
+    def status(self, row: dict) -> str | None:
+        return "truncated" if row.get("truncated") else "errors" if row.get("error") else None
+
+
+run = ProbeTable.run  # Section entry (curation.config)

@@ -8,22 +8,20 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from curation.schema import Strict
 from shards.config import Bucket
+from shards.weights import SampleWeights
 
 
 TINY_RANDOM = "tiny-random"  # the value of a model key that asks for a tiny random model (demo and tests only)
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
 class DataConfig(Strict):
     """Where training clips come from and how they are batched."""
 
-    source: Literal["shards", "synthetic", "latents"] = "shards"  # shards: the shard section's WebDataset loader; synthetic: generated moving patterns (benchmarks, smoke tests); latents: precomputed by `python -m training latents`
+    source: Literal["shards", "synthetic", "latents", "cache"] = "shards"  # shards: the shard section's WebDataset loader; synthetic: generated moving patterns (benchmarks, smoke tests); latents: precomputed by `python -m training latents`
     # With source=shards, batch size and clip shapes come from shard.loader (batch_size, buckets, fps).
     batch_size: int = Field(1, ge=1)  # synthetic/latents: clips per rank per step (global batch = x world size)
     frames: int = Field(9, ge=1)  # synthetic: frames per clip; 8N+1 for the VAE task (9 -> 3 latent frames -> 9)
@@ -33,6 +31,8 @@ class DataConfig(Strict):
     latents_dir: str | None = None  # source=latents: folder written by `python -m training latents` (None = <out_dir>/latents)
     synthetic_clips: int = Field(64, ge=1)  # source=synthetic: distinct clips before the stream repeats
     synthetic_seed: int = 0  # source=synthetic: seed of the generated patterns (held-out clips use another seed)
+    cache_dir: str | None = None  # source=cache: the per-clip latent/text cache of `python -m training cache` (None = <root>/cache/latents)
+    weights: SampleWeights = SampleWeights()  # source=shards: per-clip copies per epoch from scores, score-to-text captions (shards/weights.py)
 
     @model_validator(mode="after")
     def _sizes(self) -> "DataConfig":

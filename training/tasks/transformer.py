@@ -166,6 +166,10 @@ class TransformerTask(Task):
         dev = self.info.device
         if "latents" in batch:
             z, emb = batch["latents"].to(dev).float(), batch["text_emb"].to(dev).float()
+        elif "latents_mean" in batch:  # the per-clip cache (training/cache.py): a posterior sample, as below
+            mean, std = batch["latents_mean"], batch["latents_std"]
+            z = (mean + std * torch.randn(mean.shape, generator=self.gen)).to(dev).float()
+            emb = batch["text_emb"].to(dev).float()
         else:
             x = batch["frames"]
             if self.cfg.data.image_ratio and float(torch.rand(1, generator=self.gen)) < self.cfg.data.image_ratio:
@@ -205,8 +209,8 @@ class TransformerTask(Task):
         4d^2; FFN: 8d^2; x 2 for multiply-add, x 3 for backward) + 12 L T^2 d for attention scores and
         values. Embeddings and the per-sample AdaLN projections are left out (the usual MFU convention)."""
         c = self.model_config
-        if "latents" in batch:
-            b, f, _, h, w = batch["latents"].shape
+        if "latents" in batch or "latents_mean" in batch:
+            b, f, _, h, w = batch.get("latents", batch.get("latents_mean")).shape
             text = batch["text_emb"].shape[1]
         else:
             b, f_px, _, h_px, w_px = batch["frames"].shape
@@ -238,7 +242,7 @@ class TransformerTask(Task):
     @torch.no_grad()
     def validate(self, step: int, folder: str) -> list[str]:
         """DDIM samples of the validation prompts with the current weights; rank 0 writes the mp4s."""
-        from training.sample import generate, write_mp4
+        from training.generate import generate, write_mp4
 
         s, d = self.cfg.sample, self.cfg.data
         video = generate(self.models["transformer"], self.vae, self.text, self.schedule, s.prompts,
