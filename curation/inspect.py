@@ -18,6 +18,7 @@ from __future__ import annotations
 import html as H
 import json
 import math
+import os
 import sys
 
 import numpy as np
@@ -45,9 +46,16 @@ def load_scores(storage: Storage) -> tuple[pa.Table, list]:
         return pa.table({}), []
     ts, schema = [], None
     for p in parts:
-        f = pq.ParquetFile(storage.fs.open_input_file(storage.path(p)))
-        schema = f.schema_arrow
-        ts.append(f.read(columns=[n for n in schema.names if n != "clip_embedding"]))
+        try:
+            names = pq.read_schema(storage.fs.open_input_file(storage.path(p))).names
+        except (OSError, pa.ArrowException):
+            names = None  # a rotten footer: read_part quarantines it
+        got = tables.read_part(storage, p, [n for n in names if n != "clip_embedding"] if names else None)
+        if got is not None:
+            ts.append(got)
+            schema = got.schema
+    if not ts:
+        return pa.table({}), []
     t = pa.concat_tables(ts, promote_options="permissive")
     if pc.count_distinct(t.column("clip_id")).as_py() < t.num_rows:  # re-scored clips: the last row wins
         t = tables.dedupe_last(t, "clip_id")
@@ -107,8 +115,10 @@ def table_counts(storage: Storage) -> dict:
         if not parts:
             continue
         key = "video_id" if name == "videos" else "clip_id"
-        t = pa.concat_tables([pq.read_table(storage.fs.open_input_file(storage.path(p)), columns=[key, col])
-                              for p in parts], promote_options="permissive")
+        ts = [t for t in (tables.read_part(storage, p, [key, col]) for p in parts) if t is not None]
+        if not ts:  # every part rotten (quarantined)
+            continue
+        t = pa.concat_tables(ts, promote_options="permissive")
         t = tables.dedupe_last(t, key)
         vals = t.column(col).to_pylist()
         out[name] = ({"total": len(vals), "errors": sum(v is not None for v in vals)} if name == "videos"
@@ -269,8 +279,8 @@ def make_server(root: str, port: int = 0):
         def do_GET(self) -> None:
             if self.path in ("/", "/index.html"):
                 return self._send(200, page, "text/html; charset=utf-8")
-            rel = posixpath.normpath(self.path.split("?", 1)[0][len("/root/"):]) if self.path.startswith("/root/") else ""
-            if not rel or rel.startswith("..") or rel.startswith("/") or not storage.exists(rel):
+            rel = _inside_root(storage, self.path)
+            if rel is None:
                 return self._send(404, b"not found", "text/plain")
             with storage.fs.open_input_file(storage.path(rel)) as f:
                 size = f.size()
@@ -295,6 +305,30 @@ def make_server(root: str, port: int = 0):
             self.wfile.write(data)
 
     return ThreadingHTTPServer(("127.0.0.1", port), Handler)
+
+
+def _inside_root(storage: Storage, url_path: str) -> str | None:
+    """The root-relative file a `/root/<path>` request names, or None when it names nothing inside the root.
+
+    Decoded once (an encoded `..` is still `..`), normalised, and refused when it climbs out, is absolute,
+    holds a NUL, or (local roots) resolves through a symlink to a file outside the root."""
+    import posixpath
+    from urllib.parse import unquote
+
+    if not url_path.startswith("/root/"):
+        return None
+    raw = unquote(url_path.split("?", 1)[0].split("#", 1)[0][len("/root/"):])
+    rel = posixpath.normpath(raw) if raw else ""
+    if not rel or rel in (".", "..") or rel.startswith(("../", "/")) or "\x00" in rel or "\\" in rel:
+        return None
+    local = storage.local_path(rel)
+    if local is not None:
+        base = os.path.realpath(storage.local_path(""))
+        real = os.path.realpath(local)
+        if os.path.commonpath([base, real]) != base or not os.path.isfile(real):
+            return None
+        return rel
+    return rel if storage.exists(rel) else None
 
 
 def serve(root: str, port: int = 8765) -> int:

@@ -88,6 +88,7 @@ class SampleConfig(Strict):
     frames: int | None = Field(None, ge=1)  # frames of sampled videos (None = data.frames)
     fps: int = Field(8, ge=1)  # frame rate written into the mp4
     seed: int = 0  # noise seed of validation samples
+    images: list[str] = []  # image-to-video: conditioning image file per prompt (one file: used for every prompt)
 
 
 class VAETaskConfig(Strict):
@@ -134,6 +135,9 @@ class TransformerTaskConfig(Strict):
     max_text_len: int = Field(226, ge=1)  # T5 tokens per prompt (CogVideoX: 226)
     text_dropout: float = Field(0.1, ge=0, le=1)  # captions dropped to empty for classifier-free guidance
     ema_decay: float | None = Field(None, gt=0, lt=1)  # keep an EMA of the weights (e.g. 0.9999); None = off
+    image_to_video: bool = False  # random init: build an image-to-video transformer (2x latent channels in; 1.5-5b: + ofs embedding); with init_from the model's own layout decides (true with a text-to-video model is an error)
+    image_noise_mean: float = -3.0  # image-to-video: the first frame gets noise of sigma = exp(N(mean, std)) before encoding (CogVideoX: -3.0)
+    image_noise_std: float = Field(0.5, ge=0)  # image-to-video: std of that log-sigma (CogVideoX: 0.5)
 
     @model_validator(mode="after")
     def _lora_ema(self) -> "TransformerTaskConfig":
