@@ -5,6 +5,7 @@ line), which both use it; it imports neither.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
