@@ -39,6 +39,7 @@ class VLLMEngineConfig(_Strict):
     enforce_eager: bool = False  # skip CUDA graphs (faster start, slower steps)
     max_num_seqs: int | None = Field(None, ge=1)  # concurrent sequences in the engine; None = vLLM's default
     seed: int = 0  # sampling seed of the engine
+    load_format: Literal["auto", "dummy"] = "auto"  # "dummy": random weights of the model's shape (throughput checks without a download, bench/gpu.py)
 
 
 class TransformersEngineConfig(_Strict):
