@@ -5,7 +5,8 @@ with its threshold, and per source video. HTML (<root>/report/index.html by defa
 self-contained file, curation/report/): per score a histogram with draggable min/max thresholds;
 moving one recounts in the page, exactly, the clips and hours kept and dropped overall and per reason,
 and shows contact sheets of the clips nearest the threshold and of those the change adds or removes.
-Views of camera types (string score columns), duplicate groups (<root>/dedup) and captions.
+Views of camera types (string score columns), duplicate groups (<root>/dedup), captions and the
+selection's distributions before/after (<root>/select, curation/select_report.py).
 "Export thresholds" gives the `filter.scorers.<name>.thresholds` yaml, which
 `python -m curation run pipelines.yaml --stage filter --rules-only` applies to the stored scores.
 
@@ -233,6 +234,11 @@ def main(root: str, html: str | None = None, compare: tuple[str, str] | None = N
         return 2
     if cap_lines:
         print("\n".join(cap_lines))
+    from curation.select_report import selection_report  # the select stage's before/after (its own module)
+
+    sel_lines, sel_html = selection_report(storage)
+    if sel_lines:
+        print("\n".join(sel_lines))
     from curation import run_report  # stage accounting of the latest run (its own module)
 
     run = run_report.latest_manifest(storage)
@@ -241,7 +247,7 @@ def main(root: str, html: str | None = None, compare: tuple[str, str] | None = N
     if html is not None and t.num_rows:
         target = storage.local_path("report/index.html") if html == "" else html
         page = build_page(storage, t, rules, counts, s, relative_base(storage.local_path(""), target), root,
-                          cap_html + (run_report.html_section(run) if run else ""))
+                          cap_html + sel_html + (run_report.html_section(run) if run else ""))
         if html == "":
             storage.write_bytes("report/index.html", page)
             html = redact(storage.uri("report/index.html"))

@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="run curation stages from pipelines.yaml")
     r.add_argument("config", help="path to pipelines.yaml")
     r.add_argument("--stage", action="append", help="stage(s) to run (repeatable or comma-separated); "
-                   "default: probe, split, filter, dedup, caption, shard")
+                   "default: probe, split, filter, dedup, select, caption, shard")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     r.add_argument("--verbose", action="store_true", help="show Ray's own logging (default: runs/<run_id>.log)")
     r.add_argument("--wait", action="store_true", help="another run holds a stage of this root: wait for it "
