@@ -30,7 +30,6 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curation import tables
@@ -349,10 +348,12 @@ def candidates(storage: "object", cfg: DedupConfig) -> tuple[list[dict], np.ndar
     want = ["clip_id", "passed", "error"] + (["clip_embedding"] if "embedding" in cfg.signals else [])
     ts = []
     for p in parts:
-        f = pq.ParquetFile(storage.fs.open_input_file(storage.path(p)))
-        names = f.schema_arrow.names
-        cols = [c for c in want + ([cfg.keep_by] if cfg.keep_by else []) if c in names]
-        ts.append(f.read(columns=cols))
+        t = tables.read_part(storage, p, want + ([cfg.keep_by] if cfg.keep_by else []))  # only the columns it has
+        if t is not None:  # a rotten part is quarantined (its clips are scored again by the next filter run)
+            ts.append(t)
+    if not ts:
+        raise ValueError(f"{storage.uri('scores')}: every scores part was unreadable (quarantined): run the filter "
+                         "stage again")
     s = tables.dedupe_last(pa.concat_tables(ts, promote_options="permissive"), "clip_id")
     if cfg.keep_by and cfg.keep_by not in s.column_names:
         raise ValueError(f"dedup.keep_by: the scores table has no column {cfg.keep_by!r} "

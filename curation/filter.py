@@ -340,6 +340,7 @@ def rules_only(fcfg: FilterConfig, storage: "object") -> dict:
         raise ValueError(f"{storage.uri('scores')}: no scores table to re-apply thresholds to (run the filter "
                          "stage without --rules-only first)")
     owner = {r.column: sc.name for sc in scorers.scorers for r in sc.rules()}
+    parts = [p for p in parts if tables.read_part(storage, p, ["clip_id"]) is not None]  # rotten: quarantined
     for part in parts:
         names = pq.read_schema(storage.fs.open_input_file(storage.path(part))).names
         for r in rules:
@@ -350,14 +351,16 @@ def rules_only(fcfg: FilterConfig, storage: "object") -> dict:
     before = _outcome(storage)
     rules_json = json.dumps([r.__dict__ for r in rules]).encode()
     for part in parts:
-        t = pq.read_table(storage.fs.open_input_file(storage.path(part)))
+        t = tables.read_part(storage, part)
+        if t is None:
+            continue
         passed, reasons = decide_table(t, rules)
         for name, col in (("passed", passed), ("reasons", reasons)):
             i = t.schema.get_field_index(name)
             t = t.set_column(i, t.schema.field(i), col)
         t = t.replace_schema_metadata({**(t.schema.metadata or {}), b"filter.rules": rules_json})
         buf = io.BytesIO()
-        pq.write_table(t, buf, compression="zstd")
+        pq.write_table(t, buf, compression="zstd", write_page_checksum=True)
         storage.write_bytes(part, buf.getvalue())  # atomic: temporary name, then rename over the old part
     after = _outcome(storage)
     kept = sum(p for p, _ in after.values())

@@ -203,10 +203,13 @@ def _single_try(fs: pafs.FileSystem) -> pafs.FileSystem:
     counted in the manifest); other filesystems as they are. Direct users of Storage.fs keep the client's."""
     if not isinstance(fs, pafs.S3FileSystem):
         return fs
-    _, (kwargs,) = fs.__reduce__()
-    # allow_delayed_open: a small object is one PutObject, not a multipart upload of 3 calls (each can fail)
-    kwargs["allow_delayed_open"] = True
-    return pafs.S3FileSystem(**kwargs, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1))
+    try:
+        _, (kwargs,) = fs.__reduce__()
+        # allow_delayed_open: a small object is one PutObject, not a multipart upload of 3 calls (each can fail)
+        kwargs["allow_delayed_open"] = True
+        return pafs.S3FileSystem(**kwargs, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1))
+    except (TypeError, ValueError):  # another pyarrow's constructor: keep its client retries (not counted)
+        return fs
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
