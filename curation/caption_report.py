@@ -19,7 +19,6 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curation import tables
 from curation.storage import Storage
@@ -83,10 +82,9 @@ def read_run(storage: Storage, run: str) -> pa.Table:
     if not parts:
         known = ", ".join(list_runs(storage)) or "none"
         raise ValueError(f"no captions run {run!r} under {storage.root} (runs: {known})")
-    ts = []
-    for p in parts:
-        f = pq.ParquetFile(storage.fs.open_input_file(storage.path(p)))
-        ts.append(f.read(columns=[c for c in _COLUMNS if c in f.schema_arrow.names]))
+    ts = [t for t in (tables.read_part(storage, p, list(_COLUMNS)) for p in parts) if t is not None]
+    if not ts:  # every part rotten (quarantined): the run is to be captioned again
+        raise ValueError(f"captions run {run!r} under {storage.root}: every part was unreadable (quarantined)")
     t = pa.concat_tables(ts, promote_options="permissive")
     n = t.num_rows
     # Vectorised "a caption beats an error, a later row an earlier one": the max of ok * n + row index per clip.
@@ -102,10 +100,9 @@ def camera_types(storage: Storage) -> dict[str, str]:
     parts = storage.list("scores", ".parquet")
     out: dict[str, str] = {}
     for p in parts:  # parts in write order: later rows win
-        f = pq.ParquetFile(storage.fs.open_input_file(storage.path(p)))
-        if CAMERA_COLUMN not in f.schema_arrow.names:
+        t = tables.read_part(storage, p, ["clip_id", CAMERA_COLUMN])
+        if t is None or CAMERA_COLUMN not in t.column_names:
             continue
-        t = f.read(columns=["clip_id", CAMERA_COLUMN])
         out.update((c, v) for c, v in zip(t.column("clip_id").to_pylist(), t.column(CAMERA_COLUMN).to_pylist())
                    if v is not None)
     return out

@@ -9,12 +9,13 @@ are small (clip files are written by the workers themselves).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import tempfile
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from curation import accounting
 from curation.stage import Stage
@@ -31,6 +32,7 @@ _RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "py.war
 
 def console(log_path: str | None, verbose: bool) -> None:
     """Send Ray's own logging to `log_path` (appending) unless verbose; None restores the default."""
+    _fd2_restore()
     old = _CONSOLE.get("log")
     if old is not None:
         old.close()
@@ -48,6 +50,37 @@ def console(log_path: str | None, verbose: bool) -> None:
     _to_log_file()
     logging.captureWarnings(True)
     _route_worker_output()
+    _fd2_to_log(_CONSOLE["log"])
+
+
+def _fd2_to_log(f: "object") -> None:
+    """C/C++ output of this process (Ray's core worker: "Actor with class name ... has constructor arguments
+    in the object store ...") goes to the log file: file descriptor 2 points there, and Python's sys.stderr
+    (our progress lines and summary) moves to a copy of the console's descriptor. Only when sys.stderr is
+    the process's own descriptor 2 (not under a capturing test runner)."""
+    try:
+        if sys.stderr.fileno() != 2:
+            return
+    except (AttributeError, ValueError, OSError):
+        return
+    sys.stderr.flush()
+    console_fd = os.dup(2)
+    stream = os.fdopen(console_fd, "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
+                       errors="backslashreplace")
+    _CONSOLE["fd2"] = (stream, sys.stderr)
+    sys.stderr = stream
+    os.dup2(f.fileno(), 2)
+
+
+def _fd2_restore() -> None:
+    saved = _CONSOLE.pop("fd2", None)
+    if saved is None:
+        return
+    stream, original = saved
+    stream.flush()
+    os.dup2(stream.fileno(), 2)
+    sys.stderr = original
+    stream.close()
 
 
 def _to_log_file() -> None:
@@ -87,6 +120,18 @@ class _ScrubbingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return scrub(super().format(record))
+
+
+@contextlib.contextmanager
+def output_to_log() -> Iterator[None]:
+    """Console output of library code run in the driver (transformers' "Writing model shards" bar while a
+    tiny demo model is saved) goes to the run's log file, unless verbose or no run log is open."""
+    f = _CONSOLE.get("log")
+    if _CONSOLE["verbose"] or f is None or f.closed:
+        yield
+        return
+    with contextlib.redirect_stderr(f), contextlib.redirect_stdout(f):
+        yield
 
 
 def set_stage(name: str | None) -> None:

@@ -11,6 +11,7 @@ import traceback
 from dataclasses import dataclass
 
 from curation.schema import check_pool  # noqa: F401 (re-exported: its old home)
+from curation.storage import DiskFull
 
 
 @dataclass
@@ -65,6 +66,8 @@ class Stage:
         for row in rows:
             try:
                 out.extend(self.process_row(row))
+            except DiskFull:  # not the input's fault, and every later write would fail too: stop the run
+                raise
             except Exception as e:  # one bad input never stops the batch: it becomes an error row
                 msg = f"{type(e).__name__}: {e}"
                 if not str(e):

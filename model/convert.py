@@ -41,6 +41,7 @@ TRANSFORMER_KEYS = [
     (r"out_mod\.", "norm_out.linear."),
     (r"out_norm\.", "norm_out.norm."),
     (r"proj_out\.", "proj_out."),
+    (r"pos_embedding$", "patch_embed.pos_embedding"),
 ]
 
 TRANSFORMER_BACK = [
@@ -61,6 +62,7 @@ TRANSFORMER_BACK = [
     (r"norm_out\.linear\.", "out_mod."),
     (r"norm_out\.norm\.", "out_norm."),
     (r"proj_out\.", "proj_out."),
+    (r"patch_embed\.pos_embedding$", "pos_embedding"),
 ]
 
 # VAE: our modules mirror the diffusers tree; causal convs are plain Conv3d subclasses (no `.conv`
@@ -128,8 +130,6 @@ def _from_diffusers_vae(key: str) -> str:
 
 # -- configs -----------------------------------------------------------------------------------------
 def transformer_config_from_diffusers(cfg: dict) -> TransformerConfig:
-    if cfg.get("use_learned_positional_embeddings"):
-        raise NotImplementedError("learned positional embeddings (CogVideoX-5b-I2V 1.0) are not supported")
     act = cfg.get("activation_fn", "gelu-approximate")
     if act != "gelu-approximate" or cfg.get("timestep_activation_fn", "silu") != "silu":
         raise NotImplementedError(f"activation {act} not supported")
@@ -147,6 +147,7 @@ def transformer_config_from_diffusers(cfg: dict) -> TransformerConfig:
         attention_bias=cfg.get("attention_bias", True), patch_bias=cfg.get("patch_bias", True),
         norm_eps=cfg.get("norm_eps", 1e-5), flip_sin_to_cos=cfg.get("flip_sin_to_cos", True),
         freq_shift=cfg.get("freq_shift", 0), ofs_embed_dim=cfg.get("ofs_embed_dim"),
+        learned_positions=bool(cfg.get("use_learned_positional_embeddings", False)),
     )
 
 
@@ -163,7 +164,7 @@ def transformer_config_to_diffusers(c: TransformerConfig) -> dict:
         "activation_fn": "gelu-approximate", "timestep_activation_fn": "silu", "norm_elementwise_affine": True,
         "norm_eps": c.norm_eps, "spatial_interpolation_scale": c.spatial_interpolation_scale,
         "temporal_interpolation_scale": c.temporal_interpolation_scale,
-        "use_rotary_positional_embeddings": c.use_rope, "use_learned_positional_embeddings": False,
+        "use_rotary_positional_embeddings": c.use_rope, "use_learned_positional_embeddings": c.learned_positions,
         "patch_bias": c.patch_bias,
     }
 
@@ -179,6 +180,7 @@ def vae_config_from_diffusers(cfg: dict) -> VAEConfig:
         temporal_compression=int(cfg.get("temporal_compression_ratio", 4)),
         sample_height=cfg.get("sample_height", 480), sample_width=cfg.get("sample_width", 720),
         scaling_factor=cfg.get("scaling_factor", 1.15258426),
+        invert_scale_latents=bool(cfg.get("invert_scale_latents", False)),
     )
 
 
@@ -192,7 +194,7 @@ def vae_config_to_diffusers(c: VAEConfig) -> dict:
         "norm_num_groups": c.norm_num_groups, "temporal_compression_ratio": c.temporal_compression,
         "sample_height": c.sample_height, "sample_width": c.sample_width, "scaling_factor": c.scaling_factor,
         "shift_factor": None, "latents_mean": None, "latents_std": None, "force_upcast": True,
-        "use_quant_conv": False, "use_post_quant_conv": False, "invert_scale_latents": False,
+        "use_quant_conv": False, "use_post_quant_conv": False, "invert_scale_latents": c.invert_scale_latents,
     }
 
 
@@ -250,9 +252,9 @@ def _resolve(path_or_state, subfolder: str):
 
 
 def _load(model: torch.nn.Module, theirs: dict[str, torch.Tensor], rename, dtype) -> None:
-    ours = {}
+    ours, wanted = {}, set(model.state_dict())
     for k, v in theirs.items():
-        if k.endswith("pos_embedding"):  # non-persistent sin-cos table some exports include
+        if k.endswith("pos_embedding") and "pos_embedding" not in wanted:  # a non-persistent sin-cos table some exports include
             continue
         ours[rename(k)] = v.to(dtype) if dtype is not None else v
     missing, unexpected = model.load_state_dict(ours, strict=False)
