@@ -100,8 +100,8 @@ def test_blur_exposure_and_frozen_separate_degraded_from_clean(tmp_path):
 
     pic = picture(320, 192, 48)
     blurred = np.stack([cv2.GaussianBlur(f, (0, 0), 3.0) for f in pic])
-    held = pic.copy()
-    held[12:48] = pic[12]  # a frame held 1.5 s at 24 fps
+    held = picture(320, 192, 120, seed=1)
+    held[36:72] = held[36]  # a frame held 1.5 s at 24 fps inside a 5-s clip that moves
     still = np.repeat(pic[:1], 48, axis=0)  # nothing ever changes: motion_level's judgement, not a held frame
     s = scores(tmp_path, {"clean": pic, "blur": blurred, "under": np.clip(pic * 0.3 - 20.0, 0, 255).astype(np.uint8),
                           "over": np.clip(pic.astype(np.float32) * 2.5, 0, 255).astype(np.uint8), "held": held,
@@ -113,7 +113,7 @@ def test_blur_exposure_and_frozen_separate_degraded_from_clean(tmp_path):
     assert s["under"]["exposure_dark"] > 0.1 > clean["exposure_dark"]
     assert s["over"]["exposure_bright"] > 0.2 > clean["exposure_bright"]
     assert clean["frozen_longest_s"] == 0 and clean["frozen_share"] == 0
-    assert s["held"]["frozen_longest_s"] >= 1.0 and s["held"]["frozen_jumps"] == 0
+    assert s["held"]["frozen_longest_s"] >= 1.0 and s["held"]["frozen_jumps"] == 1  # the picture moves on
     assert s["still"]["frozen_longest_s"] == 0 and s["still"]["frozen_share"] == 0
 
 
