@@ -139,10 +139,10 @@ class PhashTable(TableStage):
 
 
 def hash_clips(storage: "object", clips: list[dict], cfg: DedupConfig, local: bool,
-               progress: bool) -> tuple[dict[str, bytes], list[str]]:
+               progress: bool, ctx: "object" = None) -> tuple[dict[str, bytes], list[str]]:
     """pHashes of `clips` (clip_id -> bytes) and the hashing errors; only clips not cached with the same
     frame count are decoded."""
-    result = execute(PhashTable(storage, clips, cfg), local=local, progress=progress)
+    result = execute(PhashTable(storage, clips, cfg), local=local, progress=progress, ctx=ctx)
     t = tables.read_table(storage, "dedup/phash", PHASH, key="clip_id")
     have = {c: h for c, h, n, e in zip(*(t.column(k).to_pylist() for k in ("clip_id", "phash", "frames", "error")))
             if e is None and n == cfg.phash_frames}
@@ -375,7 +375,8 @@ def candidates(storage: "object", cfg: DedupConfig) -> tuple[list[dict], np.ndar
     return out, emb
 
 
-def dedup(storage: "object", cfg: DedupConfig, local: bool = False, progress: bool = True) -> dict:
+def dedup(storage: "object", cfg: DedupConfig, local: bool = False, progress: bool = True,
+          ctx: "object" = None) -> dict:
     """Find the duplicate groups of the kept clips and write the dedup table; returns counts (and
     `errors`: clips that could not be hashed)."""
     t0 = time.time()
@@ -384,7 +385,7 @@ def dedup(storage: "object", cfg: DedupConfig, local: bool = False, progress: bo
     errors: list[str] = []
     signs = has_hash = None
     if "phash" in cfg.signals and clips:
-        hashes, errors = hash_clips(storage, clips, cfg, local, progress)
+        hashes, errors = hash_clips(storage, clips, cfg, local, progress, ctx)
         has_hash = np.array([c["clip_id"] in hashes for c in clips])
         blank = bytes(8 * cfg.phash_frames)
         from curation.phash import as_signs
@@ -456,7 +457,7 @@ def read_dedup(storage: "object") -> pa.Table:
 
 def run(cfg: "object", ctx: "object") -> dict:
     """Stage entry point (curation.pipeline)."""
-    counts = dedup(ctx.storage, cfg.dedup, progress=cfg.ray.progress)
+    counts = dedup(ctx.storage, cfg.dedup, progress=cfg.ray.progress, ctx=ctx)
     ctx.stages.setdefault("dedup", {})["errors"] = counts.pop("errors")
     print(f"[dedup] {counts['duplicates']} duplicates in {counts['groups']} groups among {counts['clips']} kept "
           f"clips ({counts['clusters']} clusters)", file=sys.stderr)

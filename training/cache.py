@@ -252,6 +252,9 @@ def cache_loader(cfg: Any, rank: int, world_size: int, out_dir: str | None = Non
     from training.data import write_data_manifest
     from training.parallelize import pick_device
 
+    if cfg.training.transformer.image_to_video:  # its condition is encoded from the first frame of every step
+        raise ValueError("training.data.source=cache: training.transformer.image_to_video needs the frames "
+                         "(use source: shards)")
     if rank == 0 and out_dir:
         write_data_manifest(cfg, out_dir)
     vae_id, text_id = frozen_ids(cfg.training, pick_device(cfg.training.device, int(os.environ.get("LOCAL_RANK", "0"))))
