@@ -81,13 +81,20 @@ def score_all(sco, rows: list[dict], batch: int) -> tuple[float, list[dict]]:
     return time.perf_counter() - t0, out
 
 
-def onnx_scorer_costs(clips: list[tuple[str, float | None]]) -> None:
-    """Cost of the ONNX scorers (text, nsfw: defaults, step cpu) relative to a bare decode of the same frames."""
+# The picture judgements of issue 21 (pipelines.yaml defaults): each timed alone against a bare decode.
+PICTURE_SCORERS = (("borders", {"type": "borders"}), ("sharpness", {"type": "sharpness"}),
+                   ("exposure", {"type": "exposure"}), ("frozen", {"type": "frozen"}), ("quality", {"type": "quality"}))
+
+
+def onnx_scorer_costs(clips: list[tuple[str, float | None]],
+                      entries: tuple = (("ocr", {"type": "text"}), ("nsfw", {"type": "nsfw"}))) -> None:
+    """Cost of CPU scorers (default: the ONNX ones, text and nsfw) relative to a bare decode of the same
+    frames: each scorer alone, its decode step (decode + scoring) against the decode alone, clip by clip."""
     from curation.filter import build_stages
 
-    print("\n| scorer (defaults, CPU) | frames scored | bare decode s | decode step s | scoring / decode |")
+    print("\n| scorer (defaults, CPU) | frames sampled | bare decode s | decode step s | scoring / decode |")
     print("|---|---|---|---|---|")
-    for name, entry in (("ocr", {"type": "text"}), ("nsfw", {"type": "nsfw"})):
+    for name, entry in entries:
         cfg = FilterConfig(demo_models=None, scorers={name: entry})
         dec, _, scorers = build_stages("/", cfg)
         dec.setup()
@@ -99,7 +106,7 @@ def onnx_scorer_costs(clips: list[tuple[str, float | None]]) -> None:
             t1 = time.perf_counter()
             dec.process_row({"clip_id": path, "path": os.path.abspath(path)})
             bare, step = bare + t1 - t0, step + time.perf_counter() - t1
-            n += min(len(c.times), scorers.scorers[0].max_frames())
+            n += min(len(c.times), scorers.scorers[0].max_frames() or len(c.times))
         print(f"| {entry['type']} | {n} | {bare:.2f} | {step:.2f} | {(step - bare) / bare:.2f}x |")
 
 
@@ -187,6 +194,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (decoding uses FFmpeg's own threads)")
     ap.add_argument("--clip-frames", default="all,8,4,2,1", help="filter.clip.max_frames values to sweep")
     ap.add_argument("--motion-only", action="store_true", help="only the motion cost table (camera / scene split)")
+    ap.add_argument("--judgements-only", action="store_true",
+                    help="only the cost table of the picture judgements (borders, sharpness, exposure, frozen, quality)")
     a = ap.parse_args()
     a.clip_frames = [None if v == "all" else int(v) for v in a.clip_frames.split(",")]
 
@@ -211,6 +220,11 @@ def main() -> int:
         clips = synthetic_clips(a.clips, w, h, a.seconds) + (real_clips(a.testdata, a.clips) if a.testdata else [])
         json.dump(clips, open(key, "w"))
 
+    if a.judgements_only:
+        print(f"# picture judgements {time.strftime('%Y-%m-%d %H:%M')}, {len(clips)} clips, load avg "
+              f"{os.getloadavg()[0]:.1f}")
+        onnx_scorer_costs(clips, PICTURE_SCORERS)
+        return 0
     motion_cost_table(clips)
     if a.motion_only:
         return 0
@@ -282,6 +296,7 @@ def main() -> int:
               f"still clip {mv[~moving].max():.5f}")
     print(f"rank correlation flow vs mv, all clips: {spearman(results['flow']['motion'], results['mv']['motion']):.3f}")
     onnx_scorer_costs(clips)
+    onnx_scorer_costs(clips, PICTURE_SCORERS)
     text_calibration()
     real = [i for i, (_, t) in enumerate(clips) if t is None]
     if len(real) > 2:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, ValidationError, ValidationInfo, create_m
 from curation.dedup import DedupConfig
 from curation.select import SelectConfig
 from curation.filters.config import FilterConfig, Resources, resolve_path  # noqa: F401 (Resources: every stage's)
+from curation.prefilter import PrefilterConfig
 from curation.schema import Strict
 from curation.uris import scrub
 
@@ -42,6 +43,7 @@ class ProbeConfig(Strict):
 
     count_frames: bool = True  # decode packets to count frames when the container has no frame count
     resources: Resources = Resources(num_cpus=1, batch_size=4)
+    prefilter: PrefilterConfig = PrefilterConfig()  # metadata rules (no decode): a video breaking one is not split
 
 
 class TransNetConfig(Strict):

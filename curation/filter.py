@@ -114,11 +114,15 @@ class DecodeStage(Stage):
             tables.quarantine(self.storage, row["path"], str(e))
             raise VideoError(f"{e} (quarantined; the next split run cuts it again)") from None
         out = {**_base(row), "frames_sampled": len(clip.times), "error": None}
-        for sc in self.scorers.by_step("cpu"):
-            for m, v in sc.score(clip).items():
+        # Border finders first: the other scorers then see the picture inside the bars (clip.content).
+        for sc in sorted(self.scorers.by_step("cpu"), key=lambda sc: not sc.crops):
+            vals = sc.score(clip)
+            if sc.crops:
+                clip.content = sc.content_box(vals)
+            for m, v in vals.items():
                 out[f"{sc.name}_{m}"] = v
         frames = {k: _spread(v, self.ship[k]) for k, v in clip.frames.items() if k in self.ship}
-        slim = ClipFrames(clip.times, frames, clip.width, clip.height, clip.fps)
+        slim = ClipFrames(clip.times, frames, clip.width, clip.height, clip.fps, content=clip.content)
         out[_PAYLOAD] = pickle.dumps(slim, protocol=5)
         out["decode_s"] = time.perf_counter() - t0
         return [out]

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import sys
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -115,7 +116,8 @@ def table_counts(storage: Storage) -> dict:
         if not parts:
             continue
         key = "video_id" if name == "videos" else "clip_id"
-        ts = [t for t in (tables.read_part(storage, p, [key, col]) for p in parts) if t is not None]
+        cols = [key, col] + (["reasons"] if name == "videos" else [])  # videos: also the prefilter reasons
+        ts = [t for t in (tables.read_part(storage, p, cols) for p in parts) if t is not None]
         if not ts:  # every part rotten (quarantined)
             continue
         t = pa.concat_tables(ts, promote_options="permissive")
@@ -123,6 +125,10 @@ def table_counts(storage: Storage) -> dict:
         vals = t.column(col).to_pylist()
         out[name] = ({"total": len(vals), "errors": sum(v is not None for v in vals)} if name == "videos"
                      else {s: vals.count(s) for s in sorted(set(vals), key=str)})
+        if name == "videos" and "reasons" in t.column_names:
+            why = Counter(r for rs in t.column("reasons").to_pylist() if rs for r in rs)
+            out[name]["prefiltered"] = sum(bool(rs) for rs in t.column("reasons").to_pylist())
+            out[name]["prefilter_reasons"] = dict(why.most_common())
     return out
 
 
@@ -136,7 +142,10 @@ def _fmt(x: float | None) -> str:
 def terminal_report(root: str, counts: dict, s: dict) -> str:
     lines = [f"dataset root: {root}"]
     if "videos" in counts:
-        lines.append(f"videos: {counts['videos']['total']} ({counts['videos']['errors']} errors)")
+        v = counts["videos"]
+        why = ", ".join(f"{r} {n}" for r, n in v.get("prefilter_reasons", {}).items())
+        lines.append(f"videos: {v['total']} ({v['errors']} errors, {v.get('prefiltered', 0)} prefiltered"
+                     + (f": {why})" if why else ")"))
     if "clips" in counts:
         lines.append("clips: " + ", ".join(f"{v} {k}" for k, v in counts["clips"].items()))
     if not s["clips"]:

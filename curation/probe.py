@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from curation import tables
+from curation.prefilter import PrefilterConfig, bits_per_pixel, prefilter_reasons
 from curation.stage import Stage, StageResources
 from curation.storage import Storage
 from curation.table_stage import TableStage
@@ -83,6 +84,8 @@ def probe_video(source: str, count_frames: bool = True) -> dict:
             duration = max(duration, (max(pts) - min(pts)) * tb + 1.0 / max(fps, 1e-6)) if not st.duration else duration
         sar = stream_sar(st)
         w, h = cc.width, cc.height
+        # The video stream's own bitrate; else the container's (audio included: an upper bound).
+        rate = st.bit_rate or c.bit_rate or (size * 8 / duration if duration else None)
         dw, dh = round(w * sar), h
         if rotation in (90, 270):
             dw, dh = dh, dw
@@ -92,6 +95,7 @@ def probe_video(source: str, count_frames: bool = True) -> dict:
             "display_height": dh, "sar": sar, "rotation": rotation, "codec": cc.name,
             "pix_fmt": cc.pix_fmt or (first.format.name if first is not None else None),
             "has_audio": bool(c.streams.audio), "error": decode_error, "truncated": decode_error is not None,
+            "bpp": bits_per_pixel(rate, w, h, fps),
         }
 
 
@@ -100,12 +104,16 @@ class ProbeStage(Stage):
 
     name = "probe"
 
-    def __init__(self, count_frames: bool = True, resources=None) -> None:
+    def __init__(self, count_frames: bool = True, resources=None, prefilter: PrefilterConfig | None = None,
+                 min_clip_s: float | None = None) -> None:
         super().__init__(resources)
         self.count_frames = count_frames
+        self.prefilter, self.min_clip_s = prefilter or PrefilterConfig(), min_clip_s
 
     def process_row(self, row: dict) -> list[dict]:
-        return [probe_video(row["source"], self.count_frames)]
+        out = probe_video(row["source"], self.count_frames)
+        out["reasons"] = prefilter_reasons(out, self.prefilter, self.min_clip_s)
+        return [out]
 
     def error_rows(self, row: dict, message: str) -> list[dict]:
         src = row["source"]
@@ -129,14 +137,17 @@ class ProbeTable(TableStage):
     error_columns = ("error", "truncated")
 
     def __init__(self, storage: Storage, inputs: list[str], count_frames: bool = True,
-                 resources: StageResources | None = None) -> None:
+                 resources: StageResources | None = None, prefilter: PrefilterConfig | None = None,
+                 min_clip_s: float | None = None) -> None:
         # Rows hold redacted sources (curation.uris): an input is done when its redacted URI has a clean row.
         super().__init__(storage, "videos", tables.VIDEOS, key="video_id", resume_key="source")
         self.inputs, self.count_frames, self.resources = inputs, count_frames, resources
+        self.prefilter, self.min_clip_s = prefilter, min_clip_s
 
     @classmethod
     def from_run(cls, cfg: "object", ctx: "object") -> "ProbeTable":
-        return cls(ctx.storage, cfg.inputs, cfg.probe.count_frames, StageResources.from_config(cfg.probe.resources))
+        return cls(ctx.storage, cfg.inputs, cfg.probe.count_frames, StageResources.from_config(cfg.probe.resources),
+                   cfg.probe.prefilter, cfg.split.min_clip_s)
 
     def items(self) -> list[dict]:
         from curation.storage import expand_inputs
@@ -147,7 +158,7 @@ class ProbeTable(TableStage):
         return redact(item["source"])
 
     def steps(self) -> list[Stage]:
-        return [ProbeStage(self.count_frames, self.resources)]
+        return [ProbeStage(self.count_frames, self.resources, self.prefilter, self.min_clip_s)]
 
     def sink_every(self, todo: int) -> int:
         return max(1, min(64, todo // 10 or 1))

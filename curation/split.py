@@ -492,8 +492,10 @@ class SplitTable(TableStage):
                    StageResources.from_config(cfg.split.resources))
 
     def items(self) -> list[dict]:
+        # Salvaged (truncated) videos too: the clips before the damage; never those that broke a
+        # probe.prefilter rule (reasons).
         videos = [r for r in tables.read_table(self.storage, "videos", tables.VIDEOS).to_pylist()
-                  if tables.usable_video(r)]  # salvaged (truncated) videos too: the clips before the damage
+                  if tables.usable_video(r) and not r.get("reasons")]
         full = _openable(self.inputs)  # redacted source (as stored) -> the URI with its credentials, to open
         return [{"video_id": v["video_id"], "source": full.get(v["source"], v["source"]), "fps": v["fps"]}
                 for v in videos]

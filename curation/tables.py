@@ -36,6 +36,8 @@ VIDEOS = pa.schema([
     ("has_audio", pa.bool_()),
     ("error", pa.string()),           # null when the file probed cleanly
     ("truncated", pa.bool_()),        # decoding failed mid-stream (error says where): the frames before are used
+    ("bpp", pa.float64()),            # video bits per pixel per frame: bitrate / (width x height x fps)
+    ("reasons", pa.list_(pa.string())),  # probe.prefilter rules broken (e.g. "short_side<128"): not split; [] = passes
 ])
 
 CLIPS = pa.schema([

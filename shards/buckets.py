@@ -73,19 +73,42 @@ def cover_resize(width: int, height: int, out_w: int, out_h: int) -> tuple[int, 
     return max(out_w, int(math.ceil(width * scale - 1e-6))), max(out_h, int(math.ceil(height * scale - 1e-6)))
 
 
+def picture_box(width: int, height: int, content: tuple[float, float, float, float] | None) -> tuple[int, int, int, int]:
+    """The picture inside black bars in pixels (x, y, w, h): `content` fractions (left, top, right,
+    bottom; filters/borders.py) rounded inward; the whole frame when None."""
+    if content is None:
+        return 0, 0, width, height
+    x0, y0 = min(int(math.ceil(content[0] * width - 1e-6)), width - 1), min(int(math.ceil(content[1] * height - 1e-6)), height - 1)
+    x1, y1 = max(int(math.floor(content[2] * width + 1e-6)), x0 + 1), max(int(math.floor(content[3] * height + 1e-6)), y0 + 1)
+    return x0, y0, x1 - x0, y1 - y0
+
+
 def plan_sample(buckets: list[Bucket], bucket: int, width: int, height: int, num_frames: int, src_fps: float,
-                target_fps: float, rng: random.Random | None, crop: str = "center") -> Plan:
-    """Frame indices at the target fps (random start when `rng` is given) and the resize/crop geometry."""
+                target_fps: float, rng: random.Random | None, crop: str = "center",
+                content: tuple[float, float, float, float] | None = None) -> Plan:
+    """Frame indices at the target fps (random start when `rng` is given) and the resize/crop geometry.
+
+    With `content` (the picture box inside black bars) the picture alone is resized to cover the bucket
+    and the crop is taken inside it: the whole frame is scaled by the same factor, and the crop offset
+    skips the scaled bars. The decoders need no change.
+    """
     b = buckets[bucket]
     step = frame_step(src_fps, target_fps)
     span = int(round((b.frames - 1) * step))
     last_start = max(0, num_frames - 1 - span)
     start = rng.randint(0, last_start) if rng is not None and b.frames > 1 else 0
     indices = tuple(start + int(round(k * step)) for k in range(b.frames))
-    rw, rh = cover_resize(width, height, b.width, b.height)
+    px, py, pw, ph = picture_box(width, height, content)
+    iw, ih = cover_resize(pw, ph, b.width, b.height)
+    scale = max(iw / pw, ih / ph)
+    # The whole frame at the picture's scale; the picture then starts at (ox, oy) in it.
+    rw, rh = (iw, ih) if content is None else (max(iw, int(math.ceil(width * scale - 1e-6))),
+                                               max(ih, int(math.ceil(height * scale - 1e-6))))
+    ox, oy = (0, 0) if content is None else (min(int(math.ceil(px * scale - 1e-6)), rw - iw),
+                                             min(int(math.ceil(py * scale - 1e-6)), rh - ih))
     if crop == "random" and rng is not None:
-        x, y = rng.randint(0, rw - b.width), rng.randint(0, rh - b.height)
+        x, y = rng.randint(0, iw - b.width), rng.randint(0, ih - b.height)
     else:
-        x, y = (rw - b.width) // 2, (rh - b.height) // 2
+        x, y = (iw - b.width) // 2, (ih - b.height) // 2
     eff = src_fps / step if src_fps > 0 else target_fps
-    return Plan(bucket, indices, eff, (rw, rh), (x, y))
+    return Plan(bucket, indices, eff, (rw, rh), (ox + x, oy + y))

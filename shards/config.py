@@ -71,6 +71,9 @@ class LoaderConfig(_Strict):
     random_start: bool = True  # clip window starts at a random (seeded) frame; False = from the first frame
     crop: Literal["center", "random"] = "center"  # where the bucket crop is taken after the aspect-keeping resize
     decoder: Literal["pyav", "decord"] = "pyav"  # mp4 decoder (decord is optional, x86_64 only)
+    # Scorer whose black-border box (<name>_left/top/right/bottom in the sample's scores) is cropped away
+    # before bucketing and resizing, so the model never sees letterbox/pillarbox bars; null keeps the bars.
+    crop_borders: str | None = "borders"
     decode_threads: int = Field(1, ge=0)  # codec threads per decode (0 = FFmpeg auto); workers already run in parallel
     num_workers: int = Field(2, ge=0)  # torch DataLoader worker processes per rank (0 = in the main process)
     prefetch_factor: int = Field(2, ge=1)  # batches each worker prepares ahead

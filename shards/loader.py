@@ -60,9 +60,10 @@ import numpy as np
 import pyarrow.fs as pafs
 import torch
 
-from shards.buckets import Plan, choose_bucket, plan_sample, sample_rng
+from shards.buckets import Plan, choose_bucket, picture_box, plan_sample, sample_rng
 from shards.weights import SampleWeights, copies, score_caption
 from shards.config import Bucket, LoaderConfig, ShardConfig
+from curation.filters.borders import content_box
 from curation.uris import redact
 
 STATE_VERSION = 1
@@ -468,15 +469,18 @@ def run_stream(spec: StreamSpec, logical: int) -> Iterator[dict]:
                 raise SampleError(known_bad[key])
             meta = _json(s)
             info = sample_info(s, meta, cfg)
-            b = choose_bucket(buckets, info.width, info.height, info.frames, info.fps, cfg.fps,
-                              info.kind == "image")
+            # The picture inside black bars (the borders scorer's box in the sample's scores) is what
+            # gets bucketed and cropped; the bars never reach the model.
+            content = content_box(meta.get("scores") or {}, f"{cfg.crop_borders}_") if cfg.crop_borders else None
+            _, _, pw, ph = picture_box(info.width, info.height, content)
+            b = choose_bucket(buckets, pw, ph, info.frames, info.fps, cfg.fps, info.kind == "image")
             if b is None:
                 skipped[key] = (f"no bucket fits: {info.kind} {info.width}x{info.height}, {info.frames} frames "
                                 f"at {info.fps:g} fps (target {cfg.fps:g} fps)")
                 continue
             rs = sample_rng(spec.seed, spec.epoch, key)
             plan = plan_sample(buckets, b, info.width, info.height, info.frames, info.fps, cfg.fps,
-                               rs if cfg.random_start or cfg.crop == "random" else None, cfg.crop)
+                               rs if cfg.random_start or cfg.crop == "random" else None, cfg.crop, content)
             if not cfg.random_start and plan.indices[0] != 0:
                 plan = Plan(plan.bucket, tuple(i - plan.indices[0] for i in plan.indices), plan.fps, plan.resize,
                             plan.crop)
@@ -495,7 +499,8 @@ def run_stream(spec: StreamSpec, logical: int) -> Iterator[dict]:
             uncaptioned += 1
         m = dict(meta)
         m["_sample"] = {"url": redact(s.get("__url__") or ""), "fps": plan.fps, "indices": list(plan.indices),
-                        "bucket": plan.bucket, "source_size": [info.width, info.height]}
+                        "bucket": plan.bucket, "source_size": [info.width, info.height],
+                        "picture_box": list(picture_box(info.width, info.height, content))}
         pending.setdefault(b, []).append(_Pending(key, caption, m, plan, info, data if replay else None, frames))
         if len(pending[b]) >= batch_size(b):
             item = emit(b, pending.pop(b))

@@ -23,10 +23,15 @@ class FrameSpec:
     fmt: Literal["rgb24", "gray"]  # pixel format handed to the scorer
     short_side: int  # frames are scaled so their shorter side is this (aspect kept, never below 8 px)
     square_crop: bool = False  # centre crop to short_side x short_side after scaling (CLIP input)
+    upscale: bool = True  # false: a clip smaller than short_side keeps its native size (sharpness, quality)
+    # Frames per sample: >1 gives (T, burst, H, W[, 3]) arrays, each sampled frame followed by the next
+    # burst-1 decoded frames (frame-to-frame motion: camera shake, whose jitter a 2 fps sample aliases).
+    burst: int = 1
 
     @property
     def key(self) -> str:
-        return f"{self.fmt}{self.short_side}{'sq' if self.square_crop else ''}"
+        return (f"{self.fmt}{self.short_side}{'sq' if self.square_crop else ''}{'' if self.upscale else 'n'}"
+                f"{f'b{self.burst}' if self.burst > 1 else ''}")
 
 
 @dataclass
@@ -43,6 +48,21 @@ class ClipFrames:
     mv_times: np.ndarray | None = None
     mv_grid: np.ndarray | None = None
     decoded_frames: int = 0  # every frame the decoder produced (all are decoded; sampled ones converted)
+    # The picture inside black bars as fractions of the frame (left, top, right, bottom), set by a
+    # `crops` scorer (filters/borders.py) before the others run; None = the whole frame.
+    content: tuple[float, float, float, float] | None = None
+
+    def inner(self, key: str) -> np.ndarray:
+        """Frames of one FrameSpec key cropped to `content` (the picture inside the bars)."""
+        f = self.frames[key]
+        if self.content is None:
+            return f
+        h, w = f.shape[1:3]
+        x0, y0, x1, y1 = self.content
+        # Round inward so no bar pixel is left; keep at least 8 px each way.
+        l, t = min(int(np.ceil(x0 * w)), w - 8), min(int(np.ceil(y0 * h)), h - 8)
+        r, b = max(int(np.floor(x1 * w)), l + 8), max(int(np.floor(y1 * h)), t + 8)
+        return f[:, t:b, l:r]
 
 
 @dataclass
@@ -73,6 +93,9 @@ class Scorer:
     Config: ClassVar[type[ScorerConfig]] = ScorerConfig
     step: ClassVar[Literal["cpu", "model"]] = "cpu"
     needs_embedding: ClassVar[bool] = False  # model step: wants the shared per-frame CLIP embeddings
+    # Finds the picture inside black bars: runs before every other CPU scorer and sets
+    # ClipFrames.content from its `content_box(metrics)`, so the others score the picture, not the bars.
+    crops: ClassVar[bool] = False
 
     def __init__(self, name: str, cfg: ScorerConfig) -> None:
         self.name, self.cfg = name, cfg
@@ -112,6 +135,10 @@ class Scorer:
     def score_batch(self, clips: list[ClipFrames], embeddings: list[np.ndarray | None]) -> list[dict[str, Any]]:
         """Batch version (model scorers override to run one forward pass per batch)."""
         return [self.score(c, e) for c, e in zip(clips, embeddings)]
+
+    def content_box(self, metrics: dict[str, Any]) -> tuple[float, float, float, float] | None:
+        """A `crops` scorer: the picture box (fractions) from the metrics it just computed."""
+        return None
 
     def columns(self) -> dict[str, pa.DataType]:
         return {f"{self.name}_{m}": t for m, t in self.metrics().items()}

@@ -17,8 +17,10 @@ from curation.video import (VideoError, first_video_stream, frame_rotation, fram
                             stream_rotation, stream_sar)
 
 
-def _target(disp_w: float, disp_h: float, short: int) -> tuple[int, int]:
+def _target(disp_w: float, disp_h: float, short: int, upscale: bool = True) -> tuple[int, int]:
     s = short / min(disp_w, disp_h)
+    if not upscale:
+        s = min(s, 1.0)
     return max(8, int(round(disp_w * s))), max(8, int(round(disp_h * s)))
 
 
@@ -89,18 +91,22 @@ def decode_clip(source: str, specs: list[FrameSpec], sample_fps: float = 2.0, ma
                         mv_t.append(t)
                         mv_g.append(g)
                 if t + 1e-6 < next_t:
+                    for s in specs:  # the frames that follow a sampled one, for burst specs
+                        if s.burst > 1 and out[s.key] and len(out[s.key][-1]) < s.burst:
+                            out[s.key][-1].append(_convert(fr, s, rotation, *geo[s.key]))
                     continue
                 if not geo:
                     rotation = frame_rotation(fr) or stream_rotation(st)
                     dw, dh = fr.width * stream_sar(st), float(fr.height)
                     if rotation in (90, 270):
                         dw, dh = dh, dw
-                    geo = {s.key: _target(dw, dh, s.short_side) for s in specs}
+                    geo = {s.key: _target(dw, dh, s.short_side, s.upscale) for s in specs}
                     geo["_display"] = (int(round(dw)), int(round(dh)))
                 next_t = (math.floor(t * rate + 1e-6) + 1) / rate
                 times.append(t)
                 for s in specs:
-                    out[s.key].append(_convert(fr, s, rotation, *geo[s.key]))
+                    img = _convert(fr, s, rotation, *geo[s.key])
+                    out[s.key].append([img] if s.burst > 1 else img)
         except av.error.FFmpegError as e:
             raise VideoError(f"{source}: decode failed after {n} frames ({e})") from None
     if not times:
@@ -111,8 +117,14 @@ def decode_clip(source: str, specs: list[FrameSpec], sample_fps: float = 2.0, ma
     t0 = times[0]
     return ClipFrames(
         times=np.asarray(times, np.float64)[keep] - t0,
-        frames={k: np.stack(v)[keep] for k, v in out.items()},
+        frames={k: np.stack([_full(b, s.burst) for b in out[k]] if s.burst > 1 else out[k])[keep]
+                for k, s in ((s.key, s) for s in specs)},
         width=geo["_display"][0], height=geo["_display"][1], fps=fps_src,
         mv_times=(np.asarray(mv_t, np.float64) - t0) if mv_cells else None,
         mv_grid=(np.stack(mv_g) if mv_g else np.zeros((0, mv_cells, mv_cells), np.float32)) if mv_cells else None,
         decoded_frames=n)
+
+
+def _full(burst: list[np.ndarray], n: int) -> np.ndarray:
+    """A burst cut short by the clip's end (or the next sample) repeats its last frame."""
+    return np.stack(burst + [burst[-1]] * (n - len(burst)))

@@ -15,6 +15,11 @@ REGISTRY: dict[str, str] = {
     "linear_probe": "curation.filters.clip_classifier:LinearProbeScorer",
     "text": "curation.filters.text:TextScorer",
     "nsfw": "curation.filters.nsfw:NsfwScorer",
+    "borders": "curation.filters.borders:BordersScorer",
+    "sharpness": "curation.filters.sharpness:SharpnessScorer",
+    "exposure": "curation.filters.exposure:ExposureScorer",
+    "frozen": "curation.filters.frozen:FrozenScorer",
+    "quality": "curation.filters.quality:QualityScorer",
 }
 
 

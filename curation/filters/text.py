@@ -1,15 +1,27 @@
 """On-screen text scorer: RapidOCR's PP-OCRv4 text detector (DBNet, ONNX, shipped in the
-rapidocr-onnxruntime wheel) on a few sampled frames per clip.
+rapidocr-onnxruntime wheel) on a few sampled frames per clip, telling overlay text from texture.
 
-Per frame the detector returns text-line boxes; the frame's text area is the share of the frame the
-union of those boxes covers (boxes rasterised onto a mask, so overlaps count once). Metrics per clip:
-`area_mean` and `area_max` over the scored frames, `boxes_max` (most lines on one frame). With
-`recognize: true` the PP-OCRv4 recogniser also reads the boxes and `text` holds the recognised lines
-(truncated to `max_chars`); it is off by default because it costs more than the detection.
+The detector also fires on texture (dark walls, skies, striped shirts: single boxes of ~300x300 px),
+so a box counts as a text line only when it is shaped like one (issue 21):
+- geometry: wider than `line_aspect` x its height and no taller than `max_line_height` of the frame
+  (a line is wide and short; a square blob is not);
+- where geometry is ambiguous (a box wider than tall but short of `line_aspect`, e.g. a 2-letter
+  logo), the PP-OCRv4 recogniser must read at least 2 characters with `min_confidence`;
+- frames are never upscaled past the clip's native resolution (upscaling a 144p clip to 480 made
+  compression blocks look like text).
+Metrics per clip, over the scored frames, from the text lines only:
+- `area_mean`, `area_max`: share of the frame the union of the lines covers (full-frame text:
+  title cards, slides); `boxes_max`: most lines on one frame;
+- `band`: share of frames with a line centred in the bottom `band_height` of the frame (burned-in
+  subtitles, lower thirds);
+- `persist`: share of frames with a line that stays put (a line at the same place, IoU >= `persist_iou`,
+  on at least 2/3 of the other scored frames): overlays stay where they are while the picture moves;
+- `corner`: the same for persistent lines inside a corner region (channel logos, watermarks).
+With `recognize: true`, `text` holds the recognised lines (truncated to `max_chars`).
 
-Default threshold (`area_mean` max 0.06) from the measurement in tests/curation/test_text_nsfw.py and
-docs/measurements.md: subtitles and corner logos cover 0.5-3% of a frame, slides and title cards
-10-40%, natural footage ~0.
+Default thresholds (pipelines.yaml) from bench/judgement.py's calibration part (docs/judgement.md):
+drop burned-in subtitles (band), persistent corner logos/watermarks (corner) and title cards (area),
+keep scene text and texture.
 """
 from __future__ import annotations
 
@@ -38,6 +50,16 @@ class TextConfig(ScorerConfig):
     unclip_ratio: float = Field(1.6, gt=0)  # box expansion from the shrunk text kernel (PaddleOCR 1.6)
     recognize: bool = False  # also read the text (PP-OCRv4 recogniser) into the <name>_text column
     max_chars: int = Field(200, ge=1)  # recognised text is truncated to this many characters
+    # A box is a text line when its width >= line_aspect x its height (sentences: 6-12; texture blobs: 0.5-2.5)
+    # and its height <= max_line_height; wider-than-tall boxes short of line_aspect (a "TV5" logo: 1.9) count
+    # when the recogniser reads >= 2 characters with min_confidence (overlay text: >= 0.95; texture: <= 0.62).
+    line_aspect: float = Field(4.0, ge=1)
+    max_line_height: float = Field(0.4, gt=0, le=1)  # ... and its height <= this share of the frame's short side
+    verify: bool = True  # false: geometry alone decides (no recogniser: cheaper, misses short logos)
+    min_confidence: float = Field(0.8, ge=0, le=1)
+    band_height: float = Field(0.3, gt=0, le=1)  # subtitle band: the bottom share of the frame (band metric)
+    corner: float = Field(0.3, gt=0, le=0.5)  # corner regions: this share of the width and height from each corner
+    persist_iou: float = Field(0.4, gt=0, le=1)  # a line "stays put" when a line on another frame overlaps it this much
     threads: int = Field(1, ge=0)  # onnxruntime intra-op threads per worker (0 = all cores)
 
 
@@ -80,7 +102,8 @@ class TextScorer(Scorer):
         self.step = cfg.step
 
     def metrics(self) -> dict[str, pa.DataType]:
-        out = {"area_mean": pa.float32(), "area_max": pa.float32(), "boxes_max": pa.int32()}
+        out = {"area_mean": pa.float32(), "area_max": pa.float32(), "boxes_max": pa.int32(), "band": pa.float32(),
+               "persist": pa.float32(), "corner": pa.float32()}
         return {**out, "text": pa.string()} if self.cfg.recognize else out
 
     def frame_specs(self) -> list[FrameSpec]:
@@ -100,7 +123,7 @@ class TextScorer(Scorer):
             "thresh": self.cfg.thresh, "box_thresh": self.cfg.box_thresh, "unclip_ratio": self.cfg.unclip_ratio,
             "max_candidates": 1000, "use_dilation": True, "score_mode": "fast"})
         self.rec = None
-        if self.cfg.recognize:
+        if self.cfg.recognize or self.cfg.verify:
             from rapidocr_onnxruntime.ch_ppocr_rec import TextRecognizer
 
             self.rec = TextRecognizer({"model_path": os.path.join(_models(), "ch_PP-OCRv4_rec_infer.onnx"),
@@ -108,25 +131,101 @@ class TextScorer(Scorer):
                                        "rec_batch_num": 6})
 
     def detect(self, rgb: np.ndarray) -> np.ndarray:
-        """(N, 4, 2) text-line boxes of one RGB frame, in its pixel coordinates."""
+        """(N, 4, 2) text boxes of one RGB frame, in its pixel coordinates (never upscaled)."""
+        self.det.limit_side_len = min(self.cfg.short_side, min(rgb.shape[:2]))  # limit_type min would upscale
         boxes, _ = self.det(np.ascontiguousarray(rgb[..., ::-1]))  # PP-OCR models read BGR
         return np.zeros((0, 4, 2), np.float32) if boxes is None or not len(boxes) else boxes
 
+    def lines(self, rgb: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """The boxes of one frame that are text lines (geometry, then the recogniser where ambiguous)."""
+        boxes = self.detect(rgb)
+        if not len(boxes):
+            return boxes, []
+        w = np.maximum(np.linalg.norm(boxes[:, 0] - boxes[:, 1], axis=1), np.linalg.norm(boxes[:, 2] - boxes[:, 3], axis=1))
+        h = np.maximum(np.linalg.norm(boxes[:, 0] - boxes[:, 3], axis=1), np.linalg.norm(boxes[:, 1] - boxes[:, 2], axis=1))
+        long, short = np.maximum(w, h), np.minimum(w, h).clip(1e-3)
+        small = short <= self.cfg.max_line_height * min(rgb.shape[:2])
+        line = small & (long >= self.cfg.line_aspect * short)
+        ambiguous = small & ~line & (w > h)
+        texts = [""] * len(boxes)
+        ask = [i for i in range(len(boxes)) if line[i] and self.cfg.recognize or ambiguous[i] and self.cfg.verify]
+        if ask and self.rec is not None:
+            bgr = np.ascontiguousarray(rgb[..., ::-1])
+            res, _ = self.rec([_crop(bgr, boxes[i]) for i in ask])
+            for i, (t, conf) in zip(ask, res):
+                texts[i] = t.strip()
+                if ambiguous[i] and conf >= self.cfg.min_confidence and len(texts[i]) >= 2:
+                    line[i] = True
+        keep = np.nonzero(line)[0]
+        return boxes[keep], [texts[i] for i in keep]
+
     def score(self, clip: ClipFrames, embeddings: np.ndarray | None = None) -> dict[str, Any]:
         frames = _spread(clip.frames[self.frame_specs()[0].key], self.cfg.frames)
-        areas, counts, lines = [], [], []
+        frames = _native(frames, min(clip.width, clip.height))
+        per_frame, found = [], []
         for f in frames:
-            boxes = self.detect(f)
-            areas.append(text_area(boxes, *f.shape[:2]))
-            counts.append(len(boxes))
-            if self.rec is not None and len(boxes):
-                bgr = np.ascontiguousarray(f[..., ::-1])
-                res, _ = self.rec([_crop(bgr, b) for b in boxes])
-                lines += [t for t, _ in res if t.strip() and t not in lines]
-        out = {"area_mean": float(np.mean(areas)), "area_max": float(np.max(areas)), "boxes_max": int(max(counts))}
+            boxes, texts = self.lines(f)
+            per_frame.append(boxes)
+            found += [t for t in texts if t and t not in found]
+        fh, fw = frames.shape[1:3]
+        areas = [text_area(b, fh, fw) for b in per_frame]
+        rects = [_rects(b) for b in per_frame]
+        stays = _persistent(rects, self.cfg.persist_iou)
+        band = [bool(len(r)) and bool(((r[:, 1] + r[:, 3]) / 2 > (1 - self.cfg.band_height) * fh).any()) for r in rects]
+        cw, ch = self.cfg.corner * fw, self.cfg.corner * fh
+        corner = []
+        for r, s in zip(rects, stays):
+            cx, cy = (r[:, 0] + r[:, 2]) / 2, (r[:, 1] + r[:, 3]) / 2
+            corner.append(bool((s & ((cx < cw) | (cx > fw - cw)) & ((cy < ch) | (cy > fh - ch))).any()))
+        out = {"area_mean": float(np.mean(areas)), "area_max": float(np.max(areas)),
+               "boxes_max": int(max(len(b) for b in per_frame)), "band": float(np.mean(band)),
+               "persist": float(np.mean([s.any() for s in stays])), "corner": float(np.mean(corner))}
         if self.cfg.recognize:
-            out["text"] = " | ".join(lines)[:self.cfg.max_chars]
+            out["text"] = " | ".join(found)[:self.cfg.max_chars]
         return out
+
+
+def _native(frames: np.ndarray, native_short: int) -> np.ndarray:
+    """Frames scaled back down to the clip's own short side when the decoder scaled them up."""
+    import cv2
+
+    h, w = frames.shape[1:3]
+    if native_short >= min(h, w):
+        return frames
+    s = native_short / min(h, w)
+    size = (max(8, round(w * s)), max(8, round(h * s)))
+    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
+
+
+def _rects(boxes: np.ndarray) -> np.ndarray:
+    """(N, 4) axis-aligned x0, y0, x1, y1 of 4-point boxes."""
+    if not len(boxes):
+        return np.zeros((0, 4), np.float32)
+    return np.concatenate([boxes.min(axis=1), boxes.max(axis=1)], axis=1)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) intersection over union of axis-aligned rects."""
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = (x1 - x0).clip(0) * (y1 - y0).clip(0)
+    area = lambda r: (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter).clip(1e-6)
+
+
+def _persistent(rects: list[np.ndarray], min_iou: float) -> list[np.ndarray]:
+    """Per frame, which of its lines stay put: overlapped on >= 2/3 of the other frames (one frame: none)."""
+    n = len(rects)
+    out = []
+    for i, r in enumerate(rects):
+        if n < 2 or not len(r):
+            out.append(np.zeros(len(r), bool))
+            continue
+        hits = sum((_iou(r, o) >= min_iou).any(axis=1).astype(int) for j, o in enumerate(rects) if j != i and len(o))
+        out.append(np.asarray(hits) >= np.ceil(2 * (n - 1) / 3) if np.ndim(hits) else np.zeros(len(r), bool))
+    return out
 
 
 def _spread(frames: np.ndarray, k: int) -> np.ndarray:

@@ -136,6 +136,35 @@ def test_natural_and_synthetic_videos_have_no_text(tmp_path, testdata):
         assert got["area_mean"] < 0.02 and got["area_max"] < 0.04, (path, got)
 
 
+def test_text_kinds_band_persist_corner(text_root):
+    """Per-kind metrics on rendered overlays: subtitles sit in the bottom band, a corner logo stays put in its
+    corner, a title card stays put mid-frame, a clean frame has none of them."""
+    from curation.filters.text import TextScorer
+
+    sc = TextScorer("ocr", FilterConfig(scorers={"ocr": {"type": "text", "frames": 2}}).scorers["ocr"])
+    sc.setup()
+    got = {k: sc.score(decode_clip(os.path.join(text_root[0], "clips", f"{k}.mp4"), sc.frame_specs(), 2.0, 64))
+           for k in ("none", "subtitle", "logo", "title")}
+    assert got["subtitle"]["band"] == 1.0 and got["title"]["band"] == 0.0 and got["logo"]["band"] == 0.0
+    assert got["logo"]["corner"] == 1.0 and got["logo"]["persist"] == 1.0  # "TV5": ambiguous shape, read by the recogniser
+    assert got["title"]["persist"] == 1.0 and got["title"]["corner"] == 0.0
+    assert all(v == 0 for v in got["none"].values())
+    assert sc.det.limit_side_len == H  # 360p clips: the detector ran at 360, never upscaled to 480
+
+
+def test_texture_boxes_are_not_text_lines(testdata):
+    """Sintel's snowy mountain (0-2 s): the detector returns texture boxes; none is shaped or read like a line."""
+    from curation.filters.text import TextScorer
+
+    sc = TextScorer("ocr", FilterConfig(scorers={"ocr": {"type": "text"}}).scorers["ocr"])
+    sc.setup()
+    clip = decode_clip(os.path.join(testdata, "sintel/test_video_30s.mp4"), sc.frame_specs(), 2.0, 64)
+    frames = clip.frames[sc.frame_specs()[0].key][:4]
+    raw = sum(len(sc.detect(f)) for f in frames)
+    kept = sum(len(sc.lines(f)[0]) for f in frames)
+    assert raw >= 1 and kept == 0, (raw, kept)
+
+
 def test_text_config_errors(monkeypatch):
     with pytest.raises(ValueError, match="not numeric"):
         FilterConfig(scorers={"ocr": {"type": "text", "recognize": True, "thresholds": {"text": {"max": 1}}}})
@@ -197,3 +226,17 @@ def test_nsfw_scores_ordinary_clips_low_and_rule(tmp_path):
     assert row["passed"] is False and row["reasons"] == ["nsfw_score>0"]
     with pytest.raises(ValueError, match="unknown NudeNet class"):
         FilterConfig(scorers={"nsfw": {"type": "nsfw", "classes": ["NOT_A_CLASS"]}})
+
+
+def test_nsfw_cartoon_rabbit_kept_by_box_size_and_frames(testdata):
+    """Big Buck Bunny's rabbit is an exposed-breast misfire with small boxes (issue 21): the defaults keep it,
+    and switching min_box / min_frames off brings the misfire back (so the rule, not luck, keeps it)."""
+    from curation.filters.nsfw import NsfwScorer
+
+    scores = {}
+    for label, kw in (("default", {}), ("off", {"min_box": 0.0, "min_frames": 1})):
+        sc = NsfwScorer("nsfw", FilterConfig(scorers={"nsfw": {"type": "nsfw", **kw}}).scorers["nsfw"])
+        sc.setup()
+        clip = decode_clip(os.path.join(testdata, "bbb/bigbuckbunny.mp4"), sc.frame_specs(), 2.0, 64)
+        scores[label] = sc.score(clip)["score"]
+    assert scores["off"] > 0.7 and scores["default"] < 0.5, scores

@@ -37,3 +37,17 @@ def test_plan_indices_step_at_the_target_fps_and_cover_crop():
     assert rs == [plan_sample(BUCKETS, 2, 160, 96, 48, 24.0, 8.0, sample_rng(0, e, "k")).indices[0]
                   for e in range(20)]  # ... and are reproducible
     assert cover_resize(100, 300, 64, 64) == (64, 192)
+
+
+def test_plan_with_a_picture_box_crops_inside_the_bars():
+    """A 640x480 frame with 60-px letterbox bars: the 640x360 picture alone covers the bucket."""
+    from shards.buckets import picture_box
+
+    b = [Bucket(frames=1, height=72, width=128)]
+    content = (0.0, 60 / 480, 1.0, 420 / 480)
+    assert picture_box(640, 480, content) == (0, 60, 640, 360)
+    assert picture_box(640, 480, None) == (0, 0, 640, 480)
+    p = plan_sample(b, 0, 640, 480, 1, 0.0, 8.0, None, content=content)
+    # Whole frame scaled by 0.2 (128x96); the picture starts at y=12 there and is exactly the bucket.
+    assert p.resize == (128, 96) and p.crop == (0, 12)
+    assert plan_sample(b, 0, 640, 480, 1, 0.0, 8.0, None) == plan_sample(b, 0, 640, 480, 1, 0.0, 8.0, None, content=None)

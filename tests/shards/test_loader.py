@@ -239,3 +239,40 @@ def test_bad_parameters_fail_clearly(tmp_path):
         ShardConfig.model_validate({"loader": {"buckets": [{"frames": 8, "height": 64, "width": 64}]}})
     with pytest.raises(ValueError, match="rank 2 is outside"):
         ShardLoader({"shards": [str(tmp_path)]}, rank=2, world_size=2)
+
+
+def test_black_bars_of_the_borders_scorer_are_cropped(tmp_path):
+    """A letterboxed clip whose scores carry the borders box loads without its bars (and is bucketed by
+    the picture's aspect); with crop_borders null the bars stay."""
+    from curation.synth import Camera, make_camera_video
+
+    src = str(tmp_path / "lb.mp4")
+    make_camera_video(src, Camera(pan=2.0), frames=24, width=192, height=108)
+    import av
+
+    frames = [f.to_ndarray(format="rgb24") for f in av.open(src).decode(video=0)]
+    boxed = str(tmp_path / "boxed.mp4")
+    with av.open(boxed, "w") as out:  # 192x144 frame: the 192x108 picture between two 18-px bars
+        st = out.add_stream("libx264", rate=24)
+        st.width, st.height, st.pix_fmt, st.options = 192, 144, "yuv420p", {"crf": "12", "preset": "ultrafast"}
+        for f in frames:
+            img = np.zeros((144, 192, 3), np.uint8)
+            img[18:126] = f
+            for pkt in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(pkt)
+        for pkt in st.encode():
+            out.mux(pkt)
+    meta = {"clip": {"width": 192, "height": 144, "frames": 24, "fps": 24.0},
+            "scores": {"borders_left": 0.0, "borders_top": 19 / 144, "borders_right": 0.0, "borders_bottom": 19 / 144}}
+    tar = _write_tar(str(tmp_path / "lb.tar"), [("lb.mp4", open(boxed, "rb").read()), ("lb.txt", b"boxed"),
+                                                 ("lb.json", json.dumps(meta).encode())])
+    buckets = [{"frames": 5, "height": 64, "width": 112}, {"frames": 5, "height": 64, "width": 80}]
+    (b,) = list(_loader(tar, batch_size=1, buckets=buckets))
+    assert b["bucket"] == (5, 64, 112)  # 16:9 picture, not the 4:3 frame
+    rows = ((b["frames"][0].permute(0, 2, 3, 1) + 1) * 127.5).mean(dim=(0, 2, 3))
+    assert rows.min() > 30, rows  # no black row left
+    assert b["meta"][0]["_sample"]["picture_box"] == [0, 19, 192, 106]
+    (k,) = list(_loader(tar, batch_size=1, buckets=buckets, crop_borders=None))
+    assert k["bucket"] == (5, 64, 80)
+    rows = ((k["frames"][0].permute(0, 2, 3, 1) + 1) * 127.5).mean(dim=(0, 2, 3))
+    assert rows[0] < 5 and rows[-1] < 5  # the bars are still there

@@ -1,0 +1,82 @@
+"""Technical quality: BRISQUE (Mittal et al. 2012), the trained model shipped in the `brisque` wheel.
+
+BRISQUE fits generalised Gaussians to the picture's locally normalised luma (MSCN coefficients) and
+their neighbour products at two scales, and a libsvm regressor trained on LIVE maps the 36 features to
+a score: about 0 (pristine) to 100+ (heavily distorted: blur, noise, blocking). Lower is better.
+The features are the package's own; `BrisqueModel` only repairs its feature scaling, which fails under
+numpy >= 2.4 ("only 0-dimensional arrays can be converted to Python scalars": some features come back
+as 1-element arrays). Frames: gray at `short_side`, never upscaled, inside black bars (bars are
+perfectly flat and would read as distortion); the clip's score is the median over `frames` frames.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from curation.filters.base import ClipFrames, FrameSpec, Scorer
+from curation.filters.config import ScorerConfig
+from curation.filters.sharpness import spread
+
+
+class QualityConfig(ScorerConfig):
+    """filter.scorers.<name> with type: quality."""
+
+    short_side: int = Field(256, ge=32, le=1080)  # analysis size (short side, px); smaller clips keep their own size
+    frames: int = Field(3, ge=1)  # frames per clip scored (BRISQUE costs ~0.1 s per 256p frame on one core)
+    min_luma: float = Field(16.0, ge=0, le=255)  # frames darker than this mean luma (0-255) are not scored
+
+
+def brisque_model() -> Any:
+    """The `brisque` package's BRISQUE with its trained SVM, with the feature scaling repaired."""
+    from brisque import BRISQUE
+
+    class BrisqueModel(BRISQUE):
+        def scale_features(self, features: Any) -> np.ndarray:
+            flat = np.array([np.asarray(f, np.float64).reshape(-1)[0] for f in features])
+            lo = np.asarray(self.scale_params["min_"], np.float64).reshape(-1)
+            hi = np.asarray(self.scale_params["max_"], np.float64).reshape(-1)
+            return -1 + 2.0 / (hi - lo) * (flat - lo)
+
+        def score_gray(self, gray: np.ndarray) -> float:
+            """BRISQUE of one luma image (uint8 or float in 0-1), as BRISQUE.score computes it for RGB."""
+            import cv2
+
+            g = gray.astype(np.float64) / 255.0 if gray.dtype == np.uint8 else gray.astype(np.float64)
+            half = cv2.resize(g, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_CUBIC)
+            feats = np.concatenate((self.calculate_brisque_features(g, kernel_size=7, sigma=7 / 6),
+                                    self.calculate_brisque_features(half, kernel_size=7, sigma=7 / 6)))
+            return float(self.calculate_image_quality_score(feats))
+
+    return BrisqueModel(url=False)
+
+
+class QualityScorer(Scorer):
+    Config = QualityConfig
+    step = "cpu"
+
+    def metrics(self) -> dict[str, pa.DataType]:
+        return {"brisque": pa.float32()}
+
+    def spec(self) -> FrameSpec:
+        return FrameSpec("gray", self.cfg.short_side, upscale=False)
+
+    def frame_specs(self) -> list[FrameSpec]:
+        return [self.spec()]
+
+    def setup(self, encoder: Any = None) -> None:
+        import cv2
+
+        cv2.setNumThreads(1)
+        self.model = brisque_model()
+
+    def score(self, clip: ClipFrames, embeddings: np.ndarray | None = None) -> dict[str, Any]:
+        if not hasattr(self, "model"):
+            self.setup()
+        g = spread(clip.inner(self.spec().key), self.cfg.frames)
+        # A flat or near-black frame (fades, black title cards) has no natural-scene statistics to fit:
+        # BRISQUE reads it as heavy distortion (100+). Such frames are skipped.
+        vals = [self.model.score_gray(f) for f in g if f.std() > 0 and f.mean() >= self.cfg.min_luma]
+        return {"brisque": float(np.median(vals)) if vals else None}
