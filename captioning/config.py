@@ -103,6 +103,40 @@ class EnhanceConfig(TextLMConfig):
     expand_prompt: str = "expand-v1"  # template of `python -m training sample --enhance-prompt`
 
 
+# MiraData's structured caption fields (name -> what the field holds; the model is told both).
+MIRADATA_FIELDS = {
+    "short": "one sentence: the main subject, the action and the setting",
+    "dense": "a detailed paragraph: subjects, actions in order, setting, lighting, colors, camera",
+    "main_object": "the main subject or object and its appearance",
+    "background": "the setting and background",
+    "style": "the visual style (e.g. realistic footage, animation, screen recording), lighting and colors",
+    "camera_movement": "how the camera moves: static, pan, tilt, zoom, tracking, handheld",
+}
+
+
+class FieldsConfig(_Strict):
+    """caption.fields: a structured caption per clip, JSON fields checked against a schema, stored as
+    `field_<name>` columns of the captions table (and carried into the shards' metadata)."""
+
+    enabled: bool = False  # ask for the fields after the caption, in the same engine batch
+    names: dict[str, str] = Field(default_factory=lambda: dict(MIRADATA_FIELDS))  # field -> what it holds
+    max_tokens: int = Field(384, ge=16)  # new tokens of the JSON answer
+    retry_bad: int = Field(1, ge=0)  # re-generations of an answer that fails the schema (then flagged
+    # `fields_invalid`, columns null)
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        import re
+
+        if not v:
+            raise ValueError("at least one field is needed")
+        bad = [k for k in v if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", k)]
+        if bad:
+            raise ValueError(f"field names must be lower_snake_case identifiers (column field_<name>): {bad}")
+        return v
+
+
 class CaptionConfig(_Strict):
     """Caption stage: which engine/model/prompt captions which clips, into which captions run."""
 
@@ -135,11 +169,14 @@ class CaptionConfig(_Strict):
     resources: CaptionResources = CaptionResources(num_cpus=0.5, workers=1, batch_size=8)
     summary: SummaryConfig = SummaryConfig()  # the text LM of mode frames_then_summary
     enhance: EnhanceConfig = EnhanceConfig()  # the optional rewrite pass into a new run
+    fields: FieldsConfig = FieldsConfig()  # structured caption fields (JSON, schema-checked, columns field_*)
 
     @model_validator(mode="after")
     def _check(self) -> "CaptionConfig":
         if self.min_frames > self.max_frames:
             raise ValueError(f"min_frames ({self.min_frames}) must be <= max_frames ({self.max_frames})")
+        if self.fields.enabled and self.mode != "video":
+            raise ValueError("caption.fields.enabled: structured fields are asked in mode video only")
         if self.engine == "vllm" and self.resources.num_gpus and \
                 self.resources.num_gpus < self.vllm.tensor_parallel_size:
             raise ValueError(f"resources.num_gpus ({self.resources.num_gpus}) must be >= "

@@ -21,7 +21,8 @@ from captioning.config import CaptionConfig
 from captioning.engines import CaptionRequest, Generation, SamplingParams
 from captioning.frames import probe_duration, sample_frames, sample_frames_from_bytes
 from captioning.prompts import get_prompt
-from captioning.table import CAPTIONS, done_ids, normalize, table_name, write_run_info
+from captioning.structured import structured_columns
+from captioning.table import CAPTIONS, done_ids, normalize, schema_for, table_name, write_run_info
 from curation.stage import Stage, StageResources, run_local
 from curation.storage import Storage
 from curation.tables import read_table, write_part
@@ -88,8 +89,9 @@ class Caption(Stage):
         results, retries = postprocess.generate_judged(
             lambda idx, p: self.engine.generate([reqs[i] for i in idx], self.prompt, p), len(reqs), params,
             self.cfg.retry_bad)
-        for req, (g, text, flags), n in zip(reqs, results, retries):
-            out.append(self._row(req.clip_id, g, len(req.frames), flags, text, n))
+        extra = structured_columns(self.engine, reqs, self.prompt, results, self.cfg)
+        for req, (g, text, flags), n, (cols, more) in zip(reqs, results, retries, extra):
+            out.append({**self._row(req.clip_id, g, len(req.frames), flags + more, text, n), **cols})
         return out
 
     def _row(self, clip_id: str, g: Generation, frames: int, flags: list[str], text: str | None = None,
@@ -185,7 +187,7 @@ def caption_items(storage: Storage, cfg: CaptionConfig, items: list[dict], local
 
     def sink(rows: list[dict]) -> None:
         rows = [normalize(r) for r in rows]
-        write_part(storage, table, rows, schema=CAPTIONS)
+        write_part(storage, table, rows, schema=schema_for(rows))
         for r in rows:
             if r["error"]:
                 key = "unreadable" if r["error"].startswith("frames:") else "errors"

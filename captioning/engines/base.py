@@ -32,6 +32,8 @@ class SamplingParams:
     temperature: float
     top_p: float
     seed: int = 0
+    json_schema: dict | None = None  # answer must be JSON of this schema: vLLM (offline or served) constrains
+    # decoding to it (structured outputs); transformers generates freely and the caller validates
 
 
 @dataclass

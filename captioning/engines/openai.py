@@ -42,6 +42,9 @@ def chat_payload(model: str, req: CaptionRequest, prompt: Prompt, params: Sampli
             "max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p}
     if params.temperature > 0:
         body["seed"] = params.seed
+    if params.json_schema is not None:  # OpenAI's structured output; `vllm serve` enforces it while decoding
+        body["response_format"] = {"type": "json_schema",
+                                   "json_schema": {"name": "caption_fields", "schema": params.json_schema}}
     return body
 
 

@@ -19,8 +19,18 @@ from captioning.prompts import Prompt
 def vllm_sampling(params: SamplingParams) -> "object":
     from vllm import SamplingParams as VSP
 
+    kw = {}
+    if params.json_schema is not None:
+        try:  # vLLM >= 0.10.2 names it structured_outputs; older releases guided_decoding
+            from vllm.sampling_params import StructuredOutputsParams
+
+            kw["structured_outputs"] = StructuredOutputsParams(json=params.json_schema)
+        except ImportError:
+            from vllm.sampling_params import GuidedDecodingParams
+
+            kw["guided_decoding"] = GuidedDecodingParams(json=params.json_schema)
     return VSP(max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
-               seed=params.seed if params.temperature > 0 else None)
+               seed=params.seed if params.temperature > 0 else None, **kw)
 
 
 def engine_kwargs(model: str, v: "object") -> dict:
