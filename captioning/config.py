@@ -137,6 +137,21 @@ class FieldsConfig(_Strict):
         return v
 
 
+class WindowsConfig(_Strict):
+    """caption.windows: long clips captioned in overlapping windows (Cosmos-Curate: 256-frame windows), each
+    window sampled like a clip (sample_fps, max_frames), then merged into one caption (mode video)."""
+
+    window_s: float | None = Field(None, gt=0)  # window length in seconds; None = one request per clip; a clip
+    # no longer than this is one request as before
+    overlap_s: float = Field(0.0, ge=0)  # seconds each window shares with the previous one (context across cuts)
+
+    @model_validator(mode="after")
+    def _overlap(self) -> "WindowsConfig":
+        if self.window_s is not None and self.overlap_s >= self.window_s:
+            raise ValueError(f"caption.windows.overlap_s ({self.overlap_s}) must be < window_s ({self.window_s})")
+        return self
+
+
 class CaptionConfig(_Strict):
     """Caption stage: which engine/model/prompt captions which clips, into which captions run."""
 
@@ -170,11 +185,14 @@ class CaptionConfig(_Strict):
     summary: SummaryConfig = SummaryConfig()  # the text LM of mode frames_then_summary
     enhance: EnhanceConfig = EnhanceConfig()  # the optional rewrite pass into a new run
     fields: FieldsConfig = FieldsConfig()  # structured caption fields (JSON, schema-checked, columns field_*)
+    windows: WindowsConfig = WindowsConfig()  # long clips in windows, merged (window_captions column)
 
     @model_validator(mode="after")
     def _check(self) -> "CaptionConfig":
         if self.min_frames > self.max_frames:
             raise ValueError(f"min_frames ({self.min_frames}) must be <= max_frames ({self.max_frames})")
+        if self.windows.window_s is not None and self.mode != "video":
+            raise ValueError("caption.windows.window_s: windows apply to mode video only")
         if self.fields.enabled and self.mode != "video":
             raise ValueError("caption.fields.enabled: structured fields are asked in mode video only")
         if self.engine == "vllm" and self.resources.num_gpus and \

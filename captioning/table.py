@@ -14,6 +14,8 @@ from curation.storage import Storage
 from curation.tables import read_table
 
 FRAME_CAPTION = pa.struct([("t_s", pa.float64()), ("text", pa.string())])  # time in the clip (s), caption
+# caption.windows: one window's caption and its span in the clip (s)
+WINDOW_CAPTION = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("text", pa.string())])
 
 CAPTIONS = pa.schema([
     ("clip_id", pa.string()),
@@ -39,6 +41,9 @@ CAPTIONS = pa.schema([
     ("summary_engine", pa.string()),  # its engine
     ("source_run", pa.string()),      # enhance: the run whose caption was rewritten
     ("text_tokens", pa.int32()),      # tokens of the caption's own generation (tokens_in/out: the whole clip's)
+    ("window_captions", pa.list_(WINDOW_CAPTION)),  # caption.windows: each window's caption (text = merged)
+    ("window_s", pa.float64()),       # the window length used (null: the clip was one request)
+    ("window_overlap_s", pa.float64()),  # the overlap between consecutive windows
 ])
 
 _INT_COLUMNS = [f.name for f in CAPTIONS if pa.types.is_integer(f.type)]
