@@ -137,6 +137,41 @@ class FieldsConfig(_Strict):
         return v
 
 
+# Cosmos-Curate's VLM rejection criteria as yes/no questions ("yes" = the clip has the problem).
+COSMOS_CHECKS = {
+    "slideshow": "Is this video a slideshow of still images rather than continuous footage?",
+    "synthetic": "Is this video synthetic: computer graphics, a game, or a screen recording?",
+    "video_in_video": "Does this video show another video playing inside it (a screen, a picture-in-picture)?",
+    "overlay_text": "Does this video have text added in post-production (subtitles, titles, watermarks)?",
+    "rotated": "Is the view of this video rotated or upside down?",
+    "low_resolution": "Is this video of very low resolution or heavily pixelated?",
+    "blurred_region": "Does this video have a blurred-out region (a face or a plate blurred on purpose)?",
+    "abrupt_camera": "Does the camera move abruptly or shake strongly in this video?",
+    "fast_zoom": "Does this video zoom in or out very fast?",
+    "unnatural_speed": "Does this video play at an unnatural speed (sped up, slowed down or reversed)?",
+}
+
+
+class ChecksConfig(_Strict):
+    """caption.checks: yes/no questions the VLM answers about each clip right after its caption (same frames:
+    a prefix-caching engine reuses them), stored as check_<name> = P(yes) and check_<name>_yes columns."""
+
+    enabled: bool = False  # ask the questions (one engine batch for every clip x question)
+    questions: dict[str, str] = Field(default_factory=lambda: dict(COSMOS_CHECKS))  # name -> yes/no question
+    threshold: float = Field(0.5, gt=0, lt=1)  # check_<name>_yes = P(yes) >= this
+    logprobs: int = Field(20, ge=2, le=20)  # first-token candidates read for "yes"/"no" (OpenAI allows <= 20)
+
+    @field_validator("questions")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        import re
+
+        bad = [k for k in v if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", k) or k.endswith("_yes")]
+        if bad:
+            raise ValueError(f"check names must be lower_snake_case, not ending in _yes (column check_<name>): {bad}")
+        return v
+
+
 class WindowsConfig(_Strict):
     """caption.windows: long clips captioned in overlapping windows (Cosmos-Curate: 256-frame windows), each
     window sampled like a clip (sample_fps, max_frames), then merged into one caption (mode video)."""
@@ -186,6 +221,7 @@ class CaptionConfig(_Strict):
     enhance: EnhanceConfig = EnhanceConfig()  # the optional rewrite pass into a new run
     fields: FieldsConfig = FieldsConfig()  # structured caption fields (JSON, schema-checked, columns field_*)
     windows: WindowsConfig = WindowsConfig()  # long clips in windows, merged (window_captions column)
+    checks: ChecksConfig = ChecksConfig()  # yes/no VLM questions per clip (columns check_<name>, check_<name>_yes)
 
     @model_validator(mode="after")
     def _check(self) -> "CaptionConfig":
@@ -193,6 +229,8 @@ class CaptionConfig(_Strict):
             raise ValueError(f"min_frames ({self.min_frames}) must be <= max_frames ({self.max_frames})")
         if self.windows.window_s is not None and self.mode != "video":
             raise ValueError("caption.windows.window_s: windows apply to mode video only")
+        if self.checks.enabled and self.mode != "video":
+            raise ValueError("caption.checks.enabled: checks are asked in mode video only")
         if self.fields.enabled and self.mode != "video":
             raise ValueError("caption.fields.enabled: structured fields are asked in mode video only")
         if self.engine == "vllm" and self.resources.num_gpus and \

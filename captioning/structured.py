@@ -103,4 +103,10 @@ def structured_columns(engine: "object", reqs: list, caption_prompt: Prompt, res
                               cfg.fields)
         for i, (c, flags) in zip(ok, cols):
             out[i] = ({**out[i][0], **c}, out[i][1] + flags)
+    if cfg.checks.enabled and ok:
+        from captioning.checks import check_columns
+
+        cols = check_columns(lambda rs, p: engine.generate(rs, caption_prompt, p), [reqs[i] for i in ok], cfg.checks)
+        for i, c in zip(ok, cols):
+            out[i] = ({**out[i][0], **c}, out[i][1])
     return out

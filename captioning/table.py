@@ -76,7 +76,7 @@ def normalize(row: dict) -> dict:
     """A row in the schema's types (rows that went through pandas carry floats for ints, arrays for lists)."""
     out = {f.name: row.get(f.name) for f in CAPTIONS}
     # Through pandas an all-null column comes back as NaN: nulls stay nulls.
-    out.update({c: None if isinstance(row[c], float) and row[c] != row[c] and c.startswith("field_") else row[c]
+    out.update({c: None if isinstance(row[c], float) and row[c] != row[c] else row[c]
                 for c in extra_columns(list(row))})
     for c in _INT_COLUMNS:
         if out[c] is not None:

@@ -36,6 +36,7 @@ def chat_payload(model: str, req: CaptionRequest, prompt: Prompt, params: Sampli
     else:
         parts = [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(f).decode()}}
                  for f in req.frames]
+    prompt = req.prompt or prompt
     parts.append({"type": "text", "text": prompt.user})
     msgs = [{"role": "system", "content": prompt.system}] if prompt.system else []
     body = {"model": model, "messages": msgs + [{"role": "user", "content": parts}],
@@ -45,6 +46,8 @@ def chat_payload(model: str, req: CaptionRequest, prompt: Prompt, params: Sampli
     if params.json_schema is not None:  # OpenAI's structured output; `vllm serve` enforces it while decoding
         body["response_format"] = {"type": "json_schema",
                                    "json_schema": {"name": "caption_fields", "schema": params.json_schema}}
+    if params.logprobs:  # the yes/no answers of caption.checks are read from the first token's candidates
+        body["logprobs"], body["top_logprobs"] = True, params.logprobs
     return body
 
 
@@ -53,8 +56,11 @@ def parse_response(data: dict) -> Generation:
     choice = (data.get("choices") or [{}])[0]
     msg = choice.get("message") or {}
     usage = data.get("usage") or {}
+    first = ((choice.get("logprobs") or {}).get("content") or [None])[0]
+    tops = {x["token"]: x["logprob"] for x in first.get("top_logprobs") or []} if first else None
     return Generation(text=msg.get("content") or "", finish_reason=choice.get("finish_reason"),
-                      tokens_in=usage.get("prompt_tokens"), tokens_out=usage.get("completion_tokens"))
+                      tokens_in=usage.get("prompt_tokens"), tokens_out=usage.get("completion_tokens"),
+                      first_logprobs=tops)
 
 
 class ChatClient:
