@@ -86,7 +86,8 @@ def read_run(storage: Storage, run: str) -> pa.Table:
     ts = []
     for p in parts:
         f = pq.ParquetFile(storage.fs.open_input_file(storage.path(p)))
-        ts.append(f.read(columns=[c for c in _COLUMNS if c in f.schema_arrow.names]))
+        # caption.checks columns too (check_<name>: P(yes); check_<name>_yes: the answer)
+        ts.append(f.read(columns=[c for c in f.schema_arrow.names if c in _COLUMNS or c.startswith("check_")]))
     t = pa.concat_tables(ts, promote_options="permissive")
     n = t.num_rows
     # Vectorised "a caption beats an error, a later row an earlier one": the max of ok * n + row index per clip.
@@ -148,7 +149,23 @@ def run_stats(t: pa.Table, cameras: dict[str, str]) -> dict:
             "flagged": sum(bool(r.get("flags")) for r in caps), "openings": openings.most_common(TOP),
             "ngrams": grams.most_common(TOP), "shared": shared[:TOP],
             "shared_clips": sum(k for _, k in shared), "distinct": len(same),
-            "camera_known": len(known), "camera_mentioned": sum(known), "text_sample": len(some)}
+            "camera_known": len(known), "camera_mentioned": sum(known), "text_sample": len(some),
+            "checks": check_stats(caps)}
+
+
+def check_stats(caps: list[dict]) -> dict[str, tuple[int, int, float | None]]:
+    """caption.checks per question: (clips answered yes, clips answered, mean P(yes))."""
+    out = {}
+    for c in sorted({k for r in caps for k in r if k.startswith("check_") and not k.endswith("_yes")}):
+        ps = [r[c] for r in caps if r.get(c) is not None]
+        yes = sum(bool(r.get(f"{c}_yes")) for r in caps)
+        out[c.removeprefix("check_")] = (yes, len(ps), float(np.mean(ps)) if ps else None)
+    return out
+
+
+def _checks_text(s: dict) -> str:
+    return "; ".join(f"{k} {y} of {n}" + (f" (mean P {m:.2f})" if m is not None else "")
+                     for k, (y, n, m) in s.get("checks", {}).items())
 
 
 # ------------------------------------------------------------------------------------------- terminal
@@ -173,6 +190,8 @@ def terminal_lines(run: str, s: dict) -> list[str]:
                      f"type ({_pct(s['camera_mentioned'], s['camera_known'])})")
     else:
         lines.append(f"  camera motion named: - (no {CAMERA_COLUMN} in the scores table)")
+    if s.get("checks"):
+        lines.append(f"  checks answered yes: {_checks_text(s)}")
     sampled = f" (sample of {s['text_sample']})" if s["text_sample"] < n else ""
     lines.append(f"  top openings{sampled}: " + "; ".join(f"'{o}' {k}" for o, k in s["openings"][:5]))
     lines.append("  top 3-grams (clips): " + "; ".join(f"'{g}' {k}" for g, k in s["ngrams"][:5]))
@@ -215,6 +234,8 @@ def _html_run(run: str, s: dict) -> str:
                                                  f"({_pct(s['shared_clips'], n)})"),
             ("camera motion named", f"{s['camera_mentioned']} of {s['camera_known']}" if s["camera_known"] else "-"),
             ("modes, model", f"{s['modes']}, {', '.join(s['models'])}")]
+    if s.get("checks"):
+        rows.append(("checks answered yes (caption.checks)", _checks_text(s)))
     out = [f"<h3>Run {e(run)}</h3><table>"] + [f"<tr><th class=l>{e(a)}</th><td class=l>{e(str(b))}</td></tr>"
                                                 for a, b in rows] + ["</table>"]
     for title, items in (("top openings", s["openings"]), ("top 3-grams (clips containing)", s["ngrams"]),

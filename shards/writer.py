@@ -139,6 +139,10 @@ def select(storage: Storage, wc: WriterConfig) -> Selection:
         if set(cap.get("flags") or []) & set(wc.drop_caption_flags):
             sel.dropped["caption flagged"] += 1
             continue
+        failed = [n for n in wc.drop_caption_checks if cap.get(f"check_{n}_yes")]
+        if failed:
+            sel.dropped[f"caption check {failed[0]}"] += 1
+            continue
         score = {k: v for k, v in (s or {}).items() if k != "clip_id"}
         meta = {"key": cid, "clip": c, "scores": score, "caption": {**cap, "run": run}}
         sel.samples.append({"key": cid, "path": c["path"], "bytes": int(c["bytes"] or 0),

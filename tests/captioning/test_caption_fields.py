@@ -66,15 +66,15 @@ def test_free_generation_that_fails_the_schema_is_flagged_and_keeps_the_caption(
         assert "field_short" in r and r["field_short"] is None and r["field_camera_movement"] is None
 
 
-def test_field_columns_round_trip_and_ride_into_the_shards(tiny_vlm, clip_root):
+def test_field_and_check_columns_reach_shards_filter_rules_and_the_report(tiny_vlm, clip_root):
     from shards.config import WriterConfig
     from shards.writer import select
 
     root, ids = clip_root
     st = Storage(root)
     rows = [normalize({"clip_id": c, "text": f"caption {c}", "flags": [], "field_short": f"short {c}",
-                       "field_camera_movement": "pan left", "check_slideshow": 0.1, "check_slideshow_yes": False})
-            for c in ids[:3]]
+                       "field_camera_movement": "pan left", "check_slideshow": p, "check_slideshow_yes": p >= 0.5})
+            for c, p in zip(ids[:3], (0.1, 0.2, 0.9))]
     schema = schema_for(rows)
     assert schema.names[:len(CAPTIONS)] == CAPTIONS.names and schema.field("check_slideshow_yes").type == "bool"
     write_part(st, "captions/f", rows, schema=schema)
@@ -82,5 +82,14 @@ def test_field_columns_round_trip_and_ride_into_the_shards(tiny_vlm, clip_root):
     assert back[ids[0]]["field_short"] == f"short {ids[0]}" and back[ids[0]]["check_slideshow"] == 0.1
     sel = select(st, WriterConfig(captions_run="f"))
     metas = {s["key"]: s["meta"]["caption"] for s in sel.samples}
-    assert metas and all(m["field_camera_movement"] == "pan left" and m["check_slideshow_yes"] is False
-                         for m in metas.values())
+    assert sorted(metas) == ids[:3] and all(m["field_camera_movement"] == "pan left" for m in metas.values())
+    assert [metas[c]["check_slideshow_yes"] for c in ids[:3]] == [False, False, True]
+    # a check as a filter rule: the clip answered "yes" leaves the shards, counted under its own reason
+    sel = select(st, WriterConfig(captions_run="f", drop_caption_checks=["slideshow"]))
+    assert sorted(s["key"] for s in sel.samples) == ids[:2] and sel.dropped["caption check slideshow"] == 1
+    # ... and inspect's caption report counts the answers
+    from curation.caption_report import caption_report
+
+    lines, html = caption_report(st, runs=["f"])
+    assert any("checks answered yes: slideshow 1 of 3 (mean P 0.40)" in ln for ln in lines), lines
+    assert "caption.checks" in html
