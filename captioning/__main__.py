@@ -102,7 +102,7 @@ def enhance_main(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from captioning.enhance import enhance_run
-    from captioning.stage import prepare_text_model
+    from captioning.models import prepare_text_model
     from curation.storage import Storage
 
     cfg = cfg.model_copy(update={"enhance": prepare_text_model(cfg.enhance)})

@@ -7,14 +7,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from captioning.prompts import check_placeholders
-from curation.filters.config import Resources
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from curation.schema import Resources, Strict as _Strict
 
 
 CaptionResources = Resources  # how a caption step runs on Ray: the fields of every stage's resources
@@ -43,6 +39,7 @@ class VLLMEngineConfig(_Strict):
     enforce_eager: bool = False  # skip CUDA graphs (faster start, slower steps)
     max_num_seqs: int | None = Field(None, ge=1)  # concurrent sequences in the engine; None = vLLM's default
     seed: int = 0  # sampling seed of the engine
+    load_format: Literal["auto", "dummy"] = "auto"  # "dummy": random weights of the model's shape (throughput checks without a download, bench/gpu.py)
 
 
 class TransformersEngineConfig(_Strict):

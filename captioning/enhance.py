@@ -22,9 +22,11 @@ from captioning import postprocess
 from captioning.config import CaptionConfig, EnhanceConfig
 from captioning.engines import Generation, SamplingParams, TextRequest
 from captioning.prompts import get_text_prompt, render
-from captioning.table import CAPTIONS, done_ids, frame_lists, normalize, read_captions, table_name, write_run_info
+from captioning.rows import caption_row, plain_value
+from captioning.table import CAPTIONS, frame_lists, normalize, read_captions, table_name, write_run_info
 from curation.caption_report import CAMERA_COLUMN, camera_phrase, mentions_camera
-from curation.stage import Stage, StageResources, run_local
+from curation.stage import Stage, StageResources
+from curation.table_stage import TableStage, execute
 from curation.storage import Storage
 
 CARRIED = ("clip_id", "source_text", "source_error", "camera", "frames", "frame_times", "frame_texts")
@@ -69,8 +71,6 @@ class Enhance(Stage):
         return TextRequest(r["clip_id"], p.system, p.user)
 
     def __call__(self, rows: list[dict]) -> list[dict]:
-        from captioning.stage import plain_value
-
         self.ensure_setup()
         rows = [{k: plain_value(v) for k, v in r.items()} for r in rows]
         out = [self._row(r, Generation(error=f"enhance: source run {self.source_run!r} has no caption for this "
@@ -95,8 +95,6 @@ class Enhance(Stage):
         return ["no_camera_motion"]
 
     def _row(self, r: dict, g: Generation, flags: list[str], text: str | None, retries: int) -> dict:
-        from captioning.stage import caption_row
-
         row = caption_row(r["clip_id"], g, flags, text, retries, model=self.e.model, engine=self.e.engine,
                           prompt=self.prompt.name, prompt_hash=self.prompt.hash, mode="enhance",
                           frames=r.get("frames"), summary_model=self.e.model, summary_engine=self.e.engine,
@@ -127,46 +125,54 @@ def enhance_items(storage: Storage, source_run: str) -> list[dict]:
     return items
 
 
+class EnhanceTable(TableStage):
+    """The enhance step: every clip of `enhance.source_run` -> one row in `captions/<enhance.run>`
+    (a clip with a caption in the output run is skipped, error rows are retried)."""
+
+    name = "caption-enhance"
+    item_count = "clips"
+    statuses = ("captioned", "flagged", "errors")
+
+    def __init__(self, storage: Storage, cfg: CaptionConfig) -> None:
+        self.src, self.out_run = runs_of(cfg)
+        super().__init__(storage, table_name(self.out_run), CAPTIONS, key=None, resume_key="clip_id")
+        self.cfg = cfg
+        self.step = Enhance(cfg, self.src)  # checks the template before any work
+
+    def items(self) -> list[dict]:
+        return enhance_items(self.storage, self.src)
+
+    def steps(self) -> list[Stage]:
+        return [self.step]
+
+    def status(self, row: dict) -> str | None:
+        return "errors" if row["error"] else ("flagged" if row["flags"] else "captioned")
+
+    def sink_every(self, todo: int) -> int:
+        return self.cfg.sink_every
+
+    def prepare(self, rows: list[dict]) -> list[dict]:
+        return [normalize(r) for r in rows]
+
+    def begin(self, todo: list[dict]) -> None:
+        e, p = self.cfg.enhance, self.step.prompt
+        write_run_info(self.storage, self.out_run, {"mode": "enhance", "source_run": self.src, "engine": e.engine,
+                                                    "model": e.model, "prompt": p.name, "prompt_hash": p.hash,
+                                                    "prompt_system": p.system, "prompt_user": p.user,
+                                                    "camera_column": CAMERA_COLUMN,
+                                                    "config": e.model_dump(mode="json")})
+
+    def finish(self, counts: dict, local: bool) -> dict:
+        return {"run": self.out_run, "source_run": self.src, **counts}
+
+
 def enhance_run(storage: Storage, cfg: CaptionConfig, local: bool = False, progress: bool = True,
                 on_part: Callable[[dict], None] | None = None) -> dict:
     """Rewrite the captions of `enhance.source_run` (default caption.run) into `enhance.run`; resumable.
 
     Returns counts as caption_items does: clips, skipped, captioned, flagged, errors."""
-    from curation.runner import run_pipeline
-
-    src, out_run = runs_of(cfg)
-    stage = Enhance(cfg, src)  # checks the template before any work
-    items = enhance_items(storage, src)
-    done = done_ids(storage, out_run)
-    todo = [i for i in items if i["clip_id"] not in done]
-    write_run_info(storage, out_run, {"mode": "enhance", "source_run": src, "engine": cfg.enhance.engine,
-                                      "model": cfg.enhance.model, "prompt": stage.prompt.name,
-                                      "prompt_hash": stage.prompt.hash, "prompt_system": stage.prompt.system,
-                                      "prompt_user": stage.prompt.user, "camera_column": CAMERA_COLUMN,
-                                      "config": cfg.enhance.model_dump(mode="json")})
-    counts = {"run": out_run, "source_run": src, "clips": len(items), "skipped": len(items) - len(todo),
-              "captioned": 0, "flagged": 0, "errors": 0}
-
-    def sink(rows: list[dict]) -> None:
-        from curation.tables import write_part
-
-        rows = [normalize(r) for r in rows]
-        write_part(storage, table_name(out_run), rows, schema=CAPTIONS)
-        for r in rows:
-            counts["errors" if r["error"] else ("flagged" if r["flags"] else "captioned")] += 1
-        if on_part is not None:
-            on_part(counts)
-
     t0 = time.time()
-    if local:
-        try:
-            for i in range(0, len(todo), cfg.sink_every):
-                sink(run_local([stage], todo[i:i + cfg.sink_every]))
-        finally:
-            if stage.engine is not None:
-                stage.engine.close()
-    else:
-        run_pipeline(todo, [stage], sink, sink_every=cfg.sink_every, progress=progress)
+    counts = execute(EnhanceTable(storage, cfg), local=local, progress=progress, on_part=on_part).counts
     counts["seconds"] = round(time.time() - t0, 3)
     return counts
 
@@ -176,7 +182,7 @@ def expand_prompts(prompts: list[str], config: str | None = None, overrides: lis
     `expand_prompt` template. Raises ValueError naming the prompt that got no expansion."""
     from captioning.config import load_caption_config
     from captioning.engines import make_text_engine
-    from captioning.stage import prepare_text_model
+    from captioning.models import prepare_text_model
 
     e = prepare_text_model(load_caption_config(config, overrides or [], None).enhance)
     tmpl = get_text_prompt(e.expand_prompt, None, "caption.enhance.expand_prompt")

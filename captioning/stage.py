@@ -14,24 +14,22 @@ import os
 import sys
 import time
 from typing import Callable
-from datetime import datetime, timezone
 
 from captioning.config import CaptionConfig
 from captioning.engines import Generation, SamplingParams
 from captioning.frames import probe_duration, sample_frames, sample_frames_from_bytes
+from captioning.models import prepare_model, prepare_text_model  # noqa: F401 (prepare_text_model: re-exported)
 from captioning.prompts import get_prompt
+from captioning.rows import _now, caption_row, plain_value, read_range  # noqa: F401 (re-exported)
 from captioning.structured import structured_columns
+from captioning.table import CAPTIONS, normalize, schema_for, table_name, write_run_info
 from captioning.windows import caption_windowed, clip_requests, sample_windows
-from captioning.table import CAPTIONS, done_ids, normalize, schema_for, table_name, write_run_info
-from curation.stage import Stage, StageResources, run_local
+from curation.kept import kept_view
+from curation.stage import Stage, StageResources
+from curation.table_stage import TableStage, execute
 from curation.storage import Storage
-from curation.tables import read_table, write_part
 
 log = logging.getLogger(__name__)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class SampleFrames(Stage):
@@ -105,115 +103,88 @@ class Caption(Stage):
                            prompt=self.prompt.name, prompt_hash=self.prompt.hash, frames=frames, mode="video")
 
 
-def caption_row(clip_id: str, g: Generation, flags: list[str], text: str | None, retries: int,
-                **fields: object) -> dict:
-    """A captions-table row from the final generation of a clip (text and raw text only when it succeeded)."""
-    row = {f: None for f in CAPTIONS.names}
-    row.update({"clip_id": clip_id, "text": None if g.error else text, "raw_text": None if g.error else g.text,
-                "tokens_in": g.tokens_in, "tokens_out": g.tokens_out, "text_tokens": g.tokens_out,
-                "latency_s": g.latency_s,
-                "finish_reason": g.finish_reason, "flags": flags, "retries": retries, "error": g.error,
-                "created_at": _now()})
-    row.update(fields)
-    return row
-
-
-def plain_value(v: object) -> object:
-    """A plain Python value: rows that crossed Ray Data's pandas batches carry NaN for nulls and numpy
-    arrays (and scalars) for lists (and numbers)."""
-    if hasattr(v, "tolist") and not isinstance(v, (bytes, str)):
-        v = v.tolist()
-    return None if v is None or (isinstance(v, float) and v != v) else v
-
-
-def read_range(uri: str, offset: int, size: int | None) -> bytes:
-    """Bytes of a local file or object-store URI (a tar member's data, or a whole clip)."""
-    if "://" in uri and not uri.startswith("file://"):
-        import pyarrow.fs as pafs
-
-        fs, path = pafs.FileSystem.from_uri(uri)
-        with fs.open_input_file(path) as f:
-            f.seek(offset)
-            return f.read(size) if size is not None else f.read()
-    with open(uri.removeprefix("file://"), "rb") as f:
-        f.seek(offset)
-        return f.read(size) if size is not None else f.read()
-
-
 def clip_items(storage: Storage, cfg: CaptionConfig) -> list[dict]:
-    """Work items from the clips table: ok clips, and with `only_kept` those whose scores row passed."""
-    clips = read_table(storage, "clips")
-    if clips.num_rows == 0:
+    """Work items from the clips table: the kept clips (curation.kept: ok, passed, not a duplicate), or with
+    `only_kept: false` every ok clip. A duplicate is never captioned: the shards leave it out anyway."""
+    view = kept_view(storage, score_columns=[])
+    if not view.clips:
         raise ValueError(f"{storage.root}: no clips table (run the split stage first)")
-    rows = [r for r in clips.to_pylist() if r.get("status", "ok") == "ok" and r.get("path")]
     if cfg.only_kept:
-        scores = read_table(storage, "scores")
-        if scores.num_rows:
-            kept = {r["clip_id"] for r in scores.select(["clip_id", "passed"]).to_pylist() if r["passed"]}
-            rows = [r for r in rows if r["clip_id"] in kept]
-        else:
+        if not view.scores:
             print("[caption] no scores table: captioning every ok clip (run the filter stage to caption only "
                   "kept clips)", file=sys.stderr)
+        rows = view.kept()
+    else:
+        rows = [r for r in view.clips if r.get("status", "ok") == "ok" and r.get("path")]
     return [{"clip_id": r["clip_id"], "path": storage.uri(r["path"]),
              "duration_s": (r["frames"] / r["fps"]) if r.get("fps") and r.get("frames") else None} for r in rows]
+
+
+class CaptionTable(TableStage):
+    """The caption stage: work items (clips) -> one row each in `captions/<cfg.run>`; a clip with a
+    caption in that run is skipped, error rows are retried."""
+
+    name = "caption"
+    item_count = "clips"
+    statuses = ("captioned", "flagged", "errors", "unreadable")
+
+    def __init__(self, storage: Storage, cfg: CaptionConfig, items: list[dict]) -> None:
+        # A run keeps every row (a caption beats an error in read_captions): no row key to dedupe on.
+        super().__init__(storage, table_name(cfg.run), CAPTIONS, key=None, resume_key="clip_id")
+        self.cfg, self._items = cfg, items
+        self._steps = caption_steps(cfg)  # checks the prompts before any work
+        self.prompt = self._steps[-1].prompt if cfg.mode == "frames_then_summary" else get_prompt(cfg.prompt, cfg.prompt_text)
+
+    def items(self) -> list[dict]:
+        if self.cfg.mode != "frames_then_summary":
+            return self._items
+        from captioning.summary import reusable_frames
+
+        reuse = reusable_frames(self.storage, self.cfg)
+        # Every item carries the same keys (Ray Data blocks need one schema); a clip whose summary failed
+        # before brings its frame captions along.
+        empty = {"frame_times": None, "frame_texts": None, "video_caption": None}
+        return [{**i, **empty, **reuse.get(i["clip_id"], {})} for i in self._items]
+
+    def steps(self) -> list[Stage]:
+        return self._steps
+
+    def status(self, row: dict) -> str | None:
+        if row["error"]:
+            return "unreadable" if row["error"].startswith("frames:") else "errors"
+        return "flagged" if row["flags"] else "captioned"
+
+    def sink_every(self, todo: int) -> int:
+        return self.cfg.sink_every
+
+    def prepare(self, rows: list[dict]) -> list[dict]:
+        return [normalize(r) for r in rows]
+
+    def write(self, rows: list[dict]) -> None:
+        from curation.tables import write_part
+
+        # the field_/check_ columns of caption.fields and caption.checks follow the fixed ones
+        write_part(self.storage, self.table, rows, schema_for(rows))
+
+    def begin(self, todo: list[dict]) -> None:
+        cfg, prompt = self.cfg, self.prompt
+        write_run_info(self.storage, cfg.run, {"mode": cfg.mode, "engine": cfg.engine, "model": cfg.model,
+                                               "prompt": prompt.name, "prompt_hash": prompt.hash,
+                                               "prompt_system": prompt.system, "prompt_user": prompt.user,
+                                               "started_at": _now(), "config": cfg.model_dump(mode="json")})
 
 
 def caption_items(storage: Storage, cfg: CaptionConfig, items: list[dict], local: bool = False,
                   progress: bool = True, on_part: Callable[[dict], None] | None = None) -> dict:
     """Caption work items into `captions/<cfg.run>`, skipping clips already captioned in that run.
 
-    `local` runs the two steps in this process (tests, small jobs); otherwise on the current Ray.
+    `local` runs the steps in this process (tests, small jobs); otherwise on the current Ray.
     `on_part(counts)` is called after each written part (progress reports; tests use it to kill a
     server mid-run). Returns counts: clips asked, skipped (already done), captioned, flagged, errors
     (engine failures: worth a re-run), unreadable (clips whose frames could not be decoded).
     """
-    from curation.runner import run_pipeline
-
-    done = done_ids(storage, cfg.run)
-    todo = [i for i in items if i["clip_id"] not in done]
-    stages = caption_steps(cfg)
-    prompt = get_prompt(cfg.prompt, cfg.prompt_text)
-    if cfg.mode == "frames_then_summary":
-        from captioning.summary import reusable_frames
-
-        reuse = reusable_frames(storage, cfg)
-        # Every item carries the same keys (Ray Data blocks need one schema); a clip whose summary failed
-        # before brings its frame captions along.
-        empty = {"frame_times": None, "frame_texts": None, "video_caption": None}
-        todo = [{**i, **empty, **reuse.get(i["clip_id"], {})} for i in todo]
-        prompt = stages[-1].prompt
-    write_run_info(storage, cfg.run, {"mode": cfg.mode, "engine": cfg.engine, "model": cfg.model,
-                                      "prompt": prompt.name, "prompt_hash": prompt.hash,
-                                      "prompt_system": prompt.system, "prompt_user": prompt.user,
-                                      "started_at": _now(), "config": cfg.model_dump(mode="json")})
-    counts = {"clips": len(items), "skipped": len(items) - len(todo), "captioned": 0, "flagged": 0, "errors": 0,
-              "unreadable": 0}
-    table = table_name(cfg.run)
-
-    def sink(rows: list[dict]) -> None:
-        rows = [normalize(r) for r in rows]
-        write_part(storage, table, rows, schema=schema_for(rows))
-        for r in rows:
-            if r["error"]:
-                key = "unreadable" if r["error"].startswith("frames:") else "errors"
-            else:
-                key = "flagged" if r["flags"] else "captioned"
-            counts[key] += 1
-        if on_part is not None:
-            on_part(counts)
-
     t0 = time.time()
-    if local:
-        step = cfg.sink_every
-        try:
-            for i in range(0, len(todo), step):
-                sink(run_local(stages, todo[i:i + step]))
-        finally:
-            for st in stages:
-                if getattr(st, "engine", None) is not None:
-                    st.engine.close()
-    else:
-        run_pipeline(todo, stages, sink, sink_every=cfg.sink_every, progress=progress)
+    counts = execute(CaptionTable(storage, cfg, items), local=local, progress=progress, on_part=on_part).counts
     counts["seconds"] = round(time.time() - t0, 3)
     return counts
 
@@ -225,44 +196,6 @@ def caption_steps(cfg: CaptionConfig) -> list[Stage]:
 
         return [SampleKeyFrames(cfg), CaptionFrames(cfg), Summarize(cfg)]
     return [SampleFrames(cfg), Caption(cfg)]
-
-
-def prepare_text_model(t: "object") -> "object":
-    """prepare_model for a TextLMConfig (summary, enhance): absolute folder; a `packaged:` model's converted
-    folder; the tiny text LM with demo_model."""
-    if t.engine == "openai":
-        return t
-    if t.model.startswith("packaged:"):  # a model an installed package ships (SmolLM2): its converted folder
-        from captioning.smollm2 import resolve_packaged
-
-        return t.model_copy(update={"model": resolve_packaged(t.model)})
-    if t.demo_model and not os.path.exists(os.path.join(t.model, "config.json")):
-        from captioning.tiny_lm import build_tiny_text_lm
-
-        print(f"[caption] building the tiny random demo text LM at {t.model}", file=sys.stderr)
-        build_tiny_text_lm(t.model)
-    if os.path.isdir(t.model):
-        return t.model_copy(update={"model": os.path.abspath(t.model)})
-    return t
-
-
-def prepare_model(cfg: CaptionConfig) -> CaptionConfig:
-    """A local model folder as an absolute path (Ray workers do not share the driver's working dir);
-    with `demo_model`, the tiny random Qwen2.5-VL is built there first when the folder is missing."""
-    if cfg.mode == "frames_then_summary":
-        cfg = cfg.model_copy(update={"summary": prepare_text_model(cfg.summary)})
-    if cfg.enhance.enabled:
-        cfg = cfg.model_copy(update={"enhance": prepare_text_model(cfg.enhance)})
-    if cfg.engine == "openai":
-        return cfg
-    if cfg.demo_model and not os.path.exists(os.path.join(cfg.model, "config.json")):
-        from captioning.tiny_vlm import build_tiny_qwen25_vl
-
-        print(f"[caption] building the tiny random demo model at {cfg.model}", file=sys.stderr)
-        build_tiny_qwen25_vl(cfg.model)
-    if os.path.isdir(cfg.model):
-        return cfg.model_copy(update={"model": os.path.abspath(cfg.model)})
-    return cfg
 
 
 def run(cfg: "object", ctx: "object") -> dict:

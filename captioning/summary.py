@@ -24,6 +24,7 @@ from captioning.config import CaptionConfig
 from captioning.engines import CaptionRequest, Generation, SamplingParams, TextRequest
 from captioning.frames import encode_jpeg, probe_duration, sample_frames
 from captioning.prompts import combined_hash, get_prompt, get_text_prompt, render
+from captioning.rows import caption_row, plain_value, read_range
 from curation.stage import Stage, StageResources
 from curation.video import VideoError, iter_frames
 
@@ -53,8 +54,6 @@ def sample_keyframes(source: str, duration_s: float, cfg: CaptionConfig) -> tupl
 @contextmanager
 def local_clip(row: dict) -> Iterator[str]:
     """A local path of the row's clip: its file, or a WebDataset member copied to a temporary file."""
-    from captioning.stage import read_range
-
     if not row.get("tar"):
         yield row["path"]
         return
@@ -77,8 +76,6 @@ class SampleKeyFrames(Stage):
         self.cfg = cfg
 
     def process_row(self, row: dict) -> list[dict]:
-        from captioning.stage import plain_value
-
         row = {k: plain_value(v) for k, v in row.items()}
         name = f"{row['tar']}:{row['clip_id']}" if row.get("tar") else row.get("path")
         need_frames = not row.get("frame_texts")
@@ -124,8 +121,6 @@ class CaptionFrames(Stage):
         self.engine = make_engine(self.cfg)
 
     def __call__(self, rows: list[dict]) -> list[dict]:
-        from captioning.stage import plain_value
-
         self.ensure_setup()
         rows = [{k: plain_value(v) for k, v in r.items()} for r in rows]
         params = SamplingParams(self.cfg.max_tokens, self.cfg.temperature, self.cfg.top_p)
@@ -204,8 +199,6 @@ class Summarize(Stage):
         self.engine = make_text_engine(self.cfg.summary)
 
     def __call__(self, rows: list[dict]) -> list[dict]:
-        from captioning.stage import plain_value
-
         self.ensure_setup()
         rows = [{k: plain_value(v) for k, v in r.items()} for r in rows]
         reqs: list[tuple[dict, TextRequest]] = []
@@ -230,8 +223,6 @@ class Summarize(Stage):
         return out
 
     def _row(self, r: dict, g: Generation, flags: list[str], text: str | None, retries: int) -> dict:
-        from captioning.stage import caption_row
-
         row = caption_row(r["clip_id"], g, flags, text, retries, model=self.cfg.model, engine=self.cfg.engine,
                           prompt=self.prompt_name, prompt_hash=self.prompt_hash, mode="frames_then_summary",
                           frames=len(r.get("frame_texts") or []), video_caption=r.get("video_caption"),

@@ -68,9 +68,12 @@ def train_tokenizer(vocab_size: int = 512) -> "object":
 
 
 def build_tiny_qwen25_vl(out_dir: str, seed: int = 0, max_pixels: int = 112 * 112,
-                         vocab_size: int = 512) -> str:
+                         vocab_size: int = 512, sizes: dict | None = None) -> str:
     """Write a tiny random Qwen2.5-VL (model, tokenizer, processor, chat template) to `out_dir`.
 
+    `sizes` ({"text": {...}, "vision": {...}} config overrides) makes a full-size layout instead; then
+    only the config, tokenizer and processor are written (no weights: vLLM's load_format "dummy" makes
+    them), for throughput checks without a download (bench/gpu.py).
     Returns `out_dir`. Idempotent: a folder that already holds a finished model is left as it is.
     """
     marker = os.path.join(out_dir, ".tiny-qwen25-vl-complete")
@@ -99,6 +102,8 @@ def build_tiny_qwen25_vl(out_dir: str, seed: int = 0, max_pixels: int = 112 * 11
                                         chat_template=CHAT_TEMPLATE)
 
     hidden, heads = 128, 2  # text head dim 64
+    text_over, vision_over = (sizes or {}).get("text", {}), (sizes or {}).get("vision", {})
+    hidden = text_over.get("hidden_size", hidden)
     config = Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=raw.get_vocab_size(), hidden_size=hidden, intermediate_size=256,
@@ -107,22 +112,31 @@ def build_tiny_qwen25_vl(out_dir: str, seed: int = 0, max_pixels: int = 112 * 11
             # M-RoPE splits the 32 rotary frequencies of a 64-dim head over time/height/width.
             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [8, 12, 12]},
             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-        ),
+        ) | text_over,
         vision_config=dict(
             depth=2, hidden_size=64, intermediate_size=128, num_heads=1, out_hidden_size=hidden,
             patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
             fullatt_block_indexes=[1], tokens_per_second=2, in_channels=3,
-        ),
+        ) | vision_over,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
+    if sizes:  # full size: config only (GiBs of random weights would be written for nothing)
+        config.save_pretrained(out_dir)
+        GenerationConfig(eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]], pad_token_id=ids["<|endoftext|>"],
+                         bos_token_id=ids["<|endoftext|>"], do_sample=False).save_pretrained(out_dir)
+        return _finish_folder(out_dir, processor, tokenizer, marker)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()
     model.generation_config = GenerationConfig(
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]], pad_token_id=ids["<|endoftext|>"],
         bos_token_id=ids["<|endoftext|>"], do_sample=False)
     model.save_pretrained(out_dir, safe_serialization=True)
+    return _finish_folder(out_dir, processor, tokenizer, marker)
+
+
+def _finish_folder(out_dir: str, processor: "object", tokenizer: "object", marker: str) -> str:
     processor.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     # Older readers (vLLM's pinned transformers, `transformers serve`) look for the template here too.

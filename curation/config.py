@@ -13,19 +13,16 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
 from curation.dedup import DedupConfig
 from curation.filters.config import FilterConfig, Resources, resolve_path  # noqa: F401 (Resources: every stage's)
+from curation.schema import Strict
 from curation.uris import scrub
 
 
 class ConfigError(ValueError):
     """A pipelines.yaml problem; the message names the key path and the reason."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class RayConfig(Strict):
@@ -102,7 +99,7 @@ class Section:
 
     key: str  # the pipelines.yaml key (and the stage name)
     model: type[BaseModel]  # pydantic model of the section; its defaults are the section's defaults
-    stage: str | None = None  # "module:function" with run(cfg, ctx) -> counts, imported when it runs; None = config only
+    stage: str | None = None  # "module:Class" of a curation.table_stage.TableStage, or "module:function" with run(cfg, ctx) -> counts; imported when it runs; None = config only
     table: str | None = None  # the stage's table under the root, for the run summary ("{cfg.<key>...}" fields allowed)
 
 
@@ -110,9 +107,9 @@ class Section:
 # packages are one line in vidcurate/flow.py.
 SECTIONS: tuple[Section, ...] = (
     Section("ray", RayConfig),
-    Section("probe", ProbeConfig, "curation.probe:run", "videos"),
-    Section("split", SplitConfig, "curation.split:run", "clips"),
-    Section("filter", FilterConfig, "curation.filter:run", "scores"),
+    Section("probe", ProbeConfig, "curation.probe:ProbeTable", "videos"),
+    Section("split", SplitConfig, "curation.split:SplitTable", "clips"),
+    Section("filter", FilterConfig, "curation.filter:FilterTable", "scores"),
     Section("dedup", DedupConfig, "curation.dedup:run", "dedup"),  # near-duplicates out (curation/dedup.py)
 )
 

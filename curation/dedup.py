@@ -31,8 +31,9 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curation import tables
-from curation.filters.config import Resources
+from curation.schema import Resources
 from curation.stage import Stage, StageResources
+from curation.table_stage import TableStage, execute
 
 DEDUP = pa.schema([
     ("clip_id", pa.string()),        # every clip that passed the filter
@@ -106,35 +107,36 @@ class HashStage(Stage):
         return [{"clip_id": row["clip_id"], "phash": None, "frames": self.frames, "error": message}]
 
 
+class PhashTable(TableStage):
+    """The pHash step of dedup: candidate clips -> dedup/phash rows (cached: a clip hashed with the same
+    frame count is not decoded again; errors are retried)."""
+
+    name = "dedup"
+
+    def __init__(self, storage: "object", clips: list[dict], cfg: DedupConfig) -> None:
+        super().__init__(storage, "dedup/phash", PHASH, key="clip_id")
+        self.clips, self.cfg = clips, cfg
+
+    def items(self) -> list[dict]:
+        return [{"clip_id": c["clip_id"], "path": c["path"], "frames": c["frames"]} for c in self.clips]
+
+    def steps(self) -> list[Stage]:
+        return [HashStage(self.storage.root, self.cfg.phash_frames, StageResources.from_config(self.cfg.hash))]
+
+    def failed(self, row: dict) -> bool:
+        # a hash made with another phash_frames is no hash of this run (the clip is hashed again)
+        return row.get("error") is not None or row.get("frames") != self.cfg.phash_frames
+
+
 def hash_clips(storage: "object", clips: list[dict], cfg: DedupConfig, local: bool,
                progress: bool) -> tuple[dict[str, bytes], list[str]]:
     """pHashes of `clips` (clip_id -> bytes) and the hashing errors; only clips not cached with the same
     frame count are decoded."""
+    result = execute(PhashTable(storage, clips, cfg), local=local, progress=progress)
     t = tables.read_table(storage, "dedup/phash", PHASH, key="clip_id")
     have = {c: h for c, h, n, e in zip(*(t.column(k).to_pylist() for k in ("clip_id", "phash", "frames", "error")))
             if e is None and n == cfg.phash_frames}
-    todo = [{"clip_id": c["clip_id"], "path": c["path"], "frames": c["frames"]} for c in clips
-            if c["clip_id"] not in have]
-    stage = HashStage(storage.root, cfg.phash_frames, StageResources.from_config(cfg.hash))
-    errors: list[str] = []
-
-    def sink(rows: list[dict]) -> None:
-        tables.write_part(storage, "dedup/phash", rows, PHASH)
-        for r in rows:
-            if r.get("error"):
-                errors.append(f"{r['clip_id']}: {r['error']}")
-            else:
-                have[r["clip_id"]] = r["phash"]
-
-    if local:
-        from curation.stage import run_local
-
-        sink(run_local([stage], todo)) if todo else None
-    else:
-        from curation.runner import run_pipeline
-
-        run_pipeline(todo, [stage], sink, sink_every=max(1, min(256, len(todo) // 10 or 1)), progress=progress)
-    return have, errors
+    return have, result.errors
 
 
 # ------------------------------------------------------------------------------------- partition ---

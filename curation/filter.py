@@ -28,6 +28,7 @@ from curation import tables
 from curation.filters.base import ClipFrames, FrameSpec, Rule, ScorerSet
 from curation.filters.config import FilterConfig
 from curation.stage import Stage, StageResources
+from curation.table_stage import TableStage
 
 # Columns of the scores table before and after the scorers' own columns.
 BASE_FIELDS: list[tuple[str, pa.DataType]] = [
@@ -81,6 +82,7 @@ class DecodeStage(Stage):
     """CPU step: decode one clip once, run the CPU scorers, hand the model step the frames it needs."""
 
     name = "filter.decode"
+    resources_key = "filter.decode"
 
     def __init__(self, root: str, cfg: FilterConfig, scorers: ScorerSet, model_specs: list[FrameSpec],
                  clip_spec: FrameSpec | None = None, resources: StageResources | None = None) -> None:
@@ -123,6 +125,7 @@ class ScoreStage(Stage):
     """Model step (a Ray actor when models are configured): CLIP once per batch, model scorers, decision."""
 
     name = "filter.score"
+    resources_key = "filter.model"
 
     def __init__(self, cfg: FilterConfig, scorers: ScorerSet, clip_spec: FrameSpec | None,
                  resources: StageResources | None = None) -> None:
@@ -228,59 +231,48 @@ def ensure_demo_models(cfg: FilterConfig) -> None:
         make_tiny(base)
 
 
+class FilterTable(TableStage):
+    """The filter stage: every ok clip not yet scored -> one scores-table row (errors are retried)."""
+
+    name = "filter"
+    item_count, done_count = "clips", "scored"
+    statuses = ("kept", "dropped", "errors")
+
+    def __init__(self, storage: "object", fcfg: FilterConfig | None, rescore: bool = False) -> None:
+        # `fcfg` None: only the work items (todo_clips); the steps and schema need the scorers.
+        self.fcfg = fcfg
+        self.built = build_stages(storage.root, fcfg) if fcfg is not None else None
+        schema = scores_schema(self.built[2], {"filter.config": fcfg.model_dump_json()}) if self.built else None
+        super().__init__(storage, "scores", schema, key="clip_id", resume=not rescore)
+
+    @classmethod
+    def from_run(cls, cfg: "object", ctx: "object") -> "FilterTable":
+        ensure_demo_models(cfg.filter)
+        return cls(ctx.storage, cfg.filter, cfg.filter.rescore)
+
+    def items(self) -> list[dict]:
+        clips = tables.read_table(self.storage, "clips", tables.CLIPS).to_pylist()
+        return [{k: r[k] for k, _ in BASE_FIELDS if k in r} for r in clips if r["status"] == "ok"]
+
+    def steps(self) -> list[Stage]:
+        return list(self.built[:2])
+
+    def status(self, row: dict) -> str | None:
+        return "errors" if row.get("error") else ("kept" if row["passed"] else "dropped")
+
+    def error_text(self, row: dict) -> str:
+        return f"{row['clip_id']} ({row.get('path')}): {row['error']}"
+
+
 def todo_clips(storage: "object", rescore: bool) -> tuple[list[dict], int]:
     """Clips with status ok not yet scored (errors are retried); returns (todo, skipped)."""
-    clips = [r for r in tables.read_table(storage, "clips", tables.CLIPS).to_pylist() if r["status"] == "ok"]
-    done: set[str] = set()
-    if not rescore:
-        import pyarrow.parquet as pq
-
-        for part in storage.list("scores", ".parquet"):  # two columns only: never the embeddings
-            t = pq.read_table(storage.fs.open_input_file(storage.path(part)), columns=["clip_id", "error"])
-            for c, e in zip(t.column("clip_id").to_pylist(), t.column("error").to_pylist()):
-                (done.add if not e else done.discard)(c)  # parts in write order: the last row of a clip wins
-    todo = [{k: r[k] for k, _ in BASE_FIELDS if k in r} for r in clips if r["clip_id"] not in done]
-    return todo, len(clips) - len(todo)
+    stage = FilterTable(storage, None, rescore)
+    items = stage.items()
+    todo, _ = stage.todo(items)
+    return todo, len(items) - len(todo)
 
 
-def _cluster_gpus() -> float:
-    import ray
-
-    return float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0.0
-
-
-def run(cfg: "object", ctx: "object") -> dict:
-    """Score every ok clip not yet in the scores table; returns counts."""
-    from curation.runner import run_pipeline
-
-    fcfg: FilterConfig = cfg.filter
-    storage = ctx.storage
-    ensure_demo_models(fcfg)
-    dec, sco, scorers = build_stages(storage.root, fcfg)
-    if sco.resources.num_gpus and not _cluster_gpus():
-        # CPU fallback: an actor asking for a GPU on a cluster without one would wait forever.
-        print(f"[filter] WARNING: filter.model.num_gpus={sco.resources.num_gpus} but the Ray cluster has no GPU: "
-              "the model step runs on CPU", file=sys.stderr, flush=True)
-        sco.resources.num_gpus = 0
-    schema = scores_schema(scorers, {"filter.config": fcfg.model_dump_json()})
-    todo, skipped = todo_clips(storage, fcfg.rescore)
-    counts = {"clips": len(todo) + skipped, "skipped": skipped, "scored": 0, "kept": 0, "dropped": 0, "errors": 0}
-    errors: list[str] = []
-
-    def sink(rows: list[dict]) -> None:
-        tables.write_part(storage, "scores", rows, schema)
-        counts["scored"] += len(rows)
-        for r in rows:
-            if r.get("error"):
-                counts["errors"] += 1
-                errors.append(f"{r['clip_id']} ({r.get('path')}): {r['error']}")
-            else:
-                counts["kept" if r["passed"] else "dropped"] += 1
-
-    run_pipeline(todo, [dec, sco], sink, sink_every=max(1, min(256, len(todo) // 10 or 1)),
-                 progress=cfg.ray.progress)
-    ctx.stages.setdefault("filter", {})["errors"] = errors
-    return counts
+run = FilterTable.run  # Section entry (curation.config)
 
 
 # ------------------------------------------------------------------------------------------ rules only

@@ -1,6 +1,7 @@
 """Running stages: the run context, the run manifest and running stages in order.
 
-Each stage module exposes `run(cfg, ctx) -> dict` (counts). Which stages exist, and in what order, is
+A stage is a curation.table_stage.TableStage class (the framework resumes, sinks, counts and records
+errors), or a function `run(cfg, ctx) -> dict` (counts) for whole-table work. Which stages exist, and in what order, is
 the config's: `type(cfg).SECTIONS` (curation.config.Section), so this module names none of them.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from importlib import metadata
 
 from curation.config import BaseConfig
 from curation.storage import Storage
+from curation.table_stage import TableStage
 from curation.uris import redact, scrub_obj
 
 _VERSIONED = ["torch", "ray", "av", "scenedetect-headless", "opencv-python-headless", "pyarrow", "transformers",
@@ -58,12 +60,14 @@ def stage_names(cfg: BaseConfig | type[BaseConfig]) -> list[str]:
 
 
 def resolve(cfg: BaseConfig, stage: str):
-    """The run function of `stage`, imported from its section's "module:function"."""
+    """The run function of `stage`, imported from its section's "module:name": a function run(cfg, ctx),
+    or a curation.table_stage.TableStage class (run by the framework: TableStage.run)."""
     targets = {s.key: s.stage for s in cfg.SECTIONS if s.stage}
     if stage not in targets:
         raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(targets)}")
-    mod, fn = targets[stage].split(":")
-    return getattr(importlib.import_module(mod), fn)
+    mod, name = targets[stage].split(":")
+    target = getattr(importlib.import_module(mod), name)
+    return target.run if isinstance(target, type) and issubclass(target, TableStage) else target
 
 
 def run_stages(cfg: BaseConfig, stages: list[str], ctx: RunContext | None = None,

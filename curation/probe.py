@@ -9,7 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 from curation import tables
-from curation.stage import Stage
+from curation.stage import Stage, StageResources
+from curation.storage import Storage
+from curation.table_stage import TableStage
+from curation.uris import redact
 from curation.video import (VideoError, first_video_stream, frame_rotation, open_container, stream_rotation,
                             stream_sar, video_id_for)
 
@@ -111,28 +114,35 @@ class ProbeStage(Stage):
         return [{**blank, "video_id": video_id_for(src), "source": src, "bytes": size, "error": message}]
 
 
-def run(cfg: "object", ctx: "object") -> dict:
-    """Probe every input not yet in the videos table (rows with errors are retried)."""
-    from curation.runner import run_pipeline
-    from curation.stage import StageResources
-    from curation.storage import expand_inputs
-    from curation.uris import redact
+class ProbeTable(TableStage):
+    """The probe stage: one videos-table row per input (errors are retried by the next run)."""
 
-    storage = ctx.storage
-    sources = expand_inputs(cfg.inputs)
-    # The table holds redacted sources (curation.uris); the workers get the full URI to open.
-    done = {r["source"] for r in tables.read_table(storage, "videos", tables.VIDEOS).to_pylist() if not r["error"]}
-    todo = [{"source": s} for s in sources if redact(s) not in done]
-    stage = ProbeStage(cfg.probe.count_frames, StageResources.from_config(cfg.probe.resources))
-    counts = {"inputs": len(sources), "skipped": len(sources) - len(todo), "probed": 0, "errors": 0}
+    name = "probe"
+    item_count, done_count = "inputs", "probed"
 
-    def sink(rows: list[dict]) -> None:
-        tables.write_part(storage, "videos", rows, tables.VIDEOS)
-        counts["probed"] += len(rows)
-        counts["errors"] += sum(1 for r in rows if r.get("error"))
+    def __init__(self, storage: Storage, inputs: list[str], count_frames: bool = True,
+                 resources: StageResources | None = None) -> None:
+        # Rows hold redacted sources (curation.uris): an input is done when its redacted URI has a clean row.
+        super().__init__(storage, "videos", tables.VIDEOS, key="video_id", resume_key="source")
+        self.inputs, self.count_frames, self.resources = inputs, count_frames, resources
 
-    run_pipeline(todo, [stage], sink, sink_every=max(1, min(64, len(todo) // 10 or 1)), progress=cfg.ray.progress)
-    errs = [f"{r['source']}: {r['error']}" for r in tables.read_table(storage, "videos", tables.VIDEOS).to_pylist()
-            if r["error"]]
-    ctx.stages.setdefault("probe", {})["errors"] = errs
-    return counts
+    @classmethod
+    def from_run(cls, cfg: "object", ctx: "object") -> "ProbeTable":
+        return cls(ctx.storage, cfg.inputs, cfg.probe.count_frames, StageResources.from_config(cfg.probe.resources))
+
+    def items(self) -> list[dict]:
+        from curation.storage import expand_inputs
+
+        return [{"source": s} for s in expand_inputs(self.inputs)]  # workers get the full URI to open
+
+    def item_key(self, item: dict) -> str:
+        return redact(item["source"])
+
+    def steps(self) -> list[Stage]:
+        return [ProbeStage(self.count_frames, self.resources)]
+
+    def sink_every(self, todo: int) -> int:
+        return max(1, min(64, todo // 10 or 1))
+
+
+run = ProbeTable.run  # Section entry (curation.config)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import collections
 import os
 import queue
-import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from scenedetect.common import FrameTimecode, Timecode
 from curation import tables
 from curation.stage import Stage, StageResources
 from curation.storage import Storage
+from curation.table_stage import TableStage
 from curation.video import Geometry, VideoError, first_video_stream, frame_rotation, open_container, \
     stream_rotation, stream_sar
 
@@ -208,6 +208,8 @@ class SplitStage(Stage):
     """videos-table rows -> clips-table rows (one per clip, kept or dropped, or one error row)."""
 
     name = "split"
+
+    resources_key = "split.resources"
 
     def __init__(self, params: SplitParams, root: str, resources: StageResources | None = None) -> None:
         super().__init__(resources)
@@ -465,50 +467,48 @@ def _finish(sp: _Splitter, row: dict, p: SplitParams, storage: Storage) -> list[
     return rows
 
 
-def split_state(storage: Storage) -> tuple[set[str], dict[str, str]]:
-    """(videos split, {video_id: error} of videos whose last split failed).
+class SplitTable(TableStage):
+    """The split stage: probed videos -> clips-table rows (resume per video; failed videos are tried again)."""
 
-    A video is done once it has a clip row that is not an error; error rows of a video that later
-    split cleanly are history, not errors. Videos whose split failed are retried on the next run."""
-    done: set[str] = set()
-    errors: dict[str, str] = {}
-    for r in tables.read_table(storage, "clips", tables.CLIPS).select(["video_id", "source", "status", "reason"]).to_pylist():
-        if r["status"] == "error":
-            errors[r["video_id"]] = f"{r['source']}: {r['reason']}"
-        else:
-            done.add(r["video_id"])
-    return done, {v: e for v, e in errors.items() if v not in done}
+    name = "split"
+    item_count, done_count, count_retried = "videos", "split", True
+    statuses = ("clips", "dropped", "errors")
+    error_columns = ("status",)
+    _STATUS = {"ok": "clips", "dropped": "dropped", "error": "errors"}
 
+    def __init__(self, storage: Storage, params: SplitParams, inputs: list[str],
+                 resources: StageResources | None = None) -> None:
+        # A video is done once it has a clip row that is not an error (its error rows are history then).
+        super().__init__(storage, "clips", tables.CLIPS, key="clip_id", resume_key="video_id")
+        self.params, self.inputs, self.resources = params, inputs, resources
 
-def run(cfg: "object", ctx: "object") -> dict:
-    """Split every probed video not yet split (resume per video; failed videos are tried again)."""
-    from curation.runner import run_pipeline
+    @classmethod
+    def from_run(cls, cfg: "object", ctx: "object") -> "SplitTable":
+        return cls(ctx.storage, SplitParams.from_config(cfg.split), cfg.inputs,
+                   StageResources.from_config(cfg.split.resources))
 
-    storage = ctx.storage
-    videos = [r for r in tables.read_table(storage, "videos", tables.VIDEOS).to_pylist() if not r["error"]]
-    done, failed = split_state(storage)
-    full = _openable(cfg.inputs)  # redacted source (as stored) -> the URI with its credentials, to open
-    todo = [{"video_id": v["video_id"], "source": full.get(v["source"], v["source"]), "fps": v["fps"]}
-            for v in videos if v["video_id"] not in done]
-    stage = SplitStage(SplitParams.from_config(cfg.split), storage.root,
-                       StageResources.from_config(cfg.split.resources))
-    if stage.resources.num_gpus and not _cluster_gpus():
-        # An actor asking for a GPU on a cluster without one would wait forever: run on CPU, and say so.
-        print(f"[split] WARNING: split.resources.num_gpus={stage.resources.num_gpus} but the Ray cluster has no "
-              "GPU: TransNetV2 runs on CPU", file=sys.stderr, flush=True)
-        stage.resources.num_gpus = 0
-    counts = {"videos": len(videos), "skipped": len(videos) - len(todo), "retried": len(failed), "split": 0,
-              "clips": 0, "dropped": 0, "errors": 0}
+    def items(self) -> list[dict]:
+        videos = [r for r in tables.read_table(self.storage, "videos", tables.VIDEOS).to_pylist() if not r["error"]]
+        full = _openable(self.inputs)  # redacted source (as stored) -> the URI with its credentials, to open
+        return [{"video_id": v["video_id"], "source": full.get(v["source"], v["source"]), "fps": v["fps"]}
+                for v in videos]
 
-    def sink(rows: list[dict]) -> None:
-        tables.write_part(storage, "clips", rows, tables.CLIPS)
-        counts["split"] += len({r["video_id"] for r in rows})
-        for r in rows:
-            counts[{"ok": "clips", "dropped": "dropped", "error": "errors"}[r["status"]]] += 1
+    def steps(self) -> list[Stage]:
+        return [SplitStage(self.params, self.storage.root, self.resources)]
 
-    run_pipeline(todo, [stage], sink, sink_every=1, progress=cfg.ray.progress)
-    ctx.stages.setdefault("split", {})["errors"] = sorted(split_state(storage)[1].values())
-    return counts
+    def failed(self, row: dict) -> bool:
+        return row.get("status") == "error"
+
+    def status(self, row: dict) -> str | None:
+        return self._STATUS[row["status"]]
+
+    def error_text(self, row: dict) -> str:
+        return f"{row['source']}: {row['reason']}"
+
+    def sink_every(self, todo: int) -> int:
+        return 1  # one video's clips per part: a killed run resumes at the next video
+
+run = SplitTable.run  # Section entry (curation.config)
 
 
 def _openable(inputs: list[str]) -> dict[str, str]:
@@ -517,12 +517,6 @@ def _openable(inputs: list[str]) -> dict[str, str]:
     from curation.uris import redact
 
     return {redact(u): u for u in expand_inputs(inputs) if "://" in u}
-
-
-def _cluster_gpus() -> float:
-    import ray
-
-    return float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0.0
 
 
 def _detect_frame(fr: "av.VideoFrame", dsize: tuple[int, int]):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import traceback
 from dataclasses import dataclass
 
+from curation.schema import check_pool  # noqa: F401 (re-exported: its old home)
+
 
 @dataclass
 class StageResources:
@@ -28,20 +30,14 @@ class StageResources:
                    min_workers=getattr(r, "min_workers", None), max_workers=getattr(r, "max_workers", None))
 
 
-def check_pool(workers: int | None, lo: int | None, hi: int | None) -> None:
-    """The pool keys of a resources section agree (raised as a config error naming the section)."""
-    if workers is not None and (lo is not None or hi is not None):
-        raise ValueError("set either workers (a fixed pool) or min_workers/max_workers (autoscaling), not both")
-    if lo is not None and hi is not None and hi < lo:
-        raise ValueError(f"max_workers ({hi}) must be >= min_workers ({lo})")
-
-
 class Stage:
     """Base class of a stage. Subclasses set `name`, override `process_row` or `__call__`."""
 
     name: str = "stage"
     #: A stateful stage (models loaded in setup) runs as a pool of Ray actors; a stateless one as tasks.
     stateful: bool = False
+    #: The config key of its resources, for messages (e.g. "filter.model"); None: "<stage>.resources".
+    resources_key: str | None = None
 
     def __init__(self, resources: StageResources | None = None) -> None:
         self.resources = resources or StageResources()

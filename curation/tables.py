@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import uuid
-from typing import Iterable
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -57,10 +55,6 @@ CLIPS = pa.schema([
 
 # Tables keyed by these columns; a captions run is keyed by clip_id too.
 KEYS = {"videos": "video_id", "clips": "clip_id", "scores": "clip_id"}
-
-# Marker table: a video whose split finished (with or without clips) gets a row, so resume skips it.
-SPLIT_DONE = pa.schema([("video_id", pa.string()), ("clips", pa.int64()), ("error", pa.string())])
-
 
 def write_part(storage: Storage, table: str, rows: list[dict] | pa.Table,
                schema: pa.Schema | None = None) -> str | None:
@@ -141,6 +135,26 @@ def read_table(storage: Storage, table: str, schema: pa.Schema | None = None,
     return t
 
 
+def read_columns(storage: Storage, table: str, columns: list[str], key: str | None = None) -> pa.Table:
+    """Only `columns` of every part of `table` (a part lacking one has nulls), last row per `key`.
+
+    Resume reads a few small columns: never the embeddings or frame lists of a wide table."""
+    parts = storage.list(table, ".parquet")
+    ts = []
+    for p in parts:
+        f = pq.ParquetFile(storage.fs.open_input_file(storage.path(p)))
+        have = f.schema_arrow.names
+        t = f.read(columns=[c for c in columns if c in have])
+        for c in columns:
+            if c not in t.column_names:
+                t = t.append_column(c, pa.nulls(t.num_rows, pa.string()))
+        ts.append(t.select(columns))
+    if not ts:
+        return pa.table({c: pa.array([], pa.string()) for c in columns})
+    t = pa.concat_tables(ts, promote_options="permissive")
+    return dedupe_last(t, key) if key and t.num_rows else t
+
+
 def dedupe_last(t: pa.Table, key: str) -> pa.Table:
     """Keep the last row of each key (later parts win)."""
     keys = t.column(key).to_pylist()
@@ -148,12 +162,3 @@ def dedupe_last(t: pa.Table, key: str) -> pa.Table:
     if len(last) == len(keys):
         return t
     return t.take(sorted(last.values()))
-
-
-def ids_in(storage: Storage, table: str, column: str, where: Iterable[tuple[str, object]] = ()) -> set[str]:
-    """Set of `column` values present in `table` (optionally where every (col, value) matches)."""
-    t = read_table(storage, table)
-    if t.num_rows == 0 or column not in t.column_names:
-        return set()
-    rows = t.to_pylist()
-    return {r[column] for r in rows if all(r.get(c) == v for c, v in where)}

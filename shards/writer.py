@@ -38,7 +38,9 @@ import pyarrow.parquet as pq
 
 from curation import tables
 from curation.stage import Stage, StageResources
+from curation.kept import duplicates as kept_duplicates, kept_view
 from curation.storage import Storage
+from curation.table_stage import TableStage, execute
 from shards.config import WriterConfig
 from curation.uris import redact
 
@@ -97,53 +99,29 @@ def read_captions(storage: Storage, run: str) -> dict[str, dict]:
 
 
 def select(storage: Storage, wc: WriterConfig) -> Selection:
-    """Join clips, scores and captions; return the kept samples in their fixed-seed shuffled order."""
-    clips = tables.read_table(storage, "clips", tables.CLIPS).to_pylist()
-    if not clips:
+    """Join the kept clips (curation.kept) and captions; return the kept samples in their fixed-seed
+    shuffled order."""
+    view = kept_view(storage)
+    if not view.clips:
         raise ValueError(f"{storage.root}: the clips table is empty or missing (run the split stage first)")
-    scores_t = tables.read_table(storage, "scores")
-    if scores_t.num_rows == 0 and wc.require_scores:
+    if not view.scores and wc.require_scores:
         raise ValueError(f"{redact(storage.uri('scores'))}: no scores table (run the filter stage first, or set "
                          "shard.writer.require_scores: false to treat every ok clip as passed)")
-    scores = {r["clip_id"]: r for r in scores_t.to_pylist()}
     run = wc.captions_run or latest_captions_run(storage)
     if run is None:
         raise ValueError(f"{redact(storage.uri('captions'))}: no captions run found (run the caption stage first)")
     if not storage.list(f"captions/{run}", ".parquet"):
         raise ValueError(f"{redact(storage.uri('captions/' + run))}: captions run {run!r} has no parts")
     caps = read_captions(storage, run)
-    dups = duplicates(storage, {c for c, r in scores.items() if r.get("passed")})
-    sel = Selection([], Counter(), len(clips), run, bool(scores))
-    for c in clips:
+    sel = Selection([], Counter(), len(view.clips), run, bool(view.scores))
+    for c in view.clips:
         cid = c["clip_id"]
-        if c["status"] != "ok" or not c["path"]:
-            sel.dropped[f"clip {c['status']}"] += 1
+        why = view.reason(c) or _caption_problem(caps.get(cid), wc)
+        if why:
+            sel.dropped[why] += 1
             continue
-        s = scores.get(cid)
-        if scores and s is None:
-            sel.dropped["no scores row"] += 1
-            continue
-        if s is not None and not s.get("passed"):
-            sel.dropped["filtered out"] += 1
-            continue
-        if cid in dups:
-            sel.dropped["duplicate"] += 1
-            continue
-        cap = caps.get(cid)
-        if cap is None:
-            sel.dropped["not captioned"] += 1
-            continue
-        if cap.get("error") is not None or not (cap.get("text") or "").strip():
-            sel.dropped["caption failed"] += 1
-            continue
-        if set(cap.get("flags") or []) & set(wc.drop_caption_flags):
-            sel.dropped["caption flagged"] += 1
-            continue
-        failed = [n for n in wc.drop_caption_checks if cap.get(f"check_{n}_yes")]
-        if failed:
-            sel.dropped[f"caption check {failed[0]}"] += 1
-            continue
-        score = {k: v for k, v in (s or {}).items() if k != "clip_id"}
+        cap = caps[cid]
+        score = {k: v for k, v in view.scores.get(cid, {}).items() if k != "clip_id"}
         meta = {"key": cid, "clip": c, "scores": score, "caption": {**cap, "run": run}}
         sel.samples.append({"key": cid, "path": c["path"], "bytes": int(c["bytes"] or 0),
                             "caption": cap["text"].strip(), "meta": meta})
@@ -152,13 +130,23 @@ def select(storage: Storage, wc: WriterConfig) -> Selection:
     return sel
 
 
-def duplicates(storage: Storage, passed: set[str]) -> set[str]:
-    """Clips the dedup table marks as duplicates (kept: false) of a clip that still passes the filter."""
-    from curation.dedup import read_dedup
+def _caption_problem(cap: dict | None, wc: WriterConfig) -> str | None:
+    """Why a kept clip's caption keeps it out of the shards (None: it goes in)."""
+    if cap is None:
+        return "not captioned"
+    if cap.get("error") is not None or not (cap.get("text") or "").strip():
+        return "caption failed"
+    if set(cap.get("flags") or []) & set(wc.drop_caption_flags):
+        return "caption flagged"
+    failed = [n for n in wc.drop_caption_checks if cap.get(f"check_{n}_yes")]
+    if failed:
+        return f"caption check {failed[0]}"
+    return None
 
-    t = read_dedup(storage)
-    return {c for c, k, d in zip(*(t.column(n).to_pylist() for n in ("clip_id", "kept", "duplicate_of")))
-            if k is False and d in passed}
+
+def duplicates(storage: Storage, passed: set[str]) -> set[str]:
+    """Clips the dedup table marks as duplicates of a clip that still passes (curation.kept.duplicates)."""
+    return kept_duplicates(storage, passed)
 
 
 def pack(samples: list[dict], wc: WriterConfig) -> list[list[dict]]:
@@ -292,6 +280,68 @@ def _typed(rows: list[dict]) -> list[dict]:
     return out
 
 
+class ShardTable(TableStage):
+    """The shard stage: the planned shards of `wc.name` -> tars and their index sidecars.
+
+    Its "table" is the sidecars (`<folder>/index/<shard>.parquet`, one row per sample): a shard is done
+    when its tar exists and its sidecar lists the plan's keys with the plan's digest and no error."""
+
+    name = "shard"
+    item_count = "shards"
+    statuses = ()
+
+    def __init__(self, storage: Storage, wc: WriterConfig) -> None:
+        super().__init__(storage, f"shards/{wc.name}/index", INDEX, key="key", resume_key="shard")
+        self.wc, self.folder = wc, f"shards/{wc.name}"
+        self.sel = select(storage, wc)
+        self.plan = pack(self.sel.samples, wc)
+        self.names = [shard_name(i) for i in range(len(self.plan))]
+        self.expected = {n: len(p) for n, p in zip(self.names, self.plan)}
+        self.got: dict[str, list[dict]] = {}  # shard -> index rows arrived so far (a shard's rows may come split)
+
+    def items(self) -> list[dict]:
+        return [{"shard": n, "samples": json.dumps(p, default=str), "digest": digest(p)}
+                for n, p in zip(self.names, self.plan)]
+
+    def todo(self, items: list[dict]) -> tuple[list[dict], int]:
+        _remove_tmp(self.storage, self.folder)  # leftovers of a killed run
+        return [i for i, p in zip(items, self.plan)
+                if not _is_done(self.storage, self.folder, i["shard"], p, i["digest"])], 0
+
+    def steps(self) -> list[Stage]:
+        return [ShardWriteStage(self.storage, self.folder, StageResources.from_config(self.wc.resources))]
+
+    def failed(self, row: dict) -> bool:
+        return row.get("key") is None  # the task failed before writing the shard
+
+    def error_text(self, row: dict) -> str:
+        return f"{row['shard']}: {row['error']}"
+
+    def sink_every(self, todo: int) -> int:
+        return 1
+
+    def prepare(self, rows: list[dict]) -> list[dict]:
+        return _typed(rows)
+
+    def write(self, rows: list[dict]) -> None:
+        """A shard's sidecar, once all its rows arrived (or its task failed: no tar of an older plan stays)."""
+        for r in rows:
+            self.got.setdefault(r["shard"], []).append(r)
+        for n in [n for n, rs in self.got.items() if len(rs) >= self.expected[n] or any(r["key"] is None for r in rs)]:
+            if any(r["key"] is None for r in self.got[n]):
+                self.storage.delete(f"{self.folder}/{n}")
+            buf = io.BytesIO()
+            pq.write_table(pa.Table.from_pylist(self.got.pop(n), schema=INDEX), buf, compression="zstd")
+            self.storage.write_bytes(_sidecar(self.folder, n), buf.getvalue())
+
+    def finish(self, counts: dict, local: bool) -> dict:
+        removed = _remove_stale(self.storage, self.folder, set(self.names))
+        stats = _finish(self.storage, self.folder, self.names, self.sel, self.wc)
+        stats.update({"shards_written": counts["shards"] - counts["skipped"], "shards_skipped": counts["skipped"],
+                      "shards_removed": removed})
+        return stats
+
+
 def write_shards(storage: Storage, wc: WriterConfig, run_id: str, local: bool = False,
                  progress: bool = True) -> dict:
     """Join, plan and write the shard set `wc.name`; returns the run's stats (also saved as JSON).
@@ -300,40 +350,9 @@ def write_shards(storage: Storage, wc: WriterConfig, run_id: str, local: bool = 
     shard on the current Ray (curation.runner.run_pipeline).
     """
     t0 = time.time()
-    folder = f"shards/{wc.name}"
-    sel = select(storage, wc)
-    plan = pack(sel.samples, wc)
-    names = [shard_name(i) for i in range(len(plan))]
-    digests = [digest(p) for p in plan]
-    _remove_tmp(storage, folder)  # leftovers of a killed run
-    todo = [{"shard": n, "samples": json.dumps(p, default=str), "digest": d}
-            for n, p, d in zip(names, plan, digests) if not _is_done(storage, folder, n, p, d)]
-    expected = {n: len(p) for n, p in zip(names, plan)}
-    got: dict[str, list[dict]] = {}
-
-    def sink(rows: list[dict]) -> None:
-        for r in _typed(rows):
-            got.setdefault(r["shard"], []).append(r)
-        for n in [n for n, rs in got.items() if len(rs) >= expected[n] or any(r["key"] is None for r in rs)]:
-            if any(r["key"] is None for r in got[n]):  # the task failed: no tar of an older plan may stay
-                storage.delete(f"{folder}/{n}")
-            buf = io.BytesIO()
-            pq.write_table(pa.Table.from_pylist(got.pop(n), schema=INDEX), buf, compression="zstd")
-            storage.write_bytes(_sidecar(folder, n), buf.getvalue())
-
-    stage = ShardWriteStage(storage, folder, StageResources.from_config(wc.resources))
-    if local:
-        for item in todo:
-            sink(stage([item]))
-    else:
-        from curation.runner import run_pipeline
-
-        run_pipeline(todo, [stage], sink, sink_every=1, progress=progress)
-    removed = _remove_stale(storage, folder, set(names))
-    stats = _finish(storage, folder, names, sel, wc)
-    stats.update({"run_id": run_id, "shards_written": len(todo), "shards_skipped": len(plan) - len(todo),
-                  "shards_removed": removed, "seconds": round(time.time() - t0, 3)})
-    storage.write_bytes(f"{folder}/stats/{run_id}.json", json.dumps(stats, indent=2, default=str).encode())
+    stats = execute(ShardTable(storage, wc), local=local, progress=progress).counts
+    stats.update({"run_id": run_id, "seconds": round(time.time() - t0, 3)})
+    storage.write_bytes(f"shards/{wc.name}/stats/{run_id}.json", json.dumps(stats, indent=2, default=str).encode())
     return stats
 
 

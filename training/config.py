@@ -8,16 +8,13 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from curation.schema import Strict
 from shards.config import Bucket
 
 
 TINY_RANDOM = "tiny-random"  # the value of a model key that asks for a tiny random model (demo and tests only)
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class DataConfig(Strict):

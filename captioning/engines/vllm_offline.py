@@ -43,6 +43,8 @@ def engine_kwargs(model: str, v: "object") -> dict:
         kw["max_model_len"] = v.max_model_len
     if v.max_num_seqs:
         kw["max_num_seqs"] = v.max_num_seqs
+    if v.load_format != "auto":
+        kw["load_format"] = v.load_format
     return kw
 
 

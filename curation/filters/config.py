@@ -10,35 +10,10 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo,
+from pydantic import (Field, SerializeAsAny, ValidationError, ValidationInfo,
                       field_validator, model_validator)
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class Resources(_Strict):
-    """How a stage or one of its steps runs on Ray: its worker pool and what each worker holds. The one
-    model of every stage's `resources` (curation, captioning); it lives here because curation/config.py
-    imports this module."""
-
-    num_cpus: float = Field(1.0, gt=0)  # CPUs reserved per worker (task or actor)
-    num_gpus: float = Field(0.0, ge=0)  # GPUs per worker; fractional shares allowed (0 = CPU only)
-    workers: int | None = Field(None, ge=1)  # concurrency; None = as many as CPUs allow (actors: 1)
-    batch_size: int = Field(1, ge=1)  # clips handed to one call
-    # Autoscaling pool (instead of a fixed `workers`): Ray Data starts min_workers actors and adds more,
-    # up to max_workers (null = what the cluster holds), while the stage's input queue grows; tasks run
-    # at most max_workers at once. The run manifest's accounting shows how many each stage used.
-    min_workers: int | None = Field(None, ge=1)
-    max_workers: int | None = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _pool(self):
-        from curation.stage import check_pool
-
-        check_pool(self.workers, self.min_workers, self.max_workers)
-        return self
+from curation.schema import Resources, Strict as _Strict  # noqa: F401 (Resources: re-exported, its old home)
 
 
 class Threshold(_Strict):

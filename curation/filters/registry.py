@@ -18,16 +18,22 @@ REGISTRY: dict[str, str] = {
 }
 
 
+# The base class every scorer derives from, named rather than imported: base.py imports this module.
+SCORER = "curation.filters.base.Scorer"
+
+
+def _name(c: type) -> str:
+    return f"{c.__module__}.{c.__qualname__}"
+
+
 def scorer_class(type_name: str) -> type:
     """The Scorer class of a registry name or `package.module:Class` path (modules import no torch at top)."""
-    from curation.filters.base import Scorer
-
     path = REGISTRY.get(type_name, type_name)
     if ":" not in path:
         raise ValueError(f"unknown scorer type {type_name!r}; built-ins: {', '.join(REGISTRY)}, "
                          "or give an import path package.module:Class")
     mod, attr = path.split(":", 1)
     klass = getattr(importlib.import_module(mod), attr)
-    if not (isinstance(klass, type) and issubclass(klass, Scorer)):
+    if not (isinstance(klass, type) and any(_name(c) == SCORER for c in klass.__mro__)):
         raise ValueError(f"{path} is not a curation.filters.base.Scorer subclass")
     return klass

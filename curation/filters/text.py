@@ -8,7 +8,7 @@ union of those boxes covers (boxes rasterised onto a mask, so overlaps count onc
 (truncated to `max_chars`); it is off by default because it costs more than the detection.
 
 Default threshold (`area_mean` max 0.06) from the measurement in tests/curation/test_text_nsfw.py and
-docs/architecture.md: subtitles and corner logos cover 0.5-3% of a frame, slides and title cards
+docs/measurements.md: subtitles and corner logos cover 0.5-3% of a frame, slides and title cards
 10-40%, natural footage ~0.
 """
 from __future__ import annotations

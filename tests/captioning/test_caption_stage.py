@@ -129,3 +129,39 @@ def test_recaption_real_broken_shard(tiny_vlm, testdata, tmp_path):
     rows = {r["clip_id"]: r for r in read_captions(Storage(str(tmp_path / "root")), "default").to_pylist()}
     assert {k for k, r in rows.items() if r["error"]} == {"000000014", "000000025", "000000356"}
     assert c["shards"] == {"written": 1, "skipped": 0, "incomplete": 0, "missing": 0, "unreadable": 3}
+
+
+def test_duplicates_are_never_captioned(tiny_vlm, clip_root, monkeypatch):
+    """A clip the real dedup stage finds to be a copy of another is left out of the caption work: one
+    VLM request saved per duplicate (counted at the engine), and the shards' kept set agrees."""
+    import shutil
+
+    import pyarrow as pa
+
+    from captioning.engines.transformers_local import TransformersEngine
+    from curation.dedup import DedupConfig, dedup
+    from curation.kept import kept_clips
+    from curation.tables import write_part
+
+    root, ids = clip_root
+    st = Storage(root)
+    shutil.copyfile(st.path(f"clips/vid0/{ids[0]}.mp4"), st.path(f"clips/vid0/{ids[1]}.mp4"))  # a real copy
+    write_part(st, "scores", [{"clip_id": c, "passed": k < 3, "error": None} for k, c in enumerate(ids)],
+               pa.schema([("clip_id", pa.string()), ("passed", pa.bool_()), ("error", pa.string())]))
+    counts = dedup(st, DedupConfig(signals=["phash"], keep_by=None), local=True, progress=False)
+    assert counts["duplicates"] == 1
+    assert [c["clip_id"] for c in kept_clips(st)] == [ids[0], ids[2]]  # ids[1] (same id order: the later one)
+
+    asked: list[str] = []
+    real = TransformersEngine.generate
+
+    def counting(self, requests, prompt, params):  # the real engine, its requests counted
+        asked.extend(r.clip_id for r in requests)
+        return real(self, requests, prompt, params)
+
+    monkeypatch.setattr(TransformersEngine, "generate", counting)
+    cfg = tiny_cfg(tiny_vlm, retry_bad=0)
+    c = caption_items(st, cfg, clip_items(st, cfg), local=True)
+    assert c["clips"] == 2 and c["captioned"] + c["flagged"] == 2
+    assert sorted(set(asked)) == [ids[0], ids[2]] and len(asked) == 2  # 3 kept by the filter: 1 VLM call saved
+    assert sorted(read_captions(st, "default").column("clip_id").to_pylist()) == [ids[0], ids[2]]

@@ -177,7 +177,7 @@ def test_nsfw_equals_nudenet_on_real_frames(testdata):
         if "pancake" in path:  # a person in ordinary clothes: below the default max 0.5 (0.21 here)
             assert ours[:, [LABELS.index(c) for c in sc.cfg.classes]].max() < 0.5
     # Faces and feet are detected, so the comparison saw real detections. (Big Buck Bunny's cartoon
-    # rabbit scores up to 0.76 on an exposed class: a false positive of the model, see docs/architecture.md.)
+    # rabbit scores up to 0.76 on an exposed class: a false positive of the model, see docs/measurements.md.)
     assert {"FACE_FEMALE", "FEET_EXPOSED"} <= found
 
 

@@ -238,7 +238,7 @@ class TransformerTask(Task):
     @torch.no_grad()
     def validate(self, step: int, folder: str) -> list[str]:
         """DDIM samples of the validation prompts with the current weights; rank 0 writes the mp4s."""
-        from training.sample import generate, write_mp4
+        from training.generate import generate, write_mp4
 
         s, d = self.cfg.sample, self.cfg.data
         video = generate(self.models["transformer"], self.vae, self.text, self.schedule, s.prompts,

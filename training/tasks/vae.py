@@ -173,7 +173,7 @@ class VAETask(Task):
     def validate(self, step: int, folder: str) -> list[str]:
         """Reconstruct held-out synthetic clips; rank 0 writes input|reconstruction mp4s and reports PSNR."""
         from training.data import synthetic_clip
-        from training.sample import write_mp4
+        from training.generate import write_mp4
 
         d = self.cfg.data
         clips = [synthetic_clip(i, d.synthetic_seed + 10_000, d.frames, d.height, d.width)[0] for i in range(2)]

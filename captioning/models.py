@@ -1,0 +1,46 @@
+"""The caption models a run uses: local folders made absolute (Ray workers do not share the driver's
+working dir), and the tiny random demo models built on first use (`demo_model`)."""
+from __future__ import annotations
+
+import os
+import sys
+
+from captioning.config import CaptionConfig
+
+
+def prepare_text_model(t: "object") -> "object":
+    """prepare_model for a TextLMConfig (summary, enhance): absolute folder; a `packaged:` model's converted
+    folder; the tiny text LM with demo_model."""
+    if t.engine == "openai":
+        return t
+    if t.model.startswith("packaged:"):  # a model an installed package ships (SmolLM2): its converted folder
+        from captioning.smollm2 import resolve_packaged
+
+        return t.model_copy(update={"model": resolve_packaged(t.model)})
+    if t.demo_model and not os.path.exists(os.path.join(t.model, "config.json")):
+        from captioning.tiny_lm import build_tiny_text_lm
+
+        print(f"[caption] building the tiny random demo text LM at {t.model}", file=sys.stderr)
+        build_tiny_text_lm(t.model)
+    if os.path.isdir(t.model):
+        return t.model_copy(update={"model": os.path.abspath(t.model)})
+    return t
+
+
+def prepare_model(cfg: CaptionConfig) -> CaptionConfig:
+    """A local model folder as an absolute path (Ray workers do not share the driver's working dir);
+    with `demo_model`, the tiny random Qwen2.5-VL is built there first when the folder is missing."""
+    if cfg.mode == "frames_then_summary":
+        cfg = cfg.model_copy(update={"summary": prepare_text_model(cfg.summary)})
+    if cfg.enhance.enabled:
+        cfg = cfg.model_copy(update={"enhance": prepare_text_model(cfg.enhance)})
+    if cfg.engine == "openai":
+        return cfg
+    if cfg.demo_model and not os.path.exists(os.path.join(cfg.model, "config.json")):
+        from captioning.tiny_vlm import build_tiny_qwen25_vl
+
+        print(f"[caption] building the tiny random demo model at {cfg.model}", file=sys.stderr)
+        build_tiny_qwen25_vl(cfg.model)
+    if os.path.isdir(cfg.model):
+        return cfg.model_copy(update={"model": os.path.abspath(cfg.model)})
+    return cfg
