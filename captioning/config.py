@@ -27,6 +27,9 @@ class OpenAIEngineConfig(_Strict):
     max_retries: int = Field(3, ge=0)  # re-sends after a connection error, timeout, 429 or 5xx
     backoff_s: float = Field(1.0, ge=0)  # first retry delay; doubles each retry (with jitter)
     video_as: Literal["frames", "video_url"] = "frames"  # sampled JPEG frames as images, or the clip mp4 as a video_url
+    # How a JSON schema (caption.fields) is sent: OpenAI's standard response_format, or vLLM's own
+    # structured_outputs with compact JSON (no free whitespace: a weak model cannot stall in blank space)
+    structured: Literal["response_format", "vllm"] = "response_format"
 
 
 class VLLMEngineConfig(_Strict):
@@ -118,6 +121,8 @@ class FieldsConfig(_Strict):
     enabled: bool = False  # ask for the fields after the caption, in the same engine batch
     names: dict[str, str] = Field(default_factory=lambda: dict(MIRADATA_FIELDS))  # field -> what it holds
     max_tokens: int = Field(384, ge=16)  # new tokens of the JSON answer
+    max_chars: int = Field(1500, ge=8)  # longest value of one field (the schema's maxLength: a constrained
+    # decoder must close every string in time, so the answer fits max_tokens)
     retry_bad: int = Field(1, ge=0)  # re-generations of an answer that fails the schema (then flagged
     # `fields_invalid`, columns null)
 

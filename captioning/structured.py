@@ -20,10 +20,20 @@ from captioning.prompts import Prompt
 INVALID = "fields_invalid"  # flag of a clip whose fields answer never matched the schema
 
 
-def fields_schema(names: dict[str, str]) -> dict:
+def fields_schema(names: dict[str, str], max_chars: int = 1500) -> dict:
     """JSON schema of the answer: an object with exactly these non-empty string fields."""
     return {"type": "object", "additionalProperties": False, "required": list(names),
-            "properties": {k: {"type": "string", "minLength": 1, "description": d} for k, d in names.items()}}
+            "properties": {k: {"type": "string", "minLength": 1, "maxLength": max_chars, "description": d}
+                           for k, d in names.items()}}
+
+
+def fields_regex(names: dict[str, str], max_chars: int = 1500) -> str:
+    """The schema's answers in compact form as one regular expression (vLLM's constraint: its JSON grammar
+    allows free whitespace, in which a weak model can stall until max_tokens). Values are printable ASCII
+    without quote or backslash (a class every regex backend reads the same), so every match parses and
+    validates; a model that would write other characters is held to ASCII."""
+    value = '"[ -!#-\\[\\]-~]{1,%d}"' % max_chars
+    return "\\{" + ",".join(f'"{k}":{value}' for k in names) + "\\}"
 
 
 def fields_prompt(names: dict[str, str]) -> Prompt:
@@ -67,9 +77,9 @@ def fields_columns(generate: "object", n: int, cfg: FieldsConfig, retry_bad: int
     from captioning.engines.base import SamplingParams
     from captioning.postprocess import RETRY_TEMPERATURE
 
-    schema = fields_schema(cfg.names)
+    schema = fields_schema(cfg.names, cfg.max_chars)
     prompt = fields_prompt(cfg.names)
-    params = SamplingParams(cfg.max_tokens, 0.0, 1.0, json_schema=schema)
+    params = SamplingParams(cfg.max_tokens, 0.0, 1.0, json_schema=schema, regex=fields_regex(cfg.names, cfg.max_chars))
     out: list[tuple[dict, list[str]]] = [(empty_columns(cfg.names), [INVALID]) for _ in range(n)]
     todo = list(range(n))
     for attempt in range(1 + (cfg.retry_bad if retry_bad is None else retry_bad)):

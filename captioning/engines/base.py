@@ -35,6 +35,9 @@ class SamplingParams:
     seed: int = 0
     json_schema: dict | None = None  # answer must be JSON of this schema: vLLM (offline or served) constrains
     # decoding to it (structured outputs); transformers generates freely and the caller validates
+    regex: str | None = None  # vLLM only: the same answer as one regular expression (compact JSON, no free
+    # whitespace); used instead of json_schema where set, since vLLM's JSON grammar lets a weak model stall
+    # in whitespace until max_tokens
     logprobs: int | None = None  # also return this many top log-probabilities of the first new token
 
 

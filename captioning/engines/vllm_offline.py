@@ -24,11 +24,14 @@ def vllm_sampling(params: SamplingParams) -> "object":
         try:  # vLLM >= 0.10.2 names it structured_outputs; older releases guided_decoding
             from vllm.sampling_params import StructuredOutputsParams
 
-            kw["structured_outputs"] = StructuredOutputsParams(json=params.json_schema)
+            # the regex where given: compact JSON (see SamplingParams.regex)
+            kw["structured_outputs"] = StructuredOutputsParams(regex=params.regex) if params.regex else \
+                StructuredOutputsParams(json=params.json_schema)
         except ImportError:
             from vllm.sampling_params import GuidedDecodingParams
 
-            kw["guided_decoding"] = GuidedDecodingParams(json=params.json_schema)
+            kw["guided_decoding"] = GuidedDecodingParams(regex=params.regex) if params.regex else \
+                GuidedDecodingParams(json=params.json_schema)
     if params.logprobs:
         kw["logprobs"] = params.logprobs
     return VSP(max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,

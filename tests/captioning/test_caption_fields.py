@@ -52,6 +52,9 @@ def test_served_requests_carry_the_schema_as_response_format():
     body = chat_payload("m", req, fields_prompt(NAMES), SamplingParams(64, 0.0, 1.0, json_schema=fields_schema(NAMES)))
     assert body["response_format"]["json_schema"]["schema"]["required"] == list(NAMES)
     assert "response_format" not in chat_payload("m", req, fields_prompt(NAMES), SamplingParams(64, 0.0, 1.0))
+    vllm = chat_payload("m", req, fields_prompt(NAMES), SamplingParams(64, 0.0, 1.0, json_schema=fields_schema(NAMES)),
+                        structured="vllm")
+    assert vllm["structured_outputs"]["disable_any_whitespace"] and "response_format" not in vllm
 
 
 def test_free_generation_that_fails_the_schema_is_flagged_and_keeps_the_caption(tiny_vlm, clip_root):
