@@ -69,3 +69,27 @@ def test_transformers_engine_returns_the_first_token_distribution(tiny_vlm, clip
         assert max(g.first_logprobs, key=g.first_logprobs.get).strip() == g.text.strip()  # greedy = the top one
     assert a.first_logprobs != b.first_logprobs  # each request asked its own question
     assert engine.generate(reqs[:1], q, SamplingParams(1, 0.0, 1.0))[0].first_logprobs is None
+
+
+def test_report_agreement_with_ocr_and_near_duplicate_captions(tmp_path):
+    from captioning.table import normalize, schema_for
+    from curation.caption_report import caption_report
+    from curation.tables import write_part
+
+    st = Storage(str(tmp_path / "root"))
+    texts = {"a": "A red car drives along a coastal road under a blue sky at noon.",
+             "b": "A red car drives along a coastal road under a blue sky at dusk.",
+             "c": "Two dogs play with a ball in a green park."}
+    yes = {"a": True, "b": False, "c": False}
+    rows = [normalize({"clip_id": k, "text": t, "flags": [], "check_overlay_text": 0.9 if yes[k] else 0.1,
+                       "check_overlay_text_yes": yes[k]}) for k, t in texts.items()]
+    write_part(st, "captions/r", rows, schema=schema_for(rows))
+    write_part(st, "scores", [{"clip_id": "a", "passed": True, "ocr_boxes_max": 3},
+                              {"clip_id": "b", "passed": True, "ocr_boxes_max": 2},
+                              {"clip_id": "c", "passed": True, "ocr_boxes_max": 0}])
+    lines, html = caption_report(st, runs=["r"])
+    text = "\n".join(lines)
+    assert "overlay_text check agrees with OCR: 2 of 3 clips" in text, text  # b has text the VLM said it lacks
+    # 14 words: 12 word 3-grams each, 11 shared, 13 in all
+    assert "near-duplicate captions (3-gram Jaccard >= 0.8): 1 pairs; a ~ b 0.846" in text, text
+    assert "near-duplicate caption pairs" in html
