@@ -12,7 +12,7 @@ from captioning.config import MIRADATA_FIELDS, CaptionConfig, FieldsConfig
 from captioning.engines.openai import chat_payload
 from captioning.engines.base import CaptionRequest, SamplingParams
 from captioning.stage import caption_items, clip_items
-from captioning.structured import INVALID, fields_prompt, fields_schema, parse_fields
+from captioning.structured import INVALID, fields_prompt, fields_regex, fields_schema, parse_fields
 from captioning.table import CAPTIONS, normalize, read_captions, schema_for
 from curation.config import ConfigError
 from curation.storage import Storage
@@ -52,9 +52,17 @@ def test_served_requests_carry_the_schema_as_response_format():
     body = chat_payload("m", req, fields_prompt(NAMES), SamplingParams(64, 0.0, 1.0, json_schema=fields_schema(NAMES)))
     assert body["response_format"]["json_schema"]["schema"]["required"] == list(NAMES)
     assert "response_format" not in chat_payload("m", req, fields_prompt(NAMES), SamplingParams(64, 0.0, 1.0))
-    vllm = chat_payload("m", req, fields_prompt(NAMES), SamplingParams(64, 0.0, 1.0, json_schema=fields_schema(NAMES)),
-                        structured="vllm")
-    assert vllm["structured_outputs"]["disable_any_whitespace"] and "response_format" not in vllm
+    both = SamplingParams(64, 0.0, 1.0, json_schema=fields_schema(NAMES), regex=fields_regex(NAMES, 40))
+    vllm = chat_payload("m", req, fields_prompt(NAMES), both, structured="vllm")
+    assert vllm["structured_outputs"] == {"regex": fields_regex(NAMES, 40)} and "response_format" not in vllm
+    # the regex admits exactly the compact answers the schema accepts (printable ASCII values)
+    import re
+
+    good = json.dumps({"short": "A red car [x]!", "camera_movement": "static"}, separators=(",", ":"))
+    assert re.fullmatch(fields_regex(NAMES, 40), good) and parse_fields(good, fields_schema(NAMES, 40))
+    for bad in ('{ "short":"a","camera_movement":"b"}', '{"short":"a\\"","camera_movement":"b"}',
+                '{"short":"","camera_movement":"b"}', '{"short":"' + "x" * 41 + '","camera_movement":"b"}'):
+        assert not re.fullmatch(fields_regex(NAMES, 40), bad), bad
 
 
 def test_free_generation_that_fails_the_schema_is_flagged_and_keeps_the_caption(tiny_vlm, clip_root):
