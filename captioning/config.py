@@ -210,7 +210,7 @@ class CaptionConfig(_Strict):
     temperature: float = Field(0.0, ge=0)  # 0 = greedy (CogVLM2-Caption decodes near-greedy)
     top_p: float = Field(1.0, gt=0, le=1)  # nucleus sampling when temperature > 0
     retry_bad: int = Field(1, ge=0)  # re-generations of an empty/truncated/looping caption before flagging it
-    only_kept: bool = True  # caption only clips whose scores row has passed=true (no scores table: all ok clips)
+    only_kept: bool = True  # caption only kept clips: passed, not a duplicate, selected (curation/kept.py; no scores table: all ok clips)
     sink_every: int = Field(8, ge=1)  # caption rows per written Parquet part (smaller = less lost on a kill)
     openai: OpenAIEngineConfig = OpenAIEngineConfig()
     vllm: VLLMEngineConfig = VLLMEngineConfig()

@@ -19,7 +19,6 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curation import tables
 from curation.storage import Storage
@@ -83,11 +82,11 @@ def read_run(storage: Storage, run: str) -> pa.Table:
     if not parts:
         known = ", ".join(list_runs(storage)) or "none"
         raise ValueError(f"no captions run {run!r} under {storage.root} (runs: {known})")
-    ts = []
-    for p in parts:
-        f = pq.ParquetFile(storage.fs.open_input_file(storage.path(p)))
-        # caption.checks columns too (check_<name>: P(yes); check_<name>_yes: the answer)
-        ts.append(f.read(columns=[c for c in f.schema_arrow.names if c in _COLUMNS or c.startswith("check_")]))
+    # every column, then ours: caption.checks' check_<name> / check_<name>_yes columns have config names
+    ts = [t.select([c for c in t.column_names if c in _COLUMNS or c.startswith("check_")])
+          for t in (tables.read_part(storage, p) for p in parts) if t is not None]
+    if not ts:  # every part rotten (quarantined): the run is to be captioned again
+        raise ValueError(f"captions run {run!r} under {storage.root}: every part was unreadable (quarantined)")
     t = pa.concat_tables(ts, promote_options="permissive")
     n = t.num_rows
     # Vectorised "a caption beats an error, a later row an earlier one": the max of ok * n + row index per clip.
@@ -103,10 +102,9 @@ def camera_types(storage: Storage) -> dict[str, str]:
     parts = storage.list("scores", ".parquet")
     out: dict[str, str] = {}
     for p in parts:  # parts in write order: later rows win
-        f = pq.ParquetFile(storage.fs.open_input_file(storage.path(p)))
-        if CAMERA_COLUMN not in f.schema_arrow.names:
+        t = tables.read_part(storage, p, ["clip_id", CAMERA_COLUMN])
+        if t is None or CAMERA_COLUMN not in t.column_names:
             continue
-        t = f.read(columns=["clip_id", CAMERA_COLUMN])
         out.update((c, v) for c, v in zip(t.column("clip_id").to_pylist(), t.column(CAMERA_COLUMN).to_pylist())
                    if v is not None)
     return out
@@ -124,11 +122,10 @@ def text_presence(storage: Storage) -> dict[str, bool]:
     """clip id -> whether the OCR text scorer found text (its <name>_boxes_max > 0); empty without one."""
     out: dict[str, bool] = {}
     for p in storage.list("scores", ".parquet"):  # parts in write order: later rows win
-        f = pq.ParquetFile(storage.fs.open_input_file(storage.path(p)))
-        col = next((c for c in f.schema_arrow.names if c.endswith("_boxes_max")), None)
+        t = tables.read_part(storage, p)
+        col = next((c for c in t.column_names if c.endswith("_boxes_max")), None) if t is not None else None
         if col is None:
             continue
-        t = f.read(columns=["clip_id", col])
         out.update((c, v > 0) for c, v in zip(t.column("clip_id").to_pylist(), t.column(col).to_pylist())
                    if v is not None)
     return out
