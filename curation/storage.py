@@ -27,7 +27,14 @@ class Storage:
             self.root = os.path.abspath(os.path.expanduser(self.root))
         self.fs, self.base = filesystem(self.root)
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
-        self._rfs = _single_try(self.fs)  # for the calls below that curation/retry.py retries (and counts)
+
+    @property
+    def _rfs(self) -> pafs.FileSystem:
+        """`fs` for the calls below that curation/retry.py retries (and counts); follows `fs` when a caller
+        points the root at another filesystem."""
+        if getattr(self, "_rfs_of", None) is not self.fs:
+            self._rfs_cached, self._rfs_of = _single_try(self.fs), self.fs
+        return self._rfs_cached
 
     def path(self, rel: str) -> str:
         """Filesystem path (for self.fs) of a path relative to the root."""
@@ -127,12 +134,21 @@ class Storage:
         """Stream a local file into one object; an error on close (the upload's last call) raises."""
         import shutil
 
-        with open(local_src, "rb") as src, self._rfs.open_output_stream(self.path(rel)) as f:
+        with open(local_src, "rb") as src, self._open_output(rel) as f:
             shutil.copyfileobj(src, f, 8 << 20)
 
     def _put(self, rel: str, data: bytes) -> None:
-        with self._rfs.open_output_stream(self.path(rel)) as f:
+        with self._open_output(rel) as f:
             f.write(data)
+
+    def _open_output(self, rel: str) -> "object":
+        """An output stream; object stores need no parent folder (no extra call), a filesystem with real
+        folders (HDFS, mounted stores) gets it made on the first miss."""
+        try:
+            return self._rfs.open_output_stream(self.path(rel))
+        except FileNotFoundError:
+            self._rfs.create_dir(posixpath.dirname(self.path(rel)), recursive=True)
+            return self._rfs.open_output_stream(self.path(rel))
 
     def delete(self, rel: str) -> None:
         if self.exists(rel):
