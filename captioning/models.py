@@ -10,9 +10,14 @@ from curation.runner import output_to_log
 
 
 def prepare_text_model(t: "object") -> "object":
-    """prepare_model for a TextLMConfig (summary, enhance): absolute folder; the tiny text LM with demo_model."""
+    """prepare_model for a TextLMConfig (summary, enhance): absolute folder; a `packaged:` model's converted
+    folder; the tiny text LM with demo_model."""
     if t.engine == "openai":
         return t
+    if t.model.startswith("packaged:"):  # a model an installed package ships (SmolLM2): its converted folder
+        from captioning.smollm2 import resolve_packaged
+
+        return t.model_copy(update={"model": resolve_packaged(t.model)})
     if t.demo_model and not os.path.exists(os.path.join(t.model, "config.json")):
         from captioning.tiny_lm import build_tiny_text_lm
 

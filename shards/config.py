@@ -22,6 +22,9 @@ class WriterConfig(_Strict):
     # Captions with any of these quality flags (captioning.postprocess: empty, truncated, looping) are left
     # out; a truncated caption still describes its clip, so it is kept by default.
     drop_caption_flags: list[str] = ["empty", "looping"]
+    # caption.checks whose "yes" leaves a clip out (e.g. [slideshow, overlay_text]): the captions row's
+    # check_<name>_yes (P(yes) >= caption.checks.threshold); a clip without that answer is kept
+    drop_caption_checks: list[str] = []
     target_shard_mb: float = Field(256.0, gt=0)  # a shard is closed before it would grow past this size
     max_samples_per_shard: int = Field(1000, ge=1)  # ... or once it holds this many samples
     seed: int = 0  # fixed seed of the shuffle across source videos (same inputs -> same shards)

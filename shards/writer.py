@@ -138,6 +138,9 @@ def _caption_problem(cap: dict | None, wc: WriterConfig) -> str | None:
         return "caption failed"
     if set(cap.get("flags") or []) & set(wc.drop_caption_flags):
         return "caption flagged"
+    failed = [n for n in wc.drop_caption_checks if cap.get(f"check_{n}_yes")]
+    if failed:
+        return f"caption check {failed[0]}"
     return None
 
 
