@@ -162,7 +162,7 @@ class CaptionTable(TableStage):
 
 
 def caption_items(storage: Storage, cfg: CaptionConfig, items: list[dict], local: bool = False,
-                  progress: bool = True, on_part: Callable[[dict], None] | None = None) -> dict:
+                  progress: bool = True, on_part: Callable[[dict], None] | None = None, ctx: "object" = None) -> dict:
     """Caption work items into `captions/<cfg.run>`, skipping clips already captioned in that run.
 
     `local` runs the steps in this process (tests, small jobs); otherwise on the current Ray.
@@ -171,7 +171,8 @@ def caption_items(storage: Storage, cfg: CaptionConfig, items: list[dict], local
     (engine failures: worth a re-run), unreadable (clips whose frames could not be decoded).
     """
     t0 = time.time()
-    counts = execute(CaptionTable(storage, cfg, items), local=local, progress=progress, on_part=on_part).counts
+    counts = execute(CaptionTable(storage, cfg, items), local=local, progress=progress, on_part=on_part,
+                     ctx=ctx).counts
     counts["seconds"] = round(time.time() - t0, 3)
     return counts
 
@@ -188,9 +189,9 @@ def caption_steps(cfg: CaptionConfig) -> list[Stage]:
 def run(cfg: "object", ctx: "object") -> dict:
     """Pipeline entry (`python -m curation run pipelines.yaml --stage caption`)."""
     ccfg = prepare_model(cfg.caption)
-    counts = caption_items(ctx.storage, ccfg, clip_items(ctx.storage, ccfg), progress=cfg.ray.progress)
+    counts = caption_items(ctx.storage, ccfg, clip_items(ctx.storage, ccfg), progress=cfg.ray.progress, ctx=ctx)
     if ccfg.enhance.enabled:
         from captioning.enhance import enhance_run
 
-        counts["enhance"] = enhance_run(ctx.storage, ccfg, progress=cfg.ray.progress)
+        counts["enhance"] = enhance_run(ctx.storage, ccfg, progress=cfg.ray.progress, ctx=ctx)
     return counts

@@ -10,7 +10,7 @@ The lease is only as good as its compare-and-swap:
 - local roots: creation is a hard link of a finished temporary file (atomic, fails if the name exists);
   replacing a lease (heartbeat, takeover) happens under a guard file made the same way.
 - object stores: S3 conditional writes (`If-None-Match: *` to create, `If-Match: <etag>` to replace),
-  through botocore. Other object stores are refused with a clear message rather than raced.
+  through botocore. Other object stores (and s3:// without botocore) run without a lease, with a warning.
 Timestamps are the writer's wall clock: hosts whose clocks disagree by more than `ttl_s` see a live lease
 as stale (keep clocks in sync, or raise `ttl_s`).
 """
@@ -38,6 +38,10 @@ GUARD_STALE_S = 30.0  # a local replace guard older than this was left by a kill
 
 class LeaseHeld(ValueError):
     """Another live run holds the lease (a ValueError: the CLI prints it as one line, exit 2)."""
+
+
+class NoLease(RuntimeError):
+    """This root cannot hold a lease (the run goes on without one, with a warning)."""
 
 
 @dataclass
@@ -145,7 +149,7 @@ class _S3Backend:
             import botocore.session
             from botocore.config import Config
         except ImportError as e:  # not a dependency of local-only installs
-            raise LeaseHeld(f"the lease on {redact(storage.root)} needs botocore (pip install boto3)") from e
+            raise NoLease("the lease on an s3:// root needs botocore (pip install boto3)") from e
         u = urlsplit(storage.root)
         q = {k: v[-1] for k, v in parse_qs(u.query).items()}
         endpoint = q.get("endpoint_override")
@@ -201,8 +205,7 @@ def backend(storage: Storage) -> "_LocalBackend | _S3Backend":
         return _LocalBackend(storage)
     if storage.root.startswith("s3://"):
         return _S3Backend(storage)
-    raise LeaseHeld(f"no lease for {redact(storage.root)}: only local folders and s3:// roots support the atomic "
-                    "conditional writes a lease needs")
+    raise NoLease("only local folders and s3:// roots have the atomic conditional writes a lease needs")
 
 
 # --------------------------------------------------------------------------------------------- lease
@@ -305,7 +308,12 @@ class Leases:
     def acquire(self, stages: list[str], wait: bool = False, ttl_s: float = TTL_S,
                 heartbeat_s: float = HEARTBEAT_S, wait_timeout_s: float | None = None) -> None:
         """Take every stage's lease, or raise LeaseHeld naming the holder (`wait`: until free or stale)."""
-        self._be = self._be or backend(self.storage)
+        try:
+            self._be = self._be or backend(self.storage)
+        except NoLease as e:  # the run still runs, as before leases existed; say what is not guarded
+            print(f"warning: no lease on {redact(self.storage.root)} ({e}): a second run at the same time "
+                  "would not be noticed", file=sys.stderr, flush=True)
+            return
         t0, said = time.time(), False
         for stage in sorted(set(stages)):  # one global order: two waiting runs never hold what the other waits for
             lease = Lease(self.storage, stage, self.owner, ttl_s, heartbeat_s)

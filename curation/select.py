@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -170,69 +171,78 @@ def buckets(width: list, height: list, duration_s: list, cfg: SelectConfig) -> l
 
 # -------------------------------------------------------------------------------------------- run ---
 
-def candidates(storage: "object", cfg: SelectConfig) -> tuple[list[dict], dict[str, np.ndarray], np.ndarray | None]:
-    """Kept clips (before selection, by clip_id) with their quota columns; score columns; embeddings."""
+@dataclass
+class Candidates:
+    """The kept clips the stage chooses from, as columns (one entry per clip, sorted by clip_id)."""
+
+    ids: list[str]
+    video: list[str | None]
+    duration_s: np.ndarray  # frames / fps
+    bucket: list[str | None]  # aspect/duration label
+    cluster: list[int | None]  # dedup's (or own k-means) cluster
+    numbers: dict[str, np.ndarray]  # numeric scores columns (NaN: missing)
+    strings: dict[str, list]  # string scores columns (camera_type, ...)
+    emb: np.ndarray | None = None  # CLIP embeddings, only for own clusters
+
+
+def candidates(storage: "object", cfg: SelectConfig) -> Candidates:
+    """Kept clips (before selection) with their scores, quota columns and (for own clusters) embeddings."""
     clips = sorted(kept_clips(storage, selected=False), key=lambda c: c["clip_id"])
     if not clips:
         raise ValueError(f"{storage.uri('clips')}: no kept clips to select from (run split, filter and dedup first)")
+    ids = [c["clip_id"] for c in clips]
     scores = tables.read_table(storage, "scores")
     by_id = {c: i for i, c in enumerate(scores.column("clip_id").to_pylist())} if scores.num_rows else {}
-    take = [by_id.get(c["clip_id"], -1) for c in clips]
-    cols: dict[str, np.ndarray] = {}
+    take = np.array([by_id.get(c, -1) for c in ids], np.int64)
+    numbers: dict[str, np.ndarray] = {}
     strings: dict[str, list] = {}
     for f in scores.schema:
-        if f.name == "clip_id":
+        if f.name == "clip_id" or not (pa.types.is_floating(f.type) or pa.types.is_integer(f.type)
+                                       or pa.types.is_string(f.type)):
             continue
-        vals = scores.column(f.name).to_pylist()
-        if pa.types.is_floating(f.type) or pa.types.is_integer(f.type):
-            cols[f.name] = np.array([np.nan if j < 0 or vals[j] is None else vals[j] for j in take], np.float64)
-        elif pa.types.is_string(f.type):
-            strings[f.name] = [None if j < 0 else vals[j] for j in take]
-    dedup = {r["clip_id"]: r["cluster"] for r in tables.read_table(storage, "dedup", key="clip_id").to_pylist()} \
-        if storage.list("dedup", ".parquet") else {}
-    emb = None
+        col = scores.column(f.name).take(pa.array(np.maximum(take, 0))) if scores.num_rows else None
+        if pa.types.is_string(f.type):
+            vals = col.to_pylist() if col is not None else [None] * len(ids)
+            strings[f.name] = [v if j >= 0 else None for v, j in zip(vals, take.tolist())]
+        else:
+            x = col.to_numpy(zero_copy_only=False).astype(np.float64) if col is not None else np.full(len(ids), np.nan)
+            numbers[f.name] = np.where(take >= 0, x, np.nan)
+    dur = np.array([(c["frames"] or 0) / (c["fps"] or 1.0) for c in clips])
+    dedup = tables.read_table(storage, "dedup", key="clip_id") if storage.list("dedup", ".parquet") else None
+    cl = dict(zip(dedup.column("clip_id").to_pylist(), dedup.column("cluster").to_pylist())) if dedup else {}
+    cand = Candidates(ids, [c["video_id"] for c in clips], dur,
+                      buckets([c["width"] for c in clips], [c["height"] for c in clips], dur.tolist(), cfg),
+                      [cl.get(c) for c in ids], numbers, strings)
     if cfg.clusters is not None:
         if "clip_embedding" not in scores.column_names:
             raise ValueError("select.clusters: the scores table has no clip_embedding column (set "
                              "filter.store_embedding: true and re-score, or select.clusters: null for dedup's)")
         e = scores.column("clip_embedding").to_pylist()
-        emb = np.asarray([e[j] for j in take], np.float32).reshape(len(clips), -1)
-    cams = strings.get("camera_type") or [None] * len(clips)
-    labels = buckets([c["width"] for c in clips], [c["height"] for c in clips],
-                     [(c["frames"] or 0) / (c["fps"] or 1.0) for c in clips], cfg)
-    for i, c in enumerate(clips):
-        c["duration_s"] = (c["frames"] or 0) / (c["fps"] or 1.0)
-        c["cluster"] = dedup.get(c["clip_id"])
-        c["bucket"] = labels[i]
-        c["camera_type"] = cams[i]
-        c["_strings"] = {k: v[i] for k, v in strings.items()}
-    return clips, cols, emb
+        cand.emb = np.asarray([e[j] for j in take], np.float32).reshape(len(ids), -1)
+    return cand
 
 
-def group_codes(clips: list[dict], cfg: SelectConfig, emb: np.ndarray | None) -> dict[str, np.ndarray]:
+def group_codes(c: Candidates, cfg: SelectConfig) -> dict[str, np.ndarray]:
     """An int code per clip for every quota key (config errors name the key)."""
-    if emb is not None:
+    if c.emb is not None:
         from curation.dedup import DedupConfig, partition
 
-        x = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-        label = partition(x, min(cfg.clusters, len(clips)), DedupConfig(seed=cfg.seed, kmeans_sample=max(100, len(x))))
-        for c, k in zip(clips, label):
-            c["cluster"] = int(k)
+        x = c.emb / np.maximum(np.linalg.norm(c.emb, axis=1, keepdims=True), 1e-12)
+        label = partition(x, min(cfg.clusters, len(x)), DedupConfig(seed=cfg.seed, kmeans_sample=max(100, len(x))))
+        c.cluster = [int(k) for k in label]
     out = {}
     for key in cfg.quotas:
         if key == "cluster":
-            if all(c["cluster"] is None for c in clips):
+            if all(k is None for k in c.cluster):
                 raise ValueError("select.quotas.cluster: no clusters (run the dedup stage, or set select.clusters)")
-            out[key] = encode([c["cluster"] for c in clips])
-        elif key == "video":
-            out[key] = encode([c["video_id"] for c in clips])
-        elif key == "bucket":
-            out[key] = encode([c["bucket"] for c in clips])
-        elif key in clips[0]["_strings"]:
-            out[key] = encode([c["_strings"][key] for c in clips])
+            out[key] = encode(c.cluster)
+        elif key in ("video", "bucket"):
+            out[key] = encode(c.video if key == "video" else c.bucket)
+        elif key in c.strings:
+            out[key] = encode(c.strings[key])
         else:
             raise ValueError(f"select.quotas.{key}: not a quota key ({', '.join(BUILTIN_KEYS)} or a string scores "
-                             f"column: {', '.join(clips[0]['_strings']) or 'none'})")
+                             f"column: {', '.join(c.strings) or 'none'})")
     return out
 
 
@@ -257,24 +267,26 @@ def select(storage: "object", cfg: SelectConfig) -> dict:
             storage.delete(p)
         n = len(kept_clips(storage, selected=False))
         return {"clips": n, "selected": n, "seconds": round(time.time() - t0, 3)}
-    clips, cols, emb = candidates(storage, cfg)
+    c = candidates(storage, cfg)
     try:
-        score = expr.evaluate(cfg.score, cols)
+        score = expr.evaluate(cfg.score, c.numbers)
     except ValueError as e:
         raise ValueError(f"select.score: {e}") from None
-    groups = group_codes(clips, cfg, emb)
-    dur = np.array([c["duration_s"] for c in clips])
-    units, budget = (dur, cfg.max_hours * 3600) if cfg.max_hours is not None else (np.ones(len(clips)), cfg.max_clips)
+    groups = group_codes(c, cfg)
+    n = len(c.ids)
+    units, budget = (c.duration_s, cfg.max_hours * 3600) if cfg.max_hours is not None else (np.ones(n), cfg.max_clips)
     chosen, rank, reasons = choose(score, units, budget, groups, cfg.quotas, cfg.seed,
-                                   floor_reasons(cols, cfg, len(clips)))
+                                   floor_reasons(c.numbers, cfg, n))
     before = selected_ids(storage)
-    rows = [{"clip_id": c["clip_id"], "selected": bool(s), "rank": int(r) if r >= 0 else None, "reason": why,
-             "score": float(v) if np.isfinite(v) else None, "duration_s": c["duration_s"], "video_id": c["video_id"],
-             "cluster": c["cluster"], "camera_type": c["camera_type"], "bucket": c["bucket"]}
-            for c, s, r, why, v in zip(clips, chosen, rank, reasons, score)]
-    replace_table(storage, rows)
-    now = {r["clip_id"] for r in rows if r["selected"]}
-    counts = {"clips": len(rows), "selected": len(now), "hours": round(float(dur[chosen].sum()) / 3600, 4),
+    replace_table(storage, pa.table({
+        "clip_id": c.ids, "selected": chosen, "rank": pa.array(np.where(rank >= 0, rank, 0), mask=rank < 0),
+        "reason": pa.array(reasons, pa.string()), "score": pa.array(score, mask=~np.isfinite(score)),
+        "duration_s": c.duration_s, "video_id": pa.array(c.video, pa.string()),
+        "cluster": pa.array(c.cluster, pa.int32()), "camera_type": pa.array(c.strings.get("camera_type", [None] * n),
+                                                                             pa.string()),
+        "bucket": pa.array(c.bucket, pa.string())}))
+    now = {i for i, s in zip(c.ids, chosen.tolist()) if s}
+    counts = {"clips": n, "selected": len(now), "hours": round(float(c.duration_s[chosen].sum()) / 3600, 4),
               "seconds": round(time.time() - t0, 3)}
     if before is not None:
         counts.update(added=len(now - before), removed=len(before - now))
@@ -286,11 +298,11 @@ def constrained(cfg: SelectConfig) -> bool:
     return cfg.max_clips is not None or cfg.max_hours is not None or bool(cfg.quotas) or bool(cfg.floors)
 
 
-def replace_table(storage: "object", rows: list[dict]) -> None:
+def replace_table(storage: "object", t: pa.Table) -> None:
     """Write the new table (one part per 1M rows), then remove the parts of earlier runs."""
     old = storage.list(SELECT_TABLE, ".parquet")
-    for s in range(0, len(rows), 1_000_000):
-        tables.write_part(storage, SELECT_TABLE, rows[s:s + 1_000_000], SELECT)
+    for s in range(0, t.num_rows, 1_000_000):
+        tables.write_part(storage, SELECT_TABLE, t.slice(s, 1_000_000), SELECT)
     for p in old:
         storage.delete(p)
 

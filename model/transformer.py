@@ -11,11 +11,12 @@ Weights load from / export to the published diffusers checkpoints through model/
 from __future__ import annotations
 
 from dataclasses import dataclass, asdict
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from model.embeddings import apply_rope, rope_3d, rope_complex, sincos_3d, timestep_embedding
 
@@ -82,6 +83,20 @@ class TransformerConfig:
         return asdict(self)
 
 
+# Ops whose outputs a block keeps for backward under selective recomputation: the matmuls and attention
+# (the FLOPs). Everything else (LayerNorms, AdaLN addcmul, concatenation, GELU, RoPE) is recomputed from
+# them in backward: a few percent more time for ~40% less activation memory (bench/model.py).
+_KEEP = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+         torch.ops.aten.convolution.default, torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+         torch.ops.aten._scaled_dot_product_flash_attention.default,
+         torch.ops.aten._scaled_dot_product_efficient_attention.default,
+         torch.ops.aten._scaled_dot_product_cudnn_attention.default}
+
+
+def _keep_matmuls(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _KEEP else CheckpointPolicy.PREFER_RECOMPUTE
+
+
 class ExpertAdaLN(nn.Module):
     """One LayerNorm for both modalities; the time embedding gives each its own shift, scale and gate."""
 
@@ -111,14 +126,24 @@ class Attention(nn.Module):
         self.to_out = nn.Linear(num_heads * head_dim, dim, bias=True)
         self.cp = None  # model.context_parallel.ContextParallel when the video tokens are split over ranks
 
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v projections as one matmul over the stacked weights (one pass over x, one grad-input
+        matmul in backward); adapters (LoRA layers in place of a Linear) are called as modules."""
+        lin = (self.to_q, self.to_k, self.to_v)
+        if not all(type(m) is nn.Linear for m in lin):
+            return tuple(m(x) for m in lin)
+        bias = None if self.to_q.bias is None else torch.cat([m.bias for m in lin])
+        return F.linear(x, torch.cat([m.weight for m in lin]), bias).chunk(3, dim=-1)
+
     def forward(self, x: torch.Tensor, text_len: int, rope: torch.Tensor | None, video_tokens: int | None = None):
         """x [B, S, dim] with the first text_len tokens text; rope: complex rotations [S_video, 1, head_dim/2].
         Under context parallelism x holds this rank's video tokens of `video_tokens` in all."""
         b, s, _ = x.shape
         shape = (b, s, self.num_heads, self.head_dim)
-        q = self.norm_q(self.to_q(x).view(shape))  # [B, S, H, hd]: the norms act on contiguous heads
-        k = self.norm_k(self.to_k(x).view(shape))
-        v = self.to_v(x).view(shape)
+        q, k, v = self._qkv(x)
+        q = self.norm_q(q.reshape(shape))  # [B, S, H, hd]
+        k = self.norm_k(k.reshape(shape))
+        v = v.reshape(shape)
         if rope is not None:  # rotate video tokens in place (the norm outputs are not needed by autograd)
             q[:, text_len:] = apply_rope(q[:, text_len:], rope)
             k[:, text_len:] = apply_rope(k[:, text_len:], rope)
@@ -192,7 +217,9 @@ class ExpertTransformer(nn.Module):
         self.out_norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
         pt = cfg.patch_size_t or 1
         self.proj_out = nn.Linear(dim, p * p * pt * cfg.out_channels)
-        self.gradient_checkpointing = False
+        self.gradient_checkpointing = False  # recompute whole blocks in backward (least memory)
+        # keep only matmul / attention outputs for backward, recompute the cheap rest (off: keep everything)
+        self.selective_recompute = True
         self._pos_cache: dict = {}
         self.context_parallel = None  # set by enable_context_parallel
 
@@ -307,9 +334,13 @@ class ExpertTransformer(nn.Module):
             video = cp.shard(video)
             rope = rope[start:end] if rope is not None else None
 
+        grad = torch.is_grad_enabled()
         for block in self.blocks:
-            if self.gradient_checkpointing and torch.is_grad_enabled():
+            if self.gradient_checkpointing and grad:
                 video, text = checkpoint(block, video, text, temb, rope, n, use_reentrant=False)
+            elif self.selective_recompute and grad and cp is None:  # (cp: no collectives re-run in backward)
+                video, text = checkpoint(block, video, text, temb, rope, n, use_reentrant=False,
+                                         context_fn=partial(create_selective_checkpoint_contexts, _keep_matmuls))
             else:
                 video, text = block(video, text, temb, rope, n)
 

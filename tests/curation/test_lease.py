@@ -180,3 +180,11 @@ def test_two_real_runs_on_one_root(tmp_path):
     manifests = [json.loads(st.read_bytes(p)) for p in st.list("runs", ".json")]
     assert len(manifests) == 2 and all(m["leases"]["stages"] == ["probe", "split"] for m in manifests)
     assert not st.exists("leases/split.json")
+
+
+def test_a_root_without_conditional_writes_runs_unguarded(capsys):
+    """gs:// (a real pyarrow GcsFileSystem; the lease never calls it) has no compare-and-swap here: no lease,
+    a warning, nothing refused."""
+    ls = Leases(Storage("gs://bucket/root?endpoint_override=127.0.0.1:9&scheme=http"), "run")
+    ls.acquire(["split"])
+    assert ls.held == [] and "warning: no lease on gs://bucket/root (only local" in capsys.readouterr().err

@@ -11,10 +11,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def run_script(tmp_path, body: str) -> tuple[str, str]:
-    """Run `body` after `runner.console(<log>, verbose=False)`; returns (console stderr, log file text)."""
+    """Run `body` with a run's Console open on <log> (not verbose); returns (console stderr, log file text)."""
     log = tmp_path / "run.log"
-    script = ("import os, sys\nfrom curation import runner\nLOG = sys.argv[1]\nrunner.console(LOG, False)\n"
-              + body + "\nrunner.console(None, True)\nprint('after the run', file=sys.stderr, flush=True)\n")
+    script = ("import os, sys\nfrom curation import runner\nfrom curation.console import Console\nLOG = sys.argv[1]\n"
+              "console = Console()\nconsole.open(LOG, False)\n"
+              + body + "\nconsole.close()\nprint('after the run', file=sys.stderr, flush=True)\n")
     r = subprocess.run([sys.executable, "-c", script, str(log)], cwd=REPO, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": REPO}, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -48,7 +49,7 @@ def test_ray_actor_constructor_warning_goes_to_the_log(tmp_path):
     its core worker warns in C++): the warning is in the run log, not on the console."""
     body = """
 import numpy as np, ray
-runner.init_ray(None, 2)
+runner.init_ray(None, 2, console)
 class Big:
     def __init__(self, blob):
         self.n = len(blob)
