@@ -289,7 +289,6 @@ class TransformerTask(Task):
         """DDIM samples of the validation prompts with the current weights; rank 0 writes the mp4s."""
         from training.generate import generate, load_images, write_mp4
 
-
         s, d = self.cfg.sample, self.cfg.data
         images = load_images(s.images, d.height, d.width, "training.sample.images") if self.i2v else None
         video = generate(self.models["transformer"], self.vae, self.text, self.schedule, s.prompts,
