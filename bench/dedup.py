@@ -172,6 +172,7 @@ def main() -> int:
     ap.add_argument("--sample", type=int, default=None, help="dedup.kmeans_sample (default: the stage's)")
     ap.add_argument("--threads", type=int, default=1, help="BLAS / faiss threads (same for every method)")
     ap.add_argument("--border-clusters", type=int, default=None, help="dedup.border_clusters (default: the stage's)")
+    ap.add_argument("--border-band", type=float, default=None, help="dedup.border_band (default: the stage's)")
     ap.add_argument("--repeats", type=int, default=1, help="runs of main's search and ours (interleaved)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
@@ -182,11 +183,12 @@ def main() -> int:
     from curation.dedup import DedupConfig
 
     base = DedupConfig(signals=["embedding"], seed=a.seed, **({"kmeans_sample": a.sample} if a.sample else {}),
-                       **({"border_clusters": a.border_clusters} if a.border_clusters is not None else {}))
+                       **({"border_clusters": a.border_clusters} if a.border_clusters is not None else {}),
+                       **({"border_band": a.border_band} if a.border_band is not None else {}))
     print(f"# dedup bench {time.strftime('%Y-%m-%d %H:%M')} | {platform.machine()}, {os.cpu_count()} CPUs "
           f"(load avg {os.getloadavg()[0]:.1f}), {a.threads} thread(s) | N={a.n:,} dim={a.dim} topics={a.topics} "
           f"dup_share={a.dup_share} | threshold cosine >= {base.embedding_min_similarity} | cluster_size "
-          f"{base.cluster_size}, border_clusters {base.border_clusters}, kmeans_sample {base.kmeans_sample}, iters {base.kmeans_iters}")
+          f"{base.cluster_size}, border_clusters {base.border_clusters}, border_band {base.border_band}, kmeans_sample {base.kmeans_sample}, iters {base.kmeans_iters}")
     t0 = time.perf_counter()
     x, family = embeddings(a.n, a.dim, a.topics, a.dup_share, a.seed)
     print(f"# data: {time.perf_counter() - t0:.1f} s, {x.nbytes / 2**20:.0f} MiB, "
