@@ -15,7 +15,8 @@ Timing: both sides run alternately (warm-up first); on CPU the process CPU time 
 wall time because the development machines are shared (CPU time is what a loaded machine does not
 distort). Peak memory is the peak of tensor bytes allocated during the call above what was live before
 it: torch.cuda.max_memory_allocated on CUDA, the profiler's allocator events on CPU (each carries the
-allocator's running total; RSS is no measure there, glibc keeps freed blocks resident and reuses them).
+allocator's running total; RSS is no measure there, glibc keeps freed blocks resident and reuses them),
+each in a fresh process: only the first profiled call of a process gets the totals right.
 For the training step both sides have their weight gradients allocated from the warm-up on, as in
 training, so the peak is activations + transient buffers.
 """
@@ -161,7 +162,8 @@ def alternate(fns: dict, reps: int, device: str, warmup: int = 1) -> dict:
             _, w, c = timed(fn, device)
             res[k]["wall"].append(w)
             res[k]["cpu"].append(c)
-    return {k: {m: {"min": min(v[m]), "median": statistics.median(v[m])} for m in v} for k, v in res.items()}
+    return {k: {m: {"min": min(v[m]), "median": statistics.median(v[m]), "all": v[m]} for m in v}
+            for k, v in res.items()}
 
 
 def cuda_peak(fn) -> int:
@@ -206,23 +208,61 @@ def bench_transformer(device: str, reps: int, quick: bool) -> list[str]:
         ref, ours = build_transformers(kw, device)
         x, text, t = transformer_inputs(kw, shape, device)
         step_ref, step_ours = train_steps(ref, ours, x, text, t)
+
+        def step_sel():  # ours with selective recomputation (off by default)
+            ours.selective_recompute = True
+            try:
+                return step_ours()
+            finally:
+                ours.selective_recompute = False
+
         diff = (step_ref() - step_ours()).abs().max().item()
-        times = alternate({"diffusers": step_ref, "ours": step_ours}, reps, device)
-        peaks = {"diffusers": peak(step_ref, device), "ours": peak(step_ours, device)}
+        fns = {"diffusers": step_ref, "ours": step_ours, "ours-recompute": step_sel}
+        times = alternate(fns, reps, device)
+        # CPU: each peak in a fresh process (the profiler's allocator totals are only right in the first
+        # profiled call of a process: a second call under-reports, by up to 60 MiB here)
+        peaks = {k: peak(fn, device) if device == "cuda" else peak_in_child(variant, k, quick) for k, fn in fns.items()}
         tokens = shape[1] * (shape[3] // 2) * (shape[4] // 2) + kw["max_text_seq_length"]
-        # CPU: the fastest of the alternating reps (least disturbed by other processes); GPU: median wall.
-        metric, stat = ("cpu", "min") if device == "cpu" else ("wall", "median")
-        ratio = times["diffusers"][metric][stat] / times["ours"][metric][stat]
+        # CPU: median of the per-round ratios of CPU time (rounds alternate the sides, so each ratio
+        # compares runs under the same load); GPU: of wall time.
+        metric = "cpu" if device == "cpu" else "wall"
+        ratios = {k: statistics.median(a / b for a, b in zip(times["diffusers"][metric]["all"], times[k][metric]["all"]))
+                  for k in ("ours", "ours-recompute")}
         lines.append(f"### transformer fwd+bwd, {variant}, 8x64 heads, 2 blocks, {tokens} tokens "
-                     f"(max |diff| {diff:.1e})")
-        for side in ("diffusers", "ours"):
+                     f"(max |diff| {diff:.1e}), load avg {os.getloadavg()[0]:.1f}")
+        for side in fns:
             tm = times[side]
             lines.append(f"  {side:9s} wall {tm['wall']['median']:.3f}s (min {tm['wall']['min']:.3f})  "
                          f"cpu {tm['cpu']['median']:.3f}s (min {tm['cpu']['min']:.3f})  peak {mib(peaks[side])}")
-        lines.append(f"  step speed ours/diffusers: {ratio:.3f}x ({stat} {metric} time, target >= 1.0); "
-                     f"peak memory diffusers/ours: {peaks['diffusers'] / peaks['ours']:.2f}x")
+        for k in ("ours", "ours-recompute"):
+            lines.append(f"  {k}: step speed vs diffusers {ratios[k]:.3f}x (median of per-round {metric} time ratios, "
+                         f"target >= 1.2); peak memory diffusers/{k}: {peaks['diffusers'] / peaks[k]:.2f}x (target >= 1.3)")
         del ref, ours
     return lines
+
+
+def peak_in_child(variant: str, side: str, quick: bool) -> int:
+    """Peak CPU bytes of one training step of `side`, measured in a fresh process (see bench_transformer)."""
+    import subprocess
+
+    cmd = [sys.executable, os.path.abspath(__file__), "--peak-of", f"{variant}:{side}", "--threads",
+           str(torch.get_num_threads())] + (["--quick"] if quick else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return int(out.strip().splitlines()[-1])
+
+
+def peak_of(spec: str, quick: bool) -> int:
+    """--peak-of variant:side: build, warm up (weight grads allocated), then one profiled step."""
+    variant, side = spec.split(":")
+    kw = dict(TRANSFORMER_CPU, use_rotary_positional_embeddings=variant == "rope")
+    ref, ours = build_transformers(kw, "cpu")
+    x, text, t = transformer_inputs(kw, LATENTS_CPU if not quick else QUICK_LATENTS, "cpu")
+    step_ref, step_ours = train_steps(ref, ours, x, text, t)
+    ours.selective_recompute = side == "ours-recompute"
+    fn = step_ref if side == "diffusers" else step_ours
+    fn()
+    fn()
+    return cpu_peak(fn)
 
 
 def bench_vae(device: str, reps: int, quick: bool) -> list[str]:
@@ -305,7 +345,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer frames (smoke run)")
     ap.add_argument("--skip-vae", action="store_true")
     ap.add_argument("--skip-2b", action="store_true")
+    ap.add_argument("--peak-of", help=argparse.SUPPRESS)  # internal: one peak measurement (peak_in_child)
     args = ap.parse_args()
+    if args.peak_of:
+        torch.set_num_threads(args.threads)
+        print(peak_of(args.peak_of, args.quick))
+        return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         # One thread: CPU time then measures work, not OpenMP spin-waiting on a shared, loaded machine.

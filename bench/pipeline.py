@@ -144,18 +144,18 @@ def streamed(cfg) -> dict:
 
     steps, f = flow_steps(cfg)
     st, ccfg, sink, counts, items = Storage(cfg.root), cfg.caption, f["sink"], f["counts"], f["items"]
-    accounting.take()
+    events: list[dict] = []
     t0 = time.time()
-    run_pipeline(items, steps, sink, sink_every=ccfg.sink_every, progress=False)
+    run_pipeline(items, steps, sink, sink_every=ccfg.sink_every, progress=False, events=events)
     flow_s = time.time() - t0
-    flow_acct = accounting.summarize(accounting.take())
+    flow_acct = accounting.summarize(events)
     t1 = time.time()
     ctx = RunContext(cfg, st)
     shard = shard_run(cfg, ctx)
     shard_s = time.time() - t1
     return {"seconds": flow_s + shard_s, "flow_s": flow_s, "shard_s": shard_s, "counts": counts,
             "samples": shard["samples"], "accounting": flow_acct,
-            "shard_accounting": accounting.summarize(accounting.take())}
+            "shard_accounting": accounting.summarize(ctx.events)}
 
 
 def solo(cfg) -> dict:

@@ -15,7 +15,8 @@ Transformer step: v-prediction loss on precomputed latents (frozen encoders excl
 transformer (4 layers, 16x64 heads): ours/lora-trainer (our Trainer + FSDP2 + peft adapters), ours/lora-plain
 (our model + peft, the step by hand), diffusers+peft (CogVideoXTransformer3DModel.add_adapter, the same
 step) and ours/full-trainer (full fine-tuning of the same model); ratios: time vs diffusers+peft, peak
-memory vs full fine-tuning.
+memory vs full fine-tuning. Then ours/lora-trainer and diffusers+peft again in one process, steps
+alternated, so each pair of steps shares the machine's load: the median per-pair ratio is the time figure.
 Step time is the median over --steps after 2 warm-up steps. Peak memory: on CPU the peak resident set
 above the process's size before the model was built (VmHWM); on GPU torch.cuda.max_memory_allocated. On a GPU
 also tokens/s and MFU (bf16 autocast for the plain/diffusers variants, FSDP mixed precision for ours).
@@ -233,7 +234,29 @@ def trainer_step(model_name: str, size: str, device: torch.device, lora: bool = 
     return lambda: trainer.train_step(step_batch)["loss"], trainer
 
 
+def interleaved(steps: int) -> dict:
+    """ours/lora-trainer and diffusers+peft built in one process, their steps alternated (2 warm-up steps
+    each): each pair ran under the same machine load, so the ratio of a pair is fair even when the
+    machine is shared; returns both step-time lists."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ours, _ = trainer_step("transformer", "wide", device, lora=True)
+    theirs = plain_step("transformer", "wide", "diffusers", device, lora=True)
+    times: dict[str, list[float]] = {"ours/lora-trainer": [], "diffusers+peft": []}
+    for i in range(steps + 2):
+        for name, step in (("ours/lora-trainer", ours), ("diffusers+peft", theirs)) if i % 2 else \
+                (("diffusers+peft", theirs), ("ours/lora-trainer", ours)):
+            t0 = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 2:
+                times[name].append(time.perf_counter() - t0)
+    return {"variant": "interleaved", "times": times}
+
+
 def worker(model_name: str, size: str, variant: str, steps: int) -> dict:
+    if variant == "interleaved":
+        return interleaved(steps)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base = peak_reset(device)  # before the model exists: the peak below covers weights, optimiser and activations
     trainer = None
@@ -339,6 +362,15 @@ def lora_table(a: argparse.Namespace) -> None:
         t = f"{r['step_s'] / ref_t['step_s']:.2f}x" if isinstance(ref_t, dict) else "-"
         m = f"{r['peak_gb'] / ref_m['peak_gb']:.2f}x" if isinstance(ref_m, dict) and ref_m["peak_gb"] > 0 else "-"
         print(f"| {v} | {r['step_s']:.3f} | {t} | {r['peak_gb']:.3f} | {m} | {r['first_loss']:.5f} |")
+    r = run_variant(a, "lora", "interleaved")
+    if isinstance(r, str):
+        print(f"\ninterleaved: failed: {r}")
+        return
+    ours, theirs = r["times"]["ours/lora-trainer"], r["times"]["diffusers+peft"]
+    pairs = sorted(o / d for o, d in zip(ours, theirs))
+    print(f"\nInterleaved in one process ({len(pairs)} step pairs, alternating order): ours/lora-trainer "
+          f"{statistics.median(ours):.3f} s, diffusers+peft {statistics.median(theirs):.3f} s; median of per-pair "
+          f"ratios {statistics.median(pairs):.2f}x (min {pairs[0]:.2f}x, max {pairs[-1]:.2f}x)")
 
 
 if __name__ == "__main__":

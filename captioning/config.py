@@ -27,6 +27,9 @@ class OpenAIEngineConfig(_Strict):
     max_retries: int = Field(3, ge=0)  # re-sends after a connection error, timeout, 429 or 5xx
     backoff_s: float = Field(1.0, ge=0)  # first retry delay; doubles each retry (with jitter)
     video_as: Literal["frames", "video_url"] = "frames"  # sampled JPEG frames as images, or the clip mp4 as a video_url
+    # How a JSON schema (caption.fields) is sent: OpenAI's standard response_format, or vLLM's own
+    # structured_outputs with compact JSON (no free whitespace: a weak model cannot stall in blank space)
+    structured: Literal["response_format", "vllm"] = "response_format"
 
 
 class VLLMEngineConfig(_Strict):
@@ -100,6 +103,92 @@ class EnhanceConfig(TextLMConfig):
     expand_prompt: str = "expand-v1"  # template of `python -m training sample --enhance-prompt`
 
 
+# MiraData's structured caption fields (name -> what the field holds; the model is told both).
+MIRADATA_FIELDS = {
+    "short": "one sentence: the main subject, the action and the setting",
+    "dense": "a detailed paragraph: subjects, actions in order, setting, lighting, colors, camera",
+    "main_object": "the main subject or object and its appearance",
+    "background": "the setting and background",
+    "style": "the visual style (e.g. realistic footage, animation, screen recording), lighting and colors",
+    "camera_movement": "how the camera moves: static, pan, tilt, zoom, tracking, handheld",
+}
+
+
+class FieldsConfig(_Strict):
+    """caption.fields: a structured caption per clip, JSON fields checked against a schema, stored as
+    `field_<name>` columns of the captions table (and carried into the shards' metadata)."""
+
+    enabled: bool = False  # ask for the fields after the caption, in the same engine batch
+    names: dict[str, str] = Field(default_factory=lambda: dict(MIRADATA_FIELDS))  # field -> what it holds
+    max_tokens: int = Field(384, ge=16)  # new tokens of the JSON answer
+    max_chars: int = Field(1500, ge=8)  # longest value of one field (the schema's maxLength: a constrained
+    # decoder must close every string in time, so the answer fits max_tokens)
+    retry_bad: int = Field(1, ge=0)  # re-generations of an answer that fails the schema (then flagged
+    # `fields_invalid`, columns null)
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        import re
+
+        if not v:
+            raise ValueError("at least one field is needed")
+        bad = [k for k in v if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", k)]
+        if bad:
+            raise ValueError(f"field names must be lower_snake_case identifiers (column field_<name>): {bad}")
+        return v
+
+
+# Cosmos-Curate's VLM rejection criteria as yes/no questions ("yes" = the clip has the problem).
+COSMOS_CHECKS = {
+    "slideshow": "Is this video a slideshow of still images rather than continuous footage?",
+    "synthetic": "Is this video synthetic: computer graphics, a game, or a screen recording?",
+    "video_in_video": "Does this video show another video playing inside it (a screen, a picture-in-picture)?",
+    "overlay_text": "Does this video have text added in post-production (subtitles, titles, watermarks)?",
+    "rotated": "Is the view of this video rotated or upside down?",
+    "low_resolution": "Is this video of very low resolution or heavily pixelated?",
+    "blurred_region": "Does this video have a blurred-out region (a face or a plate blurred on purpose)?",
+    "abrupt_camera": "Does the camera move abruptly or shake strongly in this video?",
+    "fast_zoom": "Does this video zoom in or out very fast?",
+    "unnatural_speed": "Does this video play at an unnatural speed (sped up, slowed down or reversed)?",
+}
+
+
+class ChecksConfig(_Strict):
+    """caption.checks: yes/no questions the VLM answers about each clip right after its caption (same frames:
+    a prefix-caching engine reuses them), stored as check_<name> = P(yes) and check_<name>_yes columns."""
+
+    enabled: bool = False  # ask the questions (one engine batch for every clip x question)
+    questions: dict[str, str] = Field(default_factory=lambda: dict(COSMOS_CHECKS))  # name -> yes/no question
+    threshold: float = Field(0.5, gt=0, lt=1)  # check_<name>_yes = P(yes) >= this
+    logprobs: int = Field(20, ge=2, le=20)  # first-token candidates read for "yes"/"no" (OpenAI allows <= 20)
+
+    @field_validator("questions")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        import re
+
+        bad = [k for k in v if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", k) or k.endswith("_yes")]
+        if bad:
+            raise ValueError(f"check names must be lower_snake_case, not ending in _yes (column check_<name>): {bad}")
+        return v
+
+
+class WindowsConfig(_Strict):
+    """caption.windows: long clips captioned in overlapping windows (Cosmos-Curate: 256-frame windows), each
+    window sampled like a clip (sample_fps, max_frames), then merged into one caption (mode video)."""
+
+    window_s: float | None = Field(None, gt=0)  # window length in seconds; None = one request per clip; a clip
+    # no longer than this is one request as before
+    overlap_s: float = Field(0.0, ge=0)  # seconds each window shares with the previous one (context across cuts)
+
+    @model_validator(mode="after")
+    def _overlap(self) -> "WindowsConfig":
+        if self.window_s is not None and self.overlap_s >= self.window_s:
+            raise ValueError(f"caption.windows.overlap_s ({self.overlap_s}) must be < window_s ({self.window_s})")
+        return self
+
+
 class CaptionConfig(_Strict):
     """Caption stage: which engine/model/prompt captions which clips, into which captions run."""
 
@@ -121,7 +210,7 @@ class CaptionConfig(_Strict):
     temperature: float = Field(0.0, ge=0)  # 0 = greedy (CogVLM2-Caption decodes near-greedy)
     top_p: float = Field(1.0, gt=0, le=1)  # nucleus sampling when temperature > 0
     retry_bad: int = Field(1, ge=0)  # re-generations of an empty/truncated/looping caption before flagging it
-    only_kept: bool = True  # caption only clips whose scores row has passed=true (no scores table: all ok clips)
+    only_kept: bool = True  # caption only kept clips: passed, not a duplicate, selected (curation/kept.py; no scores table: all ok clips)
     sink_every: int = Field(8, ge=1)  # caption rows per written Parquet part (smaller = less lost on a kill)
     openai: OpenAIEngineConfig = OpenAIEngineConfig()
     vllm: VLLMEngineConfig = VLLMEngineConfig()
@@ -132,11 +221,20 @@ class CaptionConfig(_Strict):
     resources: CaptionResources = CaptionResources(num_cpus=0.5, workers=1, batch_size=8)
     summary: SummaryConfig = SummaryConfig()  # the text LM of mode frames_then_summary
     enhance: EnhanceConfig = EnhanceConfig()  # the optional rewrite pass into a new run
+    fields: FieldsConfig = FieldsConfig()  # structured caption fields (JSON, schema-checked, columns field_*)
+    windows: WindowsConfig = WindowsConfig()  # long clips in windows, merged (window_captions column)
+    checks: ChecksConfig = ChecksConfig()  # yes/no VLM questions per clip (columns check_<name>, check_<name>_yes)
 
     @model_validator(mode="after")
     def _check(self) -> "CaptionConfig":
         if self.min_frames > self.max_frames:
             raise ValueError(f"min_frames ({self.min_frames}) must be <= max_frames ({self.max_frames})")
+        if self.windows.window_s is not None and self.mode != "video":
+            raise ValueError("caption.windows.window_s: windows apply to mode video only")
+        if self.checks.enabled and self.mode != "video":
+            raise ValueError("caption.checks.enabled: checks are asked in mode video only")
+        if self.fields.enabled and self.mode != "video":
+            raise ValueError("caption.fields.enabled: structured fields are asked in mode video only")
         if self.engine == "vllm" and self.resources.num_gpus and \
                 self.resources.num_gpus < self.vllm.tensor_parallel_size:
             raise ValueError(f"resources.num_gpus ({self.resources.num_gpus}) must be >= "

@@ -167,12 +167,12 @@ class EnhanceTable(TableStage):
 
 
 def enhance_run(storage: Storage, cfg: CaptionConfig, local: bool = False, progress: bool = True,
-                on_part: Callable[[dict], None] | None = None) -> dict:
+                on_part: Callable[[dict], None] | None = None, ctx: "object" = None) -> dict:
     """Rewrite the captions of `enhance.source_run` (default caption.run) into `enhance.run`; resumable.
 
     Returns counts as caption_items does: clips, skipped, captioned, flagged, errors."""
     t0 = time.time()
-    counts = execute(EnhanceTable(storage, cfg), local=local, progress=progress, on_part=on_part).counts
+    counts = execute(EnhanceTable(storage, cfg), local=local, progress=progress, on_part=on_part, ctx=ctx).counts
     counts["seconds"] = round(time.time() - t0, 3)
     return counts
 

@@ -6,17 +6,24 @@ import os
 import sys
 
 from captioning.config import CaptionConfig
+from curation.runner import output_to_log
 
 
 def prepare_text_model(t: "object") -> "object":
-    """prepare_model for a TextLMConfig (summary, enhance): absolute folder; the tiny text LM with demo_model."""
+    """prepare_model for a TextLMConfig (summary, enhance): absolute folder; a `packaged:` model's converted
+    folder; the tiny text LM with demo_model."""
     if t.engine == "openai":
         return t
+    if t.model.startswith("packaged:"):  # a model an installed package ships (SmolLM2): its converted folder
+        from captioning.smollm2 import resolve_packaged
+
+        return t.model_copy(update={"model": resolve_packaged(t.model)})
     if t.demo_model and not os.path.exists(os.path.join(t.model, "config.json")):
         from captioning.tiny_lm import build_tiny_text_lm
 
         print(f"[caption] building the tiny random demo text LM at {t.model}", file=sys.stderr)
-        build_tiny_text_lm(t.model)
+        with output_to_log():  # its save_pretrained progress bar: the run log, not the console
+            build_tiny_text_lm(t.model)
     if os.path.isdir(t.model):
         return t.model_copy(update={"model": os.path.abspath(t.model)})
     return t
@@ -35,7 +42,8 @@ def prepare_model(cfg: CaptionConfig) -> CaptionConfig:
         from captioning.tiny_vlm import build_tiny_qwen25_vl
 
         print(f"[caption] building the tiny random demo model at {cfg.model}", file=sys.stderr)
-        build_tiny_qwen25_vl(cfg.model)
+        with output_to_log():  # its save_pretrained progress bar: the run log, not the console
+            build_tiny_qwen25_vl(cfg.model)
     if os.path.isdir(cfg.model):
         return cfg.model_copy(update={"model": os.path.abspath(cfg.model)})
     return cfg

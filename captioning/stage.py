@@ -15,14 +15,15 @@ import sys
 import time
 from typing import Callable
 
-from captioning import postprocess
 from captioning.config import CaptionConfig
-from captioning.engines import CaptionRequest, Generation, SamplingParams
+from captioning.engines import Generation, SamplingParams
 from captioning.frames import probe_duration, sample_frames, sample_frames_from_bytes
 from captioning.models import prepare_model, prepare_text_model  # noqa: F401 (prepare_text_model: re-exported)
 from captioning.prompts import get_prompt
 from captioning.rows import _now, caption_row, plain_value, read_range  # noqa: F401 (re-exported)
-from captioning.table import CAPTIONS, normalize, table_name, write_run_info
+from captioning.structured import structured_columns
+from captioning.table import CAPTIONS, normalize, schema_for, table_name, write_run_info
+from captioning.windows import caption_windowed, clip_requests, sample_windows
 from curation.kept import kept_view
 from curation.stage import Stage, StageResources
 from curation.table_stage import TableStage, execute
@@ -49,13 +50,18 @@ class SampleFrames(Stage):
         else:
             if duration is None:
                 duration = probe_duration(row["path"])
+            if self.cfg.windows.window_s is not None and duration > self.cfg.windows.window_s:
+                frames, spans = sample_windows(row["path"], duration, self.cfg)
+                return [{"clip_id": row["clip_id"], "frames": frames, "fps": spans[0][3], "video": None,
+                         "window_spans": spans, "error": None}]
             frames, fps = sample_frames(row["path"], duration, self.cfg)
             data = read_range(row["path"], 0, None) if want_video else None
         return [{"clip_id": row["clip_id"], "frames": frames, "fps": fps,
-                 "video": data if want_video else None, "error": None}]
+                 "video": data if want_video else None, "window_spans": [], "error": None}]
 
     def error_rows(self, row: dict, message: str) -> list[dict]:
-        return [{"clip_id": row["clip_id"], "frames": [], "fps": 0.0, "video": None, "error": f"frames: {message}"}]
+        return [{"clip_id": row["clip_id"], "frames": [], "fps": 0.0, "video": None, "window_spans": [],
+                 "error": f"frames: {message}"}]
 
 
 class Caption(Stage):
@@ -81,13 +87,14 @@ class Caption(Stage):
         todo = [r for r in rows if not plain_value(r.get("error"))]
         if not todo:
             return out
-        reqs = [CaptionRequest(r["clip_id"], list(r["frames"]), float(r["fps"]), r.get("video")) for r in todo]
+        todo = [{k: plain_value(v) for k, v in r.items()} for r in todo]
+        reqs = clip_requests(todo, self.cfg.max_frames)
         params = SamplingParams(self.cfg.max_tokens, self.cfg.temperature, self.cfg.top_p)
-        results, retries = postprocess.generate_judged(
-            lambda idx, p: self.engine.generate([reqs[i] for i in idx], self.prompt, p), len(reqs), params,
-            self.cfg.retry_bad)
-        for req, (g, text, flags), n in zip(reqs, results, retries):
-            out.append(self._row(req.clip_id, g, len(req.frames), flags, text, n))
+        results, retries, wcols = caption_windowed(lambda rs, p: self.engine.generate(rs, self.prompt, p), todo,
+                                                   reqs, params, self.cfg)
+        extra = structured_columns(self.engine, reqs, self.prompt, results, self.cfg)
+        for r, (g, text, flags), n, w, (cols, more) in zip(todo, results, retries, wcols, extra):
+            out.append({**self._row(r["clip_id"], g, len(r["frames"]), flags + more, text, n), **w, **cols})
         return out
 
     def _row(self, clip_id: str, g: Generation, frames: int, flags: list[str], text: str | None = None,
@@ -153,6 +160,12 @@ class CaptionTable(TableStage):
     def prepare(self, rows: list[dict]) -> list[dict]:
         return [normalize(r) for r in rows]
 
+    def write(self, rows: list[dict]) -> None:
+        from curation.tables import write_part
+
+        # the field_/check_ columns of caption.fields and caption.checks follow the fixed ones
+        write_part(self.storage, self.table, rows, schema_for(rows))
+
     def begin(self, todo: list[dict]) -> None:
         cfg, prompt = self.cfg, self.prompt
         write_run_info(self.storage, cfg.run, {"mode": cfg.mode, "engine": cfg.engine, "model": cfg.model,
@@ -162,7 +175,7 @@ class CaptionTable(TableStage):
 
 
 def caption_items(storage: Storage, cfg: CaptionConfig, items: list[dict], local: bool = False,
-                  progress: bool = True, on_part: Callable[[dict], None] | None = None) -> dict:
+                  progress: bool = True, on_part: Callable[[dict], None] | None = None, ctx: "object" = None) -> dict:
     """Caption work items into `captions/<cfg.run>`, skipping clips already captioned in that run.
 
     `local` runs the steps in this process (tests, small jobs); otherwise on the current Ray.
@@ -171,7 +184,8 @@ def caption_items(storage: Storage, cfg: CaptionConfig, items: list[dict], local
     (engine failures: worth a re-run), unreadable (clips whose frames could not be decoded).
     """
     t0 = time.time()
-    counts = execute(CaptionTable(storage, cfg, items), local=local, progress=progress, on_part=on_part).counts
+    counts = execute(CaptionTable(storage, cfg, items), local=local, progress=progress, on_part=on_part,
+                     ctx=ctx).counts
     counts["seconds"] = round(time.time() - t0, 3)
     return counts
 
@@ -188,9 +202,9 @@ def caption_steps(cfg: CaptionConfig) -> list[Stage]:
 def run(cfg: "object", ctx: "object") -> dict:
     """Pipeline entry (`python -m curation run pipelines.yaml --stage caption`)."""
     ccfg = prepare_model(cfg.caption)
-    counts = caption_items(ctx.storage, ccfg, clip_items(ctx.storage, ccfg), progress=cfg.ray.progress)
+    counts = caption_items(ctx.storage, ccfg, clip_items(ctx.storage, ccfg), progress=cfg.ray.progress, ctx=ctx)
     if ccfg.enhance.enabled:
         from captioning.enhance import enhance_run
 
-        counts["enhance"] = enhance_run(ctx.storage, ccfg, progress=cfg.ray.progress)
+        counts["enhance"] = enhance_run(ctx.storage, ccfg, progress=cfg.ray.progress, ctx=ctx)
     return counts

@@ -14,6 +14,8 @@ from curation.storage import Storage
 from curation.tables import read_table
 
 FRAME_CAPTION = pa.struct([("t_s", pa.float64()), ("text", pa.string())])  # time in the clip (s), caption
+# caption.windows: one window's caption and its span in the clip (s)
+WINDOW_CAPTION = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("text", pa.string())])
 
 CAPTIONS = pa.schema([
     ("clip_id", pa.string()),
@@ -39,9 +41,31 @@ CAPTIONS = pa.schema([
     ("summary_engine", pa.string()),  # its engine
     ("source_run", pa.string()),      # enhance: the run whose caption was rewritten
     ("text_tokens", pa.int32()),      # tokens of the caption's own generation (tokens_in/out: the whole clip's)
+    ("window_captions", pa.list_(WINDOW_CAPTION)),  # caption.windows: each window's caption (text = merged)
+    ("window_s", pa.float64()),       # the window length used (null: the clip was one request)
+    ("window_overlap_s", pa.float64()),  # the overlap between consecutive windows
 ])
 
 _INT_COLUMNS = [f.name for f in CAPTIONS if pa.types.is_integer(f.type)]
+# Columns whose names come from the config: caption.fields (field_<name>: string) and caption.checks
+# (check_<name>: P(yes), float; check_<name>_yes: the answer, bool). They follow the fixed columns.
+EXTRA_PREFIXES = ("field_", "check_")
+
+
+def extra_columns(names: "list[str]") -> list[str]:
+    return [n for n in names if n.startswith(EXTRA_PREFIXES)]
+
+
+def extra_type(name: str) -> pa.DataType:
+    if name.startswith("field_"):
+        return pa.string()
+    return pa.bool_() if name.endswith("_yes") else pa.float64()
+
+
+def schema_for(rows: list[dict]) -> pa.Schema:
+    """CAPTIONS plus the field_/check_ columns that `rows` carry (in first-seen order)."""
+    seen = dict.fromkeys(c for r in rows for c in extra_columns(list(r)))
+    return pa.schema(list(CAPTIONS) + [pa.field(c, extra_type(c)) for c in seen])
 
 
 def table_name(run: str) -> str:
@@ -51,6 +75,9 @@ def table_name(run: str) -> str:
 def normalize(row: dict) -> dict:
     """A row in the schema's types (rows that went through pandas carry floats for ints, arrays for lists)."""
     out = {f.name: row.get(f.name) for f in CAPTIONS}
+    # Through pandas an all-null column comes back as NaN: nulls stay nulls.
+    out.update({c: None if isinstance(row[c], float) and row[c] != row[c] else row[c]
+                for c in extra_columns(list(row))})
     for c in _INT_COLUMNS:
         if out[c] is not None:
             out[c] = int(out[c])
@@ -68,10 +95,12 @@ def frame_lists(captions: list[dict] | None) -> tuple[list[float], list[str]] | 
 
 
 def conform(t: pa.Table) -> pa.Table:
-    """`t` in the CAPTIONS schema: columns that older parts lack come back as nulls."""
+    """`t` in the CAPTIONS schema (columns that older parts lack come back as nulls), then its field_/check_
+    columns."""
+    schema = pa.schema(list(CAPTIONS) + [pa.field(c, extra_type(c)) for c in extra_columns(t.column_names)])
     cols = [t.column(f.name).cast(f.type) if f.name in t.column_names else pa.nulls(t.num_rows, f.type)
-            for f in CAPTIONS]
-    return pa.Table.from_arrays(cols, schema=CAPTIONS)
+            for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema)
 
 
 def read_captions(storage: Storage, run: str) -> pa.Table:

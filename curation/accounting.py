@@ -7,6 +7,7 @@ Ray re-ran reports itself once, from the run that delivered its rows. The driver
 and `summarize` turns the events into the manifest's accounting: per step busy time, utilisation,
 queue waits, rows/s, bytes/s, a utilisation timeline, and the share of time each step was the
 bottleneck (in each time bin: the step whose workers were busiest; ties go to the longer input queue).
+The driver collects the events of a run in its RunContext.events (curation.pipeline): no module state.
 """
 from __future__ import annotations
 
@@ -14,25 +15,12 @@ import json
 import os
 import time
 
+import pyarrow as pa
+
 EVENTS_COL = "__acct_events"  # JSON list of events of the batches that produced this row's batch
 TIME_COL = "__acct_t"  # wall time at which the row left the step before (for queue waits)
 BINS = 60  # timeline resolution of a summary
 SINK = "sink"  # the driver-side step that writes the results
-
-_pending: list[dict] = []  # events of the pipelines run since the last take() (driver side)
-
-
-def add(events: list[dict]) -> None:
-    """Driver: keep the events of a finished pipeline until the stage that ran it takes them."""
-    _pending.extend(events)
-
-
-def take() -> list[dict]:
-    """Driver: the events recorded since the last call (one stage's pipelines), and forget them."""
-    out = list(_pending)
-    _pending.clear()
-    return out
-
 
 def _node() -> str:
     import ray
@@ -50,37 +38,33 @@ def event(step: str, t0: float, t1: float, cpu_s: float, rows_in: int, rows_out:
             "bytes_out": bytes_out, "wait_s": sum(waits), "wait_max_s": max(waits, default=0.0)}
 
 
-def split_batch(batch: "object") -> tuple["object", list[dict], list[float]]:
+def split_batch(batch: pa.Table) -> tuple[pa.Table, list[dict], list[float]]:
     """(batch without accounting columns, upstream events, per-row production times)."""
     events: list[dict] = []
     times: list[float] = []
-    if EVENTS_COL in batch.columns:
-        for v in batch[EVENTS_COL].tolist():
+    names = batch.column_names
+    if EVENTS_COL in names:
+        for v in batch.column(EVENTS_COL).to_pylist():
             if isinstance(v, str) and v:
                 events.extend(json.loads(v))
-    if TIME_COL in batch.columns:
-        times = [float(t) for t in batch[TIME_COL].tolist() if t == t]
-    cols = [c for c in (EVENTS_COL, TIME_COL) if c in batch.columns]
-    return (batch.drop(columns=cols) if cols else batch), events, times
+    if TIME_COL in names:
+        times = [float(t) for t in batch.column(TIME_COL).to_pylist() if t is not None and t == t]
+    cols = [c for c in (EVENTS_COL, TIME_COL) if c in names]
+    return (batch.drop_columns(cols) if cols else batch), events, times
 
 
-def attach(batch: "object", events: list[dict], now: float) -> "object":
+def attach(batch: pa.Table, events: list[dict], now: float) -> pa.Table:
     """Put `events` on the batch's first row and stamp every row with its production time."""
-    batch = batch.copy() if len(batch) else batch
-    col = [None] * len(batch)
+    col = [None] * batch.num_rows
     if col:
         col[0] = json.dumps(events)
-    batch[EVENTS_COL] = col
-    batch[TIME_COL] = [now] * len(batch)
-    return batch
+    batch = batch.append_column(EVENTS_COL, pa.array(col, pa.string()))
+    return batch.append_column(TIME_COL, pa.array([now] * batch.num_rows, pa.float64()))
 
 
-def batch_bytes(batch: "object") -> int:
+def batch_bytes(batch: pa.Table) -> int:
     """Bytes a batch occupies (what moves through the object store between steps)."""
-    try:
-        return int(batch.memory_usage(index=False, deep=True).sum())
-    except Exception:
-        return 0
+    return int(batch.nbytes)
 
 
 def cpu_now() -> float:

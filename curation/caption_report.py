@@ -19,7 +19,6 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curation import tables
 from curation.storage import Storage
@@ -83,10 +82,11 @@ def read_run(storage: Storage, run: str) -> pa.Table:
     if not parts:
         known = ", ".join(list_runs(storage)) or "none"
         raise ValueError(f"no captions run {run!r} under {storage.root} (runs: {known})")
-    ts = []
-    for p in parts:
-        f = pq.ParquetFile(storage.fs.open_input_file(storage.path(p)))
-        ts.append(f.read(columns=[c for c in _COLUMNS if c in f.schema_arrow.names]))
+    # every column, then ours: caption.checks' check_<name> / check_<name>_yes columns have config names
+    ts = [t.select([c for c in t.column_names if c in _COLUMNS or c.startswith("check_")])
+          for t in (tables.read_part(storage, p) for p in parts) if t is not None]
+    if not ts:  # every part rotten (quarantined): the run is to be captioned again
+        raise ValueError(f"captions run {run!r} under {storage.root}: every part was unreadable (quarantined)")
     t = pa.concat_tables(ts, promote_options="permissive")
     n = t.num_rows
     # Vectorised "a caption beats an error, a later row an earlier one": the max of ok * n + row index per clip.
@@ -102,10 +102,9 @@ def camera_types(storage: Storage) -> dict[str, str]:
     parts = storage.list("scores", ".parquet")
     out: dict[str, str] = {}
     for p in parts:  # parts in write order: later rows win
-        f = pq.ParquetFile(storage.fs.open_input_file(storage.path(p)))
-        if CAMERA_COLUMN not in f.schema_arrow.names:
+        t = tables.read_part(storage, p, ["clip_id", CAMERA_COLUMN])
+        if t is None or CAMERA_COLUMN not in t.column_names:
             continue
-        t = f.read(columns=["clip_id", CAMERA_COLUMN])
         out.update((c, v) for c, v in zip(t.column("clip_id").to_pylist(), t.column(CAMERA_COLUMN).to_pylist())
                    if v is not None)
     return out
@@ -117,6 +116,43 @@ _PUNCT = str.maketrans({c: " " for c in '!"#$%&()*+,./:;<=>?@[\\]^_`{|}~'})
 def _norm(text: str) -> str:
     """Lower case, punctuation out, single spaces: captions that differ only in those count as one."""
     return " ".join(text.lower().translate(_PUNCT).split())
+
+
+def text_presence(storage: Storage) -> dict[str, bool]:
+    """clip id -> whether the OCR text scorer found text (its <name>_boxes_max > 0); empty without one."""
+    out: dict[str, bool] = {}
+    for p in storage.list("scores", ".parquet"):  # parts in write order: later rows win
+        t = tables.read_part(storage, p)
+        col = next((c for c in t.column_names if c.endswith("_boxes_max")), None) if t is not None else None
+        if col is None:
+            continue
+        out.update((c, v > 0) for c, v in zip(t.column("clip_id").to_pylist(), t.column(col).to_pylist())
+                   if v is not None)
+    return out
+
+
+# Near-duplicate captions: word 3-gram sets with Jaccard similarity >= NEAR_DUP (identical texts are "shared").
+NEAR_DUP = 0.8
+_RARE = 50  # a 3-gram in more captions than this is boilerplate: it proposes no pairs
+
+
+def near_duplicates(caps: list[dict]) -> list[tuple[str, str, float]]:
+    """(clip a, clip b, Jaccard) of caption pairs of different clips that are near, not exactly, the same."""
+    from collections import defaultdict
+
+    sets = [{" ".join(w[i:i + NGRAM]) for i in range(len(w) - NGRAM + 1)}
+            for w in (_norm(r["text"]).split() for r in caps)]
+    index: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(sets):
+        for g in s:
+            index[g].append(i)
+    pairs = {(a, b) for ids in index.values() if len(ids) <= _RARE for k, a in enumerate(ids) for b in ids[k + 1:]}
+    out = []
+    for a, b in sorted(pairs):
+        j = len(sets[a] & sets[b]) / len(sets[a] | sets[b])
+        if j >= NEAR_DUP and sets[a] != sets[b]:
+            out.append((caps[a]["clip_id"], caps[b]["clip_id"], round(j, 3)))
+    return out
 
 
 def run_stats(t: pa.Table, cameras: dict[str, str]) -> dict:
@@ -148,7 +184,42 @@ def run_stats(t: pa.Table, cameras: dict[str, str]) -> dict:
             "flagged": sum(bool(r.get("flags")) for r in caps), "openings": openings.most_common(TOP),
             "ngrams": grams.most_common(TOP), "shared": shared[:TOP],
             "shared_clips": sum(k for _, k in shared), "distinct": len(same),
-            "camera_known": len(known), "camera_mentioned": sum(known), "text_sample": len(some)}
+            "camera_known": len(known), "camera_mentioned": sum(known), "text_sample": len(some),
+            "checks": check_stats(caps),
+            "near_dups": near_duplicates([r for r in caps if r["clip_id"] in _sample_ids(caps)])}
+
+
+def _sample_ids(caps: list[dict]) -> set[str]:
+    """The clips whose captions the pairwise statistics look at (all, or a fixed sample of TEXT_SAMPLE)."""
+    if len(caps) <= TEXT_SAMPLE:
+        return {r["clip_id"] for r in caps}
+    return {caps[i]["clip_id"] for i in np.random.default_rng(0).choice(len(caps), TEXT_SAMPLE, replace=False)}
+
+
+def label_agreement(t: pa.Table, texts: dict[str, bool]) -> tuple[int, int] | None:
+    """(clips where caption.checks' overlay_text answer agrees with the OCR scorer, clips with both); None
+    when the run has no such check or the scores no OCR."""
+    if "check_overlay_text_yes" not in t.column_names or not texts:
+        return None
+    both = [(r["check_overlay_text_yes"], texts[r["clip_id"]]) for r in
+            t.select(["clip_id", "check_overlay_text_yes"]).to_pylist()
+            if r["check_overlay_text_yes"] is not None and r["clip_id"] in texts]
+    return sum(a == b for a, b in both), len(both)
+
+
+def check_stats(caps: list[dict]) -> dict[str, tuple[int, int, float | None]]:
+    """caption.checks per question: (clips answered yes, clips answered, mean P(yes))."""
+    out = {}
+    for c in sorted({k for r in caps for k in r if k.startswith("check_") and not k.endswith("_yes")}):
+        ps = [r[c] for r in caps if r.get(c) is not None]
+        yes = sum(bool(r.get(f"{c}_yes")) for r in caps)
+        out[c.removeprefix("check_")] = (yes, len(ps), float(np.mean(ps)) if ps else None)
+    return out
+
+
+def _checks_text(s: dict) -> str:
+    return "; ".join(f"{k} {y} of {n}" + (f" (mean P {m:.2f})" if m is not None else "")
+                     for k, (y, n, m) in s.get("checks", {}).items())
 
 
 # ------------------------------------------------------------------------------------------- terminal
@@ -173,6 +244,12 @@ def terminal_lines(run: str, s: dict) -> list[str]:
                      f"type ({_pct(s['camera_mentioned'], s['camera_known'])})")
     else:
         lines.append(f"  camera motion named: - (no {CAMERA_COLUMN} in the scores table)")
+    if s.get("checks"):
+        lines.append(f"  checks answered yes: {_checks_text(s)}")
+    if s.get("text_agree"):
+        lines.append(f"  overlay_text check agrees with OCR: {s['text_agree'][0]} of {s['text_agree'][1]} clips")
+    lines.append(f"  near-duplicate captions (3-gram Jaccard >= {NEAR_DUP}): {len(s.get('near_dups', []))} pairs"
+                 + "".join(f"; {a} ~ {b} {j}" for a, b, j in s.get("near_dups", [])[:3]))
     sampled = f" (sample of {s['text_sample']})" if s["text_sample"] < n else ""
     lines.append(f"  top openings{sampled}: " + "; ".join(f"'{o}' {k}" for o, k in s["openings"][:5]))
     lines.append("  top 3-grams (clips): " + "; ".join(f"'{g}' {k}" for g, k in s["ngrams"][:5]))
@@ -215,6 +292,12 @@ def _html_run(run: str, s: dict) -> str:
                                                  f"({_pct(s['shared_clips'], n)})"),
             ("camera motion named", f"{s['camera_mentioned']} of {s['camera_known']}" if s["camera_known"] else "-"),
             ("modes, model", f"{s['modes']}, {', '.join(s['models'])}")]
+    if s.get("checks"):
+        rows.append(("checks answered yes (caption.checks)", _checks_text(s)))
+    if s.get("text_agree"):
+        rows.append(("overlay_text check agrees with OCR", f"{s['text_agree'][0]} of {s['text_agree'][1]}"))
+    rows.append((f"near-duplicate caption pairs (Jaccard >= {NEAR_DUP})",
+                 f"{len(s.get('near_dups', []))}" + "".join(f"; {a} ~ {b} {j}" for a, b, j in s.get("near_dups", [])[:5])))
     out = [f"<h3>Run {e(run)}</h3><table>"] + [f"<tr><th class=l>{e(a)}</th><td class=l>{e(str(b))}</td></tr>"
                                                 for a, b in rows] + ["</table>"]
     for title, items in (("top openings", s["openings"]), ("top 3-grams (clips containing)", s["ngrams"]),
@@ -267,10 +350,12 @@ def caption_report(storage: Storage, runs: list[str] | None = None, compare: tup
     if not runs:
         return [], ""
     cameras = camera_types(storage)
+    texts = text_presence(storage)
     loaded = {r: read_run(storage, r) for r in runs}
     lines, html = [], ["<h2 id=captions>Captions</h2>"]
     for r in runs:
         s = run_stats(loaded[r], cameras)
+        s["text_agree"] = label_agreement(loaded[r], texts)
         lines += terminal_lines(r, s)
         html.append(_html_run(r, s))
     if compare:

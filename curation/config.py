@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
 from curation.dedup import DedupConfig
+from curation.select import SelectConfig
 from curation.filters.config import FilterConfig, Resources, resolve_path  # noqa: F401 (Resources: every stage's)
 from curation.prefilter import PrefilterConfig
 from curation.schema import Strict
@@ -113,6 +114,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("split", SplitConfig, "curation.split:SplitTable", "clips"),
     Section("filter", FilterConfig, "curation.filter:FilterTable", "scores"),
     Section("dedup", DedupConfig, "curation.dedup:run", "dedup"),  # near-duplicates out (curation/dedup.py)
+    Section("select", SelectConfig, "curation.select:run", "select"),  # training set by budget/quotas (curation/select.py)
 )
 
 

@@ -4,8 +4,8 @@
 
 scores (passed) ─► pHash step (Ray tasks, CPU: a few frames per clip, cached in <root>/dedup/phash/)
     ─► partition (driver: k-means on a seeded sample, every clip to its nearest centroid)
-    ─► clusters (Ray tasks, in parallel: pairwise similarity inside each cluster, groups, the kept clip)
-    ─► <root>/dedup/part-*.parquet (one row per clip)
+    ─► clusters (Ray tasks, in parallel: links inside each cluster, its border guests included)
+    ─► groups (driver: connected components of all links, the kept clip) ─► <root>/dedup/part-*.parquet
 
 Two signals (`dedup.signals`): `phash` (model-free, 64 bits per frame at `phash_frames` evenly spaced
 positions: re-encodes, rescales, crops by a few pixels) and `embedding` (the mean CLIP embedding the
@@ -13,9 +13,11 @@ filter stage stored: semantic near-duplicates). Two clips are linked when the me
 their frame hashes is at most `phash_max_distance` bits of 64, or their embedding cosine is at least
 `embedding_min_similarity`. Groups are the connected components of the links. As in Cosmos-Curate and
 NeMo Curator, links are only searched inside a k-means cluster (of embeddings; of the hash bits when
-only phash is used), so the cost is sum(cluster size^2) rather than N^2 (bench/dedup.py measures the
-recall this costs). The kept clip of a group: highest `keep_by` score (aesthetic), then the longest,
-then the smallest clip_id. Same inputs and seed give the same groups; a re-run recomputes them whole
+only phash is used), so the cost is sum(cluster size^2) rather than N^2. A clip near a border is also a
+guest of the neighbouring clusters it could have a link in (`partition`: the band is exact, only capped
+by `border_clusters`), so a pair split by a border is still found; links are then joined across clusters
+(bench/dedup.py measures recall, time and memory against the exact search and the band-less one). The
+kept clip of a group: highest `keep_by` score (aesthetic), then the longest, then the smallest clip_id. Same inputs and seed give the same groups; a re-run recomputes them whole
 (hashes are reused) and replaces the table.
 """
 from __future__ import annotations
@@ -23,11 +25,11 @@ from __future__ import annotations
 import importlib.util
 import sys
 import time
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curation import tables
@@ -37,7 +39,7 @@ from curation.table_stage import TableStage, execute
 
 DEDUP = pa.schema([
     ("clip_id", pa.string()),        # every clip that passed the filter
-    ("cluster", pa.int32()),         # k-means partition the clip was compared in
+    ("cluster", pa.int32()),         # k-means partition the clip belongs to (its nearest centroid)
     ("group", pa.string()),          # clip_id of the kept clip of its duplicate group (its own id if unique)
     ("duplicate_of", pa.string()),   # the kept clip this one duplicates; null for kept clips
     ("similarity", pa.float32()),    # to the kept clip: embedding cosine (pHash similarity 1 - d/64 without embeddings)
@@ -69,6 +71,13 @@ class DedupConfig(BaseModel):
     keep_by: str | None = "aesthetic_mean"  # scores column; the highest is kept (null: longest, then clip_id)
     seed: int = 0  # sample and k-means seed: same inputs + seed -> same groups
     hash: Resources = Resources(num_cpus=1, batch_size=4)  # pHash step: Ray tasks, each decodes batch_size clips
+    # each clip is also compared in up to this many next-nearest clusters whose border band it lies in
+    # (0: its own cluster only, pairs split by a k-means border are lost)
+    border_clusters: int = Field(2, ge=0)
+    # width of that band as a share of the exact one (1.0: no linked pair is lost to a border, but in high
+    # dimensions most clips are guests; a link's difference rarely points across the border, so 0.1 keeps
+    # recall >= 0.999 at ~0.3 guests per clip: bench/dedup.py)
+    border_band: float = Field(0.1, gt=0, le=1)
     cluster_cpus: float = Field(1.0, gt=0)  # CPUs per cluster task
     cluster_tasks: int = Field(16, ge=1)  # clusters are packed into at most this many Ray tasks
 
@@ -129,10 +138,10 @@ class PhashTable(TableStage):
 
 
 def hash_clips(storage: "object", clips: list[dict], cfg: DedupConfig, local: bool,
-               progress: bool) -> tuple[dict[str, bytes], list[str]]:
+               progress: bool, ctx: "object" = None) -> tuple[dict[str, bytes], list[str]]:
     """pHashes of `clips` (clip_id -> bytes) and the hashing errors; only clips not cached with the same
     frame count are decoded."""
-    result = execute(PhashTable(storage, clips, cfg), local=local, progress=progress)
+    result = execute(PhashTable(storage, clips, cfg), local=local, progress=progress, ctx=ctx)
     t = tables.read_table(storage, "dedup/phash", PHASH, key="clip_id")
     have = {c: h for c, h, n, e in zip(*(t.column(k).to_pylist() for k in ("clip_id", "phash", "frames", "error")))
             if e is None and n == cfg.phash_frames}
@@ -141,15 +150,30 @@ def hash_clips(storage: "object", clips: list[dict], cfg: DedupConfig, local: bo
 
 # ------------------------------------------------------------------------------------- partition ---
 
+@dataclass
+class Partition:
+    """Where every clip is searched: its home cluster, and the neighbouring clusters it is a guest of."""
+
+    home: np.ndarray          # (N,) int32: nearest centroid (the `cluster` column)
+    guest: np.ndarray         # (G,) int64: clip index of each guest entry
+    guest_cluster: np.ndarray  # (G,) int32: the cluster that clip is a guest of
+    k: int                    # clusters
+
+
 def n_clusters(n: int, cfg: DedupConfig) -> int:
     k = cfg.clusters or max(1, int(round(n / cfg.cluster_size)))
     return max(1, min(k, n, cfg.kmeans_sample))
 
 
-def partition(x: np.ndarray, k: int, cfg: DedupConfig) -> np.ndarray:
-    """Cluster of every row of x (L2-normalised float32): k-means fit on a seeded sample, nearest centroid."""
-    if k == 1:
-        return np.zeros(len(x), np.int32)
+def link_radius(cfg: DedupConfig, phash_only: bool) -> float:
+    """Largest distance between two linked unit feature vectors: cosine >= t <=> |a - b| <= sqrt(2 - 2t).
+    pHash signs / sqrt(bits): linked at mean distance <= d bits of 64 <=> cosine >= 1 - d / 32."""
+    t = 1 - cfg.phash_max_distance / 32 if phash_only else cfg.embedding_min_similarity
+    return float(np.sqrt(max(0.0, 2 - 2 * t)))
+
+
+def centroids(x: np.ndarray, k: int, cfg: DedupConfig) -> np.ndarray:
+    """(k, D) unit centroids of k-means fit on a seeded sample of x (L2-normalised float32 rows)."""
     rng = np.random.default_rng(cfg.seed)
     sample = x[np.sort(rng.choice(len(x), min(len(x), cfg.kmeans_sample), replace=False))]
     if cfg.backend == "faiss":
@@ -158,92 +182,160 @@ def partition(x: np.ndarray, k: int, cfg: DedupConfig) -> np.ndarray:
         km = faiss.Kmeans(x.shape[1], k, niter=cfg.kmeans_iters, seed=cfg.seed, spherical=True,
                           max_points_per_centroid=max(256, len(sample) // k + 1), verbose=False)
         km.train(np.ascontiguousarray(sample))
-        return km.index.search(np.ascontiguousarray(x), 1)[1][:, 0].astype(np.int32)
-    from sklearn.cluster import KMeans
+        c = km.centroids
+    else:
+        from sklearn.cluster import KMeans
 
-    km = KMeans(n_clusters=k, n_init=1, max_iter=cfg.kmeans_iters, random_state=cfg.seed).fit(sample)
-    return km.predict(x).astype(np.int32)
+        c = KMeans(n_clusters=k, n_init=1, max_iter=cfg.kmeans_iters, random_state=cfg.seed).fit(sample).cluster_centers_
+    c = np.asarray(c, np.float32)
+    return c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+
+
+def partition(x: np.ndarray, k: int, cfg: DedupConfig, radius: float, block: int = 8192) -> Partition:
+    """Home cluster of every row of x (nearest unit centroid) and its guest clusters: the clusters C among
+    its `border_clusters` next nearest with cos(x, home) - cos(x, C) <= border_band * radius * |home - C| / 2.
+
+    Why that band is exact at border_band 1: for linked a, b (|a - b| <= radius) with homes A != B, the two gaps
+    (a.A - a.B) + (b.B - b.A) = (a - b).(A - B) <= radius * |A - B|, so one of them is at most half of
+    that: a is a guest of B or b a guest of A, and the pair is compared there. Only the cap on the
+    neighbours looked at can lose a pair."""
+    if k == 1:
+        return Partition(np.zeros(len(x), np.int32), np.zeros(0, np.int64), np.zeros(0, np.int32), 1)
+    c = centroids(x, k, cfg)
+    m = min(k, 1 + cfg.border_clusters)
+    gram = c @ c.T  # |A - C| = sqrt(2 - 2 A.C) for unit centroids
+    home = np.empty(len(x), np.int32)
+    guests, guest_cl = [], []
+    for s in range(0, len(x), block):  # blocks: the (block, k) similarity matrix stays small
+        sim = x[s:s + block] @ c.T
+        top = np.argpartition(-sim, m - 1, axis=1)[:, :m] if m < k else np.tile(np.arange(k), (len(sim), 1))
+        ts = np.take_along_axis(sim, top, 1)
+        o = np.argsort(-ts, axis=1, kind="stable")
+        top, ts = np.take_along_axis(top, o, 1), np.take_along_axis(ts, o, 1)
+        home[s:s + len(sim)] = top[:, 0]
+        if m > 1:
+            dist = np.sqrt(np.maximum(0, 2 - 2 * gram[top[:, :1], top[:, 1:]]))
+            r, j = np.nonzero(ts[:, :1] - ts[:, 1:] <= cfg.border_band * radius * dist / 2 + 1e-6)
+            guests.append(r.astype(np.int64) + s)
+            guest_cl.append(top[r, j + 1].astype(np.int32))
+    cat = (lambda a, t: np.concatenate(a) if a else np.zeros(0, t))
+    return Partition(home, cat(guests, np.int64), cat(guest_cl, np.int32), k)
+
+
+def cluster_inputs(part: Partition) -> list[dict]:
+    """One dict per non-empty cluster: "id", "members" (clip indices: homes first, then guests) and "homes"
+    (how many). The feature rows stay in one shared array (`run_clusters`): no copy per cluster in advance."""
+    order = np.argsort(part.home, kind="stable")
+    hb = np.searchsorted(part.home[order], np.arange(part.k + 1))
+    gorder = np.argsort(part.guest_cluster, kind="stable")
+    gb = np.searchsorted(part.guest_cluster[gorder], np.arange(part.k + 1))
+    out = []
+    for c in range(part.k):
+        homes = order[hb[c]:hb[c + 1]]
+        if len(homes):
+            m = np.concatenate([homes, part.guest[gorder[gb[c]:gb[c + 1]]]]).astype(np.int64)
+            out.append({"id": c, "members": m, "homes": len(homes)})
+    return out
 
 
 # ------------------------------------------------------------------------------ inside a cluster ---
 
-def links(x: np.ndarray, thr: float, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (i < j) with x_i . x_j >= thr, in row blocks (memory: block x n floats)."""
+def pairs(x: np.ndarray, homes: int, thr: float, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i < j) with x_i . x_j >= thr where i is one of the first `homes` rows: home-home and
+    home-guest pairs (guest-guest pairs belong to other clusters), in row blocks of the upper triangle
+    (memory: block x n floats)."""
     ii, jj = [], []
-    for s in range(0, len(x), block):
-        sim = x[s:s + block] @ x.T
+    for s in range(0, homes, block):
+        sim = x[s:min(homes, s + block)] @ x[s:].T
         i, j = np.nonzero(sim >= thr)
-        keep = j > i + s
+        keep = j > i
         ii.append(i[keep] + s)
-        jj.append(j[keep])
-    return (np.concatenate(ii), np.concatenate(jj)) if ii else (np.zeros(0, int), np.zeros(0, int))
+        jj.append(j[keep] + s)
+    return (np.concatenate(ii), np.concatenate(jj)) if ii else (np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 
-def dedup_cluster(c: dict, cfg: DedupConfig) -> list[dict]:
-    """Rows of one cluster {"id", "ids", "emb" (n, D) | None, "signs" (n, B) +-1 | None, "has_hash",
-    "score", "length"}."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+def links(x: np.ndarray, thr: float, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair (i < j) of x with x_i . x_j >= thr (the exact all-pairs search)."""
+    return pairs(x, len(x), thr, block)
 
-    n, ids = len(c["ids"]), c["ids"]
-    edges = []
-    if c["emb"] is not None:
-        edges.append(links(c["emb"], cfg.embedding_min_similarity))
-    if c["signs"] is not None:
-        bits = c["signs"].shape[1]
+
+def cluster_links(c: dict, data: dict, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Links of one cluster (see cluster_inputs) as clip-index pairs, by every signal; `data` holds every
+    clip's "emb", "signs", "has_hash" (None for an unused signal)."""
+    edges, m = [], c["members"]
+    if data["emb"] is not None:
+        edges.append(pairs(data["emb"][m], c["homes"], cfg.embedding_min_similarity))
+    if data["signs"] is not None:
+        signs = data["signs"][m]
+        bits = signs.shape[1]
         # a.b = bits - 2 * Hamming; mean distance per 64-bit frame hash <= max  <=>  a.b >= bits - 2 * max * frames
-        i, j = links(c["signs"], bits - 2 * cfg.phash_max_distance * bits / 64 - 1e-3)
-        ok = c["has_hash"][i] & c["has_hash"][j]
+        i, j = pairs(signs, c["homes"], bits - 2 * cfg.phash_max_distance * bits / 64 - 1e-3)
+        ok = data["has_hash"][m[i]] & data["has_hash"][m[j]]
         edges.append((i[ok], j[ok]))
     i = np.concatenate([e[0] for e in edges])
     j = np.concatenate([e[1] for e in edges])
-    _, label = connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)), directed=False)
-    # Keep rule: highest score (NaN last), then longest, then smallest clip_id.
-    order = np.lexsort((np.array(ids), -c["length"], -np.nan_to_num(c["score"], nan=-np.inf)))
-    kept_of: dict[int, int] = {}
-    for m in order:
-        kept_of.setdefault(int(label[m]), int(m))
-    rows = []
-    for m in range(n):
-        k = kept_of[int(label[m])]
-        row = {"clip_id": ids[m], "cluster": c["id"], "group": ids[k], "duplicate_of": None, "similarity": None,
-               "method": None, "kept": m == k}
-        if m != k:
-            row.update(duplicate_of=ids[k], **_relation(c, m, k, cfg))
-        rows.append(row)
-    return rows
+    return c["members"][i], c["members"][j]
 
 
-def _relation(c: dict, m: int, k: int, cfg: DedupConfig) -> dict:
-    """How clip m relates to the kept clip k of its group: the direct links and a similarity."""
-    via, sim = [], None
-    if c["signs"] is not None and c["has_hash"][m] and c["has_hash"][k]:
-        bits = c["signs"].shape[1]
-        dist = (bits - float(c["signs"][m] @ c["signs"][k])) / 2 / (bits / 64)  # mean bits per frame hash
-        sim = 1 - dist / 64
-        if dist <= cfg.phash_max_distance + 1e-6:
-            via.append("phash")
-    if c["emb"] is not None:
-        sim = float(c["emb"][m] @ c["emb"][k])
-        if sim >= cfg.embedding_min_similarity:
-            via.append("embedding")
-    return {"similarity": sim, "method": "+".join(via) or "chain"}
-
-
-def dedup_clusters(chunk: list[dict], cfg: DedupConfig) -> list[dict]:
-    """One Ray task: several clusters, one after another."""
-    return [r for c in chunk for r in dedup_cluster(c, cfg)]
+def clusters_links(chunk: list[dict], data: dict, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """One Ray task: the links of several clusters, one after another."""
+    ls = [cluster_links(c, data, cfg) for c in chunk]
+    return np.concatenate([x[0] for x in ls]), np.concatenate([x[1] for x in ls])
 
 
 def pack_clusters(clusters: list[dict], tasks: int) -> list[list[dict]]:
-    """Clusters into at most `tasks` chunks of similar cost (n^2), largest first."""
+    """Clusters into at most `tasks` chunks of similar cost (homes x members), largest first."""
     chunks: list[list[dict]] = [[] for _ in range(min(tasks, len(clusters)))]
     cost = [0] * len(chunks)
-    for c in sorted(clusters, key=lambda c: -len(c["ids"])):
+    for c in sorted(clusters, key=lambda c: -c["homes"] * len(c["members"])):
         i = int(np.argmin(cost))
         chunks[i].append(c)
-        cost[i] += len(c["ids"]) ** 2
+        cost[i] += c["homes"] * len(c["members"])
     return [ch for ch in chunks if ch]
+
+
+def find_links(feats: np.ndarray, emb: np.ndarray | None, signs: np.ndarray | None, has_hash: np.ndarray | None,
+               cfg: DedupConfig, local: bool) -> tuple[Partition, np.ndarray, np.ndarray, dict]:
+    """Partition by `feats`, then every cluster's links (Ray tasks, or this process). Returns the partition,
+    the linked clip-index pairs and stats (seconds per part, guests, cluster sizes)."""
+    t0 = time.perf_counter()
+    part = partition(feats, n_clusters(len(feats), cfg), cfg, link_radius(cfg, emb is None))
+    t1 = time.perf_counter()
+    clusters = cluster_inputs(part)
+    i, j = run_clusters(clusters, {"emb": emb, "signs": signs, "has_hash": has_hash}, cfg, local)
+    sizes = [c["homes"] for c in clusters]
+    return part, i, j, {"partition_s": t1 - t0, "search_s": time.perf_counter() - t1, "clusters": len(clusters),
+                        "guests": len(part.guest), "max_cluster": max(sizes), "mean_cluster": float(np.mean(sizes))}
+
+
+def kept_of(n: int, i: np.ndarray, j: np.ndarray, score: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """(n,) index of the kept clip of every clip's group (the connected component of the links). Keep rule:
+    highest score (NaN last), then longest, then the smallest index (clips are in clip_id order)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    _, label = connected_components(coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n)), directed=False)
+    order = np.lexsort((np.arange(n), -length, -np.nan_to_num(score, nan=-np.inf)))
+    first = np.empty(label.max() + 1 if n else 0, np.int64)
+    first[label[order[::-1]]] = order[::-1]  # the last write wins: the first clip of each group in keep order
+    return first[label]
+
+
+def relation(m: int, k: int, emb: np.ndarray | None, signs: np.ndarray | None, has_hash: np.ndarray | None,
+             cfg: DedupConfig) -> tuple[float | None, str]:
+    """How clip m relates to the kept clip k of its group: a similarity and the direct links (or chain)."""
+    via, sim = [], None
+    if signs is not None and has_hash[m] and has_hash[k]:
+        bits = signs.shape[1]
+        dist = (bits - float(signs[m] @ signs[k])) / 2 / (bits / 64)  # mean bits per frame hash
+        sim = 1 - dist / 64
+        if dist <= cfg.phash_max_distance + 1e-6:
+            via.append("phash")
+    if emb is not None:
+        sim = float(emb[m] @ emb[k])
+        if sim >= cfg.embedding_min_similarity:
+            via.append("embedding")
+    return sim, "+".join(via) or "chain"
 
 
 # ------------------------------------------------------------------------------------------- run ---
@@ -256,10 +348,12 @@ def candidates(storage: "object", cfg: DedupConfig) -> tuple[list[dict], np.ndar
     want = ["clip_id", "passed", "error"] + (["clip_embedding"] if "embedding" in cfg.signals else [])
     ts = []
     for p in parts:
-        f = pq.ParquetFile(storage.fs.open_input_file(storage.path(p)))
-        names = f.schema_arrow.names
-        cols = [c for c in want + ([cfg.keep_by] if cfg.keep_by else []) if c in names]
-        ts.append(f.read(columns=cols))
+        t = tables.read_part(storage, p, want + ([cfg.keep_by] if cfg.keep_by else []))  # only the columns it has
+        if t is not None:  # a rotten part is quarantined (its clips are scored again by the next filter run)
+            ts.append(t)
+    if not ts:
+        raise ValueError(f"{storage.uri('scores')}: every scores part was unreadable (quarantined): run the filter "
+                         "stage again")
     s = tables.dedupe_last(pa.concat_tables(ts, promote_options="permissive"), "clip_id")
     if cfg.keep_by and cfg.keep_by not in s.column_names:
         raise ValueError(f"dedup.keep_by: the scores table has no column {cfg.keep_by!r} "
@@ -282,7 +376,8 @@ def candidates(storage: "object", cfg: DedupConfig) -> tuple[list[dict], np.ndar
     return out, emb
 
 
-def dedup(storage: "object", cfg: DedupConfig, local: bool = False, progress: bool = True) -> dict:
+def dedup(storage: "object", cfg: DedupConfig, local: bool = False, progress: bool = True,
+          ctx: "object" = None) -> dict:
     """Find the duplicate groups of the kept clips and write the dedup table; returns counts (and
     `errors`: clips that could not be hashed)."""
     t0 = time.time()
@@ -291,7 +386,7 @@ def dedup(storage: "object", cfg: DedupConfig, local: bool = False, progress: bo
     errors: list[str] = []
     signs = has_hash = None
     if "phash" in cfg.signals and clips:
-        hashes, errors = hash_clips(storage, clips, cfg, local, progress)
+        hashes, errors = hash_clips(storage, clips, cfg, local, progress, ctx)
         has_hash = np.array([c["clip_id"] in hashes for c in clips])
         blank = bytes(8 * cfg.phash_frames)
         from curation.phash import as_signs
@@ -299,47 +394,59 @@ def dedup(storage: "object", cfg: DedupConfig, local: bool = False, progress: bo
         packed = np.frombuffer(b"".join(hashes.get(c["clip_id"], blank) for c in clips), np.uint8)
         signs = as_signs(packed.reshape(len(clips), cfg.phash_frames, 8))
         counts["hash_errors"] = int((~has_hash).sum())
-    rows: list[dict] = []
+    table = pa.Table.from_pylist([], schema=DEDUP)
     if clips:
         feats = emb if emb is not None else signs / np.sqrt(signs.shape[1])
-        label = partition(feats, n_clusters(len(clips), cfg), cfg)
-        clusters = []
-        for k in np.unique(label):
-            m = np.nonzero(label == k)[0]
-            clusters.append({"id": int(k), "ids": [clips[i]["clip_id"] for i in m],
-                             "emb": None if emb is None else emb[m], "signs": None if signs is None else signs[m],
-                             "has_hash": None if has_hash is None else has_hash[m],
-                             "score": np.array([np.nan if clips[i]["score"] is None else clips[i]["score"] for i in m],
-                                               np.float64),
-                             "length": np.array([clips[i]["length"] for i in m], np.float64)})
-        counts["clusters"] = len(clusters)
-        rows = run_clusters(clusters, cfg, local)
-    rows.sort(key=lambda r: r["clip_id"])
-    counts["duplicates"] = sum(not r["kept"] for r in rows)
-    counts["groups"] = len({r["group"] for r in rows if not r["kept"]})
-    replace_table(storage, rows)
+        part, i, j, info = find_links(feats, emb, signs, has_hash, cfg, local)
+        score = np.array([np.nan if c["score"] is None else c["score"] for c in clips], np.float64)
+        kept = kept_of(len(clips), i, j, score, np.array([c["length"] for c in clips], np.float64))
+        table = dedup_table([c["clip_id"] for c in clips], part.home, kept, emb, signs, has_hash, cfg)
+        counts.update(clusters=info["clusters"], guests=info["guests"])
+    dup = np.nonzero(~np.asarray(table.column("kept").to_numpy(zero_copy_only=False), bool))[0]
+    counts["duplicates"] = len(dup)
+    counts["groups"] = len(set(table.column("group").take(pa.array(dup)).to_pylist()))
+    replace_table(storage, table)
     counts["seconds"] = round(time.time() - t0, 3)
     counts["errors"] = errors
     return counts
 
 
-def run_clusters(clusters: list[dict], cfg: DedupConfig, local: bool) -> list[dict]:
-    """Every cluster's rows: Ray tasks in parallel (packed by cost), or in this process."""
+def dedup_table(ids: list[str], home: np.ndarray, kept: np.ndarray, emb: np.ndarray | None,
+                signs: np.ndarray | None, has_hash: np.ndarray | None, cfg: DedupConfig) -> pa.Table:
+    """The dedup table in clip order, built by columns (no dict per clip: a million rows stay small)."""
+    n = len(ids)
+    sim: list[float | None] = [None] * n
+    method: list[str | None] = [None] * n
+    dup_of: list[str | None] = [None] * n
+    for m in np.nonzero(kept != np.arange(n))[0]:
+        sim[m], method[m] = relation(int(m), int(kept[m]), emb, signs, has_hash, cfg)
+        dup_of[m] = ids[kept[m]]
+    ids_a = pa.array(ids, pa.string())
+    return pa.table({"clip_id": ids_a, "cluster": pa.array(home, pa.int32()), "group": ids_a.take(pa.array(kept)),
+                     "duplicate_of": pa.array(dup_of, pa.string()), "similarity": pa.array(sim, pa.float32()),
+                     "method": pa.array(method, pa.string()), "kept": pa.array(kept == np.arange(n))}, schema=DEDUP)
+
+
+def run_clusters(clusters: list[dict], data: dict, cfg: DedupConfig, local: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Every cluster's links: Ray tasks in parallel (packed by cost; the features put in the object store
+    once and read there without a copy), or in this process."""
     chunks = pack_clusters(clusters, cfg.cluster_tasks)
     if local:
-        return [r for ch in chunks for r in dedup_clusters(ch, cfg)]
-    import ray
+        out = [clusters_links(ch, data, cfg) for ch in chunks]
+    else:
+        import ray
 
-    task = ray.remote(num_cpus=cfg.cluster_cpus)(dedup_clusters)
-    refs = [task.remote(ch, cfg) for ch in chunks]
-    return [r for rs in ray.get(refs) for r in rs]
+        task = ray.remote(num_cpus=cfg.cluster_cpus)(clusters_links)
+        ref = ray.put(data)
+        out = ray.get([task.remote(ch, ref, cfg) for ch in chunks])
+    return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
 
 
-def replace_table(storage: "object", rows: list[dict]) -> None:
+def replace_table(storage: "object", table: pa.Table) -> None:
     """Write the new table (one part per 1M rows), then remove the parts of earlier runs."""
     old = storage.list("dedup", ".parquet")
-    for s in range(0, len(rows), 1_000_000):
-        tables.write_part(storage, "dedup", rows[s:s + 1_000_000], DEDUP)
+    for s in range(0, table.num_rows, 1_000_000):
+        tables.write_part(storage, "dedup", table.slice(s, 1_000_000), DEDUP)
     for p in old:
         storage.delete(p)
 
@@ -351,7 +458,7 @@ def read_dedup(storage: "object") -> pa.Table:
 
 def run(cfg: "object", ctx: "object") -> dict:
     """Stage entry point (curation.pipeline)."""
-    counts = dedup(ctx.storage, cfg.dedup, progress=cfg.ray.progress)
+    counts = dedup(ctx.storage, cfg.dedup, progress=cfg.ray.progress, ctx=ctx)
     ctx.stages.setdefault("dedup", {})["errors"] = counts.pop("errors")
     print(f"[dedup] {counts['duplicates']} duplicates in {counts['groups']} groups among {counts['clips']} kept "
           f"clips ({counts['clusters']} clusters)", file=sys.stderr)

@@ -104,9 +104,15 @@ class DecodeStage(Stage):
     def process_row(self, row: dict) -> list[dict]:
         from curation.filters.decode import decode_clip
 
+        from curation.video import VideoError
+
         t0 = time.perf_counter()
-        clip = decode_clip(self.storage.uri(row["path"]), self.specs, self.cfg.sample_fps, self.cfg.max_frames,
-                           self.mv_cells)
+        try:
+            clip = decode_clip(self.storage.uri(row["path"]), self.specs, self.cfg.sample_fps, self.cfg.max_frames,
+                               self.mv_cells)
+        except VideoError as e:  # a clip file rotten after split wrote it: split cuts it again next run
+            tables.quarantine(self.storage, row["path"], str(e))
+            raise VideoError(f"{e} (quarantined; the next split run cuts it again)") from None
         out = {**_base(row), "frames_sampled": len(clip.times), "error": None}
         # Border finders first: the other scorers then see the picture inside the bars (clip.content).
         for sc in sorted(self.scorers.by_step("cpu"), key=lambda sc: not sc.crops):
@@ -232,7 +238,10 @@ def ensure_demo_models(cfg: FilterConfig) -> None:
         print(f"[filter] WARNING: {', '.join(missing)} missing: building tiny RANDOM demo models in {base} "
               "(scores are meaningless; set filter.demo_models: null and real weights for real runs)",
               file=sys.stderr, flush=True)
-        make_tiny(base)
+        from curation.runner import output_to_log
+
+        with output_to_log():  # library progress bars of the model saves: the run log, not the console
+            make_tiny(base)
 
 
 class FilterTable(TableStage):
@@ -310,12 +319,9 @@ def decide_table(t: pa.Table, rules: list[Rule]) -> tuple[pa.Array, pa.Array]:
 
 def _outcome(storage: "object") -> dict[str, tuple[bool, bool]]:
     """clip_id -> (passed, error) of the scores table as readers see it (last part wins)."""
-    import pyarrow.parquet as pq
-
-    parts = storage.list("scores", ".parquet")
-    t = tables.dedupe_last(pa.concat_tables(
-        [pq.read_table(storage.fs.open_input_file(storage.path(p)), columns=["clip_id", "passed", "error"])
-         for p in parts], promote_options="permissive"), "clip_id")
+    parts = [tables.read_part(storage, p, ["clip_id", "passed", "error"]) for p in storage.list("scores", ".parquet")]
+    t = tables.dedupe_last(pa.concat_tables([t for t in parts if t is not None], promote_options="permissive"),
+                           "clip_id")
     return {c: (bool(p), bool(e)) for c, p, e in zip(t.column("clip_id").to_pylist(), t.column("passed").to_pylist(),
                                                      t.column("error").to_pylist())}
 
@@ -338,6 +344,7 @@ def rules_only(fcfg: FilterConfig, storage: "object") -> dict:
         raise ValueError(f"{storage.uri('scores')}: no scores table to re-apply thresholds to (run the filter "
                          "stage without --rules-only first)")
     owner = {r.column: sc.name for sc in scorers.scorers for r in sc.rules()}
+    parts = [p for p in parts if tables.read_part(storage, p, ["clip_id"]) is not None]  # rotten: quarantined
     for part in parts:
         names = pq.read_schema(storage.fs.open_input_file(storage.path(part))).names
         for r in rules:
@@ -348,14 +355,16 @@ def rules_only(fcfg: FilterConfig, storage: "object") -> dict:
     before = _outcome(storage)
     rules_json = json.dumps([r.__dict__ for r in rules]).encode()
     for part in parts:
-        t = pq.read_table(storage.fs.open_input_file(storage.path(part)))
+        t = tables.read_part(storage, part)
+        if t is None:
+            continue
         passed, reasons = decide_table(t, rules)
         for name, col in (("passed", passed), ("reasons", reasons)):
             i = t.schema.get_field_index(name)
             t = t.set_column(i, t.schema.field(i), col)
         t = t.replace_schema_metadata({**(t.schema.metadata or {}), b"filter.rules": rules_json})
         buf = io.BytesIO()
-        pq.write_table(t, buf, compression="zstd")
+        pq.write_table(t, buf, compression="zstd", write_page_checksum=True)
         storage.write_bytes(part, buf.getvalue())  # atomic: temporary name, then rename over the old part
     after = _outcome(storage)
     kept = sum(p for p, _ in after.values())

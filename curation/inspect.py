@@ -5,7 +5,8 @@ with its threshold, and per source video. HTML (<root>/report/index.html by defa
 self-contained file, curation/report/): per score a histogram with draggable min/max thresholds;
 moving one recounts in the page, exactly, the clips and hours kept and dropped overall and per reason,
 and shows contact sheets of the clips nearest the threshold and of those the change adds or removes.
-Views of camera types (string score columns), duplicate groups (<root>/dedup) and captions.
+Views of camera types (string score columns), duplicate groups (<root>/dedup), captions and the
+selection's distributions before/after (<root>/select, curation/select_report.py).
 "Export thresholds" gives the `filter.scorers.<name>.thresholds` yaml, which
 `python -m curation run pipelines.yaml --stage filter --rules-only` applies to the stored scores.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import html as H
 import json
 import math
+import os
 import sys
 from collections import Counter
 
@@ -45,9 +47,16 @@ def load_scores(storage: Storage) -> tuple[pa.Table, list]:
         return pa.table({}), []
     ts, schema = [], None
     for p in parts:
-        f = pq.ParquetFile(storage.fs.open_input_file(storage.path(p)))
-        schema = f.schema_arrow
-        ts.append(f.read(columns=[n for n in schema.names if n != "clip_embedding"]))
+        try:
+            names = pq.read_schema(storage.fs.open_input_file(storage.path(p))).names
+        except (OSError, pa.ArrowException):
+            names = None  # a rotten footer: read_part quarantines it
+        got = tables.read_part(storage, p, [n for n in names if n != "clip_embedding"] if names else None)
+        if got is not None:
+            ts.append(got)
+            schema = got.schema
+    if not ts:
+        return pa.table({}), []
     t = pa.concat_tables(ts, promote_options="permissive")
     if pc.count_distinct(t.column("clip_id")).as_py() < t.num_rows:  # re-scored clips: the last row wins
         t = tables.dedupe_last(t, "clip_id")
@@ -107,12 +116,12 @@ def table_counts(storage: Storage) -> dict:
         if not parts:
             continue
         key = "video_id" if name == "videos" else "clip_id"
-        ts = []
-        for p in parts:  # videos: also the prefilter reasons (parts written before them have none)
-            f = pq.ParquetFile(storage.fs.open_input_file(storage.path(p)))
-            ts.append(f.read(columns=[c for c in (key, col, "reasons") if c in f.schema_arrow.names
-                                      and (c != "reasons" or name == "videos")]))
-        t = tables.dedupe_last(pa.concat_tables(ts, promote_options="permissive"), key)
+        cols = [key, col] + (["reasons"] if name == "videos" else [])  # videos: also the prefilter reasons
+        ts = [t for t in (tables.read_part(storage, p, cols) for p in parts) if t is not None]
+        if not ts:  # every part rotten (quarantined)
+            continue
+        t = pa.concat_tables(ts, promote_options="permissive")
+        t = tables.dedupe_last(t, key)
         vals = t.column(col).to_pylist()
         out[name] = ({"total": len(vals), "errors": sum(v is not None for v in vals)} if name == "videos"
                      else {s: vals.count(s) for s in sorted(set(vals), key=str)})
@@ -234,6 +243,11 @@ def main(root: str, html: str | None = None, compare: tuple[str, str] | None = N
         return 2
     if cap_lines:
         print("\n".join(cap_lines))
+    from curation.select_report import selection_report  # the select stage's before/after (its own module)
+
+    sel_lines, sel_html = selection_report(storage)
+    if sel_lines:
+        print("\n".join(sel_lines))
     from curation import run_report  # stage accounting of the latest run (its own module)
 
     run = run_report.latest_manifest(storage)
@@ -242,7 +256,7 @@ def main(root: str, html: str | None = None, compare: tuple[str, str] | None = N
     if html is not None and t.num_rows:
         target = storage.local_path("report/index.html") if html == "" else html
         page = build_page(storage, t, rules, counts, s, relative_base(storage.local_path(""), target), root,
-                          cap_html + (run_report.html_section(run) if run else ""))
+                          cap_html + sel_html + (run_report.html_section(run) if run else ""))
         if html == "":
             storage.write_bytes("report/index.html", page)
             html = redact(storage.uri("report/index.html"))
@@ -274,8 +288,8 @@ def make_server(root: str, port: int = 0):
         def do_GET(self) -> None:
             if self.path in ("/", "/index.html"):
                 return self._send(200, page, "text/html; charset=utf-8")
-            rel = posixpath.normpath(self.path.split("?", 1)[0][len("/root/"):]) if self.path.startswith("/root/") else ""
-            if not rel or rel.startswith("..") or rel.startswith("/") or not storage.exists(rel):
+            rel = _inside_root(storage, self.path)
+            if rel is None:
                 return self._send(404, b"not found", "text/plain")
             with storage.fs.open_input_file(storage.path(rel)) as f:
                 size = f.size()
@@ -300,6 +314,30 @@ def make_server(root: str, port: int = 0):
             self.wfile.write(data)
 
     return ThreadingHTTPServer(("127.0.0.1", port), Handler)
+
+
+def _inside_root(storage: Storage, url_path: str) -> str | None:
+    """The root-relative file a `/root/<path>` request names, or None when it names nothing inside the root.
+
+    Decoded once (an encoded `..` is still `..`), normalised, and refused when it climbs out, is absolute,
+    holds a NUL, or (local roots) resolves through a symlink to a file outside the root."""
+    import posixpath
+    from urllib.parse import unquote
+
+    if not url_path.startswith("/root/"):
+        return None
+    raw = unquote(url_path.split("?", 1)[0].split("#", 1)[0][len("/root/"):])
+    rel = posixpath.normpath(raw) if raw else ""
+    if not rel or rel in (".", "..") or rel.startswith(("../", "/")) or "\x00" in rel or "\\" in rel:
+        return None
+    local = storage.local_path(rel)
+    if local is not None:
+        base = os.path.realpath(storage.local_path(""))
+        real = os.path.realpath(local)
+        if os.path.commonpath([base, real]) != base or not os.path.isfile(real):
+            return None
+        return rel
+    return rel if storage.exists(rel) else None
 
 
 def serve(root: str, port: int = 8765) -> int:

@@ -7,7 +7,8 @@ A clip is kept when, in this order (the first check it fails is its drop reason)
       table exists)
     that row passed the filter             else "filtered out"
     it is not a duplicate (dedup table)    else "duplicate"
-    [later: selected by the select stage]  else "not selected"   <- add a check to CHECKS
+    selected by the select stage (when     else "not selected"
+      its table exists: curation/select.py)
 
 Without a scores table (the filter has not run) every ok clip counts as passed; readers that need
 scores (shard.writer.require_scores) refuse that case themselves. A clip the dedup table marks as a
@@ -32,6 +33,7 @@ class KeptView:
     clips: list[dict]  # every row of the clips table (last row per clip_id)
     scores: dict[str, dict] = field(default_factory=dict)  # clip_id -> scores row ({} without a scores table)
     duplicates: set[str] = field(default_factory=set)  # clip_ids dedup dropped (their original still passes)
+    selected: set[str] | None = None  # clip_ids the select stage chose; None: it has not run (or is ignored)
 
     def reason(self, clip: dict) -> str | None:
         """Why `clip` (a clips row) is not kept: the first check of CHECKS it fails; None when kept."""
@@ -66,15 +68,30 @@ def _not_duplicate(v: KeptView, c: dict) -> bool:
     return c["clip_id"] not in v.duplicates
 
 
-# (drop reason, check) in order. The select stage adds ("not selected", its check) at the end.
+def _selected(v: KeptView, c: dict) -> bool:
+    return v.selected is None or c["clip_id"] in v.selected
+
+
+# (drop reason, check) in order.
 CHECKS: list[tuple[str, Callable[[KeptView, dict], bool]]] = [
     ("clip", _clip_ok), ("no scores row", _has_scores), ("filtered out", _passed), ("duplicate", _not_duplicate),
+    ("not selected", _selected),
 ]
 
+SELECT_TABLE = "select"  # <root>/select/part-*.parquet (curation/select.py writes it)
 
-def kept_view(storage: Storage, score_columns: list[str] | None = None) -> KeptView:
-    """The clips, scores (all columns, or `score_columns` besides clip_id and passed) and duplicates
-    of `storage`'s root."""
+
+def selected_ids(storage: Storage) -> set[str] | None:
+    """Clips the select stage chose; None when it has not run (then every kept clip counts)."""
+    if not storage.list(SELECT_TABLE, ".parquet"):
+        return None
+    t = tables.read_table(storage, SELECT_TABLE, key="clip_id")
+    return {c for c, s in zip(t.column("clip_id").to_pylist(), t.column("selected").to_pylist()) if s}
+
+
+def kept_view(storage: Storage, score_columns: list[str] | None = None, selected: bool = True) -> KeptView:
+    """The clips, scores (all columns, or `score_columns` besides clip_id and passed), duplicates and
+    (unless `selected` is False: the select stage's own input) the selection of `storage`'s root."""
     clips = tables.read_table(storage, "clips", tables.CLIPS).to_pylist()
     if score_columns is None:
         st = tables.read_table(storage, "scores")
@@ -84,6 +101,7 @@ def kept_view(storage: Storage, score_columns: list[str] | None = None) -> KeptV
     scores = {r["clip_id"]: r for r in st.to_pylist()}
     view = KeptView(clips, scores)
     view.duplicates = duplicates(storage, view.passed())
+    view.selected = selected_ids(storage) if selected else None
     return view
 
 
@@ -100,6 +118,6 @@ def duplicates(storage: Storage, passed: set[str]) -> set[str]:
 DEDUP_COLUMNS = pa.schema([("clip_id", pa.string()), ("duplicate_of", pa.string()), ("kept", pa.bool_())])
 
 
-def kept_clips(storage: Storage) -> list[dict]:
-    """The clips rows of the kept clips (see the module doc)."""
-    return kept_view(storage, score_columns=[]).kept()
+def kept_clips(storage: Storage, selected: bool = True) -> list[dict]:
+    """The clips rows of the kept clips (see the module doc); `selected=False` ignores the select table."""
+    return kept_view(storage, score_columns=[], selected=selected).kept()

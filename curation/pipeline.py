@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 
 from curation.config import BaseConfig
+from curation.console import Console
 from curation.storage import Storage
 from curation.table_stage import TableStage
 from curation.uris import redact, scrub_obj
@@ -36,6 +37,10 @@ class RunContext:
     run_id: str = field(default_factory=lambda: time.strftime("%Y%m%dT%H%M%S") + f"-{int(time.time()*1e6)%1000000:06d}")
     stages: dict = field(default_factory=dict)  # stage -> {"counts", "seconds", "errors", "accounting"}
     log_path: str | None = None  # local file with Ray's own logging of this run (runs/<run_id>.log in the root)
+    wait: bool = False  # another run holds a stage's lease: wait for it (True) or refuse (curation/lease.py)
+    leases: object = None  # curation.lease.Leases held by this run (taken in run_stages)
+    console: Console = field(default_factory=Console)  # where Ray's own output goes during this run
+    events: list = field(default_factory=list)  # accounting events of the running stage's pipelines (accounting.py)
 
     def manifest(self) -> dict:
         versions = {}
@@ -46,7 +51,8 @@ class RunContext:
                 pass
         # No credentials in the manifest: every URI in argv, config and errors is redacted.
         return scrub_obj({"run_id": self.run_id, "argv": sys.argv, "python": platform.python_version(),
-                          "versions": versions, "config": self.cfg.model_dump(mode="json"), "stages": self.stages})
+                          "versions": versions, "config": self.cfg.model_dump(mode="json"), "stages": self.stages,
+                          **_fault_records(self)})
 
     def write_manifest(self) -> str:
         rel = f"runs/{self.run_id}.json"
@@ -76,31 +82,40 @@ def run_stages(cfg: BaseConfig, stages: list[str], ctx: RunContext | None = None
 
     The console shows one progress bar per stage and a summary at the end; Ray's own logging goes to
     runs/<run_id>.log under the root unless `verbose`."""
-    from curation import accounting, runner
+    from curation import cluster
 
     ctx = ctx or RunContext(cfg, Storage(cfg.root))
     fns = [(s, resolve(cfg, s)) for s in stages]  # fail on a bad name before any work
     ctx.log_path = ctx.storage.local_path(f"runs/{ctx.run_id}.log") or os.path.join(
         tempfile.gettempdir(), f"vidcurate-{ctx.run_id}.log")
-    runner.console(ctx.log_path, verbose)
+    ctx.console.open(ctx.log_path, verbose)
     from curation import tables
 
     tables.new_run()  # part numbers continue after whatever another process wrote meanwhile
+    from curation import retry
+
+    retry.take()  # retries of this run only
     refused = False
     try:
-        runner.init_ray(cfg.ray.address, cfg.ray.num_cpus)
+        try:  # one owner per root and stage, before any work (curation/lease.py)
+            _take_leases(ctx, stages)
+        except ValueError:
+            refused = True
+            raise
+        cluster.init_ray(cfg.ray.address, cfg.ray.num_cpus, ctx.console)
         # before any work: on a multi-node cluster nothing may land on one node's disk
         try:
-            runner.check_root_placement(ctx.storage, cfg.ray.shared_root)
+            cluster.check_root_placement(ctx.storage, cfg.ray.shared_root)
         except ValueError:
             refused = True  # nothing of this run may stay in the refused folder, not even its log
             raise
-        accounting.take()  # events of pipelines run outside run_stages are not this run's
+        ctx.events.clear()
         for name, fn in fns:
             _run_one(cfg, ctx, name, fn)
     finally:
-        runner.set_stage(None)
-        runner.console(None, True)
+        if ctx.leases is not None:
+            ctx.leases.release()
+        ctx.console.close()
         if refused:
             _drop_local_log(ctx)
         else:
@@ -110,11 +125,8 @@ def run_stages(cfg: BaseConfig, stages: list[str], ctx: RunContext | None = None
 
 
 def _run_one(cfg: BaseConfig, ctx: RunContext, name: str, fn) -> None:
-    from curation import runner
-
     t0 = time.time()
     entry = ctx.stages.setdefault(name, {"counts": {}, "errors": []})
-    runner.set_stage(name)
     try:
         entry["counts"] = fn(cfg, ctx) or {}
     except Exception as e:
@@ -125,9 +137,30 @@ def _run_one(cfg: BaseConfig, ctx: RunContext, name: str, fn) -> None:
         from curation import accounting
 
         entry["seconds"] = round(time.time() - t0, 3)
-        entry["accounting"] = accounting.summarize(accounting.take())  # per step: busy, waits, rows/s, bottleneck
+        entry["accounting"] = accounting.summarize(ctx.events)  # per step: busy, waits, rows/s, bottleneck
+        ctx.events.clear()
         ctx.write_manifest()
         _keep_log(ctx)
+
+
+def _take_leases(ctx: RunContext, stages: list[str]) -> None:
+    from curation.lease import Leases
+
+    ctx.leases = Leases(ctx.storage, ctx.run_id)
+    ctx.leases.acquire(stages, wait=ctx.wait)
+
+
+def _fault_records(ctx: RunContext) -> dict:
+    """The manifest's record of leases (held, taken over from a dead run, lost), quarantined files and retries."""
+    from curation.tables import QUARANTINED
+
+    from curation import retry
+
+    out = {"quarantined": list(QUARANTINED),  # damaged files this driver moved aside (curation.tables.quarantine)
+           "object_store": retry.snapshot()}  # the driver's object-store retries per call type (curation/retry.py)
+    if ctx.leases is not None:
+        out["leases"] = ctx.leases.record()
+    return out
 
 
 def _drop_local_log(ctx: RunContext) -> None:

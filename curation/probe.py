@@ -42,6 +42,7 @@ def probe_video(source: str, count_frames: bool = True) -> dict:
         pts: list[int] = []
         first = None
         frames = 0
+        decode_error = None
         try:
             if count_frames:
                 # Demux + decode every frame: container frame counts are often missing or wrong,
@@ -56,7 +57,10 @@ def probe_video(source: str, count_frames: bool = True) -> dict:
             else:
                 frames = st.frames
         except Exception as e:  # FFmpeg errors mid-stream: the file is truncated or corrupt
-            raise VideoError(f"{source}: decode failed after {frames} frames ({type(e).__name__}: {e})") from None
+            decode_error = f"{source}: decode failed after {frames} frames ({type(e).__name__}: {e})"
+            if frames == 0:
+                raise VideoError(decode_error) from None
+            # Salvage: the frames before the damage are still split (clips flagged truncated); the row says where.
         if count_frames and frames == 0:
             raise VideoError(f"{source}: no decodable video frames")
         tb = float(st.time_base) if st.time_base else 0.0
@@ -90,7 +94,8 @@ def probe_video(source: str, count_frames: bool = True) -> dict:
             "frames": frames, "fps": fps, "vfr": vfr, "width": w, "height": h, "display_width": dw,
             "display_height": dh, "sar": sar, "rotation": rotation, "codec": cc.name,
             "pix_fmt": cc.pix_fmt or (first.format.name if first is not None else None),
-            "has_audio": bool(c.streams.audio), "error": None, "bpp": bits_per_pixel(rate, w, h, fps),
+            "has_audio": bool(c.streams.audio), "error": decode_error, "truncated": decode_error is not None,
+            "bpp": bits_per_pixel(rate, w, h, fps),
         }
 
 
@@ -118,6 +123,8 @@ class ProbeStage(Stage):
         except OSError:
             pass
         blank = {f.name: None for f in tables.VIDEOS}
+        if src not in message:  # an error raised below our code (e.g. a codec's metadata): still name the file
+            message = f"{src}: {message}"
         return [{**blank, "video_id": video_id_for(src), "source": src, "bytes": size, "error": message}]
 
 
@@ -126,6 +133,8 @@ class ProbeTable(TableStage):
 
     name = "probe"
     item_count, done_count = "inputs", "probed"
+    statuses = ("errors", "truncated")  # truncated: decoding failed mid-stream, the frames before are used
+    error_columns = ("error", "truncated")
 
     def __init__(self, storage: Storage, inputs: list[str], count_frames: bool = True,
                  resources: StageResources | None = None, prefilter: PrefilterConfig | None = None,
@@ -153,6 +162,13 @@ class ProbeTable(TableStage):
 
     def sink_every(self, todo: int) -> int:
         return max(1, min(64, todo // 10 or 1))
+
+    def failed(self, row: dict) -> bool:
+        # a salvaged (truncated) file is done: probing it again would find the same damage
+        return not tables.usable_video(row)
+
+    def status(self, row: dict) -> str | None:
+        return "truncated" if row.get("truncated") else "errors" if row.get("error") else None
 
 
 run = ProbeTable.run  # Section entry (curation.config)

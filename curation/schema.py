@@ -37,6 +37,11 @@ class Resources(Strict):
     min_workers: int | None = Field(None, ge=1)
     max_workers: int | None = Field(None, ge=1)
 
+    @classmethod
+    def from_config(cls, r: "Resources") -> "Resources":
+        """A step's own copy of a config section's resources (a step may change its copy: GPU fallback)."""
+        return r.model_copy()
+
     @model_validator(mode="after")
     def _pool(self):
         check_pool(self.workers, self.min_workers, self.max_workers)

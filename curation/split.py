@@ -243,6 +243,8 @@ class SplitStage(Stage):
 
 def error_row(row: dict, message: str) -> dict:
     blank = {f.name: None for f in tables.CLIPS}
+    if row["source"] not in message:  # every error row names its file
+        message = f"{row['source']}: {message}"
     return {**blank, "clip_id": f"{row['video_id']}_error", "video_id": row["video_id"], "source": row["source"],
             "status": "error", "reason": message}
 
@@ -323,7 +325,7 @@ class Scanner:
             if self.first is None:
                 raise VideoError(f"{self.source}: decode failed ({e})") from None
             # Truncated mid-stream: the frames that did decode still make clips, and the rows say so.
-            self.truncated = f"decode stopped at frame {i + 1}: {e}"
+            self.truncated = f"truncated: decode stopped at frame {i + 1}: {e}"
         if self.first is None:
             raise VideoError(f"{self.source}: no decodable video frames")
 
@@ -481,6 +483,8 @@ class SplitTable(TableStage):
         # A video is done once it has a clip row that is not an error (its error rows are history then).
         super().__init__(storage, "clips", tables.CLIPS, key="clip_id", resume_key="video_id")
         self.params, self.inputs, self.resources = params, inputs, resources
+        self.rotten: dict[str, list[str]] = {}  # video_id -> its quarantined clip files (set by state())
+        self.recut = 0  # videos cut again this run because a clip file of theirs was quarantined
 
     @classmethod
     def from_run(cls, cfg: "object", ctx: "object") -> "SplitTable":
@@ -488,15 +492,32 @@ class SplitTable(TableStage):
                    StageResources.from_config(cfg.split.resources))
 
     def items(self) -> list[dict]:
-        # Videos that broke a probe.prefilter rule (reasons) are never split.
+        # Salvaged (truncated) videos too: the clips before the damage; never those that broke a
+        # probe.prefilter rule (reasons).
         videos = [r for r in tables.read_table(self.storage, "videos", tables.VIDEOS).to_pylist()
-                  if not r["error"] and not r.get("reasons")]
+                  if tables.usable_video(r) and not r.get("reasons")]
         full = _openable(self.inputs)  # redacted source (as stored) -> the URI with its credentials, to open
         return [{"video_id": v["video_id"], "source": full.get(v["source"], v["source"]), "fps": v["fps"]}
                 for v in videos]
 
     def steps(self) -> list[Stage]:
         return [SplitStage(self.params, self.storage.root, self.resources)]
+
+    def state(self) -> tuple[set, set]:
+        """As the framework's, less the videos with a clip file quarantined (found damaged on read): cut again."""
+        done, failed = super().state()
+        self.rotten = quarantined_clips(self.storage)
+        return done - set(self.rotten), failed
+
+    def write(self, rows: list[dict]) -> None:
+        super().write(rows)
+        for vid in {r["video_id"] for r in rows if r["status"] != "error"} & set(self.rotten):
+            for q in self.rotten.pop(vid):  # cut again: the damaged copy has done its job
+                self.storage.delete(q)
+            self.recut += 1
+
+    def finish(self, counts: dict, local: bool) -> dict:
+        return {**counts, "recut": self.recut}
 
     def failed(self, row: dict) -> bool:
         return row.get("status") == "error"
@@ -511,6 +532,16 @@ class SplitTable(TableStage):
         return 1  # one video's clips per part: a killed run resumes at the next video
 
 run = SplitTable.run  # Section entry (curation.config)
+
+
+def quarantined_clips(storage: Storage) -> dict[str, list[str]]:
+    """video_id -> quarantined files of its clips (quarantine/clips/<video_id>/..., see tables.quarantine)."""
+    out: dict[str, list[str]] = {}
+    for rel in storage.walk_files("quarantine/clips"):
+        parts = rel.split("/")
+        if len(parts) >= 4:
+            out.setdefault(parts[2], []).append(rel)
+    return out
 
 
 def _openable(inputs: list[str]) -> dict[str, str]:

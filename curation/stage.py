@@ -8,26 +8,13 @@ in unit tests (`run_local`).
 from __future__ import annotations
 
 import traceback
-from dataclasses import dataclass
 
-from curation.schema import check_pool  # noqa: F401 (re-exported: its old home)
+from curation.schema import Resources, check_pool  # noqa: F401 (check_pool: re-exported, its old home)
+from curation.storage import DiskFull
 
 
-@dataclass
-class StageResources:
-    """What one worker of a stage holds (mirrors curation.config.Resources)."""
-
-    num_cpus: float = 1.0  # CPUs per worker
-    num_gpus: float = 0.0  # GPUs per worker (fractional allowed)
-    workers: int | None = None  # concurrency; None lets Ray size the pool to the cluster
-    batch_size: int = 1  # rows per call
-    min_workers: int | None = None  # autoscaling pool: lower bound (runner.pool_size)
-    max_workers: int | None = None  # autoscaling pool: upper bound
-
-    @classmethod
-    def from_config(cls, r: object) -> "StageResources":
-        return cls(num_cpus=r.num_cpus, num_gpus=r.num_gpus, workers=r.workers, batch_size=r.batch_size,
-                   min_workers=getattr(r, "min_workers", None), max_workers=getattr(r, "max_workers", None))
+# A step's resources are the config's own model (a copy: the GPU fallback changes the step's, never the config's).
+StageResources = Resources
 
 
 class Stage:
@@ -65,6 +52,8 @@ class Stage:
         for row in rows:
             try:
                 out.extend(self.process_row(row))
+            except DiskFull:  # not the input's fault, and every later write would fail too: stop the run
+                raise
             except Exception as e:  # one bad input never stops the batch: it becomes an error row
                 msg = f"{type(e).__name__}: {e}"
                 if not str(e):

@@ -124,7 +124,7 @@ class TableStage:
     def run(cls, cfg: "object", ctx: "object") -> dict:
         """Section entry point (curation.pipeline): run the stage, its errors into the run's manifest."""
         stage = cls.from_run(cfg, ctx)
-        result = execute(stage, progress=cfg.ray.progress)
+        result = execute(stage, progress=cfg.ray.progress, ctx=ctx)
         ctx.stages.setdefault(cls.name, {})["errors"] = result.errors
         return result.counts
 
@@ -138,8 +138,11 @@ class Result:
 
 
 def execute(stage: TableStage, local: bool = False, progress: bool = True,
-            on_part: Callable[[dict], None] | None = None) -> Result:
-    """Run `stage`: resume, steps (here or on Ray), sink, counts and errors (see the module doc)."""
+            on_part: Callable[[dict], None] | None = None, ctx: "object" = None) -> Result:
+    """Run `stage`: resume, steps (here or on Ray), sink, counts and errors (see the module doc).
+
+    `ctx` (a curation.pipeline.RunContext, or None outside a run) gets the pipeline's accounting
+    events, and its console decides where Ray's own output goes."""
     items = stage.items()
     todo, retried = stage.todo(items)
     counts: dict = {stage.item_count: len(items), "skipped": len(items) - len(todo)}
@@ -173,7 +176,8 @@ def execute(stage: TableStage, local: bool = False, progress: bool = True,
         from curation.runner import run_pipeline
 
         cpu_fallback(stage.name, steps)
-        run_pipeline(todo, steps, sink, sink_every=every, progress=progress)
+        run_pipeline(todo, steps, sink, sink_every=every, progress=progress, label=stage.name,
+                     console=getattr(ctx, "console", None), events=getattr(ctx, "events", None))
     return Result(stage.finish(counts, local), errors)
 
 

@@ -8,7 +8,9 @@ that was re-done after a crash between part write and bookkeeping is never count
 from __future__ import annotations
 
 import io
+import posixpath
 import uuid
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -33,6 +35,7 @@ VIDEOS = pa.schema([
     ("pix_fmt", pa.string()),
     ("has_audio", pa.bool_()),
     ("error", pa.string()),           # null when the file probed cleanly
+    ("truncated", pa.bool_()),        # decoding failed mid-stream (error says where): the frames before are used
     ("bpp", pa.float64()),            # video bits per pixel per frame: bitrate / (width x height x fps)
     ("reasons", pa.list_(pa.string())),  # probe.prefilter rules broken (e.g. "short_side<128"): not split; [] = passes
 ])
@@ -55,6 +58,11 @@ CLIPS = pa.schema([
     ("reason", pa.string()),          # why dropped / the error
 ])
 
+def usable_video(row: dict) -> bool:
+    """A videos-table row whose frames later stages use: probed cleanly, or truncated (salvaged up to the damage)."""
+    return not row.get("error") or bool(row.get("truncated"))
+
+
 # Tables keyed by these columns; a captions run is keyed by clip_id too.
 KEYS = {"videos": "video_id", "clips": "clip_id", "scores": "clip_id"}
 
@@ -72,7 +80,9 @@ def write_part(storage: Storage, table: str, rows: list[dict] | pa.Table,
         t = t.replace_schema_metadata({k: scrub(v.decode("utf-8", "replace")).encode()
                                        for k, v in t.schema.metadata.items()})
     buf = io.BytesIO()
-    pq.write_table(t, buf, compression="zstd")
+    # Page checksums: a bit flipped after writing is an error on read, not silently wrong values
+    # (bench/parquet_rot.py: 0.8% of single-bit flips go unnoticed with them, 44% without; docs/faults.md).
+    pq.write_table(t, buf, compression="zstd", write_page_checksum=True)
     rel = f"{table}/part-{next_sequence(storage, table):020d}-{uuid.uuid4().hex[:8]}.parquet"
     storage.write_bytes(rel, buf.getvalue())
     return rel
@@ -97,6 +107,7 @@ def next_sequence(storage: Storage, table: str) -> int:
 def new_run() -> None:
     """Forget cached sequences: the next write lists its table again (a run may follow another process's)."""
     _SEQUENCES.clear()
+    QUARANTINED.clear()
 
 
 def _sequence_of(rel: str) -> int:
@@ -129,7 +140,9 @@ def read_table(storage: Storage, table: str, schema: pa.Schema | None = None,
     parts = storage.list(table, ".parquet")
     if not parts:
         return schema.empty_table() if schema is not None else pa.table({})
-    tables = [pq.read_table(storage.fs.open_input_file(storage.path(p))) for p in parts]
+    tables = [t for t in (read_part(storage, p) for p in parts) if t is not None]
+    if not tables:
+        return schema.empty_table() if schema is not None else pa.table({})
     t = pa.concat_tables(tables, promote_options="permissive")
     key = key or KEYS.get(table.split("/")[0])
     if key and key in t.column_names and t.num_rows:
@@ -144,17 +157,55 @@ def read_columns(storage: Storage, table: str, columns: list[str], key: str | No
     parts = storage.list(table, ".parquet")
     ts = []
     for p in parts:
-        f = pq.ParquetFile(storage.fs.open_input_file(storage.path(p)))
-        have = f.schema_arrow.names
-        t = f.read(columns=[c for c in columns if c in have])
+        t = read_part(storage, p, columns)  # a rotten part: quarantined, its rows redone
+        if t is None:
+            continue
         for c in columns:
-            if c not in t.column_names:
-                t = t.append_column(c, pa.nulls(t.num_rows, pa.string()))
+            if c not in t.column_names:  # null-typed: promotes to the column's type in the other parts
+                t = t.append_column(c, pa.nulls(t.num_rows, pa.null()))
         ts.append(t.select(columns))
     if not ts:
         return pa.table({c: pa.array([], pa.string()) for c in columns})
     t = pa.concat_tables(ts, promote_options="permissive")
     return dedupe_last(t, key) if key and t.num_rows else t
+
+
+def read_part(storage: Storage, rel: str, columns: list[str] | None = None) -> pa.Table | None:
+    """One part, its page checksums verified; a rotten part (bad footer, checksum, cut short) is moved to
+    quarantine/ with a message and read as absent, so its rows are redone by the next run of its stage."""
+    try:  # an object store's transient errors are retried (and raised when they last), never quarantined
+        src = storage.fs.open_input_file(storage.path(rel)) if storage.is_local else pa.BufferReader(storage.read_bytes(rel))
+    except FileNotFoundError:
+        return None  # quarantined meanwhile by another reader
+    try:
+        f = pq.ParquetFile(src, page_checksum_verification=True)
+        return f.read(columns=[c for c in columns if c in f.schema_arrow.names] if columns else None)
+    except (OSError, pa.ArrowException) as e:  # ArrowInvalid (footer, checksum), IOError (short read)
+        quarantine(storage, rel, f"unreadable Parquet part ({type(e).__name__}: {e})")
+        return None
+
+
+def quarantine(storage: Storage, rel: str, why: str) -> str:
+    """Move a damaged file to quarantine/<rel> (readers then skip it; the stage that wrote it redoes its
+    rows) next to a note saying why; warn on stderr. Returns the quarantined path."""
+    import sys
+    import time
+
+    dest = f"quarantine/{rel}"
+    message = f"quarantined {storage.uri(rel) if storage.is_local else rel}: {why}; moved to {dest}"
+    try:
+        storage.makedirs(posixpath.dirname(dest))
+        storage.fs.move(storage.path(rel), storage.path(dest))
+        storage.write_bytes(dest + ".why.txt", f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {why}\n".encode())
+    except FileNotFoundError:
+        pass  # another reader moved it first
+    print(f"warning: {scrub(message)}", file=sys.stderr, flush=True)
+    QUARANTINED.append(scrub(message))
+    return dest
+
+
+# Messages of the files this process quarantined (the run manifest lists them).
+QUARANTINED: list[str] = []
 
 
 def dedupe_last(t: pa.Table, key: str) -> pa.Table:

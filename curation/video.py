@@ -36,8 +36,9 @@ def open_container(source: str) -> "av.container.InputContainer":
             from curation.storage import filesystem
 
             fs, path = filesystem(source)
-            return av.open(fs.open_input_file(path), "r")
-        return av.open(source.removeprefix("file://"), "r")
+            return av.open(fs.open_input_file(path), "r", metadata_errors="replace")
+        # A tag that is not valid UTF-8 (a damaged or odd file) must not make its frames unreadable.
+        return av.open(source.removeprefix("file://"), "r", metadata_errors="replace")
     except av.error.FFmpegError as e:
         raise VideoError(f"{source}: cannot open as a video ({e})") from None
     except FileNotFoundError:

@@ -8,8 +8,9 @@
   from_pretrained reads.
 - transformer_key_to_diffusers / transformer_key_from_diffusers: one name (LoRA adapter keys too).
 
-Only key names change (every tensor keeps its shape and values), so each direction is a list of regex
-renames; tests/model checks that load -> export reproduces a diffusers state dict exactly.
+Only key names change (every tensor keeps its shape and values): one table of name templates per
+model, from which both directions are compiled; tests/model checks that load -> export reproduces a
+diffusers state dict exactly.
 """
 from __future__ import annotations
 
@@ -22,90 +23,105 @@ import torch
 from model.transformer import ExpertTransformer, TransformerConfig
 from model.vae import CausalVAE, VAEConfig
 
-# ours -> diffusers key renames (\1, \2 carry block indices), then the reverse table.
+# One table per model: (our name, diffusers' name) templates. {field} stands for a part that carries
+# over (block index, q/k/v, ...; FIELDS says what it matches); "^" and "$" anchor a template at the
+# start / end of the key. Both directions are compiled from the same rows (_compile).
+FIELDS = {
+    "i": r"\d+",  # block index
+    "n": r"\d",  # norm number
+    "qkv": "q|k|v", "qk": "q|k",
+    "side": "encoder|decoder",
+    "norm": "1|2|_out",
+    "conv": "conv_in|conv_out|conv1|conv2|conv_y|conv_b",  # causal convs: plain Conv3d subclasses (no `.conv`)
+    "wb": "weight|bias",
+}
+
 TRANSFORMER_KEYS = [
-    (r"patch_proj\.", "patch_embed.proj."),
-    (r"text_proj\.", "patch_embed.text_proj."),
-    (r"time_mlp\.0\.", "time_embedding.linear_1."),
-    (r"time_mlp\.2\.", "time_embedding.linear_2."),
-    (r"ofs_mlp\.0\.", "ofs_embedding.linear_1."),
-    (r"ofs_mlp\.2\.", "ofs_embedding.linear_2."),
-    (r"blocks\.(\d+)\.norm(\d)\.mod\.", r"transformer_blocks.\1.norm\2.linear."),
-    (r"blocks\.(\d+)\.norm(\d)\.norm\.", r"transformer_blocks.\1.norm\2.norm."),
-    (r"blocks\.(\d+)\.attn\.to_(q|k|v)\.", r"transformer_blocks.\1.attn1.to_\2."),
-    (r"blocks\.(\d+)\.attn\.norm_(q|k)\.", r"transformer_blocks.\1.attn1.norm_\2."),
-    (r"blocks\.(\d+)\.attn\.to_out\.", r"transformer_blocks.\1.attn1.to_out.0."),
-    (r"blocks\.(\d+)\.ff\.fc1\.", r"transformer_blocks.\1.ff.net.0.proj."),
-    (r"blocks\.(\d+)\.ff\.fc2\.", r"transformer_blocks.\1.ff.net.2."),
-    (r"norm_final\.", "norm_final."),
-    (r"out_mod\.", "norm_out.linear."),
-    (r"out_norm\.", "norm_out.norm."),
-    (r"proj_out\.", "proj_out."),
+    ("patch_proj.", "patch_embed.proj."),
+    ("text_proj.", "patch_embed.text_proj."),
+    ("time_mlp.0.", "time_embedding.linear_1."),
+    ("time_mlp.2.", "time_embedding.linear_2."),
+    ("ofs_mlp.0.", "ofs_embedding.linear_1."),
+    ("ofs_mlp.2.", "ofs_embedding.linear_2."),
+    ("blocks.{i}.norm{n}.mod.", "transformer_blocks.{i}.norm{n}.linear."),
+    ("blocks.{i}.norm{n}.norm.", "transformer_blocks.{i}.norm{n}.norm."),
+    ("blocks.{i}.attn.to_{qkv}.", "transformer_blocks.{i}.attn1.to_{qkv}."),
+    ("blocks.{i}.attn.norm_{qk}.", "transformer_blocks.{i}.attn1.norm_{qk}."),
+    ("blocks.{i}.attn.to_out.", "transformer_blocks.{i}.attn1.to_out.0."),
+    ("blocks.{i}.ff.fc1.", "transformer_blocks.{i}.ff.net.0.proj."),
+    ("blocks.{i}.ff.fc2.", "transformer_blocks.{i}.ff.net.2."),
+    ("norm_final.", "norm_final."),
+    ("out_mod.", "norm_out.linear."),
+    ("out_norm.", "norm_out.norm."),
+    ("proj_out.", "proj_out."),
+    ("^pos_embedding$", "^patch_embed.pos_embedding$"),  # learned positions (CogVideoX-5b-I2V 1.0)
 ]
 
-TRANSFORMER_BACK = [
-    (r"patch_embed\.proj\.", "patch_proj."),
-    (r"patch_embed\.text_proj\.", "text_proj."),
-    (r"time_embedding\.linear_1\.", "time_mlp.0."),
-    (r"time_embedding\.linear_2\.", "time_mlp.2."),
-    (r"ofs_embedding\.linear_1\.", "ofs_mlp.0."),
-    (r"ofs_embedding\.linear_2\.", "ofs_mlp.2."),
-    (r"transformer_blocks\.(\d+)\.norm(\d)\.linear\.", r"blocks.\1.norm\2.mod."),
-    (r"transformer_blocks\.(\d+)\.norm(\d)\.norm\.", r"blocks.\1.norm\2.norm."),
-    (r"transformer_blocks\.(\d+)\.attn1\.to_(q|k|v)\.", r"blocks.\1.attn.to_\2."),
-    (r"transformer_blocks\.(\d+)\.attn1\.norm_(q|k)\.", r"blocks.\1.attn.norm_\2."),
-    (r"transformer_blocks\.(\d+)\.attn1\.to_out\.0\.", r"blocks.\1.attn.to_out."),
-    (r"transformer_blocks\.(\d+)\.ff\.net\.0\.proj\.", r"blocks.\1.ff.fc1."),
-    (r"transformer_blocks\.(\d+)\.ff\.net\.2\.", r"blocks.\1.ff.fc2."),
-    (r"norm_final\.", "norm_final."),
-    (r"norm_out\.linear\.", "out_mod."),
-    (r"norm_out\.norm\.", "out_norm."),
-    (r"proj_out\.", "proj_out."),
-]
-
-# VAE: our modules mirror the diffusers tree; causal convs are plain Conv3d subclasses (no `.conv`
-# wrapper), samplers are single modules, the mid block is `mid`.
-_CONV = r"(conv_in|conv_out|conv1|conv2|conv_y|conv_b)"
+# VAE: our modules mirror the diffusers tree; samplers are single modules, the mid block is `mid`.
 VAE_KEYS = [
-    (r"(encoder|decoder)\.mid\.(\d+)\.", r"\1.mid_block.resnets.\2."),
-    (r"\.downsample\.", ".downsamplers.0."),
-    (r"\.upsample\.", ".upsamplers.0."),
-    (r"\.norm(1|2|_out)\.norm\.", r".norm\1.norm_layer."),
-    (r"\." + _CONV + r"\.(weight|bias)$", r".\1.conv.\2"),
-    (r"^" + _CONV + r"\.(weight|bias)$", r"\1.conv.\2"),
-]
-# diffusers -> ours, inverted by hand where a pattern is not a plain rename.
-_VAE_BACK = [
-    (r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.", r"\1.mid.\2."),
-    (r"\.downsamplers\.0\.", ".downsample."),
-    (r"\.upsamplers\.0\.", ".upsample."),
-    (r"\.norm(1|2|_out)\.norm_layer\.", r".norm\1.norm."),
-    (r"\." + _CONV + r"\.conv\.(weight|bias)$", r".\1.\2"),
+    ("{side}.mid.{i}.", "{side}.mid_block.resnets.{i}."),
+    (".downsample.", ".downsamplers.0."),
+    (".upsample.", ".upsamplers.0."),
+    (".norm{norm}.norm.", ".norm{norm}.norm_layer."),
+    (".{conv}.{wb}$", ".{conv}.conv.{wb}$"),
+    ("^{conv}.{wb}$", "^{conv}.conv.{wb}$"),
 ]
 
 
-def _rename(key: str, pairs) -> str:
-    for pat, rep in pairs:
-        new, n = re.subn(pat, rep, key)
-        if n:
-            key = new
+def _pattern(template: str) -> re.Pattern:
+    """A template as a regex: literal text escaped, {field} a named group, ^/$ anchors kept."""
+    head, body, tail = ("^" if template.startswith("^") else ""), template.strip("^$"), \
+        ("$" if template.endswith("$") else "")
+    parts = re.split(r"\{(\w+)\}", body)
+    rx = "".join(re.escape(p) if k % 2 == 0 else f"(?P<{p}>{FIELDS[p]})" for k, p in enumerate(parts))
+    return re.compile(head + rx + tail)
+
+
+def _replacement(template: str) -> str:
+    """A template as a re.sub replacement: {field} -> the group it matched."""
+    body = template.strip("^$").replace("\\", "\\\\")
+    return re.sub(r"\{(\w+)\}", r"\\g<\1>", body)
+
+
+def _compile(table: list[tuple[str, str]], forward: bool) -> list[tuple[re.Pattern, str]]:
+    """(regex, replacement) rows of `table`, ours -> diffusers (forward) or diffusers -> ours."""
+    return [(_pattern(a), _replacement(b)) if forward else (_pattern(b), _replacement(a)) for a, b in table]
+
+
+_TRANSFORMER_TO = _compile(TRANSFORMER_KEYS, forward=True)
+_TRANSFORMER_FROM = _compile(TRANSFORMER_KEYS, forward=False)
+_VAE_TO = _compile(VAE_KEYS, forward=True)
+_VAE_FROM = _compile(VAE_KEYS, forward=False)
+
+
+def _rename(key: str, rows: list[tuple[re.Pattern, str]]) -> str:
+    """Every row that matches renames its part of the key (VAE: renames touch separate parts)."""
+    for rx, rep in rows:
+        key = rx.sub(rep, key)
     return key
 
 
+def _first(key: str, rows: list[tuple[re.Pattern, str]]) -> str | None:
+    """The key renamed by the first row that matches its start (transformer), None when none does."""
+    for rx, rep in rows:
+        m = rx.match(key)
+        if m:
+            return m.expand(rep) + key[m.end():]
+    return None
+
+
 def _to_diffusers_transformer(key: str) -> str:
-    for ours, theirs in TRANSFORMER_KEYS:
-        new, n = re.subn("^" + ours, theirs, key)
-        if n:
-            return new
-    raise KeyError(f"no diffusers name for transformer parameter {key}")
+    new = _first(key, _TRANSFORMER_TO)
+    if new is None:
+        raise KeyError(f"no diffusers name for transformer parameter {key}")
+    return new
 
 
 def _from_diffusers_transformer(key: str) -> str:
-    for theirs, ours in TRANSFORMER_BACK:
-        new, n = re.subn("^" + theirs, ours, key)
-        if n:
-            return new
-    raise KeyError(f"unknown diffusers transformer key {key}")
+    new = _first(key, _TRANSFORMER_FROM)
+    if new is None:
+        raise KeyError(f"unknown diffusers transformer key {key}")
+    return new
 
 
 def transformer_key_to_diffusers(key: str) -> str:
@@ -119,17 +135,15 @@ def transformer_key_from_diffusers(key: str) -> str:
 
 
 def _to_diffusers_vae(key: str) -> str:
-    return _rename(key, VAE_KEYS)
+    return _rename(key, _VAE_TO)
 
 
 def _from_diffusers_vae(key: str) -> str:
-    return _rename(key, _VAE_BACK)
+    return _rename(key, _VAE_FROM)
 
 
 # -- configs -----------------------------------------------------------------------------------------
 def transformer_config_from_diffusers(cfg: dict) -> TransformerConfig:
-    if cfg.get("use_learned_positional_embeddings"):
-        raise NotImplementedError("learned positional embeddings (CogVideoX-5b-I2V 1.0) are not supported")
     act = cfg.get("activation_fn", "gelu-approximate")
     if act != "gelu-approximate" or cfg.get("timestep_activation_fn", "silu") != "silu":
         raise NotImplementedError(f"activation {act} not supported")
@@ -147,6 +161,7 @@ def transformer_config_from_diffusers(cfg: dict) -> TransformerConfig:
         attention_bias=cfg.get("attention_bias", True), patch_bias=cfg.get("patch_bias", True),
         norm_eps=cfg.get("norm_eps", 1e-5), flip_sin_to_cos=cfg.get("flip_sin_to_cos", True),
         freq_shift=cfg.get("freq_shift", 0), ofs_embed_dim=cfg.get("ofs_embed_dim"),
+        learned_positions=bool(cfg.get("use_learned_positional_embeddings", False)),
     )
 
 
@@ -163,7 +178,7 @@ def transformer_config_to_diffusers(c: TransformerConfig) -> dict:
         "activation_fn": "gelu-approximate", "timestep_activation_fn": "silu", "norm_elementwise_affine": True,
         "norm_eps": c.norm_eps, "spatial_interpolation_scale": c.spatial_interpolation_scale,
         "temporal_interpolation_scale": c.temporal_interpolation_scale,
-        "use_rotary_positional_embeddings": c.use_rope, "use_learned_positional_embeddings": False,
+        "use_rotary_positional_embeddings": c.use_rope, "use_learned_positional_embeddings": c.learned_positions,
         "patch_bias": c.patch_bias,
     }
 
@@ -179,6 +194,7 @@ def vae_config_from_diffusers(cfg: dict) -> VAEConfig:
         temporal_compression=int(cfg.get("temporal_compression_ratio", 4)),
         sample_height=cfg.get("sample_height", 480), sample_width=cfg.get("sample_width", 720),
         scaling_factor=cfg.get("scaling_factor", 1.15258426),
+        invert_scale_latents=bool(cfg.get("invert_scale_latents", False)),
     )
 
 
@@ -192,7 +208,7 @@ def vae_config_to_diffusers(c: VAEConfig) -> dict:
         "norm_num_groups": c.norm_num_groups, "temporal_compression_ratio": c.temporal_compression,
         "sample_height": c.sample_height, "sample_width": c.sample_width, "scaling_factor": c.scaling_factor,
         "shift_factor": None, "latents_mean": None, "latents_std": None, "force_upcast": True,
-        "use_quant_conv": False, "use_post_quant_conv": False, "invert_scale_latents": False,
+        "use_quant_conv": False, "use_post_quant_conv": False, "invert_scale_latents": c.invert_scale_latents,
     }
 
 
@@ -250,9 +266,9 @@ def _resolve(path_or_state, subfolder: str):
 
 
 def _load(model: torch.nn.Module, theirs: dict[str, torch.Tensor], rename, dtype) -> None:
-    ours = {}
+    ours, wanted = {}, set(model.state_dict())
     for k, v in theirs.items():
-        if k.endswith("pos_embedding"):  # non-persistent sin-cos table some exports include
+        if k.endswith("pos_embedding") and "pos_embedding" not in wanted:  # a non-persistent sin-cos table some exports include
             continue
         ours[rename(k)] = v.to(dtype) if dtype is not None else v
     missing, unexpected = model.load_state_dict(ours, strict=False)

@@ -216,16 +216,22 @@ def dpm_sample(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], s
 
 
 def transformer_fn(model, text_emb: torch.Tensor, null_emb: torch.Tensor | None = None,
-                   guidance_scale: float = 6.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+                   guidance_scale: float = 6.0, image_latents: torch.Tensor | None = None,
+                   ofs: torch.Tensor | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """model_fn for the samplers from an ExpertTransformer and text embeddings [B, L, D]. With guidance,
-    the unconditional branch uses null_emb (zeros if None, as the original)."""
+    the unconditional branch uses null_emb (zeros if None, as the original). Image-to-video: the
+    conditioning latents [B, F, C, h, w] (model/i2v.py) go to both branches, concatenated on channels."""
     if guidance_scale > 1.0:
         null = torch.zeros_like(text_emb) if null_emb is None else null_emb
         text = torch.cat([null, text_emb])
+        image = torch.cat([image_latents] * 2) if image_latents is not None else None
     else:
-        text = text_emb
+        text, image = text_emb, image_latents
 
     def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return model(x.to(text.dtype), text, t)
+        x = x.to(text.dtype)
+        if image is not None:
+            x = torch.cat([x, image.to(x)], dim=2)
+        return model(x, text, t) if ofs is None else model(x, text, t, ofs)
 
     return fn

@@ -11,11 +11,12 @@ Weights load from / export to the published diffusers checkpoints through model/
 from __future__ import annotations
 
 from dataclasses import dataclass, asdict
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from model.embeddings import apply_rope, rope_3d, rope_complex, sincos_3d, timestep_embedding
 
@@ -46,6 +47,7 @@ class TransformerConfig:
     flip_sin_to_cos: bool = True  # timestep sinusoid layout [cos | sin]
     freq_shift: float = 0.0  # timestep sinusoid frequency shift
     ofs_embed_dim: int | None = None  # 1.5 image-to-video "ofs" embedding width (None: absent)
+    learned_positions: bool = False  # 5b-I2V (1.0): a stored [text + video] position table added to the tokens (with RoPE)
     rope_theta: float = 10000.0  # RoPE base
 
     @property
@@ -81,6 +83,20 @@ class TransformerConfig:
         return asdict(self)
 
 
+# Ops whose outputs a block keeps for backward under selective recomputation: the matmuls and attention
+# (the FLOPs). Everything else (LayerNorms, AdaLN addcmul, concatenation, GELU, RoPE) is recomputed from
+# them in backward (ExpertTransformer.selective_recompute).
+_KEEP = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+         torch.ops.aten.convolution.default, torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+         torch.ops.aten._scaled_dot_product_flash_attention.default,
+         torch.ops.aten._scaled_dot_product_efficient_attention.default,
+         torch.ops.aten._scaled_dot_product_cudnn_attention.default}
+
+
+def _keep_matmuls(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _KEEP else CheckpointPolicy.PREFER_RECOMPUTE
+
+
 class ExpertAdaLN(nn.Module):
     """One LayerNorm for both modalities; the time embedding gives each its own shift, scale and gate."""
 
@@ -110,14 +126,24 @@ class Attention(nn.Module):
         self.to_out = nn.Linear(num_heads * head_dim, dim, bias=True)
         self.cp = None  # model.context_parallel.ContextParallel when the video tokens are split over ranks
 
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v projections as one matmul over the stacked weights (one pass over x, one grad-input
+        matmul in backward); adapters (LoRA layers in place of a Linear) are called as modules."""
+        lin = (self.to_q, self.to_k, self.to_v)
+        if not all(type(m) is nn.Linear for m in lin):
+            return tuple(m(x) for m in lin)
+        bias = None if self.to_q.bias is None else torch.cat([m.bias for m in lin])
+        return F.linear(x, torch.cat([m.weight for m in lin]), bias).chunk(3, dim=-1)
+
     def forward(self, x: torch.Tensor, text_len: int, rope: torch.Tensor | None, video_tokens: int | None = None):
         """x [B, S, dim] with the first text_len tokens text; rope: complex rotations [S_video, 1, head_dim/2].
         Under context parallelism x holds this rank's video tokens of `video_tokens` in all."""
         b, s, _ = x.shape
         shape = (b, s, self.num_heads, self.head_dim)
-        q = self.norm_q(self.to_q(x).view(shape))  # [B, S, H, hd]: the norms act on contiguous heads
-        k = self.norm_k(self.to_k(x).view(shape))
-        v = self.to_v(x).view(shape)
+        q, k, v = self._qkv(x)
+        q = self.norm_q(q.reshape(shape))  # [B, S, H, hd]
+        k = self.norm_k(k.reshape(shape))
+        v = v.reshape(shape)
         if rope is not None:  # rotate video tokens in place (the norm outputs are not needed by autograd)
             q[:, text_len:] = apply_rope(q[:, text_len:], rope)
             k[:, text_len:] = apply_rope(k[:, text_len:], rope)
@@ -183,13 +209,18 @@ class ExpertTransformer(nn.Module):
         if cfg.ofs_embed_dim:
             self.ofs_mlp = nn.Sequential(nn.Linear(cfg.ofs_embed_dim, cfg.ofs_embed_dim), nn.SiLU(),
                                          nn.Linear(cfg.ofs_embed_dim, cfg.ofs_embed_dim))
+        if cfg.learned_positions:  # diffusers keeps it a persistent buffer (loaded, never trained): so do we
+            self.register_buffer("pos_embedding", torch.zeros(1, cfg.max_text_len + self._sample_tokens(), dim))
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.num_layers)])
         self.norm_final = nn.LayerNorm(dim, eps=cfg.norm_eps)
         self.out_mod = nn.Linear(cfg.time_embed_dim, 2 * dim)
         self.out_norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
         pt = cfg.patch_size_t or 1
         self.proj_out = nn.Linear(dim, p * p * pt * cfg.out_channels)
-        self.gradient_checkpointing = False
+        self.gradient_checkpointing = False  # recompute whole blocks in backward (least memory)
+        # keep only matmul / attention outputs for backward and recompute the cheap rest. Off by default:
+        # at 2 blocks x 1058 tokens it cost ~4% step time on CPU for ~3% less peak memory (bench/model.py)
+        self.selective_recompute = False
         self._pos_cache: dict = {}
         self.context_parallel = None  # set by enable_context_parallel
 
@@ -203,6 +234,25 @@ class ExpertTransformer(nn.Module):
                 m.cp = cp
 
     # -- positions ---------------------------------------------------------------------------------
+    def _sample_tokens(self) -> int:
+        cfg = self.config
+        frames = (cfg.sample_frames - 1) // cfg.temporal_compression + 1
+        return frames * (cfg.sample_height // cfg.patch_size) * (cfg.sample_width // cfg.patch_size)
+
+    def _learned_positions(self, frames: int, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """The [1, text + video, dim] table of a 5b-I2V model: the stored one at the training grid; for
+        other frame counts the sin-cos table with zero text rows, as diffusers does (other sizes refused)."""
+        cfg, p = self.config, self.config.patch_size
+        if (height, width) != (cfg.sample_height, cfg.sample_width):
+            raise ValueError(f"learned positions (5b-I2V) exist only for latents of {cfg.sample_height}x"
+                             f"{cfg.sample_width}, got {height}x{width}")
+        if (frames - 1) * cfg.temporal_compression + 1 == cfg.sample_frames:
+            return self.pos_embedding.to(dtype)
+        video = sincos_3d(cfg.dim, frames, height // p, width // p, cfg.spatial_interpolation_scale,
+                          cfg.temporal_interpolation_scale, self.pos_embedding.device)
+        text = video.new_zeros(cfg.max_text_len, cfg.dim)
+        return torch.cat([text, video])[None].to(dtype)
+
     def _positions(self, frames: int, height: int, width: int, device: torch.device, dtype: torch.dtype):
         """Token-grid positions for (latent frames, latent height, latent width): the RoPE (cos, sin)
         pair, or the sin-cos table to add to video tokens. Cached per shape."""
@@ -269,6 +319,9 @@ class ExpertTransformer(nn.Module):
 
         video = self.patchify(latents)
         text = self.text_proj(text_emb)
+        if self.config.learned_positions:
+            table = self._learned_positions(f, h, w, video.dtype)
+            text, video = text + table[:, :text.shape[1]], video + table[:, text.shape[1]:]
         pos = self._positions(f, h, w, latents.device, latents.dtype)
         rope = None
         if self.config.use_rope:
@@ -282,9 +335,13 @@ class ExpertTransformer(nn.Module):
             video = cp.shard(video)
             rope = rope[start:end] if rope is not None else None
 
+        grad = torch.is_grad_enabled()
         for block in self.blocks:
-            if self.gradient_checkpointing and torch.is_grad_enabled():
+            if self.gradient_checkpointing and grad:
                 video, text = checkpoint(block, video, text, temb, rope, n, use_reentrant=False)
+            elif self.selective_recompute and grad and cp is None:  # (cp: no collectives re-run in backward)
+                video, text = checkpoint(block, video, text, temb, rope, n, use_reentrant=False,
+                                         context_fn=partial(create_selective_checkpoint_contexts, _keep_matmuls))
             else:
                 video, text = block(video, text, temb, rope, n)
 

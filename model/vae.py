@@ -39,6 +39,7 @@ class VAEConfig:
     sample_height: int = 480  # training resolution; tiling tiles are half of it
     sample_width: int = 720
     scaling_factor: float = 1.15258426  # latents are multiplied by this before diffusion (2b 1.15258426, 5b 0.7)
+    invert_scale_latents: bool = False  # 1.5's VAE: image-to-video image latents are divided by scaling_factor, not multiplied
     encode_chunk_frames: int = 8  # pixel frames per encode chunk (the first chunk also takes the remainder)
     decode_chunk_latents: int = 2  # latent frames per decode chunk (first chunk takes the remainder)
     stream_frames: int = 2  # frames per slice when streaming a chunk without autograd (memory vs. call count)
@@ -291,6 +292,13 @@ class ResBlock(nn.Module):
         return out, {"conv1": c1, "conv2": c2}
 
 
+def _channels_first(frames: torch.Tensor, b: int, t: int) -> torch.Tensor:
+    """Per-frame conv output [B*T, C, H, W] -> a fresh [B, C, T, H, W] tensor (never a view: the down/up
+    blocks end with this, and FSDP2 hooks a wrapped block's output for its pre-backward all-gather, a hook
+    an in-place op on a view would drop). The next conv/norm wants channels-first memory anyway."""
+    return frames.view(b, t, *frames.shape[1:]).transpose(1, 2).clone(memory_format=torch.contiguous_format)
+
+
 class Downsample(nn.Module):
     """Optionally halve time (average frame pairs, frame 0 kept apart when the count is odd), then halve
     space with a stride-2 3x3 conv per frame (padded right and bottom)."""
@@ -312,7 +320,7 @@ class Downsample(nn.Module):
         if not _streaming():
             frames = x.transpose(1, 2).reshape(b * t, c, h, w)
             out = self.conv(F.pad(frames, (0, 1, 0, 1)))
-            return out.view(b, t, *out.shape[1:]).transpose(1, 2)
+            return _channels_first(out, b, t)
         out = x.new_empty(b, self.conv.out_channels, t, h // 2, w // 2)
         for a in range(0, t, step):
             frames = x[:, :, a:a + step].transpose(1, 2).reshape(-1, c, h, w)
@@ -348,7 +356,9 @@ class Upsample(nn.Module):
         b, c, _, h, w = x.shape
         sel = x[:, :, idx].transpose(1, 2).reshape(b * len(idx), c, h, w)
         out = self.conv(F.interpolate(sel, scale_factor=2.0, mode="nearest"))
-        return out.view(b, len(idx), *out.shape[1:]).transpose(1, 2)
+        if _streaming():  # copied into the caller's output slice: a view is fine
+            return out.view(b, len(idx), *out.shape[1:]).transpose(1, 2)
+        return _channels_first(out, b, len(idx))
 
     def forward(self, x: torch.Tensor, step: int = 2) -> torch.Tensor:
         idx = self.frame_index(x.shape[2])

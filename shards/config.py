@@ -10,16 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from curation.schema import Strict as _Strict
-
-
-class ShardResources(_Strict):
-    """Ray resources of the writer: one task per shard (mirrors curation.config.Resources)."""
-
-    num_cpus: float = Field(1.0, gt=0)  # CPUs per shard-writing task (it copies bytes: 1 is plenty)
-    num_gpus: float = Field(0.0, ge=0)  # never needed; kept so the shape matches other stages
-    workers: int | None = Field(None, ge=1)  # concurrent shard tasks; None = as many as CPUs allow
-    batch_size: int = Field(1, ge=1)  # shards per task call (1 = one task per shard)
+from curation.schema import Resources, Strict as _Strict
 
 
 class WriterConfig(_Strict):
@@ -31,10 +22,13 @@ class WriterConfig(_Strict):
     # Captions with any of these quality flags (captioning.postprocess: empty, truncated, looping) are left
     # out; a truncated caption still describes its clip, so it is kept by default.
     drop_caption_flags: list[str] = ["empty", "looping"]
+    # caption.checks whose "yes" leaves a clip out (e.g. [slideshow, overlay_text]): the captions row's
+    # check_<name>_yes (P(yes) >= caption.checks.threshold); a clip without that answer is kept
+    drop_caption_checks: list[str] = []
     target_shard_mb: float = Field(256.0, gt=0)  # a shard is closed before it would grow past this size
     max_samples_per_shard: int = Field(1000, ge=1)  # ... or once it holds this many samples
     seed: int = 0  # fixed seed of the shuffle across source videos (same inputs -> same shards)
-    resources: ShardResources = ShardResources()
+    resources: Resources = Resources()  # one task per shard (it copies bytes: 1 CPU is plenty)
 
     @field_validator("name")
     @classmethod

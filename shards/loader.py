@@ -9,6 +9,9 @@ API (what the trainer codes against)
     #        a ShardConfig or a LoaderConfig (then `shards` must be set), or a dict of LoaderConfig fields.
     #   Optional keywords: `root=` resolves the default shard folder when cfg is not a PipelineConfig;
     #   `shards=[...]` overrides the shard list (paths, s3://, gs://, file://, http(s)://, folders, globs).
+    #   `weights=SampleWeights(...)`: score-aware copies per epoch and score text (shards/weights.py).
+    #   `plan_only=True`: no decoding, batch["frames"] is None (training/cache.py maps keys to latents);
+    #   `only_keys={...}`: only these samples (the cache encodes the clips it lacks).
     for batch in loader:            # one pass = one epoch; the next `for` runs the next epoch
         batch["frames"]             # torch.float32, (B, F, C, H, W), values in [-1, 1]; C = 3 (RGB)
         batch["captions"]           # list[str] of length B ("" when a sample has no caption)
@@ -58,6 +61,7 @@ import pyarrow.fs as pafs
 import torch
 
 from shards.buckets import Plan, choose_bucket, picture_box, plan_sample, sample_rng
+from shards.weights import SampleWeights, copies, score_caption
 from shards.config import Bucket, LoaderConfig, ShardConfig
 from curation.filters.borders import content_box
 from curation.uris import redact
@@ -353,6 +357,9 @@ class StreamSpec:
     skip: dict[int, int] = field(default_factory=dict)  # logical stream -> items already consumed
     known_bad: dict[int, dict[str, str]] = field(default_factory=dict)  # stream -> bad keys seen in that prefix
     ended: set[int] = field(default_factory=set)  # streams already finished this epoch
+    weights: SampleWeights | None = None  # score-aware copies per epoch and score text (shards/weights.py)
+    plan_only: bool = False  # batches carry keys, captions, meta and plans but no frames (the latent cache reads them)
+    only_keys: frozenset | None = None  # decode only these sample keys, leave out the rest (the cache fills its gaps)
 
 
 @dataclass
@@ -400,7 +407,8 @@ def run_stream(spec: StreamSpec, logical: int) -> Iterator[dict]:
         for url in my_shards:
             for s in iter_tar_samples(url, tar_errors):
                 s["__url__"] = url
-                yield s
+                for _ in range(_copies(s, spec)):  # 1 without training.data.weights; 0 leaves it out
+                    yield s
             while tar_errors:
                 u, msg = tar_errors.pop(0)
                 bad[f"{u}#tar"] = msg
@@ -430,15 +438,15 @@ def run_stream(spec: StreamSpec, logical: int) -> Iterator[dict]:
             bad, skipped, uncaptioned = {}, {}, 0
             return None
         for p in members:
-            if p.frames is None:  # decoded lazily: it was buffered during the replay
+            if p.frames is None and not spec.plan_only:  # decoded lazily: it was buffered during the replay
                 try:
                     p.frames = decode(p.data, p.plan, p.info)
                 except Exception as e:  # decoded fine before the resume: only a flaky read gets here
                     bad[p.key] = f"{type(e).__name__}: {e}"
-        members = [p for p in members if p.frames is not None]
+        members = [p for p in members if p.frames is not None or spec.plan_only]
         item = {"kind": "batch" if members else "empty", "stream": logical, "index": emitted - 1,
                 "bucket": (buckets[b].frames, buckets[b].height, buckets[b].width),
-                "frames": to_tensor([p.frames for p in members]) if members else None,
+                "frames": to_tensor([p.frames for p in members]) if members and not spec.plan_only else None,
                 "captions": [p.caption for p in members], "keys": [p.key for p in members],
                 "meta": [p.meta for p in members], "bad": bad, "skipped": skipped, "uncaptioned": uncaptioned}
         bad, skipped, uncaptioned = {}, {}, 0
@@ -453,6 +461,8 @@ def run_stream(spec: StreamSpec, logical: int) -> Iterator[dict]:
 
     for s in shuffled():
         key = s["__key__"]
+        if spec.only_keys is not None and key not in spec.only_keys:
+            continue
         replay = emitted < skip
         try:
             if replay and key in known_bad:
@@ -475,7 +485,7 @@ def run_stream(spec: StreamSpec, logical: int) -> Iterator[dict]:
                 plan = Plan(plan.bucket, tuple(i - plan.indices[0] for i in plan.indices), plan.fps, plan.resize,
                             plan.crop)
             data = s[info.ext]
-            frames = None if replay else decode(data, plan, info)
+            frames = None if replay or spec.plan_only else decode(data, plan, info)
         except SampleError as e:
             bad[key] = str(e)
             continue
@@ -483,6 +493,8 @@ def run_stream(spec: StreamSpec, logical: int) -> Iterator[dict]:
             bad[key] = f"{type(e).__name__}: {e}"
             continue
         caption = _caption(s, meta)
+        if spec.weights is not None and spec.weights.score_text and isinstance(meta.get("scores"), dict):
+            caption = score_caption(caption, meta["scores"], spec.weights)
         if not caption:
             uncaptioned += 1
         m = dict(meta)
@@ -505,6 +517,19 @@ def run_stream(spec: StreamSpec, logical: int) -> Iterator[dict]:
                 skipped[p.key] = "dropped with the last partial batch (drop_last)"
     yield {"kind": "end", "stream": logical, "index": emitted, "bad": bad, "skipped": skipped,
            "uncaptioned": uncaptioned}
+
+
+def _copies(sample: dict, spec: StreamSpec) -> int:
+    """Copies of a sample this epoch under the spec's weights (a sample with a broken .json: 1, and it
+    is reported as bad where it is parsed)."""
+    if spec.weights is None or spec.weights.expression is None:
+        return 1
+    try:
+        scores = _json(sample).get("scores")
+    except SampleError:
+        return 1
+    return copies(scores if isinstance(scores, dict) else {}, spec.weights, spec.seed, spec.epoch,
+                  sample["__key__"])
 
 
 def _json(sample: dict) -> dict:
@@ -566,8 +591,11 @@ class ShardLoader:
     """Iterable over bucketed batches of one rank; see the module docstring for the API."""
 
     def __init__(self, cfg: Any, rank: int = 0, world_size: int = 1, seed: int = 0, root: str | None = None,
-                 shards: list[str] | None = None) -> None:
+                 shards: list[str] | None = None, weights: SampleWeights | None = None, plan_only: bool = False,
+                 only_keys: set[str] | None = None) -> None:
         self.cfg, cfg_root, name = _loader_config(cfg)
+        self.plan_only, self.only_keys = plan_only, frozenset(only_keys) if only_keys is not None else None
+        self.weights = weights if weights is not None and weights.active else None
         if not 0 <= rank < world_size:
             raise ValueError(f"ShardLoader: rank {rank} is outside world_size {world_size}")
         root = root or cfg_root
@@ -626,7 +654,8 @@ class ShardLoader:
     def _spec(self) -> StreamSpec:
         return StreamSpec(shard_order(self.shards, self.seed, self.epoch, self.cfg.shuffle_shards), self.cfg,
                           self.seed, self.epoch, self.rank, self.world_size, self.streams, self._next,
-                          dict(self._consumed), {k: dict(v) for k, v in self._bad.items()}, set(self._ended))
+                          dict(self._consumed), {k: dict(v) for k, v in self._bad.items()}, set(self._ended),
+                          self.weights, self.plan_only, self.only_keys)
 
     def _items(self, spec: StreamSpec) -> Iterator[dict]:
         if self.cfg.num_workers == 0:

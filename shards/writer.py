@@ -138,6 +138,9 @@ def _caption_problem(cap: dict | None, wc: WriterConfig) -> str | None:
         return "caption failed"
     if set(cap.get("flags") or []) & set(wc.drop_caption_flags):
         return "caption flagged"
+    failed = [n for n in wc.drop_caption_checks if cap.get(f"check_{n}_yes")]
+    if failed:
+        return f"caption check {failed[0]}"
     return None
 
 
@@ -340,14 +343,14 @@ class ShardTable(TableStage):
 
 
 def write_shards(storage: Storage, wc: WriterConfig, run_id: str, local: bool = False,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, ctx: "object" = None) -> dict:
     """Join, plan and write the shard set `wc.name`; returns the run's stats (also saved as JSON).
 
     `local` writes shards one by one in this process (tests, tiny sets); otherwise one Ray task per
     shard on the current Ray (curation.runner.run_pipeline).
     """
     t0 = time.time()
-    stats = execute(ShardTable(storage, wc), local=local, progress=progress).counts
+    stats = execute(ShardTable(storage, wc), local=local, progress=progress, ctx=ctx).counts
     stats.update({"run_id": run_id, "seconds": round(time.time() - t0, 3)})
     storage.write_bytes(f"shards/{wc.name}/stats/{run_id}.json", json.dumps(stats, indent=2, default=str).encode())
     return stats
@@ -404,7 +407,7 @@ def _dur_bin(d: float) -> str:
 
 def run(cfg: "object", ctx: "object") -> dict:
     """Stage entry point (curation.pipeline): write the shard set of `cfg.shard.writer` under ctx's root."""
-    stats = write_shards(ctx.storage, cfg.shard.writer, ctx.run_id, progress=cfg.ray.progress)
+    stats = write_shards(ctx.storage, cfg.shard.writer, ctx.run_id, progress=cfg.ray.progress, ctx=ctx)
     ctx.stages.setdefault("shard", {})["errors"] = stats["errors"]
     print(f"[shard] {stats['samples']} samples in {stats['shards']} shards at {stats['folder']} "
           f"(dropped: {stats['dropped']})", file=sys.stderr)

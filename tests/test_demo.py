@@ -39,4 +39,6 @@ def test_demo_runs_the_whole_flow_to_a_sampled_video(tmp_path):
     assert (root / "training" / "transformer" / "export" / "transformer" / "config.json").exists()
     # quiet: Ray's own log lines are in the run's log file, not on the console
     assert not re.search(r"^\S* ?(INFO|WARNING) \S+\.py:\d+ --", out, re.M), out[-4000:]
+    # nor Ray's C++ warning about actor arguments, nor transformers' bar while the tiny models are saved
+    assert "has constructor arguments in the object store" not in out and "Writing model shards" not in out, out[-4000:]
     assert "summary of run" in out and list((root / "runs").glob("*.log"))

@@ -6,6 +6,7 @@
     python -m training sample --pipeline <CogVideoX pipeline folder or hub name> [--lora FILE] --prompt "..."
     python -m training export --checkpoint <run or checkpoint> --out <folder>
     python -m training latents pipelines.yaml [--limit N]             (precompute VAE latents + T5 embeddings)
+    torchrun ... -m training cache pipelines.yaml                      (the per-clip latent/text cache, training/cache.py)
 """
 from __future__ import annotations
 
@@ -33,7 +34,12 @@ def train(config: str, task: str | None = None, overrides: list[str] | None = No
     info = init_distributed(tcfg.parallel, tcfg.device)
     try:
         task_obj = cls(tcfg, info, out_dir)
-        loader = build_loader(cfg, out_dir, info.dp_rank, info.dp_size)  # one stream per data-parallel rank
+        if tcfg.data.source == "cache":  # the per-clip latent cache (training/cache.py)
+            from training.cache import cache_loader
+
+            loader = cache_loader(cfg, info.dp_rank, info.dp_size, out_dir)
+        else:
+            loader = build_loader(cfg, out_dir, info.dp_rank, info.dp_size)  # one stream per data-parallel rank
         return Trainer(tcfg, task_obj, loader, info, out_dir).train()
     finally:
         shutdown(info)
@@ -49,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         from training.sample import export_main
 
         return export_main(argv[1:])
+    if argv and argv[0] == "cache":
+        from training.cache import main as cache_main
+
+        from vidcurate.flow import load_config
+
+        return cache_main(argv[1:], load_config)
     if argv and argv[0] == "latents":
         from training.latents import main as latents_main
 

@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from curation.schema import Strict
 from shards.config import Bucket
+from shards.weights import SampleWeights
 
 
 TINY_RANDOM = "tiny-random"  # the value of a model key that asks for a tiny random model (demo and tests only)
@@ -20,7 +21,7 @@ TINY_RANDOM = "tiny-random"  # the value of a model key that asks for a tiny ran
 class DataConfig(Strict):
     """Where training clips come from and how they are batched."""
 
-    source: Literal["shards", "synthetic", "latents"] = "shards"  # shards: the shard section's WebDataset loader; synthetic: generated moving patterns (benchmarks, smoke tests); latents: precomputed by `python -m training latents`
+    source: Literal["shards", "synthetic", "latents", "cache"] = "shards"  # shards: the shard section's WebDataset loader; synthetic: generated moving patterns (benchmarks, smoke tests); latents: precomputed by `python -m training latents`
     # With source=shards, batch size and clip shapes come from shard.loader (batch_size, buckets, fps).
     batch_size: int = Field(1, ge=1)  # synthetic/latents: clips per rank per step (global batch = x world size)
     frames: int = Field(9, ge=1)  # synthetic: frames per clip; 8N+1 for the VAE task (9 -> 3 latent frames -> 9)
@@ -30,6 +31,8 @@ class DataConfig(Strict):
     latents_dir: str | None = None  # source=latents: folder written by `python -m training latents` (None = <out_dir>/latents)
     synthetic_clips: int = Field(64, ge=1)  # source=synthetic: distinct clips before the stream repeats
     synthetic_seed: int = 0  # source=synthetic: seed of the generated patterns (held-out clips use another seed)
+    cache_dir: str | None = None  # source=cache: the per-clip latent/text cache of `python -m training cache` (None = <root>/cache/latents)
+    weights: SampleWeights = SampleWeights()  # source=shards: per-clip copies per epoch from scores, score-to-text captions (shards/weights.py)
 
     @model_validator(mode="after")
     def _sizes(self) -> "DataConfig":
@@ -85,6 +88,7 @@ class SampleConfig(Strict):
     frames: int | None = Field(None, ge=1)  # frames of sampled videos (None = data.frames)
     fps: int = Field(8, ge=1)  # frame rate written into the mp4
     seed: int = 0  # noise seed of validation samples
+    images: list[str] = []  # image-to-video: conditioning image file per prompt (one file: used for every prompt)
 
 
 class VAETaskConfig(Strict):
@@ -131,6 +135,9 @@ class TransformerTaskConfig(Strict):
     max_text_len: int = Field(226, ge=1)  # T5 tokens per prompt (CogVideoX: 226)
     text_dropout: float = Field(0.1, ge=0, le=1)  # captions dropped to empty for classifier-free guidance
     ema_decay: float | None = Field(None, gt=0, lt=1)  # keep an EMA of the weights (e.g. 0.9999); None = off
+    image_to_video: bool = False  # random init: build an image-to-video transformer (2x latent channels in; 1.5-5b: + ofs embedding); with init_from the model's own layout decides (true with a text-to-video model is an error)
+    image_noise_mean: float = -3.0  # image-to-video: the first frame gets noise of sigma = exp(N(mean, std)) before encoding (CogVideoX: -3.0)
+    image_noise_std: float = Field(0.5, ge=0)  # image-to-video: std of that log-sigma (CogVideoX: 0.5)
 
     @model_validator(mode="after")
     def _lora_ema(self) -> "TransformerTaskConfig":

@@ -182,8 +182,8 @@ def stage_loader(pipeline_cfg: Any, stage: int, rank: int, world_size: int) -> A
     tcfg = pipeline_cfg.training
     s, data = tcfg.stages[stage], tcfg.data
     key = f"training.stages[{stage}]"
-    if data.source == "latents":
-        raise ValueError(f"{key}: progressive stages need data.source shards or synthetic (latents have fixed shapes)")
+    if data.source in ("latents", "cache"):
+        raise ValueError(f"{key}: progressive stages need data.source shards or synthetic (not {data.source})")
     if data.source == "synthetic":
         if len(s.buckets) != 1:
             raise ValueError(f"{key}.buckets: synthetic data has one shape per stage (got {len(s.buckets)} buckets)")
@@ -196,7 +196,7 @@ def stage_loader(pipeline_cfg: Any, stage: int, rank: int, world_size: int) -> A
     lc = pipeline_cfg.shard.loader
     lc = lc.model_copy(update={"buckets": list(s.buckets), "batch_size": s.batch_size or lc.batch_size})
     return ShardLoader(pipeline_cfg.shard.model_copy(update={"loader": lc}), rank=rank, world_size=world_size,
-                       seed=tcfg.seed, root=pipeline_cfg.root)
+                       seed=tcfg.seed, root=pipeline_cfg.root, weights=data.weights)
 
 
 def build_loader(pipeline_cfg: Any, out_dir: str, rank: int, world_size: int) -> Any:
@@ -208,9 +208,29 @@ def build_loader(pipeline_cfg: Any, out_dir: str, rank: int, world_size: int) ->
         return SyntheticLoader(data, rank, world_size)
     if data.source == "latents":
         return LatentLoader(data.latents_dir or os.path.join(out_dir, "latents"), data.batch_size, rank, world_size)
+    if data.source == "cache":  # built by training.cache.cache_loader (it needs the frozen encoders' ids)
+        raise ValueError("training.data.source=cache: the loader is training.cache.cache_loader (python -m training "
+                         "builds it); build_loader reads shards, synthetic clips or latents")
     from shards.loader import ShardLoader  # owns decoding, frame sampling, buckets and batch size (shard.loader)
 
-    return ShardLoader(pipeline_cfg, rank=rank, world_size=world_size, seed=pipeline_cfg.training.seed)
+    if rank == 0:
+        write_data_manifest(pipeline_cfg, out_dir)
+    return ShardLoader(pipeline_cfg, rank=rank, world_size=world_size, seed=pipeline_cfg.training.seed,
+                       weights=data.weights)
+
+
+def write_data_manifest(pipeline_cfg: Any, out_dir: str) -> str:
+    """<out_dir>/data_manifest.json: the shards, sampling weights and score text this run trains with."""
+    import json
+
+    data = pipeline_cfg.training.data
+    path = os.path.join(out_dir, "data_manifest.json")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"source": data.source, "shards": pipeline_cfg.shard.loader.shards or
+                   f"{pipeline_cfg.root.rstrip('/')}/shards/{pipeline_cfg.shard.writer.name}",
+                   "weights": data.weights.model_dump(mode="json")}, f, indent=2)
+    return path
 
 
 def endless(loader: Any) -> Iterator[dict[str, Any]]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime
 import os
 import socket
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -26,9 +25,6 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from training.config import ParallelConfig
 
-# The model files return transposed views from blocks; FSDP2 warns about in-place ops on such views,
-# which neither the models nor the tasks do.
-warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
 
 
 @dataclass
@@ -153,17 +149,31 @@ def parallelize(model: nn.Module, block_lists: list[nn.ModuleList], cfg: Paralle
     """
     model.to(info.device)
     mp = mixed_precision(cfg, info.device)
+    ignored = unsharded_frozen(model, info)
     for blocks in block_lists:
         for i, block in enumerate(blocks):
             if cfg.activation_checkpointing:
                 block = checkpoint_wrapper(block)
             if cfg.compile:
                 block.compile()
-            fully_shard(block, mesh=info.mesh, mp_policy=mp, reshard_after_forward=cfg.reshard_after_forward)
+            fully_shard(block, mesh=info.mesh, mp_policy=mp, reshard_after_forward=cfg.reshard_after_forward,
+                        ignored_params=ignored)
             blocks[i] = block
     # The root holds the remaining parameters (embeddings, norms, heads); it is gathered until backward ends.
-    fully_shard(model, mesh=info.mesh, mp_policy=mp, reshard_after_forward=cfg.reshard_after_forward)
+    fully_shard(model, mesh=info.mesh, mp_policy=mp, reshard_after_forward=cfg.reshard_after_forward,
+                ignored_params=ignored)
     return model
+
+
+def unsharded_frozen(model: nn.Module, info: DistInfo) -> set[nn.Parameter] | None:
+    """Frozen parameters (a LoRA run's base) that FSDP should leave alone: all of them when each shard group
+    is one rank (one process, or HSDP copies of one rank), where FSDP would only copy them into and out of
+    its all-gather buffer twice a step for nothing (no shard to gather, no gradient to reduce). Across
+    several ranks the base stays sharded: that is what lets a 5b base fit beside its activations."""
+    if info.mesh.mesh.shape[-1] > 1:
+        return None
+    frozen = {p for p in model.parameters() if not p.requires_grad}
+    return frozen or None
 
 
 def context_parallel(cfg: ParallelConfig, info: DistInfo, num_heads: int):

@@ -167,8 +167,9 @@ def _model_folder(path: str, sub: str) -> str:
 
 
 def write_pipeline(folder: str, transformer: Any, vae: Any, text: Any, schedule: Any, cfg: Any,
-                   transformer_from: str | None = None) -> str:
-    """A complete CogVideoXPipeline folder at `folder`, atomically (`folder`.tmp, then rename).
+                   transformer_from: str | None = None, image_to_video: bool = False) -> str:
+    """A complete CogVideoXPipeline (image_to_video: CogVideoXImageToVideoPipeline) folder at `folder`,
+    atomically (`folder`.tmp, then rename).
 
     transformer: our ExpertTransformer (written in diffusers format), unless `transformer_from` names a
     diffusers transformer folder to link (a LoRA run's unchanged base). VAE, T5 and tokenizer are linked
@@ -203,7 +204,7 @@ def write_pipeline(folder: str, transformer: Any, vae: Any, text: Any, schedule:
         text.encoder.save_pretrained(os.path.join(tmp, "text_encoder"))
         text.tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
     CogVideoXDDIMScheduler.from_config(scheduler_config(schedule.config)).save_pretrained(os.path.join(tmp, "scheduler"))
-    index = {"_class_name": "CogVideoXPipeline", "_diffusers_version": diffusers.__version__,
+    index = {"_class_name": "CogVideoXImageToVideoPipeline" if image_to_video else "CogVideoXPipeline", "_diffusers_version": diffusers.__version__,
              "scheduler": ["diffusers", "CogVideoXDDIMScheduler"], "text_encoder": ["transformers", "T5EncoderModel"],
              "tokenizer": ["transformers", tokenizer_cls], "transformer": ["diffusers", "CogVideoXTransformer3DModel"],
              "vae": ["diffusers", "AutoencoderKLCogVideoX"]}

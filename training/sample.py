@@ -2,6 +2,7 @@
 
     python -m training sample --checkpoint <run dir | checkpoint dir> --prompt "..." [--prompt ...] [--out dir]
     python -m training sample --pipeline <folder | hub name> [--lora pytorch_lora_weights.safetensors] --prompt "..."
+    ... --image first_frame.png        image-to-video models (5b-I2V, 1.5-I2V layouts): the conditioning image
     python -m training export --checkpoint <run dir | checkpoint dir> --out <folder>
 
 From a checkpoint: the transformer is rebuilt from meta.json (its config and the training section),
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 
 
-from training.generate import generate, sample_latents, write_mp4  # noqa: F401 (re-exported: their old home)
+from training.generate import generate, load_images, sample_latents, write_mp4  # noqa: F401 (re-exported: their old home)
 
 
 def load_pipeline(name: str, device: torch.device, lora: str | None = None, lora_scale: float = 1.0) -> dict[str, Any]:
@@ -92,6 +93,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, help="default: data.height, or the pipeline's sample height")
     p.add_argument("--width", type=int, help="default: data.width, or the pipeline's sample width")
     p.add_argument("--seed", type=int)
+    p.add_argument("--image", action="append", help="image-to-video: the conditioning image (once, or once per prompt; "
+                                                    "default with --checkpoint: training.sample.images)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even when the run kept an EMA")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--enhance-prompt", nargs="?", const="pipelines.yaml", metavar="CONFIG",
@@ -120,6 +123,21 @@ def load_for_sampling(a: argparse.Namespace, device: torch.device) -> tuple[dict
     return run, s, size, a.out or out
 
 
+def conditioning_images(a: argparse.Namespace, run: dict[str, Any], s: Any, height: int,
+                        width: int) -> torch.Tensor | None:
+    """--image files (or a checkpoint's training.sample.images) for an image-to-video model; None for text-to-video."""
+    from model.i2v import is_image_to_video
+
+    c = run["transformer"].config
+    if not is_image_to_video(c.in_channels, c.out_channels):
+        if a.image:
+            raise ValueError("--image: this is a text-to-video model (it takes no conditioning image)")
+        return None
+    from_run = a.checkpoint and not a.image  # a checkpoint's own validation images
+    return load_images(a.image or (s.images if from_run else []), height, width,
+                       "training.sample.images" if from_run else "--image")
+
+
 def main(argv: list[str]) -> int:
     a = parser().parse_args(argv)
     original = list(a.prompt)
@@ -139,8 +157,13 @@ def main(argv: list[str]) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"[training sample] error: {e}", file=sys.stderr, flush=True)
         return 2
+    try:
+        images = conditioning_images(a, run, s, height, width)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"[training sample] error: {e}", file=sys.stderr, flush=True)
+        return 2
     video = generate(run["transformer"], run["vae"], run["text"], run["schedule"], a.prompt, frames, height, width,
-                     s, device, progress=True)
+                     s, device, progress=True, images=images)
     for i, v in enumerate(video):
         path = write_mp4(v, os.path.join(out, f"sample_{i:03d}.mp4"), s.fps)
         if a.enhance_prompt:  # the prompt the video was made from, next to it

@@ -13,9 +13,11 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="run curation stages from pipelines.yaml")
     r.add_argument("config", help="path to pipelines.yaml")
     r.add_argument("--stage", action="append", help="stage(s) to run (repeatable or comma-separated); "
-                   "default: probe, split, filter, dedup, caption, shard")
+                   "default: probe, split, filter, dedup, select, caption, shard")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     r.add_argument("--verbose", action="store_true", help="show Ray's own logging (default: runs/<run_id>.log)")
+    r.add_argument("--wait", action="store_true", help="another run holds a stage of this root: wait for it "
+                   "instead of refusing (curation/lease.py)")
     r.add_argument("--rules-only", action="store_true", help="filter stage: re-apply the configured thresholds "
                    "to the stored scores (passed/reasons recomputed; nothing decoded or scored)")
     d = sub.add_parser("demo", help="the whole flow on generated sample videos: every stage, the report, a short "
@@ -65,7 +67,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         try:
             if args.rules_only:
                 return _rules_only(cfg, stages, args.verbose)
-            run_stages(cfg, stages, verbose=args.verbose)
+            from curation.pipeline import RunContext
+            from curation.storage import Storage
+
+            run_stages(cfg, stages, RunContext(cfg, Storage(cfg.root), wait=args.wait), verbose=args.verbose)
         except ValueError as e:
             print(f"error: {scrub(str(e))}", file=sys.stderr)
             return 2

@@ -21,6 +21,11 @@ LOADER = ["shard.loader.buckets=[{frames: 9, height: 64, width: 64}]", "shard.lo
 VAE_STEPS = LOADER + ["training.steps=8", "training.log_every=4", "training.checkpoint.every=8"]
 TRANSFORMER_STEPS = LOADER + ["training.steps=8", "training.log_every=4", "training.checkpoint.every=8"]
 SAMPLE = ["--steps", "8", "--frames", "9", "--height", "64", "--width", "64"]
+# Captions: the tiny random VLM captions key frames, then the real SmolLM2 (pipelines.yaml's summary and
+# enhance model) writes each clip's caption and rewrites it into the `default-enhanced` run the shards use.
+# Short outputs: SmolLM2 generates ~20 tokens/s on 2 cores.
+CAPTION = ["caption.mode=frames_then_summary", "caption.max_tokens=24", "caption.summary.max_tokens=64",
+           "caption.enhance.enabled=true", "caption.enhance.max_tokens=64", "caption.enhance.target_words=40"]
 
 
 def _sets(overrides: list[str]) -> list[str]:
@@ -63,7 +68,7 @@ def run_demo(config: str, overrides: list[str], verbose: bool = False) -> int:
               f"and root {cfg.root!r}", file=sys.stderr)
         return 2
     print(f"[demo] sample videos: {', '.join(demo_videos(folder))}", file=sys.stderr, flush=True)
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, CAPTION + overrides)
     ctx = run_stages(cfg, stage_names(cfg), verbose=verbose)
     root = cfg.root
     from curation.inspect import main as inspect_main

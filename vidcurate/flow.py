@@ -12,7 +12,7 @@ from shards.config import ShardConfig
 from training.config import TrainingConfig
 
 SECTIONS: tuple[Section, ...] = (
-    *curation_config.SECTIONS,  # ray, probe, split, filter, dedup (curation/config.py)
+    *curation_config.SECTIONS,  # ray, probe, split, filter, dedup, select (curation/config.py)
     Section("caption", CaptionConfig, "captioning.stage:run", "captions/{cfg.caption.run}"),
     Section("shard", ShardConfig, "shards.writer:run", "shards/{cfg.shard.writer.name}"),
     Section("training", TrainingConfig),  # `python -m training`, not a curation stage

@@ -31,6 +31,10 @@ def make_engine(cfg: CaptionConfig) -> Engine:
 
 def make_text_engine(cfg: "object") -> TextEngine:
     """The text-only engine of a TextLMConfig (`caption.summary`, `caption.enhance`), model loaded."""
+    if cfg.engine != "openai" and cfg.model.startswith("packaged:"):  # callers that skipped prepare_text_model
+        from captioning.smollm2 import resolve_packaged
+
+        cfg = cfg.model_copy(update={"model": resolve_packaged(cfg.model)})
     if cfg.engine == "openai":
         from captioning.engines.openai import OpenAITextEngine
 

@@ -22,6 +22,7 @@ class CaptionRequest:
     fps: float  # rate the frames were sampled at (the model's video metadata)
     video: bytes | None = None  # the clip's mp4, only when openai.video_as == "video_url"
     as_images: bool = False  # send the frames as separate images whatever video_input says (key frames)
+    prompt: Prompt | None = None  # a prompt of its own (a caption.checks question); None: the batch's prompt
 
 
 @dataclass
@@ -32,6 +33,12 @@ class SamplingParams:
     temperature: float
     top_p: float
     seed: int = 0
+    json_schema: dict | None = None  # answer must be JSON of this schema: vLLM (offline or served) constrains
+    # decoding to it (structured outputs); transformers generates freely and the caller validates
+    regex: str | None = None  # vLLM only: the same answer as one regular expression (compact JSON, no free
+    # whitespace); used instead of json_schema where set, since vLLM's JSON grammar lets a weak model stall
+    # in whitespace until max_tokens
+    logprobs: int | None = None  # also return this many top log-probabilities of the first new token
 
 
 @dataclass
@@ -44,6 +51,8 @@ class Generation:
     tokens_out: int | None = None  # generated tokens
     latency_s: float = 0.0  # wall time this clip waited (for a batched engine: its batch's time)
     error: str | None = None  # set when no caption came back; the clip is retried on re-run
+    first_logprobs: dict[str, float] | None = None  # with SamplingParams.logprobs: token text -> log-probability
+    # of the first generated token's top candidates (yes/no answers of caption.checks)
 
 
 class Engine(ABC):

@@ -26,7 +26,7 @@ _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
 def chat_payload(model: str, req: CaptionRequest, prompt: Prompt, params: SamplingParams,
-                 video_as: str = "frames") -> dict:
+                 video_as: str = "frames", structured: str = "response_format") -> dict:
     """The /v1/chat/completions body for one clip: frames as data-URL images (or the mp4), then the prompt."""
     if video_as == "video_url":
         if req.video is None:
@@ -36,12 +36,20 @@ def chat_payload(model: str, req: CaptionRequest, prompt: Prompt, params: Sampli
     else:
         parts = [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(f).decode()}}
                  for f in req.frames]
+    prompt = req.prompt or prompt
     parts.append({"type": "text", "text": prompt.user})
     msgs = [{"role": "system", "content": prompt.system}] if prompt.system else []
     body = {"model": model, "messages": msgs + [{"role": "user", "content": parts}],
             "max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p}
     if params.temperature > 0:
         body["seed"] = params.seed
+    if params.json_schema is not None and structured == "vllm":  # vLLM's own: compact JSON only
+        body["structured_outputs"] = {"regex": params.regex} if params.regex else {"json": params.json_schema}
+    elif params.json_schema is not None:  # OpenAI's structured output; `vllm serve` enforces it while decoding
+        body["response_format"] = {"type": "json_schema",
+                                   "json_schema": {"name": "caption_fields", "schema": params.json_schema}}
+    if params.logprobs:  # the yes/no answers of caption.checks are read from the first token's candidates
+        body["logprobs"], body["top_logprobs"] = True, params.logprobs
     return body
 
 
@@ -50,8 +58,11 @@ def parse_response(data: dict) -> Generation:
     choice = (data.get("choices") or [{}])[0]
     msg = choice.get("message") or {}
     usage = data.get("usage") or {}
+    first = ((choice.get("logprobs") or {}).get("content") or [None])[0]
+    tops = {x["token"]: x["logprob"] for x in first.get("top_logprobs") or []} if first else None
     return Generation(text=msg.get("content") or "", finish_reason=choice.get("finish_reason"),
-                      tokens_in=usage.get("prompt_tokens"), tokens_out=usage.get("completion_tokens"))
+                      tokens_in=usage.get("prompt_tokens"), tokens_out=usage.get("completion_tokens"),
+                      first_logprobs=tops)
 
 
 class ChatClient:
@@ -147,7 +158,8 @@ class OpenAIEngine(Engine):
         bodies: list[dict | Generation] = []
         for r in requests:
             try:
-                bodies.append(chat_payload(self.model, r, prompt, params, "frames" if r.as_images else self.o.video_as))
+                bodies.append(chat_payload(self.model, r, prompt, params, "frames" if r.as_images else self.o.video_as,
+                                           self.o.structured))
             except ValueError as e:
                 bodies.append(Generation(error=str(e)))
         return self.client.run(bodies, [f"clip {r.clip_id}" for r in requests])

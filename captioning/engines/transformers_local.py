@@ -51,8 +51,9 @@ class TransformersEngine(Engine):
                   video: bool) -> list[Generation]:
         t0 = time.perf_counter()
         frames = [decode_frames(r.frames) for r in requests]
-        texts = [self.processor.apply_chat_template(messages(prompt, len(f), video), add_generation_prompt=True,
-                                                    tokenize=False) for f in frames]
+        texts = [self.processor.apply_chat_template(messages(r.prompt or prompt, len(f), video),
+                                                    add_generation_prompt=True, tokenize=False)
+                 for f, r in zip(frames, requests)]
         if video:
             inputs = self.processor(text=texts, videos=frames, padding=True, return_tensors="pt",
                                     videos_kwargs={"do_sample_frames": False, "video_metadata": [
@@ -68,8 +69,29 @@ class TransformersEngine(Engine):
         with self.torch.inference_mode():
             out = self.hf_model.generate(**inputs, max_new_tokens=params.max_tokens, do_sample=sample,
                                       temperature=params.temperature if sample else None,
-                                      top_p=params.top_p if sample else None, top_k=None)
-        return split_generations(out, inputs, self.eos, self.processor.tokenizer, time.perf_counter() - t0)
+                                      top_p=params.top_p if sample else None, top_k=None,
+                                      output_scores=bool(params.logprobs), return_dict_in_generate=True)
+        gens = split_generations(out.sequences, inputs, self.eos, self.processor.tokenizer, time.perf_counter() - t0)
+        if params.logprobs:
+            for g, tops in zip(gens, first_token_logprobs(out.scores[0], params.logprobs, self.processor.tokenizer)):
+                g.first_logprobs = tops
+        return gens
+
+
+def first_token_logprobs(scores: "object", k: int, tokenizer: "object") -> list[dict[str, float]]:
+    """Top-k (token text -> log-probability) of the first generation step's logits, per row."""
+    import torch
+
+    lp = torch.log_softmax(scores.float(), dim=-1)
+    vals, ids = lp.topk(min(k, lp.shape[-1]), dim=-1)
+    out = []
+    for v, i in zip(vals.tolist(), ids.tolist()):
+        tops: dict[str, float] = {}
+        for tok, x in zip(tokenizer.convert_ids_to_tokens(i), v):  # raw tokens: "Yes", "Ġyes", ...
+            text = tokenizer.convert_tokens_to_string([tok])
+            tops[text] = max(tops.get(text, -1e30), x)
+        out.append(tops)
+    return out
 
 
 def split_generations(out: "object", inputs: "object", eos: set[int], tokenizer: "object",

@@ -19,8 +19,23 @@ from captioning.prompts import Prompt
 def vllm_sampling(params: SamplingParams) -> "object":
     from vllm import SamplingParams as VSP
 
+    kw = {}
+    if params.json_schema is not None:
+        try:  # vLLM >= 0.10.2 names it structured_outputs; older releases guided_decoding
+            from vllm.sampling_params import StructuredOutputsParams
+
+            # the regex where given: compact JSON (see SamplingParams.regex)
+            kw["structured_outputs"] = StructuredOutputsParams(regex=params.regex) if params.regex else \
+                StructuredOutputsParams(json=params.json_schema)
+        except ImportError:
+            from vllm.sampling_params import GuidedDecodingParams
+
+            kw["guided_decoding"] = GuidedDecodingParams(regex=params.regex) if params.regex else \
+                GuidedDecodingParams(json=params.json_schema)
+    if params.logprobs:
+        kw["logprobs"] = params.logprobs
     return VSP(max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
-               seed=params.seed if params.temperature > 0 else None)
+               seed=params.seed if params.temperature > 0 else None, **kw)
 
 
 def engine_kwargs(model: str, v: "object") -> dict:
@@ -66,7 +81,7 @@ class VLLMEngine(Engine):
             try:
                 video = self.wants_video(r)
                 frames = decode_frames(r.frames)
-                text = self.processor.apply_chat_template(messages(prompt, len(frames), video),
+                text = self.processor.apply_chat_template(messages(r.prompt or prompt, len(frames), video),
                                                           add_generation_prompt=True, tokenize=False)
                 mm = {"video": video_item(frames, r.fps)} if video else {"image": frames}
                 inputs.append((i, {"prompt": text, "multi_modal_data": mm}))
@@ -86,7 +101,9 @@ class VLLMEngine(Engine):
         for (i, _), o in zip(inputs, outs):
             c = o.outputs[0]
             gens[i] = Generation(text=c.text, finish_reason=c.finish_reason, tokens_in=len(o.prompt_token_ids or []),
-                                 tokens_out=len(c.token_ids), latency_s=dt)
+                                 tokens_out=len(c.token_ids), latency_s=dt,
+                                 first_logprobs={x.decoded_token: x.logprob for x in c.logprobs[0].values()}
+                                 if params.logprobs and c.logprobs else None)
         return gens
 
     def _single(self, req: CaptionRequest, prompt: Prompt, params: SamplingParams) -> Generation:

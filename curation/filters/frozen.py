@@ -6,7 +6,7 @@ A camera or a renderer never produces two identical frames half a second apart w
 difference is at most `eps` (0-1 luma) are a frozen pair; runs of frozen pairs are held stretches.
 `longest_s`: the longest held stretch, seconds; `share`: the share of the clip's sampled time held;
 `jumps`: held stretches that end in a change bigger than `jump` (a slideshow's next slide).
-A clip whose picture never changes by more than `moving` between samples is not judged here (all
+A clip with fewer than `min_moving` sampled pairs changing by more than `moving` is not judged here (all
 metrics 0): a stock tripod shot where nothing moves is encoded as near-identical frames, exactly like a
 frozen clip, and no pixel statistic tells them apart; the motion filter (`motion_level`) drops both.
 So this judges held stretches and slides inside clips that otherwise move.
@@ -32,7 +32,10 @@ class FrozenConfig(ScorerConfig):
     # a stock tripod shot where nothing at all moves 0.000004-0.00008 (frozen by the encoder: reads as held).
     eps: float = Field(0.0003, ge=0)
     jump: float = Field(0.02, ge=0)  # a held stretch ending in a bigger change than this counts as a slide change
-    moving: float = Field(0.002, ge=0)  # a clip with no sampled pair changing more than this is still: not judged
+    moving: float = Field(0.002, ge=0)  # a sampled pair changing more than this moves (0-1 mean |difference|)
+    # A clip with fewer moving pairs is still (or a still shot and one cut: a 2-s window of a tripod shot
+    # with a cut reads exactly like two held stills) and is not judged: motion_level's, and split's.
+    min_moving: int = Field(2, ge=1)
 
 
 class FrozenScorer(Scorer):
@@ -51,7 +54,7 @@ class FrozenScorer(Scorer):
             return {"longest_s": None, "share": None, "jumps": None}
         diff = np.abs(np.diff(g, axis=0)).reshape(len(g) - 1, -1).mean(axis=1) / 255.0
         dt = np.diff(clip.times)
-        if not (diff > self.cfg.moving).any():  # a still clip: motion_level's judgement, not a held frame
+        if (diff > self.cfg.moving).sum() < self.cfg.min_moving:  # a still clip: motion_level's judgement
             return {"longest_s": 0.0, "share": 0.0, "jumps": 0.0}
         held = diff <= self.cfg.eps
         longest = run = 0.0

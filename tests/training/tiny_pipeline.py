@@ -32,9 +32,18 @@ def t5_tokenizer():
     return T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0)
 
 
-def build_tiny_pipeline(folder: str, seed: int = 0) -> str:
-    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline,
-                           CogVideoXTransformer3DModel)
+# Image-to-video layouts (twice the latent channels in): 5b-I2V (RoPE + a stored position table of the
+# 9x64x64 training grid) and 1.5-5B-I2V (2x2x2 patches, ofs embedding; its VAE inverts the image latent scale).
+I2V = {"5b-i2v": dict(TRANSFORMER, in_channels=8, use_rotary_positional_embeddings=True,
+                      use_learned_positional_embeddings=True),
+       "1.5-i2v": dict(TRANSFORMER, in_channels=8, use_rotary_positional_embeddings=True, patch_size_t=2,
+                       patch_bias=False, ofs_embed_dim=32)}
+
+
+def build_tiny_pipeline(folder: str, seed: int = 0, i2v: str | None = None) -> str:
+    """A CogVideoXPipeline folder, or with i2v ("5b-i2v", "1.5-i2v") a CogVideoXImageToVideoPipeline one."""
+    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXImageToVideoPipeline,
+                           CogVideoXPipeline, CogVideoXTransformer3DModel)
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
@@ -42,10 +51,16 @@ def build_tiny_pipeline(folder: str, seed: int = 0) -> str:
     text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2,
                                            num_heads=4, feed_forward_proj="gated-gelu", dropout_rate=0.0,
                                            relative_attention_num_buckets=8, relative_attention_max_distance=32))
-    vae = perturb_(AutoencoderKLCogVideoX(**dict(TINY_VAE, sample_height=64, sample_width=64)), seed=seed)
-    transformer = perturb_(CogVideoXTransformer3DModel(**TRANSFORMER), seed=seed)
-    pipe = CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(),
-                             transformer=transformer.eval(), scheduler=CogVideoXDDIMScheduler(**SCHEDULER))
+    vae = perturb_(AutoencoderKLCogVideoX(**dict(TINY_VAE, sample_height=64, sample_width=64,
+                                                  invert_scale_latents=i2v == "1.5-i2v")), seed=seed)
+    transformer = perturb_(CogVideoXTransformer3DModel(**(I2V[i2v] if i2v else TRANSFORMER)), seed=seed)
+    if i2v == "5b-i2v":  # a "trained" position table (text rows non-zero), stored in the checkpoint
+        with torch.no_grad():
+            pe = transformer.patch_embed.pos_embedding
+            pe.add_(torch.randn(pe.shape, generator=torch.Generator().manual_seed(seed + 5), dtype=pe.dtype) * 0.1)
+    cls = CogVideoXImageToVideoPipeline if i2v else CogVideoXPipeline
+    pipe = cls(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(),
+               transformer=transformer.eval(), scheduler=CogVideoXDDIMScheduler(**SCHEDULER))
     pipe.save_pretrained(folder)
     return folder
 
@@ -61,6 +76,21 @@ def diffusers_video(folder: str, prompt_embeds: torch.Tensor, steps: int, guidan
     if lora:
         pipe.load_lora_weights(lora)
     out = pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=torch.zeros_like(prompt_embeds),
+               num_inference_steps=steps, guidance_scale=guidance, num_frames=frames, height=height, width=width,
+               generator=torch.Generator().manual_seed(seed), output_type="pt")
+    return out.frames
+
+
+def diffusers_i2v_video(folder: str, prompt_embeds: torch.Tensor, image, steps: int, guidance: float, seed: int,
+                        frames: int = 9, height: int = 64, width: int = 64, lora: str | None = None) -> torch.Tensor:
+    """diffusers' own CogVideoXImageToVideoPipeline output [B, F, C, H, W] in [0, 1] for a PIL image."""
+    from diffusers import CogVideoXImageToVideoPipeline
+
+    pipe = CogVideoXImageToVideoPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    if lora:
+        pipe.load_lora_weights(lora)
+    out = pipe(image=image, prompt_embeds=prompt_embeds, negative_prompt_embeds=torch.zeros_like(prompt_embeds),
                num_inference_steps=steps, guidance_scale=guidance, num_frames=frames, height=height, width=width,
                generator=torch.Generator().manual_seed(seed), output_type="pt")
     return out.frames

@@ -35,7 +35,9 @@ class Toy(nn.Module):
         h = self.inp(x)
         for b in self.blocks:
             h = b(h)
-        return self.out(h)
+        # nn.Linear on an N-d input returns a view of its 2-d matmul; FSDP2 hooks the root's output for its
+        # pre-backward all-gather, so give it a tensor of its own (what a real head's reshape copy does)
+        return self.out(h).clone()
 
 
 class ToyTask(Task):

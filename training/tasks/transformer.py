@@ -80,15 +80,17 @@ def transformer_config(cfg: TrainingConfig, text_dim: int, latent_channels: int)
     """TransformerConfig of training.transformer.size, matched to the text encoder and VAE in use."""
     from model.transformer import TransformerConfig
 
-    size = cfg.transformer.size
+    size, i2v = cfg.transformer.size, cfg.transformer.image_to_video
+    channels = dict(in_channels=2 * latent_channels if i2v else latent_channels, out_channels=latent_channels)
     if size == "tiny":  # diffusers' test model, a little wider so it can learn something
         return TransformerConfig.tiny(head_dim=16, time_embed_dim=32, text_embed_dim=text_dim,
-                                      max_text_len=cfg.transformer.max_text_len, in_channels=latent_channels,
-                                      out_channels=latent_channels, sample_height=cfg.data.height // 8,
-                                      sample_width=cfg.data.width // 8, sample_frames=cfg.data.frames)
+                                      max_text_len=cfg.transformer.max_text_len, sample_height=cfg.data.height // 8,
+                                      sample_width=cfg.data.width // 8, sample_frames=cfg.data.frames, **channels)
     build = {"2b": TransformerConfig.cogvideox_2b, "5b": TransformerConfig.cogvideox_5b,
              "1.5-5b": TransformerConfig.cogvideox_1_5_5b}[size]
-    return build(text_embed_dim=text_dim, in_channels=latent_channels, out_channels=latent_channels)
+    if i2v and size == "1.5-5b":  # the published 1.5-I2V layout
+        channels["ofs_embed_dim"] = 512
+    return build(text_embed_dim=text_dim, **channels)
 
 
 def build_transformer(cfg: TrainingConfig, text_dim: int, latent_channels: int,
@@ -128,6 +130,7 @@ def add_lora(cfg: TrainingConfig, model: nn.Module, device: torch.device) -> nn.
 
 class TransformerTask(Task):
     name = "transformer"
+    i2v = False  # image-to-video model (set by build_models from the model's channels)
 
     def build_models(self) -> dict[str, nn.Module]:
         dev = self.info.device
@@ -139,6 +142,7 @@ class TransformerTask(Task):
             raise ValueError(f"transformer text_embed_dim {model.config.text_embed_dim} != text encoder width "
                              f"{self.text.dim}: training.transformer.init_from and text_encoder do not match")
         self.model_config = model.config
+        self.i2v = self._check_image_to_video(model.config)
         if self.cfg.transformer.lora:
             add_lora(self.cfg, model, dev)
         # t, noise, dropout, images; by data-parallel rank: the ranks of a context-parallel group draw alike
@@ -147,6 +151,22 @@ class TransformerTask(Task):
 
     def block_lists(self, name: str, model: nn.Module) -> list[nn.ModuleList]:
         return [model.blocks]
+
+    def _check_image_to_video(self, config: Any) -> bool:
+        """Whether the model is image-to-video (its channels say so); one-line errors for what cannot train it."""
+        from model.i2v import is_image_to_video
+
+        i2v = is_image_to_video(config.in_channels, config.out_channels)
+        if self.cfg.transformer.image_to_video and not i2v:
+            raise ValueError("training.transformer.image_to_video is true but init_from is a text-to-video model "
+                             f"({config.in_channels} channels in, {config.out_channels} out)")
+        if i2v and self.cfg.data.source == "latents":
+            raise ValueError("training.data.source: latents holds no separate first-frame latent; an image-to-video "
+                             "model trains from clips (shards or synthetic)")
+        if i2v and self.cfg.sample.every and not self.cfg.sample.images:
+            raise ValueError("training.sample.images: an image-to-video model needs a conditioning image per "
+                             "validation prompt (or sample.every: 0)")
+        return i2v
 
     def setup(self, models: dict[str, nn.Module]) -> None:
         super().setup(models)
@@ -166,6 +186,10 @@ class TransformerTask(Task):
         dev = self.info.device
         if "latents" in batch:
             z, emb = batch["latents"].to(dev).float(), batch["text_emb"].to(dev).float()
+        elif "latents_mean" in batch:  # the per-clip cache (training/cache.py): a posterior sample, as below
+            mean, std = batch["latents_mean"], batch["latents_std"]
+            z = (mean + std * torch.randn(mean.shape, generator=self.gen)).to(dev).float()
+            emb = batch["text_emb"].to(dev).float()
         else:
             x = batch["frames"]
             if self.cfg.data.image_ratio and float(torch.rand(1, generator=self.gen)) < self.cfg.data.image_ratio:
@@ -184,6 +208,30 @@ class TransformerTask(Task):
     def vae_dtype(self) -> torch.dtype:
         return next(self.vae.parameters()).dtype
 
+    @torch.no_grad()
+    def image_condition(self, frames: torch.Tensor, latent_frames: int) -> torch.Tensor:
+        """Image-to-video input channels [B, f, C, h, w] from the clips' first frames [B, C, H, W]: noise
+        augmented (exp(N(mean, std)) sigma), encoded alone, scaled, zero-padded to the video (model/i2v.py)."""
+        from model.i2v import condition, image_scale, noise_images
+
+        tc, dev = self.cfg.transformer, self.info.device
+        noisy = noise_images(frames.float(), self.gen, tc.image_noise_mean, tc.image_noise_std)
+        post = self.vae.encode(noisy.to(dev, self.vae_dtype)[:, :, None])
+        noise = torch.randn(post.mean.shape, generator=self.gen).to(dev, post.mean.dtype)
+        scale = image_scale(self.vae.scaling_factor, self.vae.config.invert_scale_latents)
+        image = (post.mean + post.std * noise).float() * scale
+        return condition(image.transpose(1, 2), latent_frames)
+
+    def model_inputs(self, x_t: torch.Tensor, batch: dict[str, Any]) -> tuple[tuple, dict]:
+        """The transformer's extra inputs: image-to-video channels (and 1.5's ofs) when the model takes them."""
+        if not self.i2v:
+            return (x_t,), {}
+        from model.i2v import OFS
+
+        x = torch.cat([x_t, self.image_condition(batch["frames"][:, 0], x_t.shape[1])], dim=2)
+        ofs = torch.full((1,), OFS, device=x.device) if self.model_config.ofs_embed_dim else None
+        return (x,), ({"ofs": ofs} if ofs is not None else {})
+
     # --- one step ------------------------------------------------------------------------------------
     def forward_backward(self, batch: dict[str, Any], step: int) -> dict[str, Any]:
         z, emb = self.encode_batch(batch)
@@ -193,7 +241,8 @@ class TransformerTask(Task):
         t = t.to(z.device)
         x_t = self.schedule.add_noise(z, noise, t)
         target = self.schedule.v_target(z, noise, t)
-        pred = self.models["transformer"](x_t, emb, t)
+        (x_in,), kw = self.model_inputs(x_t, batch)
+        pred = self.models["transformer"](x_in, emb, t, **kw)
         loss = self.schedule.loss(pred, target)
         loss.backward()
         p = self.model_config.patch_size
@@ -205,8 +254,8 @@ class TransformerTask(Task):
         4d^2; FFN: 8d^2; x 2 for multiply-add, x 3 for backward) + 12 L T^2 d for attention scores and
         values. Embeddings and the per-sample AdaLN projections are left out (the usual MFU convention)."""
         c = self.model_config
-        if "latents" in batch:
-            b, f, _, h, w = batch["latents"].shape
+        if "latents" in batch or "latents_mean" in batch:
+            b, f, _, h, w = batch.get("latents", batch.get("latents_mean")).shape
             text = batch["text_emb"].shape[1]
         else:
             b, f_px, _, h_px, w_px = batch["frames"].shape
@@ -238,11 +287,12 @@ class TransformerTask(Task):
     @torch.no_grad()
     def validate(self, step: int, folder: str) -> list[str]:
         """DDIM samples of the validation prompts with the current weights; rank 0 writes the mp4s."""
-        from training.generate import generate, write_mp4
+        from training.generate import generate, load_images, write_mp4
 
         s, d = self.cfg.sample, self.cfg.data
+        images = load_images(s.images, d.height, d.width, "training.sample.images") if self.i2v else None
         video = generate(self.models["transformer"], self.vae, self.text, self.schedule, s.prompts,
-                         s.frames or d.frames, d.height, d.width, s, self.info.device)
+                         s.frames or d.frames, d.height, d.width, s, self.info.device, images=images)
         paths = []
         if self.info.is_main:
             os.makedirs(folder, exist_ok=True)
@@ -289,5 +339,5 @@ class TransformerTask(Task):
                     out.append(save_diffusers(plain(sd, strict=name == "transformer"), os.path.join(folder, name)))
             pipe_model = plain(ema, strict=False) if ema else plain(state)  # the weights `training sample` uses
         out.append(write_pipeline(os.path.join(folder, "pipeline"), pipe_model, self.vae, self.text, self.schedule,
-                                  self.cfg, base_from))
+                                  self.cfg, base_from, image_to_video=self.i2v))
         return out
