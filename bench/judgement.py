@@ -134,6 +134,8 @@ def score_clips(clips: list[Clip], scorers: list[Scorer], fcfg: FilterConfig, ca
     t_log = time.time()
     for i, c in enumerate(clips):
         todo = [s for s in scorers if c.clip_id not in stores[s.name].rows]
+        if not todo and _box_changed(c.clip_id, scorers, stores):
+            todo = scorers
         if todo or c.clip_id not in base.rows:
             t0 = time.perf_counter()
             frames = decode_clip(c.path, specs, fcfg.sample_fps, fcfg.max_frames, mv)
@@ -143,26 +145,43 @@ def score_clips(clips: list[Clip], scorers: list[Scorer], fcfg: FilterConfig, ca
             base.add(c.clip_id, {"decode_s": t1 - t0, "probe_s": time.perf_counter() - t1, **probe})
             # Border finders first: the other scorers see the picture inside the bars, as in the filter stage.
             for s in sorted(scorers, key=lambda s: not s.crops):
-                if c.clip_id not in stores[s.name].rows:
+                row = stores[s.name].rows.get(c.clip_id)
+                if row is None or s.crops or row.get("_content", "?") not in ("?", _box(frames.content)):
                     t0 = time.perf_counter()
                     vals = s.score(frames)
-                    stores[s.name].add(c.clip_id, {"_s": time.perf_counter() - t0,
+                    stores[s.name].add(c.clip_id, {"_s": time.perf_counter() - t0, "_content": _box(frames.content),
                                                     **{f"{s.name}_{k}": v for k, v in vals.items()}})
                 if s.crops:
                     got = stores[s.name].rows[c.clip_id]
-                    frames.content = s.content_box({k[len(s.name) + 1:]: v for k, v in got.items() if k != "_s"})
+                    frames.content = s.content_box({k[len(s.name) + 1:]: v for k, v in got.items() if k[0] != "_"})
         row = dict(base.rows[c.clip_id])
         secs["decode"] += row.pop("decode_s")
         secs["probe"] += row.pop("probe_s")
         for s in scorers:
             r = dict(stores[s.name].rows[c.clip_id])
             secs[s.name] += r.pop("_s")
+            r.pop("_content", None)
             row.update(r)
         rows[c.clip_id] = row
         if time.time() - t_log > 30:
             log(f"  scored {i + 1}/{len(clips)} clips")
             t_log = time.time()
     return rows, secs
+
+
+def _box(content) -> list | None:
+    return [round(float(v), 5) for v in content] if content is not None else None
+
+
+def _box_changed(clip_id: str, scorers: list[Scorer], stores: dict) -> bool:
+    """Cached scores were made inside another picture box than the border finder's cached one gives now
+    (a border finder that changed): score the clip again. Rows without a box (older caches) count as valid."""
+    crops = [s for s in scorers if s.crops]
+    if not crops:
+        return False
+    got = stores[crops[0].name].rows[clip_id]
+    box = _box(crops[0].content_box({k[len(crops[0].name) + 1:]: v for k, v in got.items() if k[0] != "_"}))
+    return any(stores[s.name].rows[clip_id].get("_content", box) != box for s in scorers if not s.crops)
 
 
 class _Store:
