@@ -137,29 +137,33 @@ def score_clips(clips: list[Clip], scorers: list[Scorer], fcfg: FilterConfig, ca
         if not todo and _box_changed(c.clip_id, scorers, stores):
             todo = scorers
         if todo or c.clip_id not in base.rows:
-            t0 = time.perf_counter()
+            td = time.perf_counter()
             frames = decode_clip(c.path, specs, fcfg.sample_fps, fcfg.max_frames, mv)
             t1 = time.perf_counter()
             probe = {f"probe_{k}": v for k, v in probe_video(c.path).items()
                      if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            base.add(c.clip_id, {"decode_s": t1 - t0, "probe_s": time.perf_counter() - t1, **probe})
+            base.add(c.clip_id, {"decode_s": t1 - td, "probe_s": time.perf_counter() - t1, **probe})
             # Border finders first: the other scorers see the picture inside the bars, as in the filter stage.
             for s in sorted(scorers, key=lambda s: not s.crops):
                 row = stores[s.name].rows.get(c.clip_id)
                 if row is None or s.crops or row.get("_content", "?") not in ("?", _box(frames.content)):
                     t0 = time.perf_counter()
                     vals = s.score(frames)
-                    stores[s.name].add(c.clip_id, {"_s": time.perf_counter() - t0, "_content": _box(frames.content),
+                    stores[s.name].add(c.clip_id, {"_s": time.perf_counter() - t0, "_decode_s": t1 - td,
+                                                    "_content": _box(frames.content),
                                                     **{f"{s.name}_{k}": v for k, v in vals.items()}})
                 if s.crops:
                     got = stores[s.name].rows[c.clip_id]
                     frames.content = s.content_box({k[len(s.name) + 1:]: v for k, v in got.items() if k[0] != "_"})
         row = dict(base.rows[c.clip_id])
-        secs["decode"] += row.pop("decode_s")
+        dec = row.pop("decode_s")
+        secs["decode"] += dec
         secs["probe"] += row.pop("probe_s")
         for s in scorers:
             r = dict(stores[s.name].rows[c.clip_id])
             secs[s.name] += r.pop("_s")
+            # The decode of the pass that scored it: the ratio pairs timings taken together (same load).
+            secs[f"{s.name}:decode"] = secs.get(f"{s.name}:decode", 0.0) + (r.pop("_decode_s", None) or dec)
             r.pop("_content", None)
             row.update(r)
         rows[c.clip_id] = row
@@ -406,7 +410,7 @@ def run(args: argparse.Namespace) -> str:
     results = []
     for j in judgements:
         names = {r.column.split("_", 1)[0] for r in j.rules} | ({"probe"} if any(isinstance(r, PrefilterRule) for r in j.rules) else set())
-        cost = sum(secs.get(n, 0.0) for n in names) / max(secs["decode"], 1e-9)
+        cost = sum(secs.get(n, 0.0) / max(secs.get(f"{n}:decode") or secs["decode"], 1e-9) for n in names)
         results += [evaluate(j, scored, rows, part, cost) for part in ("calibration", "report")]
     rules = [r for s in scorers for r in s.rules()] + [PrefilterRule(prefilter)]
     keep = {part: rule_set_keep(rules, scored, rows, part) for part in ("calibration", "report")}
