@@ -170,5 +170,8 @@ class ProbeTable(TableStage):
     def status(self, row: dict) -> str | None:
         return "truncated" if row.get("truncated") else "errors" if row.get("error") else None
 
+    def reported(self, row: dict) -> bool:
+        return bool(row.get("error"))  # a salvaged file's decode error is shown too (it is not retried)
+
 
 run = ProbeTable.run  # Section entry (curation.config)

@@ -80,6 +80,11 @@ class TableStage:
         """The counts key a written row adds one to (None: none)."""
         return "errors" if self.failed(row) else None
 
+    def reported(self, row: dict) -> bool:
+        """Whether a row's error goes into the run manifest: every failure, and rows a stage keeps despite an
+        error (a salvaged, truncated video) so the damage is still shown."""
+        return self.failed(row)
+
     def error_text(self, row: dict) -> str:
         """The manifest's line for an error row."""
         return f"{row.get(self.resume_key)}: {row.get('error')}"
@@ -164,7 +169,7 @@ def execute(stage: TableStage, local: bool = False, progress: bool = True,
             s = stage.status(r)
             if s is not None:
                 counts[s] = counts.get(s, 0) + 1
-            if stage.failed(r):
+            if stage.reported(r):
                 errors.append(stage.error_text(r))
         if on_part is not None:
             on_part(counts)

@@ -43,3 +43,20 @@ def test_long_clips_are_captioned_per_window_and_merged(tiny_vlm, clip_root):
     caption_items(st, short, clip_items(st, short), local=True)
     assert all(r["window_captions"] is None and r["window_s"] is None and r["frames"] == 4
                for r in read_captions(st, "whole").to_pylist())
+
+
+@pytest.mark.heavy
+def test_windows_fields_and_checks_on_ray(ray_local, tiny_vlm, clip_root):
+    """The same through Ray Data (frame tasks -> engine actor): window spans, field and check columns survive
+    the batches' conversions."""
+    root, ids = clip_root
+    st = Storage(root)
+    cfg = CaptionConfig(model=tiny_vlm, max_tokens=6, sample_fps=2.0, max_frames=4, max_side=112, retry_bad=0,
+                        windows={"window_s": 1.0, "overlap_s": 0.25},
+                        fields={"enabled": True, "names": {"short": "one sentence"}, "max_tokens": 16, "retry_bad": 0},
+                        checks={"enabled": True, "questions": {"rotated": "Is the view rotated?"}},
+                        resources={"num_cpus": 1, "workers": 1, "batch_size": 4})
+    c = caption_items(st, cfg, clip_items(st, cfg), local=False, progress=False)
+    assert c["errors"] == c["unreadable"] == 0 and c["captioned"] + c["flagged"] == 3
+    for r in read_captions(st, "default").to_pylist():
+        assert len(r["window_captions"]) == 3 and r["frames"] == 6 and "field_short" in r and "check_rotated" in r
