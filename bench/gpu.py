@@ -431,11 +431,17 @@ QWEN25_VL_3B = {  # Qwen2.5-VL-3B-Instruct's layout (its config.json); the vocab
 }
 
 
-def caption_worker(dry: bool, out: str) -> dict:
+def caption_worker(dry: bool, out: str, clips: int | None = None, max_tokens: int | None = None,
+                   repeats: int = 1) -> dict:
     """Our VLLMEngine vs vllm.LLM.generate on the same inputs; returns output tokens/s of each.
 
     The ceiling gets the prompts our engine would build, prepared before the clock starts, so the
-    ratio is what our engine's per-call work (frame decoding, chat template, batching) costs."""
+    ratio is what our engine's per-call work (frame decoding, chat template, batching) costs.
+    `repeats` > 1 (bench/caption.py --part ceiling) times both `repeats` times, alternating which goes
+    first so neither always gets the warmer caches, and reports the medians and the median of the paired
+    ratios: on a shared CPU one pair is noise, the median of pairs is not."""
+    import statistics
+
     from captioning.config import CaptionConfig
     from captioning.engines import CaptionRequest, SamplingParams
     from captioning.engines.base import decode_frames, messages
@@ -450,7 +456,7 @@ def caption_worker(dry: bool, out: str) -> dict:
     cfg = CaptionConfig(model=folder, engine="vllm", max_frames=4,
                         vllm={"load_format": "dummy", "dtype": "float32" if dry else "bfloat16",
                               "max_model_len": 4096, "enforce_eager": dry})
-    n = 4 if dry else 64
+    n = clips or (4 if dry else 64)
     with tempfile.TemporaryDirectory() as tmp:
         reqs = []
         for k in range(n):
@@ -458,17 +464,20 @@ def caption_worker(dry: bool, out: str) -> dict:
             make_video(p, [Scene(24, 2.0, k)], 160 if dry else 854, 96 if dry else 480, 12.0)
             frames, fps = sample_frames(p, 2.0, cfg)
             reqs.append(CaptionRequest(f"clip{k}", frames, fps))
-    params = SamplingParams(max_tokens=16 if dry else 128, temperature=0.0, top_p=1.0)
+    params = SamplingParams(max_tokens=max_tokens or (16 if dry else 128), temperature=0.0, top_p=1.0)
     eng = VLLMEngine(cfg)
     prompt = get_prompt(cfg.prompt)
     eng.generate(reqs[:2], prompt, params)  # warm-up (and the compile/graph capture on GPU)
-    t0 = time.perf_counter()
-    gens = eng.generate(reqs, prompt, params)
-    ours_s = time.perf_counter() - t0
-    errors = [g.error for g in gens if g.error]
-    if errors:
-        raise RuntimeError(f"{len(errors)} captions failed, first: {errors[0]}")
-    tokens = sum(g.tokens_out or 0 for g in gens)
+
+    def ours() -> tuple[float, int]:
+        t0 = time.perf_counter()
+        gens = eng.generate(reqs, prompt, params)
+        dt = time.perf_counter() - t0
+        errors = [g.error for g in gens if g.error]
+        if errors:
+            raise RuntimeError(f"{len(errors)} captions failed, first: {errors[0]}")
+        return dt, sum(g.tokens_out or 0 for g in gens)
+
     inputs = []
     for r in reqs:
         frames = decode_frames(r.frames)
@@ -477,12 +486,23 @@ def caption_worker(dry: bool, out: str) -> dict:
                                                  tokenize=False)
         inputs.append({"prompt": text, "multi_modal_data": {"video": video_item(frames, r.fps)} if video
                        else {"image": frames}})
-    t0 = time.perf_counter()
-    outs = eng.llm.generate(inputs, vllm_sampling(params), use_tqdm=False)
-    ceil_s = time.perf_counter() - t0
-    ceil_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
-    res = {"ours_tokens_per_s": tokens / ours_s, "ceiling_tokens_per_s": ceil_tokens / ceil_s, "clips": n,
-           "vllm": __import__("vllm").__version__}
+
+    def ceiling() -> tuple[float, int]:
+        t0 = time.perf_counter()
+        outs = eng.llm.generate(inputs, vllm_sampling(params), use_tqdm=False)
+        return time.perf_counter() - t0, sum(len(o.outputs[0].token_ids) for o in outs)
+
+    pairs = []
+    for i in range(max(1, repeats)):
+        if i % 2:
+            c, o = ceiling(), ours()
+        else:
+            o, c = ours(), ceiling()
+        pairs.append((o[1] / o[0], c[1] / c[0]))
+    res = {"ours_tokens_per_s": statistics.median(p[0] for p in pairs),
+           "ceiling_tokens_per_s": statistics.median(p[1] for p in pairs),
+           "ratio": statistics.median(p[0] / p[1] for p in pairs), "repeats": len(pairs), "clips": n,
+           "max_tokens": params.max_tokens, "vllm": __import__("vllm").__version__}
     print("RESULT " + json.dumps(res), flush=True)
     return res
 
@@ -550,9 +570,12 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=540, help="start no section after this many seconds")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a section failed (CI's dry run)")
     ap.add_argument("--caption-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--clips", type=int, default=None, help=argparse.SUPPRESS)  # caption worker's shapes
+    ap.add_argument("--max-tokens", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--repeats", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.caption_worker:
-        caption_worker(args.dry_run, args.out)
+        caption_worker(args.dry_run, args.out, args.clips, args.max_tokens, args.repeats)
         return 0
     device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
     if device == "cpu":

@@ -6,7 +6,9 @@ caption beats an error, a later row an earlier one). Per run: the length distrib
 tokens (the generating model's own count), quality flags, the most frequent openings and word 3-grams,
 captions shared by several clips (a broken captioner writes the same text for everything), and the
 share of captions that name the camera motion the motion scorer detected (scores column
-`motion_camera_type`, when present). `--compare RUN_A RUN_B` adds the two runs side by side and a seeded
+`motion_camera_type`, when present). Caption QA against the clip: the CLIP similarity of each caption's
+text and the clip's frames (`clip_text_similarity`, below), and the borders scorer's letterbox label
+(`borders_kind`) beside the captions that mention black bars. `--compare RUN_A RUN_B` adds the two runs side by side and a seeded
 sample of clips with both captions next to a contact sheet of the clip.
 """
 from __future__ import annotations
@@ -46,6 +48,16 @@ CAMERA_WORDS: dict[str, tuple[str, ...]] = {
     "handheld": ("handheld", "hand-held", "shaky", "shakes"),
 }
 _UNKNOWN_CAMERA = {"", "unknown", "none", "null", "nan", "error", "mixed", "complex"}
+
+
+# Black bars named in a caption; compared with the borders scorer's `borders_kind` (issue 21).
+BORDERS_COLUMN = "borders_kind"
+_BARS = re.compile(r"\b(letter-?box\w*|pillar-?box\w*|black (?:bars?|borders?|bands?|stripes?)|widescreen bars?)\b")
+
+
+def mentions_bars(text: str | None) -> bool:
+    """Whether a caption names black bars / letterboxing."""
+    return bool(_BARS.search((text or "").lower()))
 
 
 def camera_phrase(camera_type: str | None) -> str | None:
@@ -107,6 +119,90 @@ def camera_types(storage: Storage) -> dict[str, str]:
             continue
         out.update((c, v) for c, v in zip(t.column("clip_id").to_pylist(), t.column(CAMERA_COLUMN).to_pylist())
                    if v is not None)
+    return out
+
+
+def scores_column(storage: Storage, column: str) -> dict:
+    """clip id -> a scores column's value (later parts win; nulls skipped); empty without that column."""
+    out: dict = {}
+    for p in storage.list("scores", ".parquet"):
+        t = tables.read_part(storage, p, ["clip_id", column])
+        if t is None or column not in t.column_names:
+            continue
+        out.update((c, v) for c, v in zip(t.column("clip_id").to_pylist(), t.column(column).to_pylist())
+                   if v is not None)
+    return out
+
+
+# -------------------------------------------------------------------------- caption-video CLIP similarity
+# Computed here, at report time, from the captions run and the scores table's `clip_embedding` (the filter's
+# mean frame embedding), rather than written by the caption stage: the caption stage would have to load
+# the CLIP model in every VLM actor and add a column to the captions schema, while here only the text
+# tower runs, once per report, and it also works for runs captioned before this existed. The encoder is
+# the one that wrote the embeddings (the filter section of the newest run manifest, or one passed in), so
+# text and image live in the same space. open_clip truncates text at its context length (77 tokens for
+# CLIP): a long caption is judged on its opening, which is also what a CLIP-conditioned trainer would see.
+CLIP_SIM_COLUMN = "clip_text_similarity"
+LOWEST = 5  # lowest-matching captions listed per run
+TEXT_BATCH = 256  # captions per text-tower forward pass
+
+
+def manifest_clip_model(storage: Storage) -> "object | None":
+    """The filter's CLIP model config (curation.filters.config.ClipModelConfig) of the newest run manifest
+    that has one; None without manifests or a filter section."""
+    import json
+
+    from curation.filters.config import ClipModelConfig
+
+    for rel in reversed(storage.list("runs", ".json")):
+        try:
+            clip = (json.loads(storage.read_bytes(rel)).get("config") or {}).get("filter", {}).get("clip")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if clip:
+            return ClipModelConfig(**clip)
+    return None
+
+
+def clip_text_similarity(caps: list[dict], embeddings: dict[str, list], encoder: "object") -> dict[str, float]:
+    """clip id -> cosine similarity of its caption's CLIP text embedding and the clip's stored image
+    embedding (both L2-normalised by the encoder / filter). Clips without an embedding are left out."""
+    have = [r for r in caps if embeddings.get(r["clip_id"])]
+    out: dict[str, float] = {}
+    for i in range(0, len(have), TEXT_BATCH):
+        chunk = have[i:i + TEXT_BATCH]
+        txt = encoder.embed_texts([r["text"] for r in chunk])
+        img = np.asarray([embeddings[r["clip_id"]] for r in chunk], np.float32)
+        if img.shape[1] != txt.shape[1]:  # embeddings from another CLIP than the manifest's: no comparison
+            raise ValueError(f"{CLIP_SIM_COLUMN}: the scores' clip_embedding has {img.shape[1]} dims, the "
+                             f"CLIP text tower {txt.shape[1]}: not the encoder that scored the clips")
+        img /= np.maximum(np.linalg.norm(img, axis=1, keepdims=True), 1e-12)
+        out.update(zip((r["clip_id"] for r in chunk), (txt * img).sum(1).astype(float).tolist()))
+    return out
+
+
+def similarity_stats(caps: list[dict], sims: dict[str, float]) -> dict:
+    """Distribution (QUANTILES, mean) and the LOWEST lowest-matching captions of a run."""
+    got = sorted((sims[r["clip_id"]], r["clip_id"], r["text"]) for r in caps if r["clip_id"] in sims)
+    v = np.array([g[0] for g in got], float)
+    return {"n": len(got), "quantiles": np.quantile(v, QUANTILES).tolist() if len(v) else [],
+            "mean": float(v.mean()) if len(v) else None, "lowest": got[:LOWEST]}
+
+
+def borders_stats(caps: list[dict], kinds: dict[str, str], t: pa.Table) -> dict | None:
+    """Letterbox label vs captions: clips with a `borders_kind`, those with bars, captions naming bars
+    among each, and, when the run has a `letterbox` check (caption.checks question named so), its
+    agreement with the label. None when the scores have no borders scorer."""
+    if not kinds:
+        return None
+    known = [(kinds[r["clip_id"]] != "none", mentions_bars(r["text"])) for r in caps if r["clip_id"] in kinds]
+    out = {"known": len(known), "bars": sum(b for b, _ in known),
+           "named_with_bars": sum(b and m for b, m in known), "named_without": sum(m and not b for b, m in known)}
+    if "check_letterbox_yes" in t.column_names:
+        both = [(r["check_letterbox_yes"], kinds[r["clip_id"]] != "none") for r in
+                t.select(["clip_id", "check_letterbox_yes"]).to_pylist()
+                if r["check_letterbox_yes"] is not None and r["clip_id"] in kinds]
+        out["check_agree"] = (sum(a == b for a, b in both), len(both))
     return out
 
 
@@ -248,6 +344,21 @@ def terminal_lines(run: str, s: dict) -> list[str]:
         lines.append(f"  checks answered yes: {_checks_text(s)}")
     if s.get("text_agree"):
         lines.append(f"  overlay_text check agrees with OCR: {s['text_agree'][0]} of {s['text_agree'][1]} clips")
+    sim = s.get("clip_sim")
+    if sim and sim["n"]:
+        lines.append(f"  {CLIP_SIM_COLUMN} (caption vs frames, filter CLIP) min/p5/median/p95/max: "
+                     + " / ".join(f"{x:.3f}" for x in sim["quantiles"]) + f"; mean {sim['mean']:.3f} over {sim['n']} clips")
+        for v, cid, text in sim["lowest"][:3]:
+            lines.append(f"    lowest {cid} {v:.3f}: {text[:90]!r}")
+    elif s.get("clip_sim_note"):
+        lines.append(f"  {CLIP_SIM_COLUMN}: - ({s['clip_sim_note']})")
+    bs = s.get("borders")
+    if bs:
+        lines.append(f"  black bars ({BORDERS_COLUMN}): {bs['bars']} of {bs['known']} clips "
+                     f"({_pct(bs['bars'], bs['known'])}); captions naming bars: {bs['named_with_bars']} of those "
+                     f"{bs['bars']}, {bs['named_without']} of the {bs['known'] - bs['bars']} without"
+                     + (f"; letterbox check agrees with it: {bs['check_agree'][0]} of {bs['check_agree'][1]}"
+                        if bs.get("check_agree") else ""))
     lines.append(f"  near-duplicate captions (3-gram Jaccard >= {NEAR_DUP}): {len(s.get('near_dups', []))} pairs"
                  + "".join(f"; {a} ~ {b} {j}" for a, b, j in s.get("near_dups", [])[:3]))
     sampled = f" (sample of {s['text_sample']})" if s["text_sample"] < n else ""
@@ -296,12 +407,27 @@ def _html_run(run: str, s: dict) -> str:
         rows.append(("checks answered yes (caption.checks)", _checks_text(s)))
     if s.get("text_agree"):
         rows.append(("overlay_text check agrees with OCR", f"{s['text_agree'][0]} of {s['text_agree'][1]}"))
+    sim = s.get("clip_sim")
+    if sim and sim["n"]:
+        rows.append((f"{CLIP_SIM_COLUMN} min/p5/median/p95/max (mean)",
+                     " / ".join(f"{x:.3f}" for x in sim["quantiles"]) + f" ({sim['mean']:.3f}, {sim['n']} clips)"))
+    elif s.get("clip_sim_note"):
+        rows.append((CLIP_SIM_COLUMN, f"- ({s['clip_sim_note']})"))
+    bs = s.get("borders")
+    if bs:
+        rows.append((f"black bars ({BORDERS_COLUMN}) / captions naming them",
+                     f"{bs['bars']} of {bs['known']} clips; named in {bs['named_with_bars']} of those, "
+                     f"{bs['named_without']} of the others"
+                     + (f"; letterbox check agrees {bs['check_agree'][0]} of {bs['check_agree'][1]}"
+                        if bs.get("check_agree") else "")))
     rows.append((f"near-duplicate caption pairs (Jaccard >= {NEAR_DUP})",
                  f"{len(s.get('near_dups', []))}" + "".join(f"; {a} ~ {b} {j}" for a, b, j in s.get("near_dups", [])[:5])))
     out = [f"<h3>Run {e(run)}</h3><table>"] + [f"<tr><th class=l>{e(a)}</th><td class=l>{e(str(b))}</td></tr>"
                                                 for a, b in rows] + ["</table>"]
     for title, items in (("top openings", s["openings"]), ("top 3-grams (clips containing)", s["ngrams"]),
-                         ("shared captions", s["shared"])):
+                         ("shared captions", s["shared"]),
+                         (f"lowest {CLIP_SIM_COLUMN} (caption least like its frames)",
+                          [(f"{cid}: {text}", f"{v:.3f}") for v, cid, text in (s.get("clip_sim") or {}).get("lowest", [])])):
         out.append(f"<details><summary>{e(title)}</summary><table>" + "".join(
             f"<tr><td class=l>{e(str(a))}</td><td>{k}</td></tr>" for a, k in items) + "</table></details>")
     return "".join(out)
@@ -341,9 +467,11 @@ def compare_section(storage: Storage, a: str, ta: pa.Table, b: str, tb: pa.Table
 
 
 def caption_report(storage: Storage, runs: list[str] | None = None, compare: tuple[str, str] | None = None,
-                   sample: int = COMPARE_SAMPLE) -> tuple[list[str], str]:
+                   sample: int = COMPARE_SAMPLE, clip_model: "object | None" = None) -> tuple[list[str], str]:
     """(terminal lines, HTML section) of the caption quality of `runs` (default: every run), and with
-    `compare` two runs side by side. Raises ValueError naming a compare run that does not exist."""
+    `compare` two runs side by side. `clip_model` (a ClipModelConfig) is the filter's CLIP for
+    clip_text_similarity; None takes it from the newest run manifest. Raises ValueError naming a compare
+    run that does not exist."""
     runs = list_runs(storage) if runs is None else runs
     if compare:
         runs = list(dict.fromkeys([*runs, *compare]))
@@ -351,11 +479,37 @@ def caption_report(storage: Storage, runs: list[str] | None = None, compare: tup
         return [], ""
     cameras = camera_types(storage)
     texts = text_presence(storage)
+    kinds = scores_column(storage, BORDERS_COLUMN)
     loaded = {r: read_run(storage, r) for r in runs}
+    embeddings = scores_column(storage, "clip_embedding")
+    encoder, note = None, None
+    if not embeddings:
+        note = "no clip_embedding in the scores table (run the filter stage with a CLIP scorer)"
+    else:
+        cfg = clip_model or manifest_clip_model(storage)
+        if cfg is None:
+            note = "no run manifest names the filter's CLIP model"
+        else:
+            try:
+                from curation.filters.clip_model import ClipEncoder
+
+                encoder = ClipEncoder(cfg)  # the text tower of the filter's encoder, on the CPU
+            except (OSError, ValueError) as e:  # a model folder moved since the filter ran: report, not fail
+                note = f"filter CLIP {cfg.model!r} does not load: {e}"
     lines, html = [], ["<h2 id=captions>Captions</h2>"]
     for r in runs:
         s = run_stats(loaded[r], cameras)
         s["text_agree"] = label_agreement(loaded[r], texts)
+        caps = [c for c in loaded[r].select([k for k in ("clip_id", "text", "error") if k in loaded[r].column_names])
+                .to_pylist() if c.get("error") is None and c.get("text") is not None]
+        s["borders"] = borders_stats(caps, kinds, loaded[r])
+        if encoder is not None:
+            try:
+                s["clip_sim"] = similarity_stats(caps, clip_text_similarity(caps, embeddings, encoder))
+            except ValueError as e:
+                s["clip_sim_note"] = str(e)
+        else:
+            s["clip_sim_note"] = note
         lines += terminal_lines(r, s)
         html.append(_html_run(r, s))
     if compare:
