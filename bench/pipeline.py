@@ -12,7 +12,8 @@ probe -> split -> filter -> caption -> shard twice on fresh roots:
                  caption-frames -> caption, each step writing its table as it goes (so the result is
                  the same dataset), then the shard stage (its plan needs every kept clip)
 
-and prints clips/s of both (the ratio is the overlap gained by streaming), the per-step breakdown of
+and prints clips/s of both (the ratio is the overlap gained by streaming), the streamed wall time
+against the slowest stage alone (the bound of any overlap), the per-step breakdown of
 the streamed run from the stage accounting (busy s, CPU s per clip, utilisation, queue waits, bytes
 per clip, bottleneck share), and the storage bytes moved per clip. The peer of every number is the
 other mode measured in the same run on the same cluster. Models are the tiny offline ones (random
@@ -226,6 +227,10 @@ def report(r: dict) -> None:
     print(f"  streamed          : {f['seconds']:7.1f} s  {clips / f['seconds']:.3f} clips/s   "
           f"(flow {f['flow_s']:.1f}s + shard {f['shard_s']:.1f}s)")
     print(f"  streamed / stages alone: {s['seconds'] / f['seconds']:.2f}x clips/s (the overlap gained by streaming)")
+    slow = max(s["stages"], key=s["stages"].get)  # the bound: a stream is never faster than its slowest stage
+    print(f"  streamed / slowest stage alone ({slow} {s['stages'][slow]:.1f}s): "
+          f"{f['seconds'] / s['stages'][slow]:.2f}x wall time (1.0 = perfect overlap; stages alone: "
+          f"{s['seconds'] / s['stages'][slow]:.2f}x)")
     steps = dict(f["accounting"].get("steps", {}))
     steps.update({k: v for k, v in f["shard_accounting"].get("steps", {}).items() if k != "sink"})
     print(f"  {'step':15s} {'workers':>7s} {'busy s':>7s} {'CPU s/clip':>10s} {'util':>5s} {'wait s':>7s} "

@@ -259,7 +259,9 @@ def test_border_band_finds_every_link_of_the_exact_search(signals):
     assert none < 0.97 * len(truth)
     # The default, narrower band (a share of the exact one) recovers some of them in 16 dimensions (in
     # CLIP's hundreds, where a link rarely points across a border, it loses almost none: bench/dedup.py).
-    narrow = len(found(cfg.model_copy(update={"border_clusters": 2, "border_band": 0.1})))
+    default = DedupConfig()
+    narrow = len(found(cfg.model_copy(update={"border_clusters": default.border_clusters,
+                                              "border_band": default.border_band})))
     assert none + 10 < narrow < len(truth)
 
 

@@ -53,7 +53,7 @@ def test_gradients_match_diffusers_and_checkpointing(name):
     ours = load_diffusers_transformer(ref.state_dict(), transformer_config_from_diffusers(dict(ref.config)))
     latents, text, t = _inputs(kw, frames)
 
-    def grads(fn, model, ckpt=False, selective=False):
+    def grads(fn, model, ckpt=False, selective=True):
         model.gradient_checkpointing, model.selective_recompute = ckpt, selective
         x = latents.clone().requires_grad_(True)
         model.zero_grad()
@@ -70,9 +70,9 @@ def test_gradients_match_diffusers_and_checkpointing(name):
     torch.testing.assert_close(ours.blocks[0].attn.to_v.weight.grad, w_v, atol=TOL, rtol=0)
     g_ckpt = grads(lambda x: ours(x, text, t), ours, ckpt=True)
     torch.testing.assert_close(g_ckpt, g_ours, atol=1e-6, rtol=0)
-    # selective recomputation (keep matmul outputs, recompute the rest) against keeping every activation
-    g_sel = grads(lambda x: ours(x, text, t), ours, selective=True)
-    torch.testing.assert_close(g_sel, g_ours, atol=1e-6, rtol=0)
+    # selective recomputation (the default) against keeping every activation
+    g_keep = grads(lambda x: ours(x, text, t), ours, selective=False)
+    torch.testing.assert_close(g_keep, g_ours, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["tiny-sincos", "head64-rope", "head64-1.5"])
