@@ -121,6 +121,7 @@ class PhashTable(TableStage):
     frame count is not decoded again; errors are retried)."""
 
     name = "dedup"
+    error_columns = ("error", "frames")  # failed() reads both: a hash of another phash_frames is redone
 
     def __init__(self, storage: "object", clips: list[dict], cfg: DedupConfig) -> None:
         super().__init__(storage, "dedup/phash", PHASH, key="clip_id")
