@@ -97,17 +97,17 @@ def run_stages(cfg: BaseConfig, stages: list[str], ctx: RunContext | None = None
     retry.take()  # retries of this run only
     refused = False
     try:
-        try:  # one owner per root and stage, before any work (curation/lease.py)
-            _take_leases(ctx, stages)
-        except ValueError:
-            refused = True
-            raise
         cluster.init_ray(cfg.ray.address, cfg.ray.num_cpus, ctx.console)
         # before any work: on a multi-node cluster nothing may land on one node's disk
         try:
             cluster.check_root_placement(ctx.storage, cfg.ray.shared_root)
         except ValueError:
-            refused = True  # nothing of this run may stay in the refused folder, not even its log
+            refused = True  # nothing of this run may stay in the refused folder, not even its log or lease
+            raise
+        try:  # one owner per root and stage, before any work (curation/lease.py)
+            _take_leases(ctx, stages)
+        except ValueError:
+            refused = True
             raise
         ctx.events.clear()
         for name, fn in fns:
