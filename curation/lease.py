@@ -60,11 +60,24 @@ class Holder:
         return (now or time.time()) - self.heartbeat
 
     def stale(self, now: float | None = None) -> bool:
-        return self.age(now) > self.ttl_s
+        """No heartbeat for ttl_s, or the holder was on this host and its process is gone (a run killed with
+        kill -9 and started again at once need not wait out the ttl)."""
+        return self.age(now) > self.ttl_s or (self.host == socket.gethostname() and not _alive(self.pid))
 
     def describe(self) -> str:
         return (f"run {self.owner} (host {self.host}, pid {self.pid}); its heartbeat is {self.age():.1f} s old "
                 f"(stale after {self.ttl_s:.0f} s)")
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of this host has this id (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
 # ------------------------------------------------------------------------------------------ backends

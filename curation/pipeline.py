@@ -97,17 +97,17 @@ def run_stages(cfg: BaseConfig, stages: list[str], ctx: RunContext | None = None
     retry.take()  # retries of this run only
     refused = False
     try:
+        try:  # one owner per root and stage, before any work (curation/lease.py)
+            _take_leases(ctx, stages)
+        except ValueError:
+            refused = True
+            raise
         cluster.init_ray(cfg.ray.address, cfg.ray.num_cpus, ctx.console)
         # before any work: on a multi-node cluster nothing may land on one node's disk
         try:
             cluster.check_root_placement(ctx.storage, cfg.ray.shared_root)
         except ValueError:
             refused = True  # nothing of this run may stay in the refused folder, not even its log or lease
-            raise
-        try:  # one owner per root and stage, before any work (curation/lease.py)
-            _take_leases(ctx, stages)
-        except ValueError:
-            refused = True
             raise
         ctx.events.clear()
         for name, fn in fns:
@@ -168,13 +168,13 @@ def _drop_local_log(ctx: RunContext) -> None:
     if ctx.log_path and os.path.exists(ctx.log_path):
         os.remove(ctx.log_path)
     ctx.log_path = None
-    folder = ctx.storage.local_path("runs")
-    for d in (folder, ctx.storage.local_path("")):
+    for rel in ("runs", "leases", ""):  # the root last
+        d = ctx.storage.local_path(rel)
         try:
             if d:
                 os.rmdir(d)  # only when empty: a root that had data keeps it
         except OSError:
-            break
+            pass
 
 
 def _keep_log(ctx: RunContext) -> None:
