@@ -18,15 +18,27 @@ def prepare_text_model(t: "object") -> "object":
         from captioning.smollm2 import resolve_packaged
 
         return t.model_copy(update={"model": resolve_packaged(t.model)})
-    if t.demo_model and not os.path.exists(os.path.join(t.model, "config.json")):
+    if t.demo_model:
         from captioning.tiny_lm import build_tiny_text_lm
 
-        print(f"[caption] building the tiny random demo text LM at {t.model}", file=sys.stderr)
-        with output_to_log():  # its save_pretrained progress bar: the run log, not the console
-            build_tiny_text_lm(t.model)
-    if os.path.isdir(t.model):
-        return t.model_copy(update={"model": os.path.abspath(t.model)})
-    return t
+        _build_demo(t.model, build_tiny_text_lm, "demo text LM")
+    return _absolute(t)
+
+
+def _build_demo(folder: str, build: "object", what: str) -> None:
+    """Build a tiny random demo model in `folder` when it holds none yet."""
+    if os.path.exists(os.path.join(folder, "config.json")):
+        return
+    print(f"[caption] building the tiny random {what} at {folder}", file=sys.stderr)
+    with output_to_log():  # its save_pretrained progress bar: the run log, not the console
+        build(folder)
+
+
+def _absolute(cfg: "object") -> "object":
+    """A local model folder as an absolute path (Ray workers do not share the driver's working dir)."""
+    if os.path.isdir(cfg.model):
+        return cfg.model_copy(update={"model": os.path.abspath(cfg.model)})
+    return cfg
 
 
 def prepare_model(cfg: CaptionConfig) -> CaptionConfig:
@@ -38,12 +50,8 @@ def prepare_model(cfg: CaptionConfig) -> CaptionConfig:
         cfg = cfg.model_copy(update={"enhance": prepare_text_model(cfg.enhance)})
     if cfg.engine == "openai":
         return cfg
-    if cfg.demo_model and not os.path.exists(os.path.join(cfg.model, "config.json")):
+    if cfg.demo_model:
         from captioning.tiny_vlm import build_tiny_qwen25_vl
 
-        print(f"[caption] building the tiny random demo model at {cfg.model}", file=sys.stderr)
-        with output_to_log():  # its save_pretrained progress bar: the run log, not the console
-            build_tiny_qwen25_vl(cfg.model)
-    if os.path.isdir(cfg.model):
-        return cfg.model_copy(update={"model": os.path.abspath(cfg.model)})
-    return cfg
+        _build_demo(cfg.model, build_tiny_qwen25_vl, "demo model")
+    return _absolute(cfg)

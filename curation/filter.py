@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation import tables
-from curation.filters.base import ClipFrames, FrameSpec, Rule, ScorerSet
+from curation.filters.base import ClipFrames, FrameSpec, Rule, ScorerSet, spread
 from curation.filters.config import FilterConfig
 from curation.stage import Stage, StageResources
 from curation.table_stage import TableStage
@@ -121,7 +121,7 @@ class DecodeStage(Stage):
                 clip.content = sc.content_box(vals)
             for m, v in vals.items():
                 out[f"{sc.name}_{m}"] = v
-        frames = {k: _spread(v, self.ship[k]) for k, v in clip.frames.items() if k in self.ship}
+        frames = {k: spread(v, self.ship[k]) for k, v in clip.frames.items() if k in self.ship}
         slim = ClipFrames(clip.times, frames, clip.width, clip.height, clip.fps, content=clip.content)
         out[_PAYLOAD] = pickle.dumps(slim, protocol=5)
         out["decode_s"] = time.perf_counter() - t0
@@ -178,7 +178,7 @@ class ScoreStage(Stage):
         clips: list[ClipFrames] = [pickle.loads(r[_PAYLOAD]) for r in rows]
         embs: list[np.ndarray | None] = [None] * len(clips)
         if self.encoder is not None:
-            frames = [_spread(c.frames[self.clip_spec.key], self.cfg.clip.max_frames) for c in clips]
+            frames = [spread(c.frames[self.clip_spec.key], self.cfg.clip.max_frames) for c in clips]
             flat = self.encoder.embed_frames(np.concatenate(frames))
             embs = np.split(flat, np.cumsum([len(f) for f in frames])[:-1])
         for sc in self.model_scorers:
@@ -202,13 +202,6 @@ def ship_frames(model_scorers: list, clip_spec: FrameSpec | None, clip_frames: i
         for s in sc.frame_specs():
             want.setdefault(s.key, []).append(sc.max_frames())
     return {k: None if None in v else max(v) for k, v in want.items()}
-
-
-def _spread(frames: np.ndarray, k: int | None) -> np.ndarray:
-    """At most k frames, evenly spread over the clip (first and last included)."""
-    if k is None or len(frames) <= k:
-        return frames
-    return frames[np.unique(np.linspace(0, len(frames) - 1, k).round().astype(int))]
 
 
 def build_stages(root: str, cfg: FilterConfig) -> tuple[DecodeStage, ScoreStage, ScorerSet]:

@@ -173,3 +173,11 @@ class ScorerSet:
 
     def rules(self) -> list[Rule]:
         return [r for s in self.scorers for r in s.rules()]
+
+
+def spread(frames: np.ndarray, k: int | None) -> np.ndarray:
+    """At most k frames (None: all), evenly spread (first and last included): the one rule by which the
+    filter ships frames and every scorer picks the frames it measures."""
+    if k is None or len(frames) <= k:
+        return frames
+    return frames[np.unique(np.linspace(0, len(frames) - 1, k).round().astype(int))]

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from curation.filters.base import ClipFrames, FrameSpec, Scorer
+from curation.filters.base import ClipFrames, FrameSpec, Scorer, spread
 from curation.filters.config import ScorerConfig, Threshold
 from curation.filters.onnx_runtime import require, session
 
@@ -105,8 +105,6 @@ class NsfwScorer(Scorer):
         return np.concatenate(out)
 
     def score(self, clip: ClipFrames, embeddings: np.ndarray | None = None) -> dict[str, Any]:
-        frames = clip.frames[self.frame_specs()[0].key]
-        if len(frames) > self.cfg.frames:
-            frames = frames[np.unique(np.linspace(0, len(frames) - 1, self.cfg.frames).round().astype(int))]
+        frames = spread(clip.frames[self.frame_specs()[0].key], self.cfg.frames)
         per_frame = np.sort(self.class_scores(frames, self.cfg.min_box)[:, self.cols].max(axis=1))[::-1]
         return {"score": float(per_frame[min(self.cfg.min_frames, len(per_frame)) - 1])}

@@ -16,9 +16,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from curation.filters.base import ClipFrames, FrameSpec, Scorer
+from curation.filters.base import ClipFrames, FrameSpec, Scorer, spread
 from curation.filters.config import ScorerConfig
-from curation.filters.sharpness import spread
 
 
 class QualityConfig(ScorerConfig):

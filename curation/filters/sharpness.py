@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from curation.filters.base import ClipFrames, FrameSpec, Scorer
+from curation.filters.base import ClipFrames, FrameSpec, Scorer, spread
 from curation.filters.config import ScorerConfig
 
 
@@ -76,9 +76,3 @@ class SharpnessScorer(Scorer):
                     vals.append(blur_effect(t, h_size=self.cfg.h_size))
         return min(vals) if vals else None
 
-
-def spread(frames: np.ndarray, k: int) -> np.ndarray:
-    """At most k frames, evenly spread (first and last included)."""
-    if len(frames) <= k:
-        return frames
-    return frames[np.unique(np.linspace(0, len(frames) - 1, k).round().astype(int))]

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from curation.filters.base import ClipFrames, FrameSpec, Scorer
+from curation.filters.base import ClipFrames, FrameSpec, Scorer, spread
 from curation.filters.config import ScorerConfig
 from curation.filters.onnx_runtime import providers, require
 
@@ -167,7 +167,7 @@ class TextScorer(Scorer):
         return boxes[keep], [texts[i] for i in keep]
 
     def score(self, clip: ClipFrames, embeddings: np.ndarray | None = None) -> dict[str, Any]:
-        frames = _spread(clip.frames[self.frame_specs()[0].key], self.cfg.frames)
+        frames = spread(clip.frames[self.frame_specs()[0].key], self.cfg.frames)
         frames = _native(frames, min(clip.width, clip.height))
         per_frame, found = [], []
         for f in frames:
@@ -265,8 +265,3 @@ def _persistent(rects: list[np.ndarray], min_iou: float) -> list[np.ndarray]:
     return out
 
 
-def _spread(frames: np.ndarray, k: int) -> np.ndarray:
-    """At most k frames, evenly spread (first and last included), as the CLIP frames are chosen."""
-    if len(frames) <= k:
-        return frames
-    return frames[np.unique(np.linspace(0, len(frames) - 1, k).round().astype(int))]
