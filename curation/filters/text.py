@@ -67,6 +67,12 @@ class TextConfig(ScorerConfig):
     # detailed picture (a screen or a sign filmed from a tripod) it is scene text as likely as an overlay: kept.
     move_eps: float = Field(2.0, ge=0)
     flat_std: float = Field(12.0, ge=0)
+    # ... unless the line damps the picture's own small changes: on a still picture a line that stays put is
+    # an overlay when its pixels change by <= damp_ratio x those of a ring around it (an overlay of opacity
+    # >= 1 - damp_ratio; scene text changes as its surroundings) and that ring changes by >= damp_min grey
+    # levels (10x the re-encode noise of a frozen clip: 0.01-0.03). A frozen picture gives no evidence.
+    damp_ratio: float = Field(0.5, ge=0, le=1)
+    damp_min: float = Field(0.25, ge=0)
     # Camera-compensated stability: the camera (a similarity: shift, zoom, roll) is fitted between the scored
     # frames with RANSAC to corners tracked outside the lines; where it moves a line's box by >= camera_px,
     # the line is an overlay if it stays put in the frame and scene text if it moves with the camera (a
@@ -191,9 +197,16 @@ class TextScorer(Scorer):
         if not _overlay_context(frames, rects, self.cfg.move_eps, self.cfg.flat_std):
             # Still, detailed picture: a line that stays put and whose own pixels stay the same may be scene
             # text (a screen's menu bar): it counts neither as persistent nor in the band. Lines whose text
-            # changes in place (subtitles: a new line every second or so) still count in the band.
-            rects = [r[~s | _changes(gray, i, r, 3 * self.cfg.move_eps)] for i, (r, s) in enumerate(zip(rects, stays))]
-            stays = [np.zeros(len(r), bool) for r in rects]
+            # changes in place (subtitles: a new line every second or so) still count in the band. One more
+            # piece of evidence: an overlay at least half opaque damps the picture's own small changes (grain,
+            # flicker, compression) beneath it, scene text changes as its surroundings do (`damped`).
+            keep, over = [], []
+            for i, (r, s) in enumerate(zip(rects, stays)):
+                damped = s & _damped(gray, i, r, self.cfg.damp_ratio, self.cfg.damp_min)
+                k = ~s | damped | _changes(gray, i, r, 3 * self.cfg.move_eps)
+                keep.append(r[k])
+                over.append(damped[k])
+            rects, stays = keep, over
         band = [bool(len(r)) and bool(((r[:, 1] + r[:, 3]) / 2 > (1 - self.cfg.band_height) * fh).any()) for r in rects]
         cw, ch = self.cfg.corner * fw, self.cfg.corner * fh
         corner = []
@@ -228,6 +241,26 @@ def _changes(gray: np.ndarray, i: int, rects: np.ndarray, eps: float) -> np.ndar
     for k, (x0, y0, x1, y1) in enumerate(rects.astype(int)):
         box = (slice(max(0, y0), y1 + 1), slice(max(0, x0), x1 + 1))
         out[k] = any(float(np.abs(gray[j][box] - gray[i][box]).mean()) >= eps for j in range(len(gray)) if j != i)
+    return out
+
+
+def _damped(gray: np.ndarray, i: int, rects: np.ndarray, ratio: float, min_change: float) -> np.ndarray:
+    """Per line of frame i: does it change over the frames by at most `ratio` x what the picture right around
+    it does (a ring one line-height wide), where that ring changes by >= min_change grey levels? An overlay
+    of opacity a passes only (1 - a) of the picture's change beneath it."""
+    out = np.zeros(len(rects), bool)
+    if len(gray) < 2:
+        return out
+    h, w = gray.shape[1:]
+    diff = np.abs(np.diff(gray, axis=0)).mean(axis=0)
+    for k, (x0, y0, x1, y1) in enumerate(rects.astype(int)):
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1 + 1), min(h, y1 + 1)
+        m = max(2, y1 - y0)
+        ring = np.zeros((h, w), bool)
+        ring[max(0, y0 - m):y1 + m, max(0, x0 - m):x1 + m] = True
+        ring[y0:y1, x0:x1] = False
+        around = float(diff[ring].mean()) if ring.any() else 0.0
+        out[k] = around >= min_change and float(diff[y0:y1, x0:x1].mean()) <= ratio * around
     return out
 
 
