@@ -1,6 +1,6 @@
 """Select stage: a training set chosen by budget and quotas from the tables (no decoding).
 
-    python -m curation run pipelines.yaml --stage select --set select.max_hours=100
+    python -m vidcurate run pipelines.yaml --stage select --set select.max_hours=100
 
 kept clips (curation/kept.py, before selection) x scores x dedup clusters
     ─► score = `select.score` (an expression over score columns, curation/expr.py), floors

@@ -1,6 +1,6 @@
 """Shard stage: kept, captioned clips -> WebDataset tars + index.parquet + a stats summary per run.
 
-    python -m curation run pipelines.yaml --stage shard
+    python -m vidcurate run pipelines.yaml --stage shard
 
 1. Join (driver): clips (status "ok") x scores (passed) x dedup (duplicates out, when that stage ran)
    x one captions run (latest by default); keep clips that passed and have a caption. Every clip that

@@ -215,7 +215,7 @@ def _lines(ids: pa.ChunkedArray, paths: pa.ChunkedArray) -> bytes:
 
 
 def _asset(name: str) -> str:
-    return resources.files("curation.report").joinpath(name).read_text()
+    return resources.files("vidcurate.report").joinpath(name).read_text()
 
 
 def render(root: str, meta: dict, blobs: Blobs, static: dict) -> str:
