@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from captioning.camera import CAMERA_COLUMN, camera_phrase, camera_types, mentions_camera
 from curation import tables
+from curation.filters.config import ClipModelConfig
 from curation.storage import Storage
 
 QUANTILES = (0.0, 0.05, 0.5, 0.95, 1.0)
@@ -105,8 +106,6 @@ def manifest_clip_model(storage: Storage) -> "object | None":
     """The filter's CLIP model config (curation.filters.config.ClipModelConfig) of the newest run manifest
     that has one; None without manifests or a filter section."""
     import json
-
-    from curation.filters.config import ClipModelConfig
 
     for rel in reversed(storage.list("runs", ".json")):
         try:

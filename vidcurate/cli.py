@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    # Each command imports what it needs, here and not at module level: `--help` loads no project module
+    # and `inspect` never imports Ray or the stages.
     from curation.config import ConfigError
     from curation.uris import scrub
     from vidcurate.flow import PipelineConfig, load_config

@@ -28,8 +28,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation import tables
+from curation.filter import BASE_FIELDS, TAIL_FIELDS, rules_of
 from curation.storage import Storage
 from curation.uris import redact
+from vidcurate import run_report
+from vidcurate.caption_report import caption_report
+from vidcurate.report.page import build_data, relative_base, render
 
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 TOP_VIDEOS_TERMINAL = 15
@@ -40,8 +44,6 @@ ERRORS_HTML = 50
 # ----------------------------------------------------------------------------------------------- data
 def load_scores(storage: Storage) -> tuple[pa.Table, list]:
     """Scalar columns of every scores part (deduplicated on clip_id) and the rules of the latest part."""
-    from curation.filter import rules_of
-
     parts = storage.list("scores", ".parquet")
     if not parts:
         return pa.table({}), []
@@ -65,8 +67,6 @@ def load_scores(storage: Storage) -> tuple[pa.Table, list]:
 
 def score_columns(t: pa.Table, kind: str = "float") -> list[str]:
     """Scorer columns of a kind: float, numeric (float or integer) or string (e.g. a camera type)."""
-    from curation.filter import BASE_FIELDS, TAIL_FIELDS
-
     skip = {n for n, _ in BASE_FIELDS + TAIL_FIELDS}
     test = {"float": pa.types.is_floating,
             "numeric": lambda ty: pa.types.is_floating(ty) or pa.types.is_integer(ty),
@@ -208,8 +208,6 @@ def static_parts(storage: Storage, t: pa.Table, counts: dict, s: dict, captions_
 def build_page(storage: Storage, t: pa.Table, rules: list, counts: dict, s: dict, clip_base: str | None,
                title: str | None = None, captions_html: str = "") -> bytes:
     """The interactive page (vidcurate/report/); `title` names the root as the user gave it."""
-    from vidcurate.report.page import build_data, render
-
     meta, blobs = build_data(t, rules, score_columns(t, "numeric"), score_columns(t, "string"), storage, clip_base)
     return render(redact(title or storage.root), meta, blobs, static_parts(storage, t, counts, s, captions_html)).encode()
 
@@ -229,9 +227,6 @@ def _load(root: str) -> tuple[Storage, pa.Table, list, dict, dict] | None:
 def main(root: str, html: str | None = None, compare: tuple[str, str] | None = None) -> int:
     """Print the summary; write the HTML page unless `html` is None ("" = <root>/report/index.html).
     `compare`: two captions runs shown side by side."""
-    from vidcurate.caption_report import caption_report
-    from vidcurate.report.page import relative_base
-
     got = _load(root)
     if got is None:
         return 1
@@ -248,7 +243,6 @@ def main(root: str, html: str | None = None, compare: tuple[str, str] | None = N
     sel_lines, sel_html = selection_report(storage)
     if sel_lines:
         print("\n".join(sel_lines))
-    from vidcurate import run_report  # stage accounting of the latest run (its own module)
 
     run = run_report.latest_manifest(storage)
     if run:
@@ -277,7 +271,6 @@ def make_server(root: str, port: int = 0):
     if got is None or not got[1].num_rows:
         raise ValueError(f"{root}: no scores table to inspect (run the filter stage)")
     storage, t, rules, counts, s = got
-    from vidcurate.caption_report import caption_report
 
     page = build_page(storage, t, rules, counts, s, "/root/", root, caption_report(storage)[1])
 
