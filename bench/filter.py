@@ -41,10 +41,11 @@ def pipeline_clips(sources: list[str], root: str, stride_s: float) -> list[str]:
     """Cut sources with the split stage (fixed windows, libx264 veryfast crf 20, <= 1280x720): the clips
     the filter stage really sees."""
     from curation.probe import probe_video
-    from curation.split import SplitParams, split_video
+    from curation.config import SplitConfig
+    from curation.split import split_video
     from curation.storage import Storage
 
-    params = SplitParams(detector="stride", stride_s=stride_s, min_clip_s=1.0, max_clip_s=stride_s)
+    params = SplitConfig(detector="stride", stride_s=stride_s, min_clip_s=1.0, max_clip_s=stride_s)
     os.makedirs(root, exist_ok=True)
     out = []
     for src in sources:

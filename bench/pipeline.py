@@ -106,7 +106,7 @@ def flow_steps(cfg) -> tuple[list[Stage], dict]:
     from captioning.table import CAPTIONS, normalize, table_name
     from curation.filter import BASE_FIELDS, build_stages, ensure_demo_models, scores_schema
     from curation.probe import ProbeStage
-    from curation.split import SplitParams, SplitStage
+    from curation.split import SplitStage
     from curation.stage import StageResources
     from curation.storage import expand_inputs
 
@@ -119,7 +119,7 @@ def flow_steps(cfg) -> tuple[list[Stage], dict]:
         Tee(ProbeStage(cfg.probe.count_frames, StageResources.from_config(cfg.probe.resources)), st.root, "videos",
             tables.VIDEOS, keep=lambda r: not r.get("error"),
             shape=lambda s, r: {"video_id": r["video_id"], "source": r["source"], "fps": r["fps"]}),
-        Tee(SplitStage(SplitParams.from_config(cfg.split), st.root, StageResources.from_config(cfg.split.resources)),
+        Tee(SplitStage(cfg.split, st.root, StageResources.from_config(cfg.split.resources)),
             st.root, "clips", tables.CLIPS, keep=lambda r: r["status"] == "ok",
             shape=lambda s, r: {k: r.get(k) for k in base}),
         dec,
