@@ -22,7 +22,7 @@ from captioning import postprocess
 from captioning.config import CaptionConfig, EnhanceConfig
 from captioning.engines import Generation, SamplingParams, TextRequest
 from captioning.prompts import get_text_prompt, render
-from captioning.rows import caption_row, plain_value
+from captioning.rows import caption_row
 from captioning.table import CAPTIONS, frame_lists, normalize, read_captions, table_name, write_run_info
 from curation.caption_report import CAMERA_COLUMN, camera_phrase, mentions_camera
 from curation.stage import Stage, StageResources
@@ -72,7 +72,6 @@ class Enhance(Stage):
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         self.ensure_setup()
-        rows = [{k: plain_value(v) for k, v in r.items()} for r in rows]
         out = [self._row(r, Generation(error=f"enhance: source run {self.source_run!r} has no caption for this "
                                              f"clip ({r['source_error']})"), [], None, 0)
                for r in rows if r.get("source_error")]
