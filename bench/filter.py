@@ -74,7 +74,7 @@ def real_clips(testdata: str, folder: str) -> list[tuple[str, float | None]]:
 
 
 def score_all(sco, rows: list[dict], batch: int) -> tuple[float, list[dict]]:
-    """The model step over all rows in batches of filter.model.batch_size clips, as the actor gets them."""
+    """The model step over all rows in batches of filter.model.resources.batch_size clips, as the actor gets them."""
     t0 = time.perf_counter()
     out = []
     for i in range(0, len(rows), batch):
@@ -255,7 +255,7 @@ def main() -> int:
             t1 = time.perf_counter()
             rows.append(dec.process_row({"clip_id": path, "path": os.path.abspath(path)})[0])
             bare, step = bare + t1 - t0, step + time.perf_counter() - t1
-        model, out = score_all(sco, rows, cfg.model.batch_size)
+        model, out = score_all(sco, rows, cfg.model.resources.batch_size)
         results[method] = {"bare": bare, "step": step, "model": model, "motion": [r["motion_mean"] for r in out]}
         if method == "flow":  # CLIP cost against how many of the sampled frames it sees
             dec.cfg = cfg.model_copy(deep=True)
@@ -263,7 +263,7 @@ def main() -> int:
             rows = [dec.process_row({"clip_id": p, "path": os.path.abspath(p)})[0] for p, _ in clips]
             for k in a.clip_frames:
                 sco.cfg.clip.max_frames = k
-                sweep[k] = score_all(sco, rows, cfg.model.batch_size)[0]
+                sweep[k] = score_all(sco, rows, cfg.model.resources.batch_size)[0]
                 frames[k] = sum(min(len(pickle.loads(r["_frames"]).times), k or 10**6) for r in rows)
             sco.cfg.clip.max_frames = cfg.clip.max_frames
 

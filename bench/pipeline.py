@@ -68,7 +68,7 @@ def write_cfg(folder: str, inputs: list[str], models: str) -> str:
                 "ray: {progress: false, shared_root: true}\n"  # one machine: every node sees the same disk
                 "split: {min_clip_s: 1.0}\n"  # production clip size: fit 1280x720
                 f"filter:\n  demo_models: {models}\n  clip: {{model: {models}/tiny-clip}}\n"
-                "  model: {num_cpus: 0.5, min_workers: 1, max_workers: 2, batch_size: 4}\n"
+                "  model: {resources: {num_cpus: 0.5, min_workers: 1, max_workers: 2, batch_size: 4}}\n"
                 "  scorers:\n    motion: {type: motion, thresholds: {mean: {min: 0.01}}}\n"
                 f"    aesthetic: {{type: aesthetic, weights: {models}/tiny-aesthetic.safetensors}}\n"
                 f"caption: {{model: {models}/tiny-vlm, max_tokens: 16, max_frames: 4, max_side: 224, sink_every: 4,\n"

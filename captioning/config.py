@@ -10,10 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from captioning.prompts import check_placeholders
-from curation.schema import Resources, Strict as _Strict
-
-
-CaptionResources = Resources  # how a caption step runs on Ray: the fields of every stage's resources
+from curation.schema import Resources, Step, Strict as _Strict, move_key
 
 
 class OpenAIEngineConfig(_Strict):
@@ -69,7 +66,7 @@ class TextLMConfig(_Strict):
     transformers: TransformersEngineConfig = TransformersEngineConfig()
     # Its own Ray actors. Keep num_cpus apart from the caption step's: Ray Data would otherwise be free to
     # fuse the two model steps into one worker.
-    resources: CaptionResources = CaptionResources(num_cpus=0.25, workers=1, batch_size=8)
+    resources: Resources = Resources(num_cpus=0.25, workers=1, batch_size=8)
 
     @field_validator("prompt_text")
     @classmethod
@@ -215,15 +212,20 @@ class CaptionConfig(_Strict):
     openai: OpenAIEngineConfig = OpenAIEngineConfig()
     vllm: VLLMEngineConfig = VLLMEngineConfig()
     transformers: TransformersEngineConfig = TransformersEngineConfig()
-    frames_resources: CaptionResources = CaptionResources(num_cpus=1, batch_size=4)  # CPU step: decode + JPEG
-    # Engine step. Its CPU share differs from frames_resources on purpose: Ray Data fuses consecutive steps
+    frames: Step = Step(resources=Resources(num_cpus=1, batch_size=4))  # CPU step: decode + JPEG (Ray tasks)
+    # Engine step. Its CPU share differs from frames.resources on purpose: Ray Data fuses consecutive steps
     # with equal resources into one worker, which would put frame decoding back inside the engine actor.
-    resources: CaptionResources = CaptionResources(num_cpus=0.5, workers=1, batch_size=8)
+    resources: Resources = Resources(num_cpus=0.5, workers=1, batch_size=8)
     summary: SummaryConfig = SummaryConfig()  # the text LM of mode frames_then_summary
     enhance: EnhanceConfig = EnhanceConfig()  # the optional rewrite pass into a new run
     fields: FieldsConfig = FieldsConfig()  # structured caption fields (JSON, schema-checked, columns field_*)
     windows: WindowsConfig = WindowsConfig()  # long clips in windows, merged (window_captions column)
     checks: ChecksConfig = ChecksConfig()  # yes/no VLM questions per clip (columns check_<name>, check_<name>_yes)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys(cls, data: object) -> object:  # the key of the previous release, with a warning naming the new one
+        return move_key(data, "caption", "frames_resources", "frames.resources")
 
     @model_validator(mode="after")
     def _check(self) -> "CaptionConfig":

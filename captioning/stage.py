@@ -38,7 +38,7 @@ class SampleFrames(Stage):
     name = "caption-frames"
 
     def __init__(self, cfg: CaptionConfig) -> None:
-        super().__init__(StageResources.from_config(cfg.frames_resources))
+        super().__init__(StageResources.from_config(cfg.frames.resources))
         self.cfg = cfg
 
     def process_row(self, row: dict) -> list[dict]:

@@ -72,7 +72,7 @@ class SampleKeyFrames(Stage):
     name = "caption-keyframes"
 
     def __init__(self, cfg: CaptionConfig) -> None:
-        super().__init__(StageResources.from_config(cfg.frames_resources))
+        super().__init__(StageResources.from_config(cfg.frames.resources))
         self.cfg = cfg
 
     def process_row(self, row: dict) -> list[dict]:

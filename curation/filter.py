@@ -82,7 +82,7 @@ class DecodeStage(Stage):
     """CPU step: decode one clip once, run the CPU scorers, hand the model step the frames it needs."""
 
     name = "filter.decode"
-    resources_key = "filter.decode"
+    resources_key = "filter.decode.resources"
 
     def __init__(self, root: str, cfg: FilterConfig, scorers: ScorerSet, model_specs: list[FrameSpec],
                  clip_spec: FrameSpec | None = None, resources: StageResources | None = None) -> None:
@@ -135,7 +135,7 @@ class ScoreStage(Stage):
     """Model step (a Ray actor when models are configured): CLIP once per batch, model scorers, decision."""
 
     name = "filter.score"
-    resources_key = "filter.model"
+    resources_key = "filter.model.resources"
 
     def __init__(self, cfg: FilterConfig, scorers: ScorerSet, clip_spec: FrameSpec | None,
                  resources: StageResources | None = None) -> None:
@@ -213,8 +213,8 @@ def build_stages(root: str, cfg: FilterConfig) -> tuple[DecodeStage, ScoreStage,
 
         clip_spec = FrameSpec("rgb24", image_size(cfg.clip), square_crop=True)
     model_specs = ([clip_spec] if clip_spec else []) + [s for sc in scorers.by_step("model") for s in sc.frame_specs()]
-    dec = DecodeStage(root, cfg, scorers, model_specs, clip_spec, StageResources.from_config(cfg.decode))
-    sco = ScoreStage(cfg, scorers, clip_spec, StageResources.from_config(cfg.model))
+    dec = DecodeStage(root, cfg, scorers, model_specs, clip_spec, StageResources.from_config(cfg.decode.resources))
+    sco = ScoreStage(cfg, scorers, clip_spec, StageResources.from_config(cfg.model.resources))
     return dec, sco, scorers
 
 

@@ -64,3 +64,59 @@ def test_cli_reports_config_error(tmp_path, capsys):
 
     assert main(["run", write(tmp_path, "root: o\ninputs: ['*.mp4']\nsplit: {crf: 80}\n")]) == 2
     assert "split.crf" in capsys.readouterr().err
+
+
+def test_repository_pipelines_yaml_uses_no_deprecated_key():
+    import warnings
+
+    from curation.schema import ConfigDeprecationWarning
+    from vidcurate.flow import load_config as load_flow
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConfigDeprecationWarning)
+        cfg = load_flow(os.path.join(REPO, "pipelines.yaml"), check_inputs=False)
+    assert cfg.filter.model.resources.batch_size == 8 and cfg.caption.frames.resources.num_cpus == 1
+
+
+OLD_RESOURCES = ("filter: {decode: {num_cpus: 0.5}, model: {num_gpus: 1, batch_size: 4}}\n"
+                 "dedup: {hash: {num_cpus: 2}, cluster_tasks: 4}\n"
+                 "caption: {frames_resources: {num_cpus: 2, batch_size: 3}}\n")
+NEW_RESOURCES = ("filter: {decode: {resources: {num_cpus: 0.5}}, model: {resources: {num_gpus: 1, batch_size: 4}}}\n"
+                 "dedup: {hash: {resources: {num_cpus: 2}}, link: {resources: {num_cpus: 1, workers: 4}}}\n"
+                 "caption: {frames: {resources: {num_cpus: 2, batch_size: 3}}}\n")
+
+
+def test_old_resource_keys_work_for_a_release_with_a_warning_naming_both_keys(tmp_path):
+    from curation.schema import ConfigDeprecationWarning
+    from vidcurate.flow import load_config as load_flow
+
+    with pytest.warns(ConfigDeprecationWarning) as got:
+        old = load_flow(write(tmp_path, "root: o\ninputs: ['*.mp4']\n" + OLD_RESOURCES))
+    msgs = [str(w.message) for w in got]
+    for old_key, new_key in [("filter.decode: {num_cpus}", "filter.decode.resources: {num_cpus}"),
+                             ("filter.model: {num_gpus, batch_size}", "filter.model.resources: {num_gpus, batch_size}"),
+                             ("dedup.hash: {num_cpus}", "dedup.hash.resources: {num_cpus}"),
+                             ("dedup.cluster_tasks", "dedup.link.resources.workers"),
+                             ("caption.frames_resources", "caption.frames.resources")]:
+        assert any(f"{old_key} is deprecated" in m and f"write {new_key} instead" in m for m in msgs), (old_key, msgs)
+    (tmp_path / "new").mkdir()
+    new = load_flow(write(tmp_path / "new", "root: o\ninputs: ['*.mp4']\n" + NEW_RESOURCES))
+    for section in ("filter", "dedup", "caption"):
+        assert getattr(old, section) == getattr(new, section), section
+    assert old.dedup.link.resources.num_cpus == 1.0  # the old key left out keeps its old default
+
+
+def test_old_and_new_resource_key_together_is_an_error_naming_both(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "root: o\ninputs: ['*.mp4']\n"
+                                    "filter: {model: {num_gpus: 1, resources: {num_gpus: 0}}}\n"))
+    assert "filter.model.num_gpus (deprecated) and filter.model.resources.num_gpus" in str(e.value)
+
+
+def test_set_of_an_old_resource_key_on_a_new_file_still_works(tmp_path):
+    from curation.schema import ConfigDeprecationWarning
+
+    p = write(tmp_path, "root: o\ninputs: ['*.mp4']\nfilter: {model: {resources: {workers: 2}}}\n")
+    with pytest.warns(ConfigDeprecationWarning, match="filter.model.resources: {num_gpus}"):
+        cfg = load_config(p, ["filter.model.num_gpus=1"])
+    assert (cfg.filter.model.resources.num_gpus, cfg.filter.model.resources.workers) == (1, 2)
