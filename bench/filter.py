@@ -96,7 +96,7 @@ def onnx_scorer_costs(clips: list[tuple[str, float | None]],
     print("\n| scorer (defaults, CPU) | frames sampled | bare decode s | decode step s | scoring / decode |")
     print("|---|---|---|---|---|")
     for name, entry in entries:
-        cfg = FilterConfig(demo_models=None, scorers={name: entry})
+        cfg = FilterConfig(scorers={name: entry})
         dec, _, scorers = build_stages("/", cfg)
         dec.setup()
         bare = step = 0.0
@@ -239,7 +239,7 @@ def main() -> int:
     sweep: dict[int | None, float] = {}
     frames: dict[int | None, int] = {}
     for method in ("flow", "mv"):
-        cfg = FilterConfig(demo_models=None, clip={"model": os.path.join(mdir, "tiny-clip")}, scorers={
+        cfg = FilterConfig(clip={"model": os.path.join(mdir, "tiny-clip")}, scorers={
             "motion": {"type": "motion", "method": method},
             "aesthetic": {"type": "aesthetic", "weights": os.path.join(mdir, "tiny-aesthetic.safetensors")},
             "neg": {"type": "clip_zero_shot"}})

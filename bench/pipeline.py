@@ -67,7 +67,7 @@ def write_cfg(folder: str, inputs: list[str], models: str) -> str:
         f.write(f"root: {folder}/root\ninputs: {json.dumps(inputs)}\n"
                 "ray: {progress: false, shared_root: true}\n"  # one machine: every node sees the same disk
                 "split: {min_clip_s: 1.0}\n"  # production clip size: fit 1280x720
-                f"filter:\n  demo_models: {models}\n  clip: {{model: {models}/tiny-clip}}\n"
+                f"demo: {{models: {models}}}\nfilter:\n  clip: {{model: {models}/tiny-clip}}\n"
                 "  model: {resources: {num_cpus: 0.5, min_workers: 1, max_workers: 2, batch_size: 4}}\n"
                 "  scorers:\n    motion: {type: motion, thresholds: {mean: {min: 0.01}}}\n"
                 f"    aesthetic: {{type: aesthetic, weights: {models}/tiny-aesthetic.safetensors}}\n"
@@ -111,8 +111,8 @@ def flow_steps(cfg) -> tuple[list[Stage], dict]:
     from curation.storage import expand_inputs
 
     st = Storage(cfg.root)
-    ensure_demo_models(cfg.filter)
-    ccfg = prepare_model(cfg.caption)
+    ensure_demo_models(cfg.filter, cfg.demo.models)
+    ccfg = prepare_model(cfg.caption, cfg.demo.models)
     dec, sco, scorers = build_stages(st.root, cfg.filter)
     base = [k for k, _ in BASE_FIELDS]
     steps = [

@@ -5,12 +5,12 @@ work). Every knob of the caption stage and of `python -m captioning recaption` l
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from captioning.prompts import check_placeholders
-from curation.schema import Resources, Step, Strict as _Strict, move_key
+from curation.schema import Resources, Step, Strict as _Strict, deprecated, move_key
 
 
 class OpenAIEngineConfig(_Strict):
@@ -55,7 +55,9 @@ class TextLMConfig(_Strict):
 
     engine: Literal["transformers", "vllm", "openai"] = "transformers"  # which engine generates
     model: str = "Qwen/Qwen2.5-7B-Instruct"  # local folder or hub name (openai: the served model name)
-    demo_model: bool = False  # build the tiny random text LM at `model` when that folder is missing (demo)
+    KEY: ClassVar[str] = "caption.summary"  # its key in pipelines.yaml (messages)
+    # Deprecated (use demo.models): build the tiny random text LM at `model` when that folder is missing.
+    demo_model: bool = False
     prompt: str = "summary-v1"  # name of a versioned template in captioning/prompts.py
     prompt_text: str | None = None  # a custom template instead (same placeholders as the named one)
     max_tokens: int = Field(512, ge=1)  # new tokens per output
@@ -75,9 +77,18 @@ class TextLMConfig(_Strict):
             check_placeholders(v, info.data.get("prompt", "summary-v1"))
         return v
 
+    @field_validator("demo_model")
+    @classmethod
+    def _old_demo_switch(cls, v: bool) -> bool:
+        if v:
+            deprecated(f"{cls.KEY}.demo_model", "demo.models (the folder the tiny random models are built in)")
+        return v
+
 
 class SummaryConfig(TextLMConfig):
     """mode frames_then_summary: key frames captioned one by one, then summarised by a text LM."""
+
+    KEY: ClassVar[str] = "caption.summary"
 
     keyframe_every_s: float = Field(2.0, gt=0)  # one key frame per this many seconds of clip (from t=0)
     max_keyframes: int = Field(16, ge=1)  # cap; longer clips get this many, evenly spread
@@ -88,6 +99,8 @@ class SummaryConfig(TextLMConfig):
 
 class EnhanceConfig(TextLMConfig):
     """A text-LM rewrite of every caption of one run, written as a new run (the source run stays)."""
+
+    KEY: ClassVar[str] = "caption.enhance"
 
     enabled: bool = False  # run it after the caption stage (`python -m captioning enhance` runs it any time)
     source_run: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$")  # run to rewrite; None = caption.run
@@ -194,7 +207,8 @@ class CaptionConfig(_Strict):
     # key-frame image captions with their times, then a text LM (`summary`) writes the dense caption
     engine: Literal["transformers", "vllm", "openai"] = "transformers"  # which engine captions
     model: str = "Qwen/Qwen2.5-VL-7B-Instruct"  # local folder or hub name (openai: the served model name)
-    demo_model: bool = False  # build the tiny random Qwen2.5-VL at `model` when that folder is missing (demo)
+    # Deprecated (use demo.models): build the tiny random Qwen2.5-VL at `model` when that folder is missing.
+    demo_model: bool = False
     prompt: str = "dense-v1"  # name of a versioned template in captioning/prompts.py
     prompt_text: str | None = None  # a custom prompt instead of the template (its hash is stored the same way)
     video_input: Literal["video", "frames"] = "video"  # frames go in as one video (with fps metadata) or as images
@@ -226,6 +240,13 @@ class CaptionConfig(_Strict):
     @classmethod
     def _old_keys(cls, data: object) -> object:  # the key of the previous release, with a warning naming the new one
         return move_key(data, "caption", "frames_resources", "frames.resources")
+
+    @field_validator("demo_model")
+    @classmethod
+    def _old_demo_switch(cls, v: bool) -> bool:
+        if v:
+            deprecated("caption.demo_model", "demo.models (the folder the tiny random models are built in)")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> "CaptionConfig":
@@ -267,3 +288,19 @@ def load_caption_config(path: str | None, overrides: list[str], run: str | None)
         lines = [f"  caption.{'.'.join(map(str, err['loc']))}: "
                  f"{'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}" for err in e.errors()]
         raise ConfigError("invalid caption configuration\n" + "\n".join(lines)) from None
+
+
+def demo_models_of(path: str | None) -> str | None:
+    """The file's `demo.models` folder (relative to the file), for the captioning commands that read only the
+    caption section (recaption, enhance, prompt expansion); None without a file or the switch."""
+    import os
+
+    import yaml
+
+    if not path or not os.path.isfile(path):
+        return None
+    demo = (yaml.safe_load(open(path)) or {}).get("demo") or {}
+    folder = demo.get("models") if isinstance(demo, dict) else None
+    if not isinstance(folder, str) or "://" in folder:
+        return folder if isinstance(folder, str) else None
+    return os.path.join(os.path.dirname(os.path.abspath(path)), os.path.expanduser(folder))

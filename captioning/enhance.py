@@ -179,11 +179,11 @@ def enhance_run(storage: Storage, cfg: CaptionConfig, local: bool = False, progr
 def expand_prompts(prompts: list[str], config: str | None = None, overrides: list[str] | None = None) -> list[str]:
     """Each short prompt expanded by the `caption.enhance` LM of `config` (pipelines.yaml) with its
     `expand_prompt` template. Raises ValueError naming the prompt that got no expansion."""
-    from captioning.config import load_caption_config
+    from captioning.config import demo_models_of, load_caption_config
     from captioning.engines import make_text_engine
     from captioning.models import prepare_text_model
 
-    e = prepare_text_model(load_caption_config(config, overrides or [], None).enhance)
+    e = prepare_text_model(load_caption_config(config, overrides or [], None).enhance, demo_models_of(config))
     tmpl = get_text_prompt(e.expand_prompt, None, "caption.enhance.expand_prompt")
     reqs = []
     for i, p in enumerate(prompts):

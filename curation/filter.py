@@ -218,18 +218,18 @@ def build_stages(root: str, cfg: FilterConfig) -> tuple[DecodeStage, ScoreStage,
     return dec, sco, scorers
 
 
-def ensure_demo_models(cfg: FilterConfig) -> None:
-    """Build tiny random models in filter.demo_models when a configured model under it is missing."""
-    if not cfg.demo_models:
+def ensure_demo_models(cfg: FilterConfig, demo_models: str | None) -> None:
+    """Build tiny random models in `demo_models` (demo.models) when a configured model under it is missing."""
+    if not demo_models:
         return
-    base = os.path.abspath(cfg.demo_models)
+    base = os.path.abspath(demo_models)
     wanted = [cfg.clip.model] + [getattr(s, "weights") for s in cfg.enabled_scorers().values() if hasattr(s, "weights")]
     missing = [p for p in wanted if os.path.abspath(p).startswith(base + os.sep) and not os.path.exists(p)]
     if missing:
         from curation.filters.make_tiny import make_tiny
 
         print(f"[filter] WARNING: {', '.join(missing)} missing: building tiny RANDOM demo models in {base} "
-              "(scores are meaningless; set filter.demo_models: null and real weights for real runs)",
+              "(scores are meaningless; set demo.models: null and real weights for real runs)",
               file=sys.stderr, flush=True)
         from curation.runner import output_to_log
 
@@ -253,7 +253,7 @@ class FilterTable(TableStage):
 
     @classmethod
     def from_run(cls, cfg: "object", ctx: "object") -> "FilterTable":
-        ensure_demo_models(cfg.filter)
+        ensure_demo_models(cfg.filter, cfg.demo.models)
         return cls(ctx.storage, cfg.filter, cfg.filter.rescore)
 
     def items(self) -> list[dict]:

@@ -81,10 +81,6 @@ class FilterConfig(_Strict):
     decode: Step = Step(resources=Resources(num_cpus=1, batch_size=1))  # CPU step: decode + CPU scorers (motion)
     model: Step = Step(resources=Resources(num_cpus=1, num_gpus=0, workers=1, batch_size=8))  # actor step: CLIP + model scorers
     clip: ClipModelConfig = ClipModelConfig()
-    # Demo only: when set and a model file/folder configured under this folder is missing, tiny RANDOM
-    # models are built here first (python -m curation.filters.make_tiny). Default null: a missing model
-    # is an error naming its key; the demo's pipelines.yaml sets it.
-    demo_models: str | None = None
     store_embedding: bool = True  # write each clip's mean CLIP embedding (L2-normalised) into the scores table
     # name -> scorer entry. Column names are "<name>_<metric>". Defaults: see pipelines.yaml.
     scorers: dict[str, SerializeAsAny[ScorerConfig]] = Field(default_factory=lambda: default_scorers())
@@ -98,8 +94,6 @@ class FilterConfig(_Strict):
     @classmethod
     def _typed(cls, raw: Any, info: ValidationInfo) -> dict[str, ScorerConfig]:
         return validate_scorers(raw, info.context)
-
-    _paths = field_validator("demo_models")(resolve_path)
 
     def enabled_scorers(self) -> dict[str, ScorerConfig]:
         return {k: v for k, v in self.scorers.items() if v.enabled}

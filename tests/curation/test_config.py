@@ -120,3 +120,29 @@ def test_set_of_an_old_resource_key_on_a_new_file_still_works(tmp_path):
     with pytest.warns(ConfigDeprecationWarning, match="filter.model.resources: {num_gpus}"):
         cfg = load_config(p, ["filter.model.num_gpus=1"])
     assert (cfg.filter.model.resources.num_gpus, cfg.filter.model.resources.workers) == (1, 2)
+
+
+def test_one_demo_switch_and_the_old_ones_with_a_warning(tmp_path):
+    from curation.schema import ConfigDeprecationWarning
+    from vidcurate.flow import load_config as load_flow
+
+    cfg = load_flow(write(tmp_path, "root: o\ninputs: ['*.mp4']\ndemo: {models: m}\n"))
+    assert cfg.demo.models == str(tmp_path / "m")
+    assert load_flow(write(tmp_path, "root: o\ninputs: ['*.mp4']\n")).demo.models is None  # real runs: off
+    with pytest.warns(ConfigDeprecationWarning, match="filter.demo_models is deprecated .* write demo.models"):
+        old = load_flow(write(tmp_path, "root: o\ninputs: ['*.mp4']\nfilter: {demo_models: m}\n"))
+    assert old.demo.models == str(tmp_path / "m")
+    with pytest.warns(ConfigDeprecationWarning, match="caption.enhance.demo_model is deprecated"):
+        load_flow(write(tmp_path, "root: o\ninputs: ['*.mp4']\ncaption: {enhance: {demo_model: true}}\n"))
+    with pytest.raises(ConfigError, match="filter.demo_models .deprecated. and demo.models"):
+        load_flow(write(tmp_path, "root: o\ninputs: ['*.mp4']\ndemo: {models: m}\nfilter: {demo_models: m}\n"))
+
+
+def test_demo_models_builds_only_a_missing_model_under_its_folder(tmp_path):
+    from captioning.config import SummaryConfig
+    from captioning.models import prepare_text_model
+
+    outside = prepare_text_model(SummaryConfig(model=str(tmp_path / "elsewhere" / "lm")), str(tmp_path / "m"))
+    assert not os.path.exists(outside.model)  # not under demo.models: left missing (the engine names it)
+    inside = prepare_text_model(SummaryConfig(model=str(tmp_path / "m" / "lm")), str(tmp_path / "m"))
+    assert os.path.isfile(os.path.join(inside.model, "config.json"))
