@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, RootModel, ValidationInfo, field_validator, model_validator
 
 from captioning.prompts import check_placeholders
 from curation.schema import Resources, Step, Strict as _Strict, deprecated, move_key
@@ -50,10 +50,52 @@ class TransformersEngineConfig(_Strict):
     attn_implementation: str | None = None  # e.g. "sdpa", "flash_attention_2"; None = transformers' choice
 
 
+ENGINE_KINDS = ("transformers", "vllm", "openai")
+
+
+class EngineConfig(_Strict):
+    """One entry of the top-level `engines:` table: a language model and how it runs. The caption steps
+    (caption, caption.summary, caption.enhance) name an entry as their `engine` instead of repeating it."""
+
+    engine: Literal["transformers", "vllm", "openai"] = "transformers"  # which engine runs the model
+    model: str  # local folder, hub name or packaged:<name> (openai: the served model name)
+    openai: OpenAIEngineConfig = OpenAIEngineConfig()  # engine openai: the server
+    vllm: VLLMEngineConfig = VLLMEngineConfig()  # engine vllm: vllm.LLM settings
+    transformers: TransformersEngineConfig = TransformersEngineConfig()  # engine transformers: device, dtype
+
+
+class EnginesConfig(RootModel[dict[str, EngineConfig]]):
+    """The `engines:` section: name -> EngineConfig (empty by default: every step gives its engine inline)."""
+
+    root: dict[str, EngineConfig] = {}
+
+
+def named_engine(data: object, key: str, info: ValidationInfo) -> object:
+    """Before validation of a step with an engine: `engine: <name>` of the `engines:` table replaced by that
+    entry's keys (engine kind, model, openai/vllm/transformers). The step setting one of them too is an
+    error naming both keys; an unknown name is an error listing the names."""
+    if not isinstance(data, dict) or data.get("engine") is None or data["engine"] in ENGINE_KINDS:
+        return data
+    name = data["engine"]
+    table = ((info.context or {}).get("file") or {}).get("engines") or {}
+    if not isinstance(table, dict) or name not in table:
+        raise ValueError(f"{key}.engine: {name!r} is neither an engine kind ({', '.join(ENGINE_KINDS)}) nor a name "
+                         f"in engines ({', '.join(map(str, table)) if isinstance(table, dict) and table else 'none'})")
+    entry = table[name]
+    if not isinstance(entry, dict):
+        return data  # the engines section's own validation names the bad entry
+    both = sorted(set(entry) & (set(data) - {"engine"}))
+    if both:
+        raise ValueError(f"{key}.{both[0]} is set by engines.{name} ({key}.engine: {name}): set it there only")
+    return {**data, **entry, "engine": entry.get("engine", "transformers")}
+
+
 class TextLMConfig(_Strict):
     """A text-only language model (the summary of frame captions, caption enhancement, prompt expansion)."""
 
-    engine: Literal["transformers", "vllm", "openai"] = "transformers"  # which engine generates
+    # which engine generates: a name in the `engines:` table (its model and settings), or a kind with the
+    # model and the kind's settings given here
+    engine: Literal["transformers", "vllm", "openai"] = "transformers"
     model: str = "Qwen/Qwen2.5-7B-Instruct"  # local folder or hub name (openai: the served model name)
     KEY: ClassVar[str] = "caption.summary"  # its key in pipelines.yaml (messages)
     # Deprecated (use demo.models): build the tiny random text LM at `model` when that folder is missing.
@@ -76,6 +118,11 @@ class TextLMConfig(_Strict):
         if v is not None:
             check_placeholders(v, info.data.get("prompt", "summary-v1"))
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_engine(cls, data: object, info: ValidationInfo) -> object:
+        return named_engine(data, cls.KEY, info)
 
     @field_validator("demo_model")
     @classmethod
@@ -205,7 +252,8 @@ class CaptionConfig(_Strict):
     run: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$")  # run name: rows go to <root>/captions/<run>/
     mode: Literal["video", "frames_then_summary"] = "video"  # one VLM call per clip, or CogVideoX's recipe:
     # key-frame image captions with their times, then a text LM (`summary`) writes the dense caption
-    engine: Literal["transformers", "vllm", "openai"] = "transformers"  # which engine captions
+    # which engine captions: a kind (model and the kind's settings below), or a name in `engines:`
+    engine: Literal["transformers", "vllm", "openai"] = "transformers"
     model: str = "Qwen/Qwen2.5-VL-7B-Instruct"  # local folder or hub name (openai: the served model name)
     # Deprecated (use demo.models): build the tiny random Qwen2.5-VL at `model` when that folder is missing.
     demo_model: bool = False
@@ -238,8 +286,9 @@ class CaptionConfig(_Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _old_keys(cls, data: object) -> object:  # the key of the previous release, with a warning naming the new one
-        return move_key(data, "caption", "frames_resources", "frames.resources")
+    def _old_keys(cls, data: object, info: ValidationInfo) -> object:
+        data = named_engine(data, "caption", info)  # engine: <a name in engines>
+        return move_key(data, "caption", "frames_resources", "frames.resources")  # the previous release's key
 
     @field_validator("demo_model")
     @classmethod
@@ -274,16 +323,17 @@ def load_caption_config(path: str | None, overrides: list[str], run: str | None)
 
     from curation.config import ConfigError, apply_overrides
 
-    data: dict = {}
     if path:
         if not os.path.isfile(path):
             raise ConfigError(f"config file {path!r} does not exist")
-        data = (yaml.safe_load(open(path)) or {}).get("caption") or {}
-    data = apply_overrides(data, overrides)
+        whole = yaml.safe_load(open(path)) or {}
+    else:
+        whole = {}
+    data = apply_overrides(whole.get("caption") or {}, overrides)
     if run:
         data["run"] = run
     try:
-        return CaptionConfig.model_validate(data)
+        return CaptionConfig.model_validate(data, context={"file": whole})  # file: the `engines:` table
     except ValidationError as e:
         lines = [f"  caption.{'.'.join(map(str, err['loc']))}: "
                  f"{'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}" for err in e.errors()]

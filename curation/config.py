@@ -219,7 +219,8 @@ def load_config(path: str, overrides: list[str] | None = None, check_inputs: boo
         data["inputs"] = [i if not isinstance(i, str) or "://" in i else os.path.join(base, os.path.expanduser(i))
                           for i in data["inputs"]]
     try:
-        cfg = schema.model_validate(data, context={"base_dir": base})  # sections resolve relative paths
+        # sections resolve relative paths against base_dir, and names of top-level tables (engines) in file
+        cfg = schema.model_validate(data, context={"base_dir": base, "file": data})
     except ValidationError as e:
         raise ConfigError(scrub(f"{path}: invalid configuration\n{_format(e)}")) from None
     if check_inputs:

@@ -146,3 +146,37 @@ def test_demo_models_builds_only_a_missing_model_under_its_folder(tmp_path):
     assert not os.path.exists(outside.model)  # not under demo.models: left missing (the engine names it)
     inside = prepare_text_model(SummaryConfig(model=str(tmp_path / "m" / "lm")), str(tmp_path / "m"))
     assert os.path.isfile(os.path.join(inside.model, "config.json"))
+
+
+ENGINES = ("engines:\n  lm: {engine: vllm, model: org/lm, vllm: {tensor_parallel_size: 2}}\n"
+           "  vlm: {engine: openai, model: served-vlm, openai: {base_url: 'http://h:1/v1'}}\n")
+
+
+def test_steps_name_an_engine_of_the_one_engines_table(tmp_path):
+    from captioning.config import load_caption_config
+    from vidcurate.flow import load_config as load_flow
+
+    p = write(tmp_path, "root: o\ninputs: ['*.mp4']\n" + ENGINES +
+              "caption: {engine: vlm, summary: {engine: lm}, enhance: {engine: lm, max_tokens: 9}}\n")
+    for c in (load_flow(p).caption, load_caption_config(p, [], None)):  # the pipeline and the captioning commands
+        assert (c.engine, c.model, c.openai.base_url) == ("openai", "served-vlm", "http://h:1/v1")
+        for lm in (c.summary, c.enhance):
+            assert (lm.engine, lm.model, lm.vllm.tensor_parallel_size) == ("vllm", "org/lm", 2)
+        assert c.enhance.max_tokens == 9
+    inline = load_flow(write(tmp_path, "root: o\ninputs: ['*.mp4']\ncaption: {summary: "
+                                       "{engine: vllm, model: org/lm, vllm: {tensor_parallel_size: 2}}}\n"))
+    assert inline.caption.summary == load_flow(p).caption.summary  # a name is only a shorter spelling
+
+
+@pytest.mark.parametrize("caption,message", [
+    ("{summary: {engine: nope}}", "caption.summary.engine: 'nope' is neither an engine kind (transformers, vllm, "
+                                  "openai) nor a name in engines (lm, vlm)"),
+    ("{enhance: {engine: lm, model: other}}", "caption.enhance.model is set by engines.lm (caption.enhance.engine: lm)"),
+    ("{engine: vlm, openai: {concurrency: 2}}", "caption.openai is set by engines.vlm"),
+])
+def test_engine_name_errors_name_the_key(tmp_path, caption, message):
+    with pytest.raises(ConfigError) as e:
+        from vidcurate.flow import load_config as load_flow
+
+        load_flow(write(tmp_path, "root: o\ninputs: ['*.mp4']\n" + ENGINES + f"caption: {caption}\n"))
+    assert message in str(e.value), str(e.value)

@@ -173,7 +173,7 @@ def test_run_on_ray_writes_schema_and_resumes(ray_local, tmp_path, tiny_models):
     root = str(tmp_path / "root")
     st = make_root(root, {"still": 0.0, "moving": 3.0}, [clip_row("bad", "clips/vid/nope.mp4")])
     # num_gpus on a CPU-only cluster: the model step falls back to the CPU instead of waiting forever.
-    fcfg = model_cfg(tiny_models, model={"num_gpus": 1, "batch_size": 4})
+    fcfg = model_cfg(tiny_models, model={"resources": {"num_gpus": 1, "batch_size": 4}})
     cfg = PipelineConfig(root=root, inputs=["x"], filter=fcfg, ray={"progress": False})
     counts = run(cfg, RunContext(cfg, st))
     assert counts == {"clips": 3, "skipped": 0, "scored": 3, "kept": 1, "dropped": 1, "errors": 1}
