@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, RootModel, ValidationInfo, field_validator, model_validator
 
 from captioning.prompts import check_placeholders
-from curation.schema import Resources, Step, Strict as _Strict, deprecated, move_key
+from curation.schema import Resources, Step, Strict as _Strict, deprecated, move_key, warnings_at
 
 
 class OpenAIEngineConfig(_Strict):
@@ -326,14 +326,16 @@ def load_caption_config(path: str | None, overrides: list[str], run: str | None)
     if path:
         if not os.path.isfile(path):
             raise ConfigError(f"config file {path!r} does not exist")
-        whole = yaml.safe_load(open(path)) or {}
+        with open(path) as f:
+            whole = yaml.safe_load(f) or {}
     else:
         whole = {}
     data = apply_overrides(whole.get("caption") or {}, overrides)
     if run:
         data["run"] = run
     try:
-        return CaptionConfig.model_validate(data, context={"file": whole})  # file: the `engines:` table
+        with warnings_at(path or "pipelines.yaml"):
+            return CaptionConfig.model_validate(data, context={"file": whole})  # file: the `engines:` table
     except ValidationError as e:
         lines = [f"  caption.{'.'.join(map(str, err['loc']))}: "
                  f"{'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}" for err in e.errors()]
@@ -349,7 +351,8 @@ def demo_models_of(path: str | None) -> str | None:
 
     if not path or not os.path.isfile(path):
         return None
-    demo = (yaml.safe_load(open(path)) or {}).get("demo") or {}
+    with open(path) as f:
+        demo = (yaml.safe_load(f) or {}).get("demo") or {}
     folder = demo.get("models") if isinstance(demo, dict) else None
     if not isinstance(folder, str) or "://" in folder:
         return folder if isinstance(folder, str) else None

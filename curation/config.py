@@ -19,7 +19,7 @@ from curation.dedup import DedupConfig
 from curation.select import SelectConfig
 from curation.filters.config import FilterConfig, Resources, resolve_path  # noqa: F401 (Resources: every stage's)
 from curation.prefilter import PrefilterConfig
-from curation.schema import Strict, deprecated
+from curation.schema import Strict, deprecated, warnings_at
 from curation.uris import scrub
 
 
@@ -205,7 +205,8 @@ def load_config(path: str, overrides: list[str] | None = None, check_inputs: boo
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
     try:
-        data = yaml.safe_load(open(path)) or {}
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -220,7 +221,8 @@ def load_config(path: str, overrides: list[str] | None = None, check_inputs: boo
                           for i in data["inputs"]]
     try:
         # sections resolve relative paths against base_dir, and names of top-level tables (engines) in file
-        cfg = schema.model_validate(data, context={"base_dir": base, "file": data})
+        with warnings_at(path):  # an old key's warning names the file, not our source
+            cfg = schema.model_validate(data, context={"base_dir": base, "file": data})
     except ValidationError as e:
         raise ConfigError(scrub(f"{path}: invalid configuration\n{_format(e)}")) from None
     if check_inputs:

@@ -8,8 +8,9 @@ shards and training configs all import it, and it imports none of them.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -64,10 +65,24 @@ class ConfigDeprecationWarning(FutureWarning):
     """An old pipelines.yaml key, still accepted for one release (a FutureWarning: shown to users by default)."""
 
 
+@contextlib.contextmanager
+def warnings_at(path: str) -> Iterator[None]:
+    """Deprecation warnings raised while validating the file at `path` are shown at that file (as
+    "<path>:0: ConfigDeprecationWarning: <key> is deprecated ...", without a line of our source)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConfigDeprecationWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, ConfigDeprecationWarning):
+            warnings.warn_explicit(w.message, w.category, path, 0)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
 def deprecated(old: str, new: str) -> None:
     """Warn once per key that `old` is read as `new` (full key paths)."""
-    warnings.warn(f"pipelines.yaml: {old} is deprecated and will stop working in the next release: write "
-                  f"{new} instead", ConfigDeprecationWarning, stacklevel=2)
+    warnings.warn(f"{old} is deprecated and will stop working in the next release: write {new} instead",
+                  ConfigDeprecationWarning, stacklevel=2)
 
 
 def move_key(data: Any, section: str, old: str, new: str) -> Any:

@@ -91,8 +91,9 @@ def test_old_resource_keys_work_for_a_release_with_a_warning_naming_both_keys(tm
     from vidcurate.flow import load_config as load_flow
 
     with pytest.warns(ConfigDeprecationWarning) as got:
-        old = load_flow(write(tmp_path, "root: o\ninputs: ['*.mp4']\n" + OLD_RESOURCES))
+        old = load_flow(path := write(tmp_path, "root: o\ninputs: ['*.mp4']\n" + OLD_RESOURCES))
     msgs = [str(w.message) for w in got]
+    assert {w.filename for w in got} == {path}  # shown at the user's file, not at a line of our source
     for old_key, new_key in [("filter.decode: {num_cpus}", "filter.decode.resources: {num_cpus}"),
                              ("filter.model: {num_gpus, batch_size}", "filter.model.resources: {num_gpus, batch_size}"),
                              ("dedup.hash: {num_cpus}", "dedup.hash.resources: {num_cpus}"),
