@@ -13,10 +13,12 @@ API (what the trainer codes against)
     #   `plan_only=True`: no decoding, batch["frames"] is None (training/cache.py maps keys to latents);
     #   `only_keys={...}`: only these samples (the cache encodes the clips it lacks).
     for batch in loader:            # one pass = one epoch; the next `for` runs the next epoch
-        batch["frames"]             # torch.float32, (B, F, C, H, W), values in [-1, 1]; C = 3 (RGB)
+        batch["frames"]             # (B, F, C, H, W), C = 3 (RGB): torch.uint8 0..255 (frames_dtype uint8, the
+                                    # default) or float32 in [-1, 1]; shards.pixels.unit_range gives [-1, 1]
         batch["captions"]           # list[str] of length B ("" when a sample has no caption)
         batch["keys"]               # list[str]: sample keys (clip ids for our own shards)
-        batch["meta"]               # list[dict]: the sample's .json plus "_sample": {fps, indices, bucket, url}
+        batch["meta"]               # list[dict]: the sample's .json plus "_sample": {fps, indices, bucket, url,
+                                    #   source_size, picture_box, resize, crop}
         batch["bucket"]             # (F, H, W) of this batch: every batch has one shape
     state = loader.state_dict()     # plain dict (JSON-able): the position after the last batch yielded
     loader.load_state_dict(state)   # the next iteration continues with exactly the batch that came next
@@ -63,6 +65,7 @@ import torch
 from shards.buckets import Plan, choose_bucket, picture_box, plan_sample, sample_rng
 from shards.weights import SampleWeights, copies, score_caption
 from shards.config import Bucket, LoaderConfig, ShardConfig
+from shards.pixels import to_unit
 from curation.filters.borders import content_box
 from curation.uris import redact
 
@@ -231,73 +234,106 @@ def _probe_video(data: bytes, ext: str) -> Info:
 SEEK_MIN_FRAMES = 48
 
 
+class _FrameRGB:
+    """A decoded frame -> its bucket crop (H, W, 3) uint8, by swscale (contexts reused across a clip)."""
+
+    def __init__(self, plan: Plan, bucket: Bucket, info: Info) -> None:
+        from av.video.reformatter import VideoReformatter
+
+        rw, rh = plan.resize
+        self.size = (rh, rw) if info.rotation in (90, 270) else (rw, rh)  # swscale works before the rotation
+        self.turns = info.rotation // 90
+        x, y = plan.crop
+        self.crop = (slice(y, y + bucket.height), slice(x, x + bucket.width))
+        self.scaler, self.to_rgb = VideoReformatter(), VideoReformatter()
+
+    def __call__(self, fr: Any) -> np.ndarray:
+        # Resize in the coded pixel format (planar YUV: half the bytes, SIMD paths), then convert to RGB
+        # at the small size: ~2x cheaper than one scaling RGB conversion. swscale's BILINEAR filters
+        # over the whole footprint when shrinking (no aliasing).
+        tw, th = self.size
+        if (fr.width, fr.height) != (tw, th):
+            fr = self.scaler.reformat(fr, width=tw, height=th, interpolation="BILINEAR")
+        arr = self.to_rgb.reformat(fr, format="rgb24").to_ndarray()
+        if self.turns:
+            arr = np.rot90(arr, k=-self.turns)
+        return arr[self.crop]
+
+
+class _ByCount(Exception):
+    """Frames cannot be placed by their timestamps (none, or a seek past the window): count them instead."""
+
+
 def decode_video_pyav(data: bytes, plan: Plan, bucket: Bucket, info: Info, threads: int = 1,
                       seek: bool = True) -> np.ndarray:
     """Decode the planned frames from mp4 bytes in memory -> (F, H, W, 3) uint8, resized and cropped.
 
-    A window that starts late in the clip is reached by seeking; frame indices then come from the
-    timestamps (index = round(t * fps)) and each planned index takes the first frame at or after it.
-    If the seek lands past the window (a container with a broken index) the clip is decoded again
-    from the start.
+    A window that starts late in the clip is reached by seeking. In a stream with B frames, the packets
+    of frames that are not sampled are sent with skip_frame=NONREF: the decoder drops those that no
+    other frame refers to (x264's non-reference B frames) without decoding them. In both cases frame
+    indices come from the timestamps (index = round(t * fps)) and each planned index takes the first
+    frame at or after it. Without usable timestamps, or when a seek lands past the window (a container
+    with a broken index), the clip is decoded again from the start, every frame, counting frames.
     """
+    try:
+        return _decode_pyav(data, plan, bucket, info, threads, by_time=seek)
+    except _ByCount:
+        return _decode_pyav(data, plan, bucket, info, threads, by_time=False)
+
+
+def _decode_pyav(data: bytes, plan: Plan, bucket: Bucket, info: Info, threads: int, by_time: bool) -> np.ndarray:
     import av
-    from av.video.reformatter import VideoReformatter
 
     targets = sorted((i, k) for k, i in enumerate(plan.indices))
     first, last = targets[0][0], targets[-1][0]
     out = np.empty((len(plan.indices), bucket.height, bucket.width, 3), np.uint8)
-    rw, rh = plan.resize
-    # swscale resizes in the coded orientation; rotation is applied after.
-    tw, th = (rh, rw) if info.rotation in (90, 270) else (rw, rh)
-    x, y = plan.crop
-    got, prev = 0, None
-    scaler, to_rgb = VideoReformatter(), VideoReformatter()  # swscale contexts reused across the clip's frames
+    got, prev, rgb = 0, None, _FrameRGB(plan, bucket, info)
     try:
         with av.open(io.BytesIO(data), "r") as c:
             st = c.streams.video[0]
+            cc = st.codec_context
             st.thread_type = "AUTO" if threads != 1 else "SLICE"
-            st.codec_context.thread_count = threads
+            cc.thread_count = threads
             fps = float(st.average_rate or 0) or info.fps
             tb, t0 = st.time_base, st.start_time or 0
-            seeking = seek and first >= SEEK_MIN_FRAMES and fps > 0 and tb is not None
+            by_time = by_time and fps > 0 and tb is not None
+            seeking = by_time and first >= SEEK_MIN_FRAMES
+            skipping = by_time and bool(cc.has_b_frames)
             if seeking:
                 c.seek(t0 + int((first - 0.5) / fps / tb), stream=st, backward=True, any_frame=False)
-            for n, fr in enumerate(c.decode(st)):
-                if seeking:
-                    if fr.pts is None:
-                        break  # no timestamps: frames cannot be placed after a seek
-                    i = int(round(float((fr.pts - t0) * tb) * fps))
-                    if n == 0 and i > first:
-                        break  # landed past the window
-                else:
-                    i = n
-                if i < targets[got][0]:
-                    continue
-                # Resize in the coded pixel format (planar YUV: half the bytes, SIMD paths), then convert
-                # to RGB at the small size: ~2x cheaper than one scaling RGB conversion. swscale's
-                # BILINEAR filters over the whole footprint when shrinking (no aliasing).
-                if (fr.width, fr.height) != (tw, th):
-                    fr = scaler.reformat(fr, width=tw, height=th, interpolation="BILINEAR")
-                arr = to_rgb.reformat(fr, format="rgb24").to_ndarray()
-                if info.rotation:
-                    arr = np.rot90(arr, k=-(info.rotation // 90))
-                prev = arr[y:y + bucket.height, x:x + bucket.width]
-                while got < len(targets) and targets[got][0] <= i:
-                    out[targets[got][1]] = prev
-                    got += 1
-                if got == len(targets):
-                    break
+            wanted = {i for i, _ in targets}
+            n = 0
+            for pkt in c.demux(st):
+                if skipping and pkt.pts is not None:
+                    cc.skip_frame = "DEFAULT" if round(float((pkt.pts - t0) * tb) * fps) in wanted else "NONREF"
+                for fr in pkt.decode():
+                    if seeking or skipping:
+                        if fr.pts is None:
+                            raise _ByCount
+                        i = round(float((fr.pts - t0) * tb) * fps)
+                        if seeking and n == 0 and i > first:
+                            raise _ByCount
+                    else:
+                        i = n
+                    n += 1
+                    if i < targets[got][0]:
+                        continue
+                    prev = rgb(fr)
+                    while got < len(targets) and targets[got][0] <= i:
+                        out[targets[got][1]] = prev
+                        got += 1
+                    if got == len(targets):
+                        return out
     except av.error.FFmpegError as e:
         raise SampleError(f"decode failed after {got} of {len(plan.indices)} frames ({e})") from None
     if seeking and got == 0:
-        return decode_video_pyav(data, plan, bucket, info, threads, seek=False)
-    if got < len(targets):
-        # Headers can over-state the frame count by a frame or two: repeat the last frame then;
-        # a bigger shortfall means a truncated clip.
-        if prev is None or len(targets) - got > 2:
-            raise SampleError(f"clip ended after {got} of {len(plan.indices)} sampled frames (needs frame {last})")
-        for _, k in targets[got:]:
-            out[k] = prev
+        raise _ByCount
+    # Headers can over-state the frame count by a frame or two: repeat the last frame then;
+    # a bigger shortfall means a truncated clip.
+    if prev is None or len(targets) - got > 2:
+        raise SampleError(f"clip ended after {got} of {len(plan.indices)} sampled frames (needs frame {last})")
+    for _, k in targets[got:]:
+        out[k] = prev
     return out
 
 
@@ -334,10 +370,15 @@ def decode_image(data: bytes, plan: Plan, bucket: Bucket) -> np.ndarray:
     return arr[None, y:y + bucket.height, x:x + bucket.width]
 
 
-def to_tensor(frames: list[np.ndarray]) -> "Any":
-    """(B, F, H, W, 3) uint8 arrays -> torch float (B, F, 3, H, W) in [-1, 1]."""
-    x = torch.from_numpy(np.stack(frames)).permute(0, 1, 4, 2, 3).float()
-    return x.div_(127.5).sub_(1.0)
+def to_tensor(frames: list[np.ndarray], dtype: str = "uint8") -> torch.Tensor:
+    """B arrays (F, H, W, 3) uint8 -> (B, F, 3, H, W) uint8 (a channels-last view), or float32 in [-1, 1]."""
+    one = frames[0]
+    if len(frames) == 1 and one.flags.c_contiguous and one.flags.writeable:
+        arr = one[None]  # a lone sample's decode buffer becomes the batch: no copy
+    else:
+        arr = np.stack(frames)
+    x = torch.from_numpy(arr).permute(0, 1, 4, 2, 3)
+    return to_unit(x) if dtype == "float32" else x
 
 
 # ---------------------------------------------------------------------------------------- stream ---
@@ -446,7 +487,8 @@ def run_stream(spec: StreamSpec, logical: int) -> Iterator[dict]:
         members = [p for p in members if p.frames is not None or spec.plan_only]
         item = {"kind": "batch" if members else "empty", "stream": logical, "index": emitted - 1,
                 "bucket": (buckets[b].frames, buckets[b].height, buckets[b].width),
-                "frames": to_tensor([p.frames for p in members]) if members and not spec.plan_only else None,
+                "frames": (to_tensor([p.frames for p in members], cfg.frames_dtype)
+                           if members and not spec.plan_only else None),
                 "captions": [p.caption for p in members], "keys": [p.key for p in members],
                 "meta": [p.meta for p in members], "bad": bad, "skipped": skipped, "uncaptioned": uncaptioned}
         bad, skipped, uncaptioned = {}, {}, 0
@@ -500,7 +542,8 @@ def run_stream(spec: StreamSpec, logical: int) -> Iterator[dict]:
         m = dict(meta)
         m["_sample"] = {"url": redact(s.get("__url__") or ""), "fps": plan.fps, "indices": list(plan.indices),
                         "bucket": plan.bucket, "source_size": [info.width, info.height],
-                        "picture_box": list(picture_box(info.width, info.height, content))}
+                        "picture_box": list(picture_box(info.width, info.height, content)),
+                        "resize": list(plan.resize), "crop": list(plan.crop)}
         pending.setdefault(b, []).append(_Pending(key, caption, m, plan, info, data if replay else None, frames))
         if len(pending[b]) >= batch_size(b):
             item = emit(b, pending.pop(b))

@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from shards.pixels import unit_range
+
 ENTRY_DTYPE = torch.float16  # halves bytes per clip; the encoders' outputs are bf16/fp16-exact enough
 
 
@@ -107,7 +109,7 @@ class Encoders:
     @torch.no_grad()
     def latents(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) [B, f, C, h, w], scaled by the VAE's factor."""
-        x = frames.to(self.device, next(self.vae.parameters()).dtype).transpose(1, 2)
+        x = unit_range(frames, self.device, next(self.vae.parameters()).dtype).transpose(1, 2)
         post = self.vae.encode(x)
         sf = self.vae.scaling_factor
         return ((post.mean.float() * sf).transpose(1, 2).cpu(), (post.std.float() * sf).transpose(1, 2).cpu())
