@@ -34,7 +34,7 @@ Corrupt or undecodable samples never stop the loader: they are skipped and liste
 
 How it works
 ------------
-Each rank runs `num_workers` DataLoader workers ("streams"; 0 workers = one stream in-process). The
+Each rank runs `num_workers` DataLoader workers ("streams", class Stream; 0 workers = one stream in-process). The
 epoch's shard list (shuffled with seed+epoch) is dealt round-robin to the world_size * num_workers
 streams. A stream reads its tars, shuffles samples in a seeded buffer, picks each sample's bucket and
 frame indices from its metadata (shards.buckets), decodes it (PyAV, or decord) and emits a batch when a
@@ -422,144 +422,186 @@ def shard_order(shards: list[str], seed: int, epoch: int, shuffle: bool) -> list
 
 
 def run_stream(spec: StreamSpec, logical: int) -> Iterator[dict]:
-    """The items of one logical stream: batches (kind="batch") then one end marker (kind="end").
+    """The items of one logical stream: batches (kind="batch") then one end marker (kind="end")."""
+    return iter(Stream(spec, logical))
 
-    Every item carries the bad/skipped keys found since the previous item, so the consumer's state
-    always knows the bad keys of the prefix it has consumed.
+
+class Stream:
+    """One logical stream of a rank: reads its shards, shuffles, buckets, decodes, batches; replayable.
+
+    Items are batches (kind "batch", or "empty" when every sample of a batch failed a late decode) and
+    one end marker (kind "end"). Every item carries the bad/skipped keys found since the previous item,
+    so the consumer's state always knows the bad keys of the prefix it has consumed. The first `skip`
+    batches (consumed before a resume) are replayed from metadata alone: nothing is decoded, the known
+    bad keys are dropped at the same places, and nothing is reported again.
     """
-    cfg, buckets = spec.cfg, spec.cfg.buckets
-    g = spec.rank * spec.streams + logical
-    total = spec.world_size * spec.streams
-    if logical in spec.ended:
-        yield {"kind": "end", "stream": logical, "index": -1, "bad": {}, "skipped": {}, "uncaptioned": 0}
-        return
-    my_shards = spec.shards[g::total]
-    skip = spec.skip.get(logical, 0)
-    known_bad = spec.known_bad.get(logical, {})
-    bad: dict[str, str] = {}
-    skipped: dict[str, str] = {}
-    uncaptioned = 0
-    emitted = 0
-    pending: dict[int, list[_Pending]] = {}
-    tar_errors: list[tuple[str, str]] = []
-    rng = random.Random(f"buffer/{spec.seed}/{spec.epoch}/{g}")
 
-    def samples() -> Iterator[dict]:
-        for url in my_shards:
-            for s in iter_tar_samples(url, tar_errors):
+    def __init__(self, spec: StreamSpec, logical: int) -> None:
+        self.spec, self.cfg, self.buckets, self.logical = spec, spec.cfg, spec.cfg.buckets, logical
+        g = spec.rank * spec.streams + logical  # this stream's place among all streams of all ranks
+        self.shards = spec.shards[g::spec.world_size * spec.streams]
+        self.skip = spec.skip.get(logical, 0)  # batches consumed before the resume: replayed, not emitted
+        self.known_bad = spec.known_bad.get(logical, {})  # bad keys reported with those batches
+        self.rng = random.Random(f"buffer/{spec.seed}/{spec.epoch}/{g}")  # the shuffle buffer's draws
+        self.emitted = 0  # batches completed so far, replayed ones included
+        self.pending: dict[int, list[_Pending]] = {}  # bucket -> samples waiting for a full batch
+        self.tar_errors: list[tuple[str, str]] = []  # (shard, reason) of broken tars, reported as bad keys
+        self._new_report()
+
+    def _new_report(self) -> None:
+        """Start collecting what the next item reports."""
+        self.bad: dict[str, str] = {}
+        self.skipped: dict[str, str] = {}
+        self.uncaptioned = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        if self.logical in self.spec.ended:
+            yield {"kind": "end", "stream": self.logical, "index": -1, "bad": {}, "skipped": {}, "uncaptioned": 0}
+            return
+        for s in self._shuffled():
+            item = self._add(s)
+            if item is not None:
+                yield item
+        yield from self._flush()
+        yield {"kind": "end", "stream": self.logical, "index": self.emitted, "bad": self.bad,
+               "skipped": self.skipped, "uncaptioned": self.uncaptioned}
+
+    # -- reading -------------------------------------------------------------------------------------
+    def _samples(self) -> Iterator[dict]:
+        for url in self.shards:
+            for s in iter_tar_samples(url, self.tar_errors):
                 s["__url__"] = url
-                for _ in range(_copies(s, spec)):  # 1 without training.data.weights; 0 leaves it out
+                for _ in range(_copies(s, self.spec)):  # 1 without training.data.weights; 0 leaves it out
                     yield s
-            while tar_errors:
-                u, msg = tar_errors.pop(0)
-                bad[f"{u}#tar"] = msg
+            while self.tar_errors:
+                u, msg = self.tar_errors.pop(0)
+                self.bad[f"{u}#tar"] = msg
 
-    def shuffled() -> Iterator[dict]:
-        if cfg.shuffle_buffer <= 1:
-            yield from samples()
+    def _shuffled(self) -> Iterator[dict]:
+        if self.cfg.shuffle_buffer <= 1:
+            yield from self._samples()
             return
         buf: list[dict] = []
-        for s in samples():
+        for s in self._samples():
             buf.append(s)
-            if len(buf) >= cfg.shuffle_buffer:
-                j = rng.randrange(len(buf))
+            if len(buf) >= self.cfg.shuffle_buffer:
+                j = self.rng.randrange(len(buf))
                 buf[j], buf[-1] = buf[-1], buf[j]
                 yield buf.pop()
-        rng.shuffle(buf)
+        self.rng.shuffle(buf)
         yield from buf
 
-    def batch_size(b: int) -> int:
-        return buckets[b].batch_size or cfg.batch_size
-
-    def emit(b: int, members: list[_Pending]) -> dict | None:
-        nonlocal emitted, bad, skipped, uncaptioned
-        emitted += 1
-        if emitted <= skip:
-            # Replayed prefix: consumed before the resume, its bad/skipped keys already reported.
-            bad, skipped, uncaptioned = {}, {}, 0
-            return None
-        for p in members:
-            if p.frames is None and not spec.plan_only:  # decoded lazily: it was buffered during the replay
-                try:
-                    p.frames = decode(p.data, p.plan, p.info)
-                except Exception as e:  # decoded fine before the resume: only a flaky read gets here
-                    bad[p.key] = f"{type(e).__name__}: {e}"
-        members = [p for p in members if p.frames is not None or spec.plan_only]
-        item = {"kind": "batch" if members else "empty", "stream": logical, "index": emitted - 1,
-                "bucket": (buckets[b].frames, buckets[b].height, buckets[b].width),
-                "frames": (to_tensor([p.frames for p in members], cfg.frames_dtype)
-                           if members and not spec.plan_only else None),
-                "captions": [p.caption for p in members], "keys": [p.key for p in members],
-                "meta": [p.meta for p in members], "bad": bad, "skipped": skipped, "uncaptioned": uncaptioned}
-        bad, skipped, uncaptioned = {}, {}, 0
-        return item
-
-    def decode(data: bytes, plan: Plan, info: Info) -> np.ndarray:
-        b = buckets[plan.bucket]
-        if info.kind == "image":
-            return decode_image(data, plan, b)
-        fn = decode_video_decord if cfg.decoder == "decord" else decode_video_pyav
-        return fn(data, plan, b, info, cfg.decode_threads)
-
-    for s in shuffled():
+    # -- one sample ----------------------------------------------------------------------------------
+    def _add(self, s: dict) -> dict | None:
+        """Bucket (and decode) one sample; returns the batch it completes, if any."""
         key = s["__key__"]
-        if spec.only_keys is not None and key not in spec.only_keys:
-            continue
-        replay = emitted < skip
+        if self.spec.only_keys is not None and key not in self.spec.only_keys:
+            return None
+        replay = self.emitted < self.skip
         try:
-            if replay and key in known_bad:
-                raise SampleError(known_bad[key])
-            meta = _json(s)
-            info = sample_info(s, meta, cfg)
-            # The picture inside black bars (the borders scorer's box in the sample's scores) is what
-            # gets bucketed and cropped; the bars never reach the model.
-            content = content_box(meta.get("scores") or {}, f"{cfg.crop_borders}_") if cfg.crop_borders else None
-            _, _, pw, ph = picture_box(info.width, info.height, content)
-            b = choose_bucket(buckets, pw, ph, info.frames, info.fps, cfg.fps, info.kind == "image")
-            if b is None:
-                skipped[key] = (f"no bucket fits: {info.kind} {info.width}x{info.height}, {info.frames} frames "
-                                f"at {info.fps:g} fps (target {cfg.fps:g} fps)")
-                continue
-            rs = sample_rng(spec.seed, spec.epoch, key)
-            plan = plan_sample(buckets, b, info.width, info.height, info.frames, info.fps, cfg.fps,
-                               rs if cfg.random_start or cfg.crop == "random" else None, cfg.crop, content)
-            if not cfg.random_start and plan.indices[0] != 0:
-                plan = Plan(plan.bucket, tuple(i - plan.indices[0] for i in plan.indices), plan.fps, plan.resize,
-                            plan.crop)
-            data = s[info.ext]
-            frames = None if replay or spec.plan_only else decode(data, plan, info)
+            placed = self._place(s, key, replay)
         except SampleError as e:
-            bad[key] = str(e)
-            continue
+            self.bad[key] = str(e)
+            return None
         except Exception as e:  # anything else a broken sample can raise: still never a crash
-            bad[key] = f"{type(e).__name__}: {e}"
-            continue
+            self.bad[key] = f"{type(e).__name__}: {e}"
+            return None
+        if placed is None:
+            return None
+        b, p = placed
+        members = self.pending.setdefault(b, [])
+        members.append(p)
+        if len(members) >= (self.buckets[b].batch_size or self.cfg.batch_size):
+            return self._emit(b, self.pending.pop(b))
+        return None
+
+    def _place(self, s: dict, key: str, replay: bool) -> tuple[int, _Pending] | None:
+        """(bucket, pending sample) with its frames decoded unless replayed or plan-only; None when no
+        bucket fits (reported as skipped). Raises SampleError for a bad sample."""
+        cfg, spec = self.cfg, self.spec
+        if replay and key in self.known_bad:
+            raise SampleError(self.known_bad[key])
+        meta = _json(s)
+        info = sample_info(s, meta, cfg)
+        # The picture inside black bars (the borders scorer's box in the sample's scores) is what
+        # gets bucketed and cropped; the bars never reach the model.
+        content = content_box(meta.get("scores") or {}, f"{cfg.crop_borders}_") if cfg.crop_borders else None
+        _, _, pw, ph = picture_box(info.width, info.height, content)
+        b = choose_bucket(self.buckets, pw, ph, info.frames, info.fps, cfg.fps, info.kind == "image")
+        if b is None:
+            self.skipped[key] = (f"no bucket fits: {info.kind} {info.width}x{info.height}, {info.frames} frames "
+                                 f"at {info.fps:g} fps (target {cfg.fps:g} fps)")
+            return None
+        rs = sample_rng(spec.seed, spec.epoch, key)
+        plan = plan_sample(self.buckets, b, info.width, info.height, info.frames, info.fps, cfg.fps,
+                           rs if cfg.random_start or cfg.crop == "random" else None, cfg.crop, content)
+        if not cfg.random_start and plan.indices[0] != 0:
+            plan = Plan(plan.bucket, tuple(i - plan.indices[0] for i in plan.indices), plan.fps, plan.resize,
+                        plan.crop)
+        data = s[info.ext]
+        frames = None if replay or spec.plan_only else self._decode(data, plan, info)
+        return b, self._pending(s, key, meta, plan, info, content, data if replay else None, frames)
+
+    def _pending(self, s: dict, key: str, meta: dict, plan: Plan, info: Info, content: Any,
+                 data: bytes | None, frames: np.ndarray | None) -> _Pending:
+        """The sample as it waits for its batch: caption, metadata with the sampling facts, frames."""
         caption = _caption(s, meta)
-        if spec.weights is not None and spec.weights.score_text and isinstance(meta.get("scores"), dict):
-            caption = score_caption(caption, meta["scores"], spec.weights)
+        weights = self.spec.weights
+        if weights is not None and weights.score_text and isinstance(meta.get("scores"), dict):
+            caption = score_caption(caption, meta["scores"], weights)
         if not caption:
-            uncaptioned += 1
+            self.uncaptioned += 1
         m = dict(meta)
         m["_sample"] = {"url": redact(s.get("__url__") or ""), "fps": plan.fps, "indices": list(plan.indices),
                         "bucket": plan.bucket, "source_size": [info.width, info.height],
                         "picture_box": list(picture_box(info.width, info.height, content)),
                         "resize": list(plan.resize), "crop": list(plan.crop)}
-        pending.setdefault(b, []).append(_Pending(key, caption, m, plan, info, data if replay else None, frames))
-        if len(pending[b]) >= batch_size(b):
-            item = emit(b, pending.pop(b))
+        return _Pending(key, caption, m, plan, info, data, frames)
+
+    def _decode(self, data: bytes, plan: Plan, info: Info) -> np.ndarray:
+        b = self.buckets[plan.bucket]
+        if info.kind == "image":
+            return decode_image(data, plan, b)
+        fn = decode_video_decord if self.cfg.decoder == "decord" else decode_video_pyav
+        return fn(data, plan, b, info, self.cfg.decode_threads)
+
+    # -- batches -------------------------------------------------------------------------------------
+    def _emit(self, b: int, members: list[_Pending]) -> dict | None:
+        """The batch item of `members` with the report since the last item; None for a replayed batch."""
+        self.emitted += 1
+        if self.emitted <= self.skip:
+            # Replayed prefix: consumed before the resume, its bad/skipped keys already reported.
+            self._new_report()
+            return None
+        plan_only = self.spec.plan_only
+        for p in members:
+            if p.frames is None and not plan_only:  # decoded lazily: it was buffered during the replay
+                try:
+                    p.frames = self._decode(p.data, p.plan, p.info)
+                except Exception as e:  # decoded fine before the resume: only a flaky read gets here
+                    self.bad[p.key] = f"{type(e).__name__}: {e}"
+        members = [p for p in members if p.frames is not None or plan_only]
+        bucket = self.buckets[b]
+        item = {"kind": "batch" if members else "empty", "stream": self.logical, "index": self.emitted - 1,
+                "bucket": (bucket.frames, bucket.height, bucket.width),
+                "frames": (to_tensor([p.frames for p in members], self.cfg.frames_dtype)
+                           if members and not plan_only else None),
+                "captions": [p.caption for p in members], "keys": [p.key for p in members],
+                "meta": [p.meta for p in members], "bad": self.bad, "skipped": self.skipped,
+                "uncaptioned": self.uncaptioned}
+        self._new_report()
+        return item
+
+    def _flush(self) -> Iterator[dict]:
+        """At the end: the partial batches in bucket order, or (drop_last) their samples as skipped."""
+        for b in sorted(self.pending):
+            if self.cfg.drop_last:
+                for p in self.pending[b]:
+                    self.skipped[p.key] = "dropped with the last partial batch (drop_last)"
+                continue
+            item = self._emit(b, self.pending[b])
             if item is not None:
                 yield item
-    if not cfg.drop_last:
-        for b in sorted(pending):
-            item = emit(b, pending[b])
-            if item is not None:
-                yield item
-    else:
-        for b in sorted(pending):
-            for p in pending[b]:
-                skipped[p.key] = "dropped with the last partial batch (drop_last)"
-    yield {"kind": "end", "stream": logical, "index": emitted, "bad": bad, "skipped": skipped,
-           "uncaptioned": uncaptioned}
 
 
 def _copies(sample: dict, spec: StreamSpec) -> int:
