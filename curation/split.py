@@ -89,6 +89,7 @@ class _Splitter:
     clip: _Clip | None = None
     done: list = field(default_factory=list)  # finished _Clip objects
     next_keep_t: float = 0.0
+    enc: "_EncodeThread | None" = None  # runs the clips' encoders (split_video starts and joins it)
 
     def max_frames(self) -> int:
         return max(1, int(round(self.p.max_clip_s * self.fps)))
@@ -132,29 +133,44 @@ class _Splitter:
         self._write(c, i, frame)
 
     def _write(self, c: _Clip, i: int, frame: "av.VideoFrame") -> None:
-        if c.container is None:
-            c.container = av.open(c.path, "w", format="mp4")
-            rate = Fraction(min(self.fps, self.p.max_fps or self.fps)).limit_denominator(1001)
-            st = c.container.add_stream("libx264", rate=rate)
-            st.width, st.height, st.pix_fmt = self.geo.out_w, self.geo.out_h, "yuv420p"
-            st.time_base = self.time_base
-            st.codec_context.time_base = self.time_base
-            st.options = {"crf": str(self.p.crf), "preset": self.p.preset}
-            # x264 frame threads, as the ffmpeg CLI uses (PyAV defaults to slice threads: ~20% slower).
-            st.codec_context.thread_count = 0
-            st.codec_context.thread_type = "FRAME"
-            c.stream = st
+        if c.frames == 0:
+            self.enc.submit(self._open, c)
         pts = (frame.pts - c.pts0) if frame.pts is not None else None
         if pts is None or (c.last_pts is not None and pts <= c.last_pts):
             # Missing or non-increasing timestamps: place the frame one nominal frame later.
             step = max(1, int(round(1 / (self.fps * float(self.time_base))))) if self.fps else 1
             pts = (c.last_pts + step) if c.last_pts is not None else 0
+        c.last_pts = pts
+        self.enc.submit(self._encode, c, frame, pts)
+        c.frames += 1
+
+    def _open(self, c: _Clip) -> None:
+        """(Encoder thread) the clip's mp4 and libx264 stream."""
+        c.container = av.open(c.path, "w", format="mp4")
+        rate = Fraction(min(self.fps, self.p.max_fps or self.fps)).limit_denominator(1001)
+        st = c.container.add_stream("libx264", rate=rate)
+        st.width, st.height, st.pix_fmt = self.geo.out_w, self.geo.out_h, "yuv420p"
+        st.time_base = self.time_base
+        st.codec_context.time_base = self.time_base
+        st.options = {"crf": str(self.p.crf), "preset": self.p.preset}
+        # x264 frame threads, as the ffmpeg CLI uses (PyAV defaults to slice threads: ~20% slower).
+        st.codec_context.thread_count = 0
+        st.codec_context.thread_type = "FRAME"
+        c.stream = st
+
+    def _encode(self, c: _Clip, frame: "av.VideoFrame", pts: int) -> None:
+        """(Encoder thread) one frame into the clip: converted if needed, encoded, muxed."""
         out = self.convert(frame)
         out.pts, out.time_base = pts, self.time_base
-        c.last_pts = pts
         for pkt in c.stream.encode(out):
             c.container.mux(pkt)
-        c.frames += 1
+
+    @staticmethod
+    def _flush(c: _Clip) -> None:
+        """(Encoder thread) drain the encoder and finish the file."""
+        for pkt in c.stream.encode():
+            c.container.mux(pkt)
+        c.container.close()
 
     def convert(self, frame: "av.VideoFrame") -> "av.VideoFrame":
         g = self.geo
@@ -171,11 +187,43 @@ class _Splitter:
             return
         if c.next_t is None:
             c.next_t = end_t
-        if c.container is not None:
-            for pkt in c.stream.encode():
-                c.container.mux(pkt)
-            c.container.close()
+        if c.frames:
+            self.enc.submit(self._flush, c)
         self.done.append(c)
+
+
+class _EncodeThread:
+    """The clips' encoding (colour conversion, libx264, muxing) in one thread of its own, fed in order
+    through a bounded queue, so detection and decoding go on while x264 works: PyAV releases the GIL
+    in swscale and in avcodec_send_frame/receive_packet, and a clip's flush (x264 draining its frame
+    threads and lookahead) no longer stalls the decode. An error is raised in the caller at its next
+    submit() or at join(); work after it is skipped."""
+
+    def __init__(self, depth: int = 8) -> None:
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.th = threading.Thread(target=self._work, name="split-encode", daemon=True)
+        self.th.start()
+
+    def submit(self, fn, *args) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put((fn, args))
+
+    def _work(self) -> None:
+        while (item := self.q.get()) is not None:
+            if self.error is None:
+                try:
+                    item[0](*item[1])
+                except BaseException as e:  # handed to the caller
+                    self.error = e
+
+    def join(self, raise_error: bool = True) -> None:
+        """Wait for all submitted work; raise its error, if any."""
+        self.q.put(None)
+        self.th.join()
+        if raise_error and self.error is not None:
+            raise self.error
 
 
 class SplitStage(Stage):
@@ -390,23 +438,30 @@ def detect_scenes(source: str, p: SplitConfig, fps: float | None = None, model: 
 def split_video(row: dict, p: SplitConfig, storage: Storage, tmpdir: str, model: object = None) -> list[dict]:
     """Detect shots and write clips of one video in one decode pass; returns its clips-table rows."""
     source, vid = row["source"], row["video_id"]
-    with open_container(source) as cont:
-        fps = _fps(row, cont)
-        sc = Scanner(cont, source, p, fps, model)
-        sp: _Splitter | None = None
-        buf: collections.deque = collections.deque()
-        for i, t, fr in sc:
-            if sp is None:
-                geo = Geometry.fit(fr.width, fr.height, stream_sar(sc.st), sc.rotation, p.max_width, p.max_height)
-                sp = _Splitter(p, vid, source, tmpdir, fps, geo, sc.tb)
-            buf.append((i, t, fr))
-            # A frame leaves once the detector has settled it and the trim_frames after it.
-            while buf and buf[0][0] + p.trim_frames < sc.settled():
+    enc = _EncodeThread()
+    try:
+        with open_container(source) as cont:
+            fps = _fps(row, cont)
+            sc = Scanner(cont, source, p, fps, model)
+            sp: _Splitter | None = None
+            buf: collections.deque = collections.deque()
+            for i, t, fr in sc:
+                if sp is None:
+                    geo = Geometry.fit(fr.width, fr.height, stream_sar(sc.st), sc.rotation, p.max_width,
+                                       p.max_height)
+                    sp = _Splitter(p, vid, source, tmpdir, fps, geo, sc.tb, enc=enc)
+                buf.append((i, t, fr))
+                # A frame leaves once the detector has settled it and the trim_frames after it.
+                while buf and buf[0][0] + p.trim_frames < sc.settled():
+                    _release(sp, sc, buf.popleft())
+            sc.finish()
+            while buf:
                 _release(sp, sc, buf.popleft())
-        sc.finish()
-        while buf:
-            _release(sp, sc, buf.popleft())
-        sp.close(end_t=(sp.clip.end_t + (sc.last_dt or 1 / fps)) if sp.clip is not None else None)
+            sp.close(end_t=(sp.clip.end_t + (sc.last_dt or 1 / fps)) if sp.clip is not None else None)
+    except BaseException:
+        enc.join(raise_error=False)  # the first error wins; the files are left to the temporary folder
+        raise
+    enc.join()  # every clip file finished before the rows are built
     if sc.truncated:
         row = {**row, "truncated": sc.truncated}
     return _finish(sp, row, p, storage)
