@@ -16,11 +16,11 @@ from typing import Any, Callable
 
 import torch
 
+from shards.pixels import unit_range
 from training.config import resolve_out_dir
 from training.data import build_loader
 from training.parallelize import pick_device
 from training.tasks.transformer import build_frozen_vae, build_text_encoder
-from shards.pixels import unit_range
 
 
 @torch.no_grad()
