@@ -84,7 +84,7 @@ def score(root: str, cfg: FilterConfig) -> dict[str, dict]:
 
 
 def text_cfg(**kw) -> FilterConfig:
-    return FilterConfig(demo_models=None, scorers={"ocr": {"type": "text", "frames": 1, **kw,
+    return FilterConfig(scorers={"ocr": {"type": "text", "frames": 1, **kw,
                                                            "thresholds": {"area_mean": {"max": 0.06}}}})
 
 
@@ -345,13 +345,13 @@ def test_nsfw_scores_ordinary_clips_low_and_rule(tmp_path):
     os.makedirs(tmp_path / "clips")
     make_video(str(tmp_path / "clips" / "a.mp4"), [Scene(48, 2.0, 1)], 320, 192, 24.0)
     tables.write_part(Storage(str(tmp_path)), "clips", [clip_row("a", "clips/a.mp4")], tables.CLIPS)
-    cfg = FilterConfig(demo_models=None, scorers={"nsfw": {"type": "nsfw"}})
+    cfg = FilterConfig(scorers={"nsfw": {"type": "nsfw"}})
     dec, sco, scorers = build_stages(str(tmp_path), cfg)
     assert [r.__dict__ for r in scorers.rules()] == [{"column": "nsfw_score", "min": None, "max": 0.5}]
     assert scores_schema(scorers).field("nsfw_score").type == pa.float32()
     row = score(str(tmp_path), cfg)["a"]
     assert 0.0 < row["nsfw_score"] < 0.05 and row["passed"] is True
-    strict = FilterConfig(demo_models=None, scorers={"nsfw": {"type": "nsfw", "step": "model",
+    strict = FilterConfig(scorers={"nsfw": {"type": "nsfw", "step": "model",
                                                               "thresholds": {"score": {"max": 0.0}}}})
     row = score(str(tmp_path), strict)["a"]
     assert row["passed"] is False and row["reasons"] == ["nsfw_score>0"]
