@@ -15,9 +15,11 @@ Metrics per clip, over the scored frames, from the text lines only:
 - `band`: share of frames with a line centred in the bottom `band_height` of the frame (burned-in
   subtitles, lower thirds; on a still, detailed picture only lines that change count);
 - `persist`: share of frames with a line that stays put (a line at the same place, IoU >= `persist_iou`,
-  on at least 2/3 of the other scored frames) while the picture around it moves or is plain (a card):
-  overlays stay where they are while the picture moves; on a still, detailed picture (a screen, a sign
-  filmed from a tripod) a line that stays put is as likely scene text, and is not counted;
+  on at least half of the other scored frames) while the picture around it moves or is plain (a card):
+  overlays stay where they are while the picture moves; a line that moves with the camera (fitted with
+  RANSAC between the frames) is scene text, even when it moves too little to fail the IoU test; on a
+  still, detailed picture (a screen, a sign filmed from a tripod) a line that stays put counts only when
+  it damps the picture's own small changes beneath it (an overlay at least half opaque);
 - `corner`: the same for persistent lines inside a corner region (channel logos, watermarks).
 With `recognize: true`, `text` holds the recognised lines (truncated to `max_chars`).
 
@@ -294,12 +296,12 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area(a)[:, None] + area(b)[None, :] - inter).clip(1e-6)
 
 
-def _persistent(rects: list[np.ndarray], min_iou: float, cams: np.ndarray | None = None,
-                camera_px: float = 2.0) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per frame, which of its lines stay put (overlapped on >= 2/3 of the other frames; one frame: none) and
+def _persistent(rects: list[np.ndarray], min_iou: float, cams: np.ndarray | None = None, camera_px: float = 2.0,
+                vote_margin: float = 0.1) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per frame, which of its lines stay put (overlapped on >= half of the other frames; one frame: none) and
     which move with the camera (scene text). cams[i, j] (3x3, NaN where unknown) maps frame i onto frame j;
-    where it moves a line's box by >= camera_px, the pair votes: the nearest line of frame j sits clearly
-    closer to the box where it was (overlay) or where the camera took it (scene).
+    where it moves a line's box by >= camera_px, the pair votes: frame j's lines overlap the box where it
+    was (overlay) or where the camera took it (scene) better, by an IoU margin of vote_margin.
     A line is scene text when scene votes outnumber overlay votes; it then never stays put."""
     n = len(rects)
     stays, scene = [], []
@@ -317,23 +319,18 @@ def _persistent(rects: list[np.ndarray], min_iou: float, cams: np.ndarray | None
             if cams is None or not np.isfinite(cams[i, j]).all():
                 continue
             moved = _warp_rects(r, cams[i, j])
-            sep = _rect_dist(moved, r)
-            d0 = _rect_dist(o[None], r[:, None]).min(axis=1)  # nearest line of frame j to each hypothesis
-            d1 = _rect_dist(o[None], moved[:, None]).min(axis=1)
-            # A vote needs the camera to move the box (sep), a line of frame j near one of the two places,
-            # and that line clearly nearer to one of them (box noise of the detector is a pixel or two).
-            decisive = (sep >= camera_px) & (np.minimum(d0, d1) < sep) & (np.abs(d0 - d1) >= 0.5 * sep)
-            votes += np.where(decisive, np.where(d0 < d1, 1, -1), 0)
+            sep = np.abs(moved - r).max(axis=1)
+            # Which place does frame j's text fit better: where the box was (overlay) or where the camera took it
+            # (scene)? Best overlap (IoU) with frame j's lines at each place; a vote needs the camera to move the
+            # box and one place to fit clearly better (on a screen full of text another word may sit near the
+            # other place; text typed on changes one edge).
+            iou0, iou1 = _iou(r, o).max(axis=1), _iou(moved, o).max(axis=1)
+            decisive = (sep >= camera_px) & (np.abs(iou0 - iou1) >= vote_margin)
+            votes += np.where(decisive, np.where(iou0 > iou1, 1, -1), 0)
         is_scene = votes < 0
-        stays.append((hits >= np.ceil(2 * (n - 1) / 3)) & ~is_scene)
+        stays.append((hits >= np.ceil((n - 1) / 2)) & ~is_scene)  # a detector miss on 1 of 3 frames: still put
         scene.append(is_scene)
     return stays, scene
-
-
-def _rect_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Distance of rects (x0, y0, x1, y1 on the last axis): the mean of the 3 smallest of the 4 edge shifts, so
-    that one edge moving on its own (text typed on, a word detected apart) does not decide."""
-    return np.sort(np.abs(a - b), axis=-1)[..., :3].mean(axis=-1)
 
 
 def _warp_rects(rects: np.ndarray, m: np.ndarray) -> np.ndarray:
