@@ -37,8 +37,8 @@ def p_yes(first_logprobs: dict[str, float] | None) -> float | None:
     return None if yes + no == 0 else yes / (yes + no)
 
 
-def check_columns(generate: Callable[[list[CaptionRequest], SamplingParams], list[Generation]], reqs: list[CaptionRequest],
-                  cfg: ChecksConfig) -> list[dict]:
+def check_columns(generate: Callable[[list[CaptionRequest], SamplingParams], list[Generation]],
+                  reqs: list[CaptionRequest], cfg: ChecksConfig) -> list[dict]:
     """check_<name> (P(yes), None when unanswered) and check_<name>_yes per request, from one engine call
     `generate(requests, params)` over every request x question."""
     names = list(cfg.questions)

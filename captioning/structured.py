@@ -73,7 +73,8 @@ def empty_columns(names: dict[str, str]) -> dict[str, None]:
     return {f"field_{k}": None for k in names}
 
 
-def fields_columns(generate: Callable[[list[int], Prompt, SamplingParams], list[Generation]], n: int, cfg: FieldsConfig, retry_bad: int | None = None) -> list[tuple[dict, list[str]]]:
+def fields_columns(generate: Callable[[list[int], Prompt, SamplingParams], list[Generation]], n: int, cfg: FieldsConfig,
+                   retry_bad: int | None = None) -> list[tuple[dict, list[str]]]:
     """For n requests: ({field_<name>: value or None}, flags), via `generate(indices, prompt, params)`,
     which sends the fields prompt with the same frames as the caption requests."""
     from dataclasses import replace

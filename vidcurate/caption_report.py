@@ -2,14 +2,14 @@
 
 Reads `<root>/captions/<run>/part-*.parquet` directly with pyarrow (only the report's columns) and
 keeps one row per clip the way captioning.table.read_captions does (a caption beats an error, a later
-row an earlier one). Per run: the length distribution in words and in
-tokens (the generating model's own count), quality flags, the most frequent openings and word 3-grams,
-captions shared by several clips (a broken captioner writes the same text for everything), and the
-share of captions that name the camera motion the motion scorer detected (scores column
-`motion_camera_type`, when present; the rule is captioning/camera.py's). Caption QA against the clip: the CLIP similarity of each caption's
+row an earlier one). Per run: the length distribution in words and in tokens (the generating model's
+own count), quality flags, the most frequent openings and word 3-grams, captions shared by several
+clips (a broken captioner writes the same text for everything), and the share of captions that name
+the camera motion the motion scorer detected (scores column `motion_camera_type`, when present; the
+rule is captioning/camera.py's). Caption QA against the clip: the CLIP similarity of each caption's
 text and the clip's frames (`clip_text_similarity`, below), and the borders scorer's letterbox label
-(`borders_kind`) beside the captions that mention black bars. `--compare RUN_A RUN_B` adds the two runs side by side and a seeded
-sample of clips with both captions next to a contact sheet of the clip.
+(`borders_kind`) beside the captions that mention black bars. `--compare RUN_A RUN_B` adds the two
+runs side by side and a seeded sample of clips with both captions next to a contact sheet of the clip.
 """
 from __future__ import annotations
 
