@@ -23,7 +23,7 @@ from captioning.camera import CAMERA_COLUMN, camera_phrase, camera_types, mentio
 from captioning.config import CaptionConfig, EnhanceConfig
 from captioning.engines import Generation, SamplingParams, TextRequest
 from captioning.prompts import get_text_prompt, render
-from captioning.rows import caption_row, plain_value
+from captioning.rows import caption_row
 from captioning.table import CAPTIONS, frame_lists, normalize, read_captions, table_name, write_run_info
 from curation.stage import Stage, StageResources
 from curation.table_stage import TableStage, execute
@@ -72,7 +72,6 @@ class Enhance(Stage):
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         self.ensure_setup()
-        rows = [{k: plain_value(v) for k, v in r.items()} for r in rows]
         out = [self._row(r, Generation(error=f"enhance: source run {self.source_run!r} has no caption for this "
                                              f"clip ({r['source_error']})"), [], None, 0)
                for r in rows if r.get("source_error")]
@@ -173,11 +172,11 @@ def enhance_run(storage: Storage, cfg: CaptionConfig, local: bool = False, progr
 def expand_prompts(prompts: list[str], config: str | None = None, overrides: list[str] | None = None) -> list[str]:
     """Each short prompt expanded by the `caption.enhance` LM of `config` (pipelines.yaml) with its
     `expand_prompt` template. Raises ValueError naming the prompt that got no expansion."""
-    from captioning.config import load_caption_config
+    from captioning.config import demo_models_of, load_caption_config
     from captioning.engines import make_text_engine
     from captioning.models import prepare_text_model
 
-    e = prepare_text_model(load_caption_config(config, overrides or [], None).enhance)
+    e = prepare_text_model(load_caption_config(config, overrides or [], None).enhance, demo_models_of(config))
     tmpl = get_text_prompt(e.expand_prompt, None, "caption.enhance.expand_prompt")
     reqs = []
     for i, p in enumerate(prompts):

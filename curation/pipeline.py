@@ -91,7 +91,7 @@ def run_stages(cfg: BaseConfig, stages: list[str], ctx: RunContext | None = None
     ctx.console.open(ctx.log_path, verbose)
     from curation import tables
 
-    tables.new_run()  # part numbers continue after whatever another process wrote meanwhile
+    tables.new_run(ctx.storage)  # part numbers continue after whatever another process wrote meanwhile
     from curation import retry
 
     retry.take()  # retries of this run only

@@ -34,6 +34,7 @@ from shards.loader import ShardLoader
 from training.data import write_data_manifest
 from training.parallelize import pick_device
 from training.tasks.transformer import build_frozen_vae, build_text_encoder, frozen_source
+from shards.pixels import unit_range
 
 ENTRY_DTYPE = torch.float16  # halves bytes per clip; the encoders' outputs are bf16/fp16-exact enough
 
@@ -108,7 +109,7 @@ class Encoders:
     @torch.no_grad()
     def latents(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) [B, f, C, h, w], scaled by the VAE's factor."""
-        x = frames.to(self.device, next(self.vae.parameters()).dtype).transpose(1, 2)
+        x = unit_range(frames, self.device, next(self.vae.parameters()).dtype).transpose(1, 2)
         post = self.vae.encode(x)
         sf = self.vae.scaling_factor
         return ((post.mean.float() * sf).transpose(1, 2).cpu(), (post.std.float() * sf).transpose(1, 2).cpu())

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 
+from shards.pixels import unit_range
 from training.config import resolve_out_dir
 from training.data import build_loader
 from training.parallelize import pick_device
@@ -42,7 +43,7 @@ def write_latents(cfg: Any, limit: int | None = None) -> list[str]:
     for i, batch in enumerate(loader):
         if limit is not None and i >= limit:
             break
-        x = batch["frames"].to(device, dtype).transpose(1, 2)
+        x = unit_range(batch["frames"], device, dtype).transpose(1, 2)
         z = (vae.encode(x).mode().float() * vae.scaling_factor).transpose(1, 2).contiguous().cpu()
         emb = text.encode(list(batch["captions"])).float().cpu()
         path = os.path.join(folder, f"part-{i:05d}.safetensors")

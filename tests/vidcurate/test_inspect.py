@@ -41,7 +41,7 @@ def scored_root(tmp_path_factory) -> str:
     rows.append({**rows[0], "clip_id": "v_broken", "path": "clips/v/none.mp4"})
     st = Storage(root)
     tables.write_part(st, "clips", rows, tables.CLIPS)
-    cfg = FilterConfig(demo_models=None, clip={"model": models["clip"]}, scorers={
+    cfg = FilterConfig(clip={"model": models["clip"]}, scorers={
         "motion": {"type": "motion", "thresholds": {"mean": {"min": 0.01}}},
         "aesthetic": {"type": "aesthetic", "weights": models["aesthetic"], "thresholds": {"mean": {"min": 4.5}}}})
     dec, sco, scorers = build_stages(root, cfg)
@@ -80,7 +80,7 @@ def test_fast_on_100k_clips(tmp_path, monkeypatch):
     """100k rows (with 512-d embeddings on disk): never reads embeddings, opens only sampled clips."""
     n = 100_000
     rng = np.random.default_rng(0)
-    scorers = ScorerSet.from_config(FilterConfig(demo_models=None, scorers={
+    scorers = ScorerSet.from_config(FilterConfig(scorers={
         "motion": {"type": "motion", "thresholds": {"mean": {"min": 0.01}}}}).enabled_scorers())
     schema = scores_schema(scorers)
     mean = rng.lognormal(-3, 1, n).astype(np.float32)

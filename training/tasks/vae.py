@@ -21,6 +21,7 @@ from torch import nn
 
 from model.convert import load_diffusers_vae, save_diffusers
 from model.vae import CausalVAE, VAEConfig
+from shards.pixels import unit_range
 from training.checkpoint import full_state_dict
 from training.data import synthetic_clip
 from training.generate import write_mp4
@@ -116,7 +117,7 @@ class VAETask(Task):
     def forward_backward(self, batch: dict[str, Any], step: int) -> dict[str, Any]:
         c = self.cfg.vae
         vae = self.models["vae"]
-        x = batch["frames"].to(self.info.device, non_blocking=True).transpose(1, 2)  # [B, C, F, H, W]
+        x = unit_range(batch["frames"], self.info.device, non_blocking=True).transpose(1, 2)  # [B, C, F, H, W]
         if (x.shape[2] - 1) % 8:
             raise ValueError(f"VAE training batch has {x.shape[2]} frames: the CogVideoX VAE reproduces 8N+1 frames "
                              f"(1, 9, 17, ...; an even latent count decodes to 4 extra frames); fix the buckets")
