@@ -16,6 +16,8 @@ import json
 import os
 from typing import TYPE_CHECKING
 
+from curation.filters.aesthetic import laion_mlp
+
 if TYPE_CHECKING:  # torch and open_clip load when a model is built, not when the CLI parses
     import open_clip
     import torch
@@ -54,8 +56,6 @@ def save_clip(model: torch.nn.Module, model_cfg: dict, folder: str) -> str:
 def tiny_aesthetic(dim: int, seed: int = 0, centre: float = 5.5) -> torch.nn.Module:
     """The LAION MLP with random weights, output shifted to about `centre` on random unit vectors."""
     import torch
-
-    from curation.filters.aesthetic import laion_mlp
 
     torch.manual_seed(seed)
     mlp = laion_mlp(dim).eval()
