@@ -7,7 +7,7 @@ input set (synthetic videos; real third-party videos from ../shared/testdata), i
 probe -> split -> filter -> caption -> shard twice on fresh roots:
 
   stages alone   `run_stages`: each stage its own Ray Data pipeline, one after the other (as
-                 `python -m curation run` does): the sum of the stages run alone
+                 `python -m vidcurate run` does): the sum of the stages run alone
   streamed       one Ray Data pipeline probe -> split -> filter.decode -> filter.score ->
                  caption-frames -> caption, each step writing its table as it goes (so the result is
                  the same dataset), then the shard stage (its plan needs every kept clip)

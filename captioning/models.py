@@ -6,6 +6,9 @@ import os
 import sys
 
 from captioning.config import CaptionConfig
+from captioning.smollm2 import resolve_packaged
+from captioning.tiny_lm import build_tiny_text_lm
+from captioning.tiny_vlm import build_tiny_qwen25_vl
 from curation.runner import output_to_log
 
 
@@ -15,12 +18,8 @@ def prepare_text_model(t: "object", demo_models: str | None = None) -> "object":
     if t.engine == "openai":
         return t
     if t.model.startswith("packaged:"):  # a model an installed package ships (SmolLM2): its converted folder
-        from captioning.smollm2 import resolve_packaged
-
         return t.model_copy(update={"model": resolve_packaged(t.model)})
     if t.demo_model or _under(t.model, demo_models):
-        from captioning.tiny_lm import build_tiny_text_lm
-
         _build_demo(t.model, build_tiny_text_lm, "demo text LM")
     return _absolute(t)
 
@@ -56,7 +55,5 @@ def prepare_model(cfg: CaptionConfig, demo_models: str | None = None) -> Caption
     if cfg.engine == "openai":
         return cfg
     if cfg.demo_model or _under(cfg.model, demo_models):
-        from captioning.tiny_vlm import build_tiny_qwen25_vl
-
         _build_demo(cfg.model, build_tiny_qwen25_vl, "demo model")
     return _absolute(cfg)

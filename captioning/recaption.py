@@ -18,6 +18,7 @@ from typing import Iterator
 
 from captioning.config import CaptionConfig
 from captioning.table import read_captions
+from curation.runner import init_ray
 from curation.storage import Storage, expand_inputs
 
 
@@ -141,8 +142,6 @@ def recaption(root: str, cfg: CaptionConfig, shards: list[str] | None = None, ou
             raise ValueError("--out writes new shards and needs --shards input")
         items = clip_items(storage, cfg)
     if not local:
-        from curation.runner import init_ray
-
         init_ray()
     counts = caption_items(storage, cfg, items, local=local, on_part=on_part)
     if shards is not None and out:

@@ -199,7 +199,7 @@ def caption_steps(cfg: CaptionConfig) -> list[Stage]:
 
 
 def run(cfg: "object", ctx: "object") -> dict:
-    """Pipeline entry (`python -m curation run pipelines.yaml --stage caption`)."""
+    """Pipeline entry (`python -m vidcurate run pipelines.yaml --stage caption`)."""
     ccfg = prepare_model(cfg.caption, cfg.demo.models)
     counts = caption_items(ctx.storage, ccfg, clip_items(ctx.storage, ccfg), progress=cfg.ray.progress, ctx=ctx)
     if ccfg.enhance.enabled:

@@ -1,6 +1,6 @@
 """Dedup stage: near-duplicate clips among those the filter kept, one kept per duplicate group.
 
-    python -m curation run pipelines.yaml --stage dedup
+    python -m vidcurate run pipelines.yaml --stage dedup
 
 scores (passed) ─► pHash step (Ray tasks, CPU: a few frames per clip, cached in <root>/dedup/phash/)
     ─► partition (driver: k-means on a seeded sample, every clip to its nearest centroid)

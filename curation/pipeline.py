@@ -208,5 +208,5 @@ def summary(ctx: RunContext) -> str:
     else:
         lines.append("  errors: none")
     lines.append(f"  details: runs/{ctx.run_id}.json (manifest), the `error` column of each table above, "
-                 f"`python -m curation inspect <root>`; Ray's log: {ctx.log_path}")
+                 f"`python -m vidcurate inspect <root>`; Ray's log: {ctx.log_path}")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ from captioning.enhance import Enhance
 from captioning.smollm2 import PACKAGED, resolve_packaged
 from captioning.stage import prepare_text_model
 from captioning.summary import Summarize
-from curation.caption_report import mentions_camera
+from captioning.camera import mentions_camera
 
 
 def with_engine(stage: "object", engine: "object") -> "object":

@@ -280,12 +280,12 @@ def test_cli_demo_probe_split_filter_inspect(tmp_path):
     sets = [f"root={tmp_path / 'root'}", f"inputs=[{tmp_path / 'raw'}/*.mp4]", f"demo.models={tmp_path / 'models'}",
             f"filter.clip.model={tmp_path / 'models/tiny-clip'}", "ray.progress=false", "ray.num_cpus=2",
             f"filter.scorers.aesthetic.weights={tmp_path / 'models/tiny-aesthetic.safetensors'}"]
-    cmd = [sys.executable, "-m", "curation", "run", os.path.join(repo, "pipelines.yaml"), "--stage", "probe,split,filter"]
+    cmd = [sys.executable, "-m", "vidcurate", "run", os.path.join(repo, "pipelines.yaml"), "--stage", "probe,split,filter"]
     r = subprocess.run(cmd + [a for s in sets for a in ("--set", s)], env=env, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "building tiny RANDOM demo models" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "curation", "inspect", str(tmp_path / "root")], env=env,
+    r = subprocess.run([sys.executable, "-m", "vidcurate", "inspect", str(tmp_path / "root")], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "motion_level<0.01" in r.stdout  # the still shot of still_then_moving.mp4 is dropped

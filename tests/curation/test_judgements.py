@@ -165,8 +165,8 @@ def test_every_new_score_reaches_the_inspect_page(tmp_path):
     histogram (with its threshold handles) per numeric metric and a category view of the border kind."""
     from curation import tables
     from curation.filter import decide, scores_schema
-    from curation.inspect import build_page, load_scores, score_columns, summarize, table_counts
-    from curation.report.page import build_data
+    from vidcurate.inspect import build_page, load_scores, score_columns, summarize, table_counts
+    from vidcurate.report.page import build_data
     from curation.storage import Storage
 
     pic = picture(192, 112, 24)

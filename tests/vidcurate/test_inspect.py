@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation import inspect as insp
+from vidcurate import inspect as insp
 from curation import tables
 from curation.filter import build_stages, scores_schema, todo_clips
 from curation.filters.base import ScorerSet
@@ -116,7 +116,7 @@ def test_fast_on_100k_clips(tmp_path, monkeypatch):
 
 def test_page_of_a_real_run_in_headless_chromium(scored_root, tmp_path):
     """The page of real scored clips: thumbnails drawn by the browser from the clip files, bars and handles drawn."""
-    from curation.report.chromium import Chromium, chromium_exe
+    from vidcurate.report.chromium import Chromium, chromium_exe
 
     exe = chromium_exe()
     if exe is None:
@@ -154,7 +154,7 @@ def test_page_data_of_odd_columns(tmp_path):
     codes round-trip to the values (lossless below 65,535 distinct values)."""
     from test_inspect_rules import scores_table, write_root
 
-    from curation.report.page import MISSING8
+    from vidcurate.report.page import MISSING8
 
     t, schema = scores_table(400, seed=4)
     mean = t.column("motion_mean").to_numpy(zero_copy_only=False).copy()
