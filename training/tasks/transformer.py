@@ -161,11 +161,11 @@ class TransformerTask(Task):
 
     def setup(self, models: dict[str, nn.Module]) -> None:
         super().setup(models)
-        from training.parallelize import context_parallel
+        from training.parallelize import apply_context_parallel, context_parallel
 
         cp = context_parallel(self.cfg.parallel, self.info, self.model_config.num_heads)
         if cp is not None:  # video tokens split over the cp group (model/context_parallel.py)
-            models["transformer"].enable_context_parallel(cp)
+            apply_context_parallel(models["transformer"], cp)
         self.ema: dict[str, torch.Tensor] = {}
         if self.cfg.transformer.ema_decay:
             self.ema = {_clean(n): p.detach().clone() for n, p in models["transformer"].named_parameters()}
