@@ -7,7 +7,7 @@ input set (synthetic videos; real third-party videos from ../shared/testdata), i
 probe -> split -> filter -> caption -> shard twice on fresh roots:
 
   stages alone   `run_stages`: each stage its own Ray Data pipeline, one after the other (as
-                 `python -m curation run` does): the sum of the stages run alone
+                 `python -m vidcurate run` does): the sum of the stages run alone
   streamed       one Ray Data pipeline probe -> split -> filter.decode -> filter.score ->
                  caption-frames -> caption, each step writing its table as it goes (so the result is
                  the same dataset), then the shard stage (its plan needs every kept clip)
@@ -67,8 +67,8 @@ def write_cfg(folder: str, inputs: list[str], models: str) -> str:
         f.write(f"root: {folder}/root\ninputs: {json.dumps(inputs)}\n"
                 "ray: {progress: false, shared_root: true}\n"  # one machine: every node sees the same disk
                 "split: {min_clip_s: 1.0}\n"  # production clip size: fit 1280x720
-                f"filter:\n  demo_models: {models}\n  clip: {{model: {models}/tiny-clip}}\n"
-                "  model: {num_cpus: 0.5, min_workers: 1, max_workers: 2, batch_size: 4}\n"
+                f"demo: {{models: {models}}}\nfilter:\n  clip: {{model: {models}/tiny-clip}}\n"
+                "  model: {resources: {num_cpus: 0.5, min_workers: 1, max_workers: 2, batch_size: 4}}\n"
                 "  scorers:\n    motion: {type: motion, thresholds: {mean: {min: 0.01}}}\n"
                 f"    aesthetic: {{type: aesthetic, weights: {models}/tiny-aesthetic.safetensors}}\n"
                 f"caption: {{model: {models}/tiny-vlm, max_tokens: 16, max_frames: 4, max_side: 224, sink_every: 4,\n"
@@ -106,20 +106,20 @@ def flow_steps(cfg) -> tuple[list[Stage], dict]:
     from captioning.table import CAPTIONS, normalize, table_name
     from curation.filter import BASE_FIELDS, build_stages, ensure_demo_models, scores_schema
     from curation.probe import ProbeStage
-    from curation.split import SplitParams, SplitStage
+    from curation.split import SplitStage
     from curation.stage import StageResources
     from curation.storage import expand_inputs
 
     st = Storage(cfg.root)
-    ensure_demo_models(cfg.filter)
-    ccfg = prepare_model(cfg.caption)
+    ensure_demo_models(cfg.filter, cfg.demo.models)
+    ccfg = prepare_model(cfg.caption, cfg.demo.models)
     dec, sco, scorers = build_stages(st.root, cfg.filter)
     base = [k for k, _ in BASE_FIELDS]
     steps = [
         Tee(ProbeStage(cfg.probe.count_frames, StageResources.from_config(cfg.probe.resources)), st.root, "videos",
             tables.VIDEOS, keep=lambda r: not r.get("error"),
             shape=lambda s, r: {"video_id": r["video_id"], "source": r["source"], "fps": r["fps"]}),
-        Tee(SplitStage(SplitParams.from_config(cfg.split), st.root, StageResources.from_config(cfg.split.resources)),
+        Tee(SplitStage(cfg.split, st.root, StageResources.from_config(cfg.split.resources)),
             st.root, "clips", tables.CLIPS, keep=lambda r: r["status"] == "ok",
             shape=lambda s, r: {k: r.get(k) for k in base}),
         dec,

@@ -1,7 +1,7 @@
 """The `shard:` section of pipelines.yaml: the WebDataset writer and the training loader.
 
 Pure pydantic (no torch): curation.config assembles it into PipelineConfig. The writer part is read by
-`python -m curation run pipelines.yaml --stage shard` (shards/writer.py), the loader part by
+`python -m vidcurate run pipelines.yaml --stage shard` (shards/writer.py), the loader part by
 `shards.loader.ShardLoader` (the trainer builds it from the same file).
 """
 from __future__ import annotations

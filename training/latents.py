@@ -16,18 +16,18 @@ from typing import Any, Callable
 
 import torch
 
+from shards.pixels import unit_range
+from training.config import resolve_out_dir
+from training.data import build_loader
+from training.parallelize import pick_device
+from training.tasks.transformer import build_frozen_vae, build_text_encoder
+
 
 @torch.no_grad()
 def write_latents(cfg: Any, limit: int | None = None) -> list[str]:
     """Encode up to `limit` batches (default: one epoch) of a loaded pipelines.yaml (vidcurate.flow.load_config)
     into safetensors parts; returns their paths."""
     from safetensors.torch import save_file
-
-    from training.config import resolve_out_dir
-    from shards.pixels import unit_range
-    from training.data import build_loader
-    from training.parallelize import pick_device
-    from training.tasks.transformer import build_frozen_vae, build_text_encoder
 
     tcfg = cfg.training
     if tcfg.data.source == "latents":
