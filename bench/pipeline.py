@@ -7,7 +7,7 @@ input set (synthetic videos; real third-party videos from ../shared/testdata), i
 probe -> split -> filter -> caption -> shard twice on fresh roots:
 
   stages alone   `run_stages`: each stage its own Ray Data pipeline, one after the other (as
-                 `python -m curation run` does): the sum of the stages run alone
+                 `python -m vidcurate run` does): the sum of the stages run alone
   streamed       one Ray Data pipeline probe -> split -> filter.decode -> filter.score ->
                  caption-frames -> caption, each step writing its table as it goes (so the result is
                  the same dataset), then the shard stage (its plan needs every kept clip)
@@ -82,12 +82,12 @@ def write_cfg(folder: str, inputs: list[str], models: str, cpus: float = 1, node
                 "ray: {progress: false, shared_root: true}\n"  # one machine: every node sees the same disk
                 f"probe: {{resources: {t}}}\n"
                 f"split: {{min_clip_s: 1.0, resources: {t}}}\n"  # production clip size: fit 1280x720
-                f"filter:\n  demo_models: {models}\n  clip: {{model: {models}/tiny-clip}}\n"
-                f"  decode: {t}\n  model: {a}\n"
+                f"demo: {{models: {models}}}\nfilter:\n  clip: {{model: {models}/tiny-clip}}\n"
+                f"  decode: {{resources: {t}}}\n  model: {{resources: {a}}}\n"
                 "  scorers:\n    motion: {type: motion, thresholds: {mean: {min: 0.01}}}\n"
                 f"    aesthetic: {{type: aesthetic, weights: {models}/tiny-aesthetic.safetensors}}\n"
                 f"caption: {{model: {models}/tiny-vlm, max_tokens: 16, max_frames: 4, max_side: 224, sink_every: 4,\n"
-                f"          frames_resources: {{num_cpus: {task}, batch_size: 4}}, resources: {a}}}\n"
+                f"          frames: {{resources: {{num_cpus: {task}, batch_size: 4}}}}, resources: {a}}}\n"
                 f"shard: {{writer: {{max_samples_per_shard: 8, resources: {{num_cpus: {task}}}}}}}\n")
     return p
 
@@ -121,20 +121,20 @@ def flow_steps(cfg) -> tuple[list[Stage], dict]:
     from captioning.table import CAPTIONS, normalize, table_name
     from curation.filter import BASE_FIELDS, build_stages, ensure_demo_models, scores_schema
     from curation.probe import ProbeStage
-    from curation.split import SplitParams, SplitStage
+    from curation.split import SplitStage
     from curation.stage import StageResources
     from curation.storage import expand_inputs
 
     st = Storage(cfg.root)
-    ensure_demo_models(cfg.filter)
-    ccfg = prepare_model(cfg.caption)
+    ensure_demo_models(cfg.filter, cfg.demo.models)
+    ccfg = prepare_model(cfg.caption, cfg.demo.models)
     dec, sco, scorers = build_stages(st.root, cfg.filter)
     base = [k for k, _ in BASE_FIELDS]
     steps = [
         Tee(ProbeStage(cfg.probe.count_frames, StageResources.from_config(cfg.probe.resources)), st.root, "videos",
             tables.VIDEOS, keep=lambda r: not r.get("error"),
             shape=lambda s, r: {"video_id": r["video_id"], "source": r["source"], "fps": r["fps"]}),
-        Tee(SplitStage(SplitParams.from_config(cfg.split), st.root, StageResources.from_config(cfg.split.resources)),
+        Tee(SplitStage(cfg.split, st.root, StageResources.from_config(cfg.split.resources)),
             st.root, "clips", tables.CLIPS, keep=lambda r: r["status"] == "ok",
             shape=lambda s, r: {k: r.get(k) for k in base}),
         dec,

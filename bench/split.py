@@ -35,7 +35,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from curation.probe import probe_video  # noqa: E402
-from curation.split import SplitParams, detect_scenes, split_video  # noqa: E402
+from curation.config import SplitConfig  # noqa: E402
+from curation.split import detect_scenes, split_video  # noqa: E402
 from curation.storage import Storage  # noqa: E402
 
 CRF, PRESET = 22, "veryfast"  # PySceneDetect split-video's libx264 settings
@@ -75,7 +76,7 @@ def timed_cpu(fn) -> tuple[float, float, object]:
 def bench(src: str, repeat: int = 3) -> None:
     scenedetect = shutil.which("scenedetect") or os.path.join(os.path.dirname(sys.executable), "scenedetect")
     row = probe_video(src)
-    p = SplitParams(min_clip_s=0.01, max_clip_s=1e6, max_width=10000, max_height=10000, crf=CRF, preset=PRESET)
+    p = SplitConfig(min_clip_s=0.01, max_clip_s=1e6, max_width=10000, max_height=10000, crf=CRF, preset=PRESET)
     res: dict[str, float] = {}
     load0 = os.getloadavg()
     rounds: list[tuple[float, float, float, float]] = []  # ours wall, cpu; floor wall, cpu
@@ -193,8 +194,8 @@ def accuracy(td: str) -> None:
 
     torch.set_num_threads(1)
     model = load_model()
-    dets = {"content": SplitParams(), "adaptive": SplitParams(detector="adaptive", threshold=3.0),
-            "transnetv2": SplitParams(detector="transnetv2")}
+    dets = {"content": SplitConfig(), "adaptive": SplitConfig(detector="adaptive", threshold=3.0),
+            "transnetv2": SplitConfig(detector="transnetv2")}
     print(f"\n== shot detection accuracy (tolerance {TOL} frames); time = detection / bare decode, wall (cpu)")
     print(f"{'video':34s} {'detector':11s} {'P':>5s} {'R':>5s} {'F1':>5s}  {'time ratio':>14s}  cuts found")
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 import zlib
 
+from captioning.engines.base import Generation
+
 # Openings removed from the start of a caption (case-insensitive), longest first where they overlap.
 _OPENINGS = [
     r"(sure|certainly|of course)[,!.]?\s*(here(?:'s| is) (?:a |the )?(?:detailed )?description[^:]*:)?",
@@ -87,8 +89,6 @@ def generate_judged(call: "object", n: int, params: "object", retry_bad: int,
     becomes an error Generation for the whole batch (first call) or ends the retries (later calls).
     """
     from dataclasses import replace
-
-    from captioning.engines.base import Generation
 
     try:
         gens = call(list(range(n)), params)

@@ -20,7 +20,7 @@ from captioning.engines import Generation, SamplingParams
 from captioning.frames import probe_duration, sample_frames, sample_frames_from_bytes
 from captioning.models import prepare_model, prepare_text_model  # noqa: F401 (prepare_text_model: re-exported)
 from captioning.prompts import get_prompt
-from captioning.rows import _now, caption_row, plain_value, read_range  # noqa: F401 (re-exported)
+from captioning.rows import _now, caption_row, read_range  # noqa: F401 (re-exported)
 from captioning.structured import structured_columns
 from captioning.table import CAPTIONS, normalize, schema_for, table_name, write_run_info
 from captioning.windows import caption_windowed, clip_requests, sample_windows
@@ -38,13 +38,13 @@ class SampleFrames(Stage):
     name = "caption-frames"
 
     def __init__(self, cfg: CaptionConfig) -> None:
-        super().__init__(StageResources.from_config(cfg.frames_resources))
+        super().__init__(StageResources.from_config(cfg.frames.resources))
         self.cfg = cfg
 
     def process_row(self, row: dict) -> list[dict]:
         want_video = self.cfg.engine == "openai" and self.cfg.openai.video_as == "video_url"
-        duration = plain_value(row.get("duration_s"))
-        if plain_value(row.get("tar")):  # a WebDataset sample: read its mp4 member in place
+        duration = row.get("duration_s")
+        if row.get("tar"):  # a WebDataset sample: read its mp4 member in place
             data = read_range(row["tar"], int(row["offset"]), int(row["size"]))
             frames, fps = sample_frames_from_bytes(data, duration, self.cfg, f"{row['tar']}:{row['clip_id']}")
         else:
@@ -83,11 +83,10 @@ class Caption(Stage):
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         self.ensure_setup()
-        out = [self._row(r["clip_id"], Generation(error=r["error"]), 0, []) for r in rows if plain_value(r.get("error"))]
-        todo = [r for r in rows if not plain_value(r.get("error"))]
+        out = [self._row(r["clip_id"], Generation(error=r["error"]), 0, []) for r in rows if r.get("error")]
+        todo = [r for r in rows if not r.get("error")]
         if not todo:
             return out
-        todo = [{k: plain_value(v) for k, v in r.items()} for r in todo]
         reqs = clip_requests(todo, self.cfg.max_frames)
         params = SamplingParams(self.cfg.max_tokens, self.cfg.temperature, self.cfg.top_p)
         results, retries, wcols = caption_windowed(lambda rs, p: self.engine.generate(rs, self.prompt, p), todo,
@@ -200,8 +199,8 @@ def caption_steps(cfg: CaptionConfig) -> list[Stage]:
 
 
 def run(cfg: "object", ctx: "object") -> dict:
-    """Pipeline entry (`python -m curation run pipelines.yaml --stage caption`)."""
-    ccfg = prepare_model(cfg.caption)
+    """Pipeline entry (`python -m vidcurate run pipelines.yaml --stage caption`)."""
+    ccfg = prepare_model(cfg.caption, cfg.demo.models)
     counts = caption_items(ctx.storage, ccfg, clip_items(ctx.storage, ccfg), progress=cfg.ray.progress, ctx=ctx)
     if ccfg.enhance.enabled:
         from captioning.enhance import enhance_run

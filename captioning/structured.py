@@ -14,7 +14,10 @@ from __future__ import annotations
 import json
 import re
 
+from captioning.checks import check_columns
 from captioning.config import FieldsConfig
+from captioning.engines.base import SamplingParams
+from captioning.postprocess import RETRY_TEMPERATURE
 from captioning.prompts import Prompt
 
 INVALID = "fields_invalid"  # flag of a clip whose fields answer never matched the schema
@@ -74,9 +77,6 @@ def fields_columns(generate: "object", n: int, cfg: FieldsConfig, retry_bad: int
     which sends the fields prompt with the same frames as the caption requests."""
     from dataclasses import replace
 
-    from captioning.engines.base import SamplingParams
-    from captioning.postprocess import RETRY_TEMPERATURE
-
     schema = fields_schema(cfg.names, cfg.max_chars)
     prompt = fields_prompt(cfg.names)
     params = SamplingParams(cfg.max_tokens, 0.0, 1.0, json_schema=schema, regex=fields_regex(cfg.names, cfg.max_chars))
@@ -114,8 +114,6 @@ def structured_columns(engine: "object", reqs: list, caption_prompt: Prompt, res
         for i, (c, flags) in zip(ok, cols):
             out[i] = ({**out[i][0], **c}, out[i][1] + flags)
     if cfg.checks.enabled and ok:
-        from captioning.checks import check_columns
-
         cols = check_columns(lambda rs, p: engine.generate(rs, caption_prompt, p), [reqs[i] for i in ok], cfg.checks)
         for i, c in zip(ok, cols):
             out[i] = ({**out[i][0], **c}, out[i][1])

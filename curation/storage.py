@@ -10,7 +10,7 @@ import errno
 import os
 import posixpath
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import pyarrow.fs as pafs
@@ -21,6 +21,9 @@ class Storage:
     """A dataset root. `root` is a local path or a URI (s3://bucket/prefix, gs://..., file:///...)."""
 
     root: str
+    # table -> the number of the last Parquet part written through this object (curation/tables.py
+    # next_sequence lists a table once, then counts up): state of this root's writer, not a module global.
+    part_sequences: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if "://" not in self.root:

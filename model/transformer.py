@@ -111,6 +111,11 @@ class ExpertAdaLN(nn.Module):
         text = torch.addcmul(t_shift, self.norm(text), 1 + t_scale)
         return video, text, gate, t_gate
 
+    def video_only(self, video: torch.Tensor, temb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(modulated video, video gate): the text half of the modulation is not computed."""
+        shift, scale, gate = self.mod(F.silu(temb)).unsqueeze(1).chunk(6, dim=2)[:3]
+        return torch.addcmul(shift, self.norm(video), 1 + scale), gate
+
 
 class Attention(nn.Module):
     """Multi-head self-attention over the joint sequence with per-head q/k LayerNorm and video-only RoPE."""
@@ -126,31 +131,41 @@ class Attention(nn.Module):
         self.to_out = nn.Linear(num_heads * head_dim, dim, bias=True)
         self.cp = None  # model.context_parallel.ContextParallel when the video tokens are split over ranks
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _qkv(self, x: torch.Tensor, text_len: int, video_only: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v projections as one matmul over the stacked weights (one pass over x, one grad-input
-        matmul in backward); adapters (LoRA layers in place of a Linear) are called as modules."""
+        matmul in backward); with video_only, q of the video tokens only (k/v of all: text keys stay
+        visible). Adapters (LoRA layers in place of a Linear) are called as modules."""
         lin = (self.to_q, self.to_k, self.to_v)
+        xq = x[:, text_len:] if video_only else x
         if not all(type(m) is nn.Linear for m in lin):
-            return tuple(m(x) for m in lin)
-        bias = None if self.to_q.bias is None else torch.cat([m.bias for m in lin])
-        return F.linear(x, torch.cat([m.weight for m in lin]), bias).chunk(3, dim=-1)
+            return self.to_q(xq), self.to_k(x), self.to_v(x)
+        if not video_only:
+            bias = None if self.to_q.bias is None else torch.cat([m.bias for m in lin])
+            return F.linear(x, torch.cat([m.weight for m in lin]), bias).chunk(3, dim=-1)
+        bias = None if self.to_k.bias is None else torch.cat([self.to_k.bias, self.to_v.bias])
+        k, v = F.linear(x, torch.cat([self.to_k.weight, self.to_v.weight]), bias).chunk(2, dim=-1)
+        return self.to_q(xq), k, v
 
-    def forward(self, x: torch.Tensor, text_len: int, rope: torch.Tensor | None, video_tokens: int | None = None):
+    def forward(self, x: torch.Tensor, text_len: int, rope: torch.Tensor | None, video_tokens: int | None = None,
+                video_only: bool = False) -> torch.Tensor:
         """x [B, S, dim] with the first text_len tokens text; rope: complex rotations [S_video, 1, head_dim/2].
-        Under context parallelism x holds this rank's video tokens of `video_tokens` in all."""
+        Under context parallelism x holds this rank's video tokens of `video_tokens` in all. video_only:
+        only the video tokens' outputs [B, S - text_len, dim] (queries of video tokens over all keys)."""
         b, s, _ = x.shape
-        shape = (b, s, self.num_heads, self.head_dim)
-        q, k, v = self._qkv(x)
-        q = self.norm_q(q.reshape(shape))  # [B, S, H, hd]
-        k = self.norm_k(k.reshape(shape))
-        v = v.reshape(shape)
+        q, k, v = self._qkv(x, text_len, video_only)
+        q = self.norm_q(q.unflatten(-1, (self.num_heads, self.head_dim)))  # [B, Sq, H, hd]
+        k = self.norm_k(k.unflatten(-1, (self.num_heads, self.head_dim)))
+        v = v.unflatten(-1, (self.num_heads, self.head_dim))
         if rope is not None:  # rotate video tokens in place (the norm outputs are not needed by autograd)
-            q[:, text_len:] = apply_rope(q[:, text_len:], rope)
+            if video_only:
+                q = apply_rope(q, rope)
+            else:
+                q[:, text_len:] = apply_rope(q[:, text_len:], rope)
             k[:, text_len:] = apply_rope(k[:, text_len:], rope)
         if self.cp is not None:
             return self.to_out(self.cp.attention(q, k, v, text_len, video_tokens).reshape(b, s, -1))
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return self.to_out(out.transpose(1, 2).reshape(b, s, -1))
+        return self.to_out(out.transpose(1, 2).flatten(2))
 
 
 class FeedForward(nn.Module):
@@ -175,10 +190,18 @@ class Block(nn.Module):
         self.ff = FeedForward(dim, 4 * dim)
 
     def forward(self, video: torch.Tensor, text: torch.Tensor, temb: torch.Tensor,
-                rope: torch.Tensor | None = None, video_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                rope: torch.Tensor | None = None, video_tokens: int | None = None,
+                video_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(video, text) streams after the block. video_only (the last block: nothing reads its text
+        output) returns (video, None) and skips the work that only feeds the text stream: text queries,
+        their attention rows, out projection, norm and feed-forward (same video output)."""
         text_len = text.shape[1]
         h_video, h_text, gate, t_gate = self.norm1(video, text, temb)
-        out = self.attn(torch.cat([h_text, h_video], dim=1), text_len, rope, video_tokens)
+        out = self.attn(torch.cat([h_text, h_video], dim=1), text_len, rope, video_tokens, video_only)
+        if video_only:
+            video = torch.addcmul(video, gate, out)
+            h_video, gate = self.norm2.video_only(video, temb)
+            return torch.addcmul(video, gate, self.ff(h_video)), None
         video = torch.addcmul(video, gate, out[:, text_len:])
         text = torch.addcmul(text, t_gate, out[:, :text_len])
         h_video, h_text, gate, t_gate = self.norm2(video, text, temb)
@@ -336,14 +359,15 @@ class ExpertTransformer(nn.Module):
             rope = rope[start:end] if rope is not None else None
 
         grad = torch.is_grad_enabled()
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            last = i == len(self.blocks) - 1 and cp is None  # its text output is never read
             if self.gradient_checkpointing and grad:
-                video, text = checkpoint(block, video, text, temb, rope, n, use_reentrant=False)
+                video, text = checkpoint(block, video, text, temb, rope, n, last, use_reentrant=False)
             elif self.selective_recompute and grad and cp is None:  # (cp: no collectives re-run in backward)
-                video, text = checkpoint(block, video, text, temb, rope, n, use_reentrant=False,
+                video, text = checkpoint(block, video, text, temb, rope, n, last, use_reentrant=False,
                                          context_fn=partial(create_selective_checkpoint_contexts, _keep_matmuls))
             else:
-                video, text = block(video, text, temb, rope, n)
+                video, text = block(video, text, temb, rope, n, last)
 
         video = self.norm_final(video)
         shift, scale = self.out_mod(F.silu(temb)).unsqueeze(1).chunk(2, dim=2)

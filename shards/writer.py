@@ -1,6 +1,6 @@
 """Shard stage: kept, captioned clips -> WebDataset tars + index.parquet + a stats summary per run.
 
-    python -m curation run pipelines.yaml --stage shard
+    python -m vidcurate run pipelines.yaml --stage shard
 
 1. Join (driver): clips (status "ok") x scores (passed) x dedup (duplicates out, when that stage ran)
    x one captions run (latest by default); keep clips that passed and have a caption. Every clip that
@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from captioning.table import read_captions as read_run
 from curation import tables
 from curation.stage import Stage, StageResources
 from curation.kept import duplicates as kept_duplicates, kept_view
@@ -93,8 +94,6 @@ def latest_captions_run(storage: Storage) -> str | None:
 
 def read_captions(storage: Storage, run: str) -> dict[str, dict]:
     """clip_id -> caption row of a run, by the captions table's own rule (a caption beats an error)."""
-    from captioning.table import read_captions as read_run
-
     return {r["clip_id"]: r for r in read_run(storage, run).to_pylist()}
 
 

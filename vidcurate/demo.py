@@ -1,4 +1,4 @@
-"""`python -m curation demo [pipelines.yaml]`: the whole flow on generated sample videos, one command.
+"""`python -m vidcurate demo [pipelines.yaml]`: the whole flow on generated sample videos, one command.
 
 probe -> split -> filter -> caption -> shard (one Ray run), then the report, a short tiny-VAE training
 on the shards, a short tiny-transformer training on that VAE's latents (the VAE's diffusers export,
@@ -77,7 +77,7 @@ def run_demo(config: str, overrides: list[str], verbose: bool = False) -> int:
     cfg = load_config(config, FILTER + CAPTION + overrides)
     ctx = run_stages(cfg, stage_names(cfg), verbose=verbose)
     root = cfg.root
-    from curation.inspect import main as inspect_main
+    from vidcurate.inspect import main as inspect_main
 
     report = os.path.join(root, "report", "index.html")
     inspect_main(root, html="")

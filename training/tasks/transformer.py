@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from shards.pixels import unit_range
 from training.config import TINY_RANDOM, TrainingConfig
 from training.tasks.base import Task
 from training.tasks.vae import build_vae
@@ -194,7 +195,7 @@ class TransformerTask(Task):
             x = batch["frames"]
             if self.cfg.data.image_ratio and float(torch.rand(1, generator=self.gen)) < self.cfg.data.image_ratio:
                 x = x[:, :1]  # this step trains on images: the first frame as a 1-frame video
-            x = x.to(dev, self.vae_dtype).transpose(1, 2)
+            x = unit_range(x, dev, self.vae_dtype).transpose(1, 2)
             post = self.vae.encode(x)
             noise = torch.randn(post.mean.shape, generator=self.gen).to(dev, post.mean.dtype)
             z = (post.mean + post.std * noise).float() * self.vae.scaling_factor
@@ -215,7 +216,7 @@ class TransformerTask(Task):
         from model.i2v import condition, image_scale, noise_images
 
         tc, dev = self.cfg.transformer, self.info.device
-        noisy = noise_images(frames.float(), self.gen, tc.image_noise_mean, tc.image_noise_std)
+        noisy = noise_images(unit_range(frames), self.gen, tc.image_noise_mean, tc.image_noise_std)
         post = self.vae.encode(noisy.to(dev, self.vae_dtype)[:, :, None])
         noise = torch.randn(post.mean.shape, generator=self.gen).to(dev, post.mean.dtype)
         scale = image_scale(self.vae.scaling_factor, self.vae.config.invert_scale_latents)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from shards.pixels import unit_range
 from training.losses import LPIPS, PatchDiscriminator3D, hinge_d_loss, psnr
 from training.tasks.base import Task
 
@@ -116,7 +117,7 @@ class VAETask(Task):
     def forward_backward(self, batch: dict[str, Any], step: int) -> dict[str, Any]:
         c = self.cfg.vae
         vae = self.models["vae"]
-        x = batch["frames"].to(self.info.device, non_blocking=True).transpose(1, 2)  # [B, C, F, H, W]
+        x = unit_range(batch["frames"], self.info.device, non_blocking=True).transpose(1, 2)  # [B, C, F, H, W]
         if (x.shape[2] - 1) % 8:
             raise ValueError(f"VAE training batch has {x.shape[2]} frames: the CogVideoX VAE reproduces 8N+1 frames "
                              f"(1, 9, 17, ...; an even latent count decodes to 4 extra frames); fix the buckets")
