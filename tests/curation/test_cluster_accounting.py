@@ -138,7 +138,7 @@ def test_pool_keys_are_validated_with_their_path(tmp_path):
     with pytest.raises(ConfigError, match=r"split\.resources: .*max_workers \(2\) must be >= min_workers \(3\)"):
         load_config(str(p), check_inputs=False)
     p.write_text("root: r\ninputs: [x]\nfilter: {model: {workers: 1, min_workers: 2}}\n")
-    with pytest.raises(ConfigError, match=r"filter\.model: .*either workers .* or min_workers/max_workers"):
+    with pytest.raises(ConfigError, match=r"filter\.model\.resources: .*either workers .* or min_workers/max_workers"):
         load_config(str(p), check_inputs=False)
     p.write_text("root: r\ninputs: [x]\ncaption: {resources: {workers: null, min_workers: 1, max_workers: 3}}\n")
     assert load_config(str(p), check_inputs=False).caption.resources.max_workers == 3
