@@ -43,7 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 # Natural tags that do not make a clean clip unclean for the whole rule set (bars, a handheld camera and
 # text that is part of the scene are all kept by design).
-BENIGN = {"letterbox", "border", "handheld", "scene_text"}
+BENIGN = {"letterbox", "border", "moved_border", "handheld", "scene_text"}
 # Clips and scores are cached per user, outside the repository (a few hundred MB; delete it to start over).
 DEFAULT_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vidcurate", "judgement")
 DOC_BEGIN, DOC_END = "<!-- judgement-table:begin -->", "<!-- judgement-table:end -->"

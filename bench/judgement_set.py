@@ -50,7 +50,15 @@ SOURCES = [
     Source("interview", "scenedetect/issue-195-aspect-ratio.mp4", "calibration", ((0, 26, ("logo", "overlay_text")),)),
     Source("pancake", "decord/flipping_a_pancake.mkv", "calibration", ((0, 11, ("handheld",)),)),
     Source("bbb", "bbb/bigbuckbunny.mp4", "report"),
-    Source("leaf", "scenedetect/testvideo.mp4", "report", ((0, 25, ("watermark", "overlay_text")),)),
+    # The leaf video is a slideshow of still photographs (looked at: frames 60 and 120 are the same picture),
+    # held 1-3.4 s between short crossfades and moves: consecutive frames at 256 px differ by <= 0.05 grey
+    # levels over (2.6, 5.97), (8.01, 11.01), (12.01, 13.11), (14.21, 15.98), (16.62, 17.62), (18.69, 19.79),
+    # (19.82, 21.19) s. Spans are shrunk by 0.5 s a side, so a window is tagged only where it holds >= 0.5 s
+    # of a held picture (what the frozen rule looks for).
+    Source("leaf", "scenedetect/testvideo.mp4", "report",
+           ((0, 25, ("watermark", "overlay_text")),) + tuple((a + 0.5, b - 0.5, ("slideshow",)) for a, b in (
+               (2.6, 5.97), (6.01, 7.01), (8.01, 11.01), (12.01, 13.11), (14.21, 15.98), (16.62, 17.62),
+               (18.69, 19.79), (19.82, 21.19)) if b - a > 1.0)),
     Source("goldeneye", "scenedetect/goldeneye-vfr-drop3.mp4", "report", ((0, 10, ("scene_text",)),)),  # screen UI
     Source("cartoon", "scenedetect/issue-236-split-copy.mkv", "report"),
 ]
@@ -491,17 +499,26 @@ def kind_tags(kind: str) -> list[str]:
 # is text that moves with the camera, which no stability test can call an overlay: "moved_overlay"
 # (the text judgements ignore it: neither a positive nor a negative).
 OVERLAY_TAGS = {"overlay_text", "logo", "watermark", "title_card", "subtitles", "lower_third"}
+# Likewise the source's own bars (Sintel's letterbox): a moving 0.8-scale crop cuts them off or moves them
+# with the picture, so whether the clip still has stable bars is ambiguous: "moved_border" (ignored by the
+# borders judgement).
+BORDER_TAGS = {"letterbox", "border"}
 
 
 def relabel(clips: list[Clip], sources: list[Source], spans: dict[str, list]) -> list[Clip]:
     """Tags = the kind's own + the natural tags of the window's time range (as SOURCES says now); on
-    camera-move clips the natural overlay tags become "moved_overlay"."""
+    camera-move clips the natural overlay tags become "moved_overlay", bars "moved_border", and a held
+    picture ("slideshow") is no longer held."""
     by_name = {s.name: s for s in sources}
     for c in clips:
         wi = int(c.window.rsplit("-w", 1)[1])
         natural = set(natural_tags(by_name[c.source], *spans[c.source][wi]))
         if c.kind in CAMERA and natural & OVERLAY_TAGS:
             natural = (natural - OVERLAY_TAGS) | {"moved_overlay"}
+        if c.kind in CAMERA and natural & BORDER_TAGS:
+            natural = (natural - BORDER_TAGS) | {"moved_border"}
+        if c.kind in CAMERA:
+            natural.discard("slideshow")  # the moving crop moves the held picture: no longer held
         c.tags = sorted(set(kind_tags(c.kind)) | natural)
     return clips
 
