@@ -51,14 +51,13 @@ SOURCES = [
     Source("pancake", "decord/flipping_a_pancake.mkv", "calibration", ((0, 11, ("handheld",)),)),
     Source("bbb", "bbb/bigbuckbunny.mp4", "report"),
     # The leaf video is a slideshow of still photographs (looked at: frames 60 and 120 are the same picture),
-    # held 1-3.4 s between short crossfades and moves: consecutive frames at 256 px differ by <= 0.05 grey
-    # levels over (2.6, 5.97), (8.01, 11.01), (12.01, 13.11), (14.21, 15.98), (16.62, 17.62), (18.69, 19.79),
-    # (19.82, 21.19) s. Spans are shrunk by 0.5 s a side, so a window is tagged only where it holds >= 0.5 s
-    # of a held picture (what the frozen rule looks for).
+    # held about 1-3 s between short moves: consecutive frames at 256 px differ by <= 0.15 grey levels (moves:
+    # 2-3.3) over the spans below. Spans are shrunk by 0.45 s a side, so a window is tagged where it holds
+    # about 0.5 s or more of a held picture (what the frozen rule looks for).
     Source("leaf", "scenedetect/testvideo.mp4", "report",
-           ((0, 25, ("watermark", "overlay_text")),) + tuple((a + 0.5, b - 0.5, ("slideshow",)) for a, b in (
-               (2.6, 5.97), (6.01, 7.01), (8.01, 11.01), (12.01, 13.11), (14.21, 15.98), (16.62, 17.62),
-               (18.69, 19.79), (19.82, 21.19)) if b - a > 1.0)),
+           ((0, 25, ("watermark", "overlay_text")),) + tuple((a + 0.45, b - 0.45, ("slideshow",)) for a, b in (
+               (0.0, 0.97), (1.0, 2.57), (2.6, 5.97), (6.01, 7.01), (8.01, 11.01), (12.01, 13.11), (14.11, 15.98),
+               (16.42, 17.62), (18.62, 19.79), (19.82, 22.12)))),
     Source("goldeneye", "scenedetect/goldeneye-vfr-drop3.mp4", "report", ((0, 10, ("scene_text",)),)),  # screen UI
     Source("cartoon", "scenedetect/issue-236-split-copy.mkv", "report"),
 ]
