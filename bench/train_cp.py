@@ -88,10 +88,16 @@ def comm_bytes_per_step(params: int, dim: int, layers: int, text: int, video: in
 # --- measurement --------------------------------------------------------------------------------------------
 def _step(model, batch, cp) -> float:
     """Forward + MSE + backward with `cp` (a ContextParallel, or None for the whole sequence on this rank)."""
-    model.enable_context_parallel(cp)
-    out = model(batch["latents"], batch["text"], batch["t"])
-    loss = ((out - batch["target"]) ** 2).mean()
-    loss.backward()
+    from training.parallelize import apply_context_parallel
+
+    undo = apply_context_parallel(model, cp) if cp is not None else None
+    try:
+        out = model(batch["latents"], batch["text"], batch["t"])
+        loss = ((out - batch["target"]) ** 2).mean()
+        loss.backward()
+    finally:
+        if undo is not None:
+            undo()
     model.zero_grad(set_to_none=True)
     return float(loss.detach())
 

@@ -10,6 +10,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, RootModel, ValidationInfo, field_validator, model_validator
 
 from captioning.prompts import check_placeholders
+from curation.config import ConfigError, apply_overrides
 from curation.schema import Resources, Step, Strict as _Strict, deprecated, move_key, warnings_at
 
 
@@ -320,8 +321,6 @@ def load_caption_config(path: str | None, overrides: list[str], run: str | None)
 
     import yaml
     from pydantic import ValidationError
-
-    from curation.config import ConfigError, apply_overrides
 
     if path:
         if not os.path.isfile(path):

@@ -20,8 +20,9 @@ from typing import Callable
 
 from captioning import postprocess
 from captioning.camera import CAMERA_COLUMN, camera_phrase, camera_types, mentions_camera
-from captioning.config import CaptionConfig, EnhanceConfig
-from captioning.engines import Generation, SamplingParams, TextRequest
+from captioning.config import CaptionConfig, EnhanceConfig, demo_models_of, load_caption_config
+from captioning.engines import Generation, SamplingParams, TextRequest, make_text_engine
+from captioning.models import prepare_text_model
 from captioning.prompts import get_text_prompt, render
 from captioning.rows import caption_row
 from captioning.table import CAPTIONS, frame_lists, normalize, read_captions, table_name, write_run_info
@@ -61,8 +62,6 @@ class Enhance(Stage):
         self.engine = None
 
     def setup(self) -> None:
-        from captioning.engines import make_text_engine
-
         self.engine = make_text_engine(self.e)
 
     def request(self, r: dict) -> TextRequest:
@@ -172,10 +171,6 @@ def enhance_run(storage: Storage, cfg: CaptionConfig, local: bool = False, progr
 def expand_prompts(prompts: list[str], config: str | None = None, overrides: list[str] | None = None) -> list[str]:
     """Each short prompt expanded by the `caption.enhance` LM of `config` (pipelines.yaml) with its
     `expand_prompt` template. Raises ValueError naming the prompt that got no expansion."""
-    from captioning.config import demo_models_of, load_caption_config
-    from captioning.engines import make_text_engine
-    from captioning.models import prepare_text_model
-
     e = prepare_text_model(load_caption_config(config, overrides or [], None).enhance, demo_models_of(config))
     tmpl = get_text_prompt(e.expand_prompt, None, "caption.enhance.expand_prompt")
     reqs = []

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Callable, TypeVar
 
-from captioning.config import CaptionConfig
+from captioning.config import CaptionConfig, TextLMConfig
 from captioning.smollm2 import resolve_packaged
 from captioning.tiny_lm import build_tiny_text_lm
 from captioning.tiny_vlm import build_tiny_qwen25_vl
 from curation.runner import output_to_log
 
+M = TypeVar("M", CaptionConfig, TextLMConfig)  # a model config with `model`: the caption or a text LM
 
-def prepare_text_model(t: "object", demo_models: str | None = None) -> "object":
+
+def prepare_text_model(t: TextLMConfig, demo_models: str | None = None) -> TextLMConfig:
     """prepare_model for a TextLMConfig (summary, enhance): absolute folder; a `packaged:` model's converted
     folder; the tiny text LM when the model lies under `demo_models` (demo.models)."""
     if t.engine == "openai":
@@ -24,7 +27,7 @@ def prepare_text_model(t: "object", demo_models: str | None = None) -> "object":
     return _absolute(t)
 
 
-def _build_demo(folder: str, build: "object", what: str) -> None:
+def _build_demo(folder: str, build: Callable[[str], object], what: str) -> None:
     """Build a tiny random demo model in `folder` when it holds none yet."""
     if os.path.exists(os.path.join(folder, "config.json")):
         return
@@ -38,7 +41,7 @@ def _under(model: str, folder: str | None) -> bool:
     return bool(folder) and os.path.abspath(model).startswith(os.path.abspath(folder) + os.sep)
 
 
-def _absolute(cfg: "object") -> "object":
+def _absolute(cfg: M) -> M:
     """A local model folder as an absolute path (Ray workers do not share the driver's working dir)."""
     if os.path.isdir(cfg.model):
         return cfg.model_copy(update={"model": os.path.abspath(cfg.model)})

@@ -14,7 +14,7 @@ import posixpath
 import tarfile
 import tempfile
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from captioning.config import CaptionConfig
 from captioning.table import read_captions
@@ -124,7 +124,7 @@ def write_shards(storage: Storage, run: str, shards: list[str], out: str, captio
 
 def recaption(root: str, cfg: CaptionConfig, shards: list[str] | None = None, out: str | None = None,
               caption_key: str = "txt", video_ext: str = "mp4", local: bool = False,
-              on_part: "object" = None, demo_models: str | None = None) -> dict:
+              on_part: Callable[[dict], None] | None = None, demo_models: str | None = None) -> dict:
     """Caption a dataset's clips table (shards=None) or WebDataset shards into `captions/<cfg.run>`.
 
     With `out` (shards input only), also write the re-captioned shards. `demo_models`: demo.models (a missing

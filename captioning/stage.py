@@ -16,18 +16,21 @@ import time
 from typing import Callable
 
 from captioning.config import CaptionConfig
-from captioning.engines import Generation, SamplingParams
+from captioning.engines import Generation, SamplingParams, make_engine
+from captioning.enhance import enhance_run
 from captioning.frames import probe_duration, sample_frames, sample_frames_from_bytes
 from captioning.models import prepare_model, prepare_text_model  # noqa: F401 (prepare_text_model: re-exported)
 from captioning.prompts import get_prompt
 from captioning.rows import _now, caption_row, read_range  # noqa: F401 (re-exported)
 from captioning.structured import structured_columns
+from captioning.summary import CaptionFrames, SampleKeyFrames, Summarize, reusable_frames
 from captioning.table import CAPTIONS, normalize, schema_for, table_name, write_run_info
 from captioning.windows import caption_windowed, clip_requests, sample_windows
 from curation.kept import kept_view
 from curation.stage import Stage, StageResources
 from curation.table_stage import TableStage, execute
 from curation.storage import Storage
+from curation.tables import write_part
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +80,6 @@ class Caption(Stage):
         self.engine = None
 
     def setup(self) -> None:
-        from captioning.engines import make_engine
-
         self.engine = make_engine(self.cfg)
 
     def __call__(self, rows: list[dict]) -> list[dict]:
@@ -137,7 +138,6 @@ class CaptionTable(TableStage):
     def items(self) -> list[dict]:
         if self.cfg.mode != "frames_then_summary":
             return self._items
-        from captioning.summary import reusable_frames
 
         reuse = reusable_frames(self.storage, self.cfg)
         # Every item carries the same keys (Ray Data blocks need one schema); a clip whose summary failed
@@ -160,8 +160,6 @@ class CaptionTable(TableStage):
         return [normalize(r) for r in rows]
 
     def write(self, rows: list[dict]) -> None:
-        from curation.tables import write_part
-
         # the field_/check_ columns of caption.fields and caption.checks follow the fixed ones
         write_part(self.storage, self.table, rows, schema_for(rows))
 
@@ -192,8 +190,6 @@ def caption_items(storage: Storage, cfg: CaptionConfig, items: list[dict], local
 def caption_steps(cfg: CaptionConfig) -> list[Stage]:
     """The pipeline steps of `cfg.mode` (prompts are checked here, before any work)."""
     if cfg.mode == "frames_then_summary":
-        from captioning.summary import CaptionFrames, SampleKeyFrames, Summarize
-
         return [SampleKeyFrames(cfg), CaptionFrames(cfg), Summarize(cfg)]
     return [SampleFrames(cfg), Caption(cfg)]
 
@@ -203,7 +199,5 @@ def run(cfg: "object", ctx: "object") -> dict:
     ccfg = prepare_model(cfg.caption, cfg.demo.models)
     counts = caption_items(ctx.storage, ccfg, clip_items(ctx.storage, ccfg), progress=cfg.ray.progress, ctx=ctx)
     if ccfg.enhance.enabled:
-        from captioning.enhance import enhance_run
-
         counts["enhance"] = enhance_run(ctx.storage, ccfg, progress=cfg.ray.progress, ctx=ctx)
     return counts

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Callable
 
 from captioning.checks import check_columns
-from captioning.config import FieldsConfig
-from captioning.engines.base import SamplingParams
+from captioning.config import CaptionConfig, FieldsConfig
+from captioning.engines.base import Engine, Generation, SamplingParams
 from captioning.postprocess import RETRY_TEMPERATURE
 from captioning.prompts import Prompt
 
@@ -72,7 +73,8 @@ def empty_columns(names: dict[str, str]) -> dict[str, None]:
     return {f"field_{k}": None for k in names}
 
 
-def fields_columns(generate: "object", n: int, cfg: FieldsConfig, retry_bad: int | None = None) -> list[tuple[dict, list[str]]]:
+def fields_columns(generate: Callable[[list[int], Prompt, SamplingParams], list[Generation]], n: int, cfg: FieldsConfig,
+                   retry_bad: int | None = None) -> list[tuple[dict, list[str]]]:
     """For n requests: ({field_<name>: value or None}, flags), via `generate(indices, prompt, params)`,
     which sends the fields prompt with the same frames as the caption requests."""
     from dataclasses import replace
@@ -102,8 +104,8 @@ def fields_columns(generate: "object", n: int, cfg: FieldsConfig, retry_bad: int
     return out
 
 
-def structured_columns(engine: "object", reqs: list, caption_prompt: Prompt, results: list[tuple],
-                       cfg: "object") -> list[tuple[dict, list[str]]]:
+def structured_columns(engine: Engine, reqs: list, caption_prompt: Prompt, results: list[tuple],
+                       cfg: CaptionConfig) -> list[tuple[dict, list[str]]]:
     """The field_/check_ columns and extra flags of each captioned request of the caption stage (`results`:
     generate_judged's (generation, text, flags) per request). Requests whose caption failed get none."""
     ok = [i for i, (g, _, _) in enumerate(results) if g.error is None]

@@ -21,10 +21,11 @@ import numpy as np
 
 from captioning import postprocess
 from captioning.config import CaptionConfig
-from captioning.engines import CaptionRequest, Generation, SamplingParams, TextRequest
+from captioning.engines import CaptionRequest, Generation, SamplingParams, TextRequest, make_engine, make_text_engine
 from captioning.frames import encode_jpeg, probe_duration, sample_frames
 from captioning.prompts import combined_hash, get_prompt, get_text_prompt, render
 from captioning.rows import caption_row, read_range
+from captioning.table import frame_lists, read_captions
 from curation.stage import Stage, StageResources
 from curation.video import VideoError, iter_frames
 
@@ -115,8 +116,6 @@ class CaptionFrames(Stage):
         self.engine = None
 
     def setup(self) -> None:
-        from captioning.engines import make_engine
-
         self.engine = make_engine(self.cfg)
 
     def __call__(self, rows: list[dict]) -> list[dict]:
@@ -192,8 +191,6 @@ class Summarize(Stage):
         self.engine = None
 
     def setup(self) -> None:
-        from captioning.engines import make_text_engine
-
         self.engine = make_text_engine(self.cfg.summary)
 
     def __call__(self, rows: list[dict]) -> list[dict]:
@@ -238,8 +235,6 @@ class Summarize(Stage):
 def reusable_frames(storage: "object", cfg: CaptionConfig) -> dict[str, dict]:
     """Frame captions (and short video captions) of the run's error rows that failed after the VLM step,
     by clip id: a re-run summarises them again instead of captioning the frames again."""
-    from captioning.table import frame_lists, read_captions
-
     out = {}
     for r in read_captions(storage, cfg.run).to_pylist():
         if r["error"] and r["error"].startswith("summary:") and r["frame_captions"] and r["model"] == cfg.model:

@@ -20,7 +20,8 @@ from curation.select import SelectConfig
 from curation.filters.config import FilterConfig, Resources, resolve_path  # noqa: F401 (Resources: every stage's)
 from curation.prefilter import PrefilterConfig
 from curation.schema import Strict, deprecated, warnings_at
-from curation.uris import scrub
+from curation.storage import expand_inputs
+from curation.uris import redact, scrub
 
 
 class ConfigError(ValueError):
@@ -226,8 +227,6 @@ def load_config(path: str, overrides: list[str] | None = None, check_inputs: boo
     except ValidationError as e:
         raise ConfigError(scrub(f"{path}: invalid configuration\n{_format(e)}")) from None
     if check_inputs:
-        from curation.storage import expand_inputs
-        from curation.uris import redact
         missing = [p for p in cfg.inputs if not expand_inputs([p])]
         if missing:
             raise ConfigError(f"{path}: inputs: no file matches {', '.join(redact(m) for m in missing)}")

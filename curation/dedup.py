@@ -35,6 +35,7 @@ from pydantic import Field, field_validator, model_validator
 from curation import tables
 from curation.schema import Resources, Step, Strict, move_key, step_resources
 from curation.stage import Stage, StageResources
+from curation.storage import Storage
 from curation.table_stage import TableStage, execute
 
 DEDUP = pa.schema([
@@ -116,8 +117,6 @@ class HashStage(Stage):
         self.root, self.frames = root, frames
 
     def setup(self) -> None:
-        from curation.storage import Storage
-
         self.storage = Storage(self.root)
 
     def process_row(self, row: dict) -> list[dict]:

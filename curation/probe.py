@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from curation import tables
+from curation.config import BaseConfig
+from curation.pipeline import RunContext
 from curation.prefilter import PrefilterConfig, bits_per_pixel, prefilter_reasons
 from curation.stage import Stage, StageResources
 from curation.storage import Storage, expand_inputs, filesystem
@@ -143,7 +145,7 @@ class ProbeTable(TableStage):
         self.prefilter, self.min_clip_s = prefilter, min_clip_s
 
     @classmethod
-    def from_run(cls, cfg: "object", ctx: "object") -> "ProbeTable":
+    def from_run(cls, cfg: BaseConfig, ctx: RunContext) -> "ProbeTable":
         return cls(ctx.storage, cfg.inputs, cfg.probe.count_frames, StageResources.from_config(cfg.probe.resources),
                    cfg.probe.prefilter, cfg.split.min_clip_s)
 

@@ -15,6 +15,8 @@ from typing import Iterator
 
 import pyarrow.fs as pafs
 
+from curation import retry
+
 
 @dataclass
 class Storage:
@@ -58,7 +60,6 @@ class Storage:
         """A filesystem call; on object stores, transient errors are retried and counted (curation/retry.py)."""
         if self.is_local:
             return fn(*args, **kw)
-        from curation import retry
 
         return retry.call(op, fn, *args, **kw)
 

@@ -179,8 +179,9 @@ class ContextParallel:
         return full.movedim(0, 2)
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_len: int, n: int) -> torch.Tensor:
-        """Full attention of [text; all video] for this rank's rows. q, k, v [B, text_len + n_local, H, D]
-        (text replicated, video this rank's slice of n tokens); returns [B, text_len + n_local, H, D]."""
+        """Full attention of [text; all video] for this rank's rows. k, v [B, text_len + n_local, H, D]
+        (text replicated, video this rank's slice of n tokens); q the same rows, or only the video ones
+        (a last block, whose text output nothing reads); returns q's rows [B, Sq, H, D]."""
         if self.attention_kind == "ulysses":
             return self._ulysses(q, k, v, text_len, n)
         return self._allgather(q, k, v, text_len, n)
@@ -199,15 +200,33 @@ class ContextParallel:
                              f"use training.parallel.cp_attention: allgather")
         hl = heads // self.world
         hs = slice(self.rank * hl, (self.rank + 1) * hl)
-        qkv = torch.stack([q[:, text_len:], k[:, text_len:], v[:, text_len:]])  # one all-to-all for the three
+        video_only = q.shape[1] < k.shape[1]
+        qv = q if video_only else q[:, text_len:]
+        qkv = torch.stack([qv, k[:, text_len:], v[:, text_len:]])  # one all-to-all for the three
         three, b, s, h, d = qkv.shape
         qkv = self._seq_to_heads(qkv.reshape(three * b, s, h, d), n).reshape(three, b, n, hl, d)
-        q_, k_, v_ = (torch.cat([t[:, :text_len, hs], qkv[i]], dim=1).transpose(1, 2)
-                      for i, t in enumerate((q, k, v)))
+        k_, v_ = (torch.cat([t[:, :text_len, hs], qkv[i + 1]], dim=1).transpose(1, 2) for i, t in enumerate((k, v)))
+        if video_only:
+            out = F.scaled_dot_product_attention(qkv[0].transpose(1, 2), k_, v_).transpose(1, 2)  # [B, n, H/cp, D]
+            return self._heads_to_seq(out, n)
+        q_ = torch.cat([q[:, :text_len, hs], qkv[0]], dim=1).transpose(1, 2)
         out = F.scaled_dot_product_attention(q_, k_, v_).transpose(1, 2)  # [B, L + n, H/cp, D]
         text_out = self._gather_heads(out[:, :text_len])
         video_out = self._heads_to_seq(out[:, text_len:], n)
         return torch.cat([text_out, video_out], dim=1)
+
+
+class ContextParallelAttention(torch.nn.Module):
+    """Drop-in for model.transformer.SDPA (Attention.core) that attends over the video tokens of every
+    rank of `cp` (training.parallelize.apply_context_parallel swaps it in)."""
+
+    def __init__(self, cp: ContextParallel):
+        super().__init__()
+        self.cp = cp
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_len: int,
+                video_tokens: int | None = None) -> torch.Tensor:
+        return self.cp.attention(q, k, v, text_len, video_tokens)
 
 
 # -- VAE: frames split across ranks ----------------------------------------------------------------------

@@ -129,7 +129,9 @@ class Attention(nn.Module):
         self.norm_q = nn.LayerNorm(head_dim, eps=qk_eps)
         self.norm_k = nn.LayerNorm(head_dim, eps=qk_eps)
         self.to_out = nn.Linear(num_heads * head_dim, dim, bias=True)
-        self.cp = None  # model.context_parallel.ContextParallel when the video tokens are split over ranks
+        # the attention kernel, a module so that a parallelism applied from outside can swap it
+        # (training.parallelize.apply_context_parallel puts an exact distributed one here)
+        self.core = SDPA()
 
     def _qkv(self, x: torch.Tensor, text_len: int, video_only: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v projections as one matmul over the stacked weights (one pass over x, one grad-input
@@ -149,7 +151,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, text_len: int, rope: torch.Tensor | None, video_tokens: int | None = None,
                 video_only: bool = False) -> torch.Tensor:
         """x [B, S, dim] with the first text_len tokens text; rope: complex rotations [S_video, 1, head_dim/2].
-        Under context parallelism x holds this rank's video tokens of `video_tokens` in all. video_only:
+        When the video tokens are split over ranks from outside, x holds this rank's video tokens of
+        `video_tokens` in all (the swapped `core` knows how to attend over all of them). video_only:
         only the video tokens' outputs [B, S - text_len, dim] (queries of video tokens over all keys)."""
         b, s, _ = x.shape
         q, k, v = self._qkv(x, text_len, video_only)
@@ -162,10 +165,16 @@ class Attention(nn.Module):
             else:
                 q[:, text_len:] = apply_rope(q[:, text_len:], rope)
             k[:, text_len:] = apply_rope(k[:, text_len:], rope)
-        if self.cp is not None:
-            return self.to_out(self.cp.attention(q, k, v, text_len, video_tokens).reshape(b, s, -1))
+        return self.to_out(self.core(q, k, v, text_len, video_tokens).flatten(2))
+
+
+class SDPA(nn.Module):
+    """Attention of queries [B, Sq, H, D] over keys/values [B, S, H, D] -> [B, Sq, H, D] (no parameters)."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_len: int,
+                video_tokens: int | None = None) -> torch.Tensor:
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return self.to_out(out.transpose(1, 2).flatten(2))
+        return out.transpose(1, 2)
 
 
 class FeedForward(nn.Module):
@@ -245,16 +254,6 @@ class ExpertTransformer(nn.Module):
         # tokens on CPU, 1.27x less peak memory for 1-5% more step time (bench/model.py); False keeps all
         self.selective_recompute = True
         self._pos_cache: dict = {}
-        self.context_parallel = None  # set by enable_context_parallel
-
-    def enable_context_parallel(self, cp) -> None:
-        """Split the video tokens over the ranks of `cp` (model.context_parallel.ContextParallel): each
-        rank runs its slice through every block, text tokens stay whole on every rank, and the output is
-        gathered before unpatchify, so every rank returns the full prediction."""
-        self.context_parallel = cp
-        for m in self.modules():
-            if isinstance(m, Attention):
-                m.cp = cp
 
     # -- positions ---------------------------------------------------------------------------------
     def _sample_tokens(self) -> int:
@@ -352,18 +351,14 @@ class ExpertTransformer(nn.Module):
         else:
             video = video + pos
 
-        cp, n = self.context_parallel, video.shape[1]
-        if cp is not None:  # this rank's slice of the video tokens and of their rotations
-            start, end = cp.bounds(n)
-            video = cp.shard(video)
-            rope = rope[start:end] if rope is not None else None
-
-        grad = torch.is_grad_enabled()
+        # blocks are called with positional arguments (video, text, temb, rope, video tokens, last): an
+        # outside parallelism hooks them there (training.parallelize.apply_context_parallel)
+        n, grad = video.shape[1], torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            last = i == len(self.blocks) - 1 and cp is None  # its text output is never read
+            last = i == len(self.blocks) - 1  # its text output is never read
             if self.gradient_checkpointing and grad:
                 video, text = checkpoint(block, video, text, temb, rope, n, last, use_reentrant=False)
-            elif self.selective_recompute and grad and cp is None:  # (cp: no collectives re-run in backward)
+            elif self.selective_recompute and grad:
                 video, text = checkpoint(block, video, text, temb, rope, n, last, use_reentrant=False,
                                          context_fn=partial(create_selective_checkpoint_contexts, _keep_matmuls))
             else:
@@ -372,10 +367,7 @@ class ExpertTransformer(nn.Module):
         video = self.norm_final(video)
         shift, scale = self.out_mod(F.silu(temb)).unsqueeze(1).chunk(2, dim=2)
         video = torch.addcmul(shift, self.out_norm(video), 1 + scale)
-        out = self.proj_out(video)
-        if cp is not None:
-            out = cp.gather(out, n)
-        return self.unpatchify(out, f, h, w)
+        return self.unpatchify(self.proj_out(video), f, h, w)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

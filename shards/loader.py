@@ -326,11 +326,12 @@ def _decode_pyav(data: bytes, plan: Plan, bucket: Bucket, info: Info, threads: i
                         return out
     except av.error.FFmpegError as e:
         raise SampleError(f"decode failed after {got} of {len(plan.indices)} frames ({e})") from None
-    if seeking and got == 0:
-        raise _ByCount
+    short = prev is None or len(targets) - got > 2
+    if (seeking or skipping) and short:
+        raise _ByCount  # timestamps that do not follow the frame rate (variable rate): count frames as before
     # Headers can over-state the frame count by a frame or two: repeat the last frame then;
     # a bigger shortfall means a truncated clip.
-    if prev is None or len(targets) - got > 2:
+    if short:
         raise SampleError(f"clip ended after {got} of {len(plan.indices)} sampled frames (needs frame {last})")
     for _, k in targets[got:]:
         out[k] = prev

@@ -104,7 +104,8 @@ def higher_table_paths(repo: str = REPO, pkg: str = "curation") -> list[str]:
                 continue
             path = os.path.join(dirpath, f)
             tree = ast.parse(open(path).read())
-            docs = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+            docs = {id(n.value) for n in ast.walk(tree)
+                    if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
             for node in ast.walk(tree):
                 if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
                     head = node.value.split("/")[0]

@@ -15,6 +15,7 @@ import datetime
 import os
 import socket
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -191,6 +192,48 @@ def context_parallel(cfg: ParallelConfig, info: DistInfo, num_heads: int):
         raise ValueError(f"training.parallel.cp_attention: ulysses needs num_heads ({num_heads}) divisible by "
                          f"cp_size ({info.cp_size}); use allgather or auto")
     return ContextParallel(info.cp_group, kind)
+
+
+def apply_context_parallel(model: nn.Module, cp) -> Callable[[], None]:
+    """Split an ExpertTransformer's video tokens over the ranks of `cp` (model.context_parallel.ContextParallel)
+    from outside the model, as torchtitan's parallelize applies its parallelisms: a pre-hook on every block
+    hands it this rank's slice of the video tokens and of their RoPE rotations (text tokens stay whole on
+    every rank), each Attention.core becomes the exact distributed attention, and a hook on proj_out
+    all-gathers the prediction, so every rank returns the whole output. Selective recomputation is turned
+    off (it would re-run the collectives in backward). Returns the function that undoes all of it."""
+    from model.context_parallel import ContextParallelAttention
+    from model.transformer import Attention
+
+    total: dict[str, int] = {}
+
+    def split(block: nn.Module, args: tuple) -> tuple:
+        video, text, temb, rope, n, *rest = args  # ExpertTransformer.forward calls blocks positionally
+        start, end = cp.bounds(n)
+        if video.shape[1] == n:  # the first block gets the whole sequence
+            video = cp.shard(video)
+        if rope is not None and rope.shape[0] == n:
+            rope = rope[start:end]
+        total["n"] = n
+        return (video, text, temb, rope, n, *rest)
+
+    def gather(proj_out: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        return cp.gather(out, total["n"])
+
+    handles = [block.register_forward_pre_hook(split) for block in model.blocks]
+    handles.append(model.proj_out.register_forward_hook(gather))
+    cores = [(m, m.core) for m in model.modules() if isinstance(m, Attention)]
+    for m, _ in cores:
+        m.core = ContextParallelAttention(cp)
+    selective, model.selective_recompute = model.selective_recompute, False
+
+    def undo() -> None:
+        for h in handles:
+            h.remove()
+        for m, core in cores:
+            m.core = core
+        model.selective_recompute = selective
+
+    return undo
 
 
 def all_reduce_max(value: float, device: torch.device) -> float:

@@ -2,14 +2,14 @@
 
 Reads `<root>/captions/<run>/part-*.parquet` directly with pyarrow (only the report's columns) and
 keeps one row per clip the way captioning.table.read_captions does (a caption beats an error, a later
-row an earlier one). Per run: the length distribution in words and in
-tokens (the generating model's own count), quality flags, the most frequent openings and word 3-grams,
-captions shared by several clips (a broken captioner writes the same text for everything), and the
-share of captions that name the camera motion the motion scorer detected (scores column
-`motion_camera_type`, when present; the rule is captioning/camera.py's). Caption QA against the clip: the CLIP similarity of each caption's
+row an earlier one). Per run: the length distribution in words and in tokens (the generating model's
+own count), quality flags, the most frequent openings and word 3-grams, captions shared by several
+clips (a broken captioner writes the same text for everything), and the share of captions that name
+the camera motion the motion scorer detected (scores column `motion_camera_type`, when present; the
+rule is captioning/camera.py's). Caption QA against the clip: the CLIP similarity of each caption's
 text and the clip's frames (`clip_text_similarity`, below), and the borders scorer's letterbox label
-(`borders_kind`) beside the captions that mention black bars. `--compare RUN_A RUN_B` adds the two runs side by side and a seeded
-sample of clips with both captions next to a contact sheet of the clip.
+(`borders_kind`) beside the captions that mention black bars. `--compare RUN_A RUN_B` adds the two
+runs side by side and a seeded sample of clips with both captions next to a contact sheet of the clip.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import base64
 import html as H
 import re
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +27,9 @@ from captioning.camera import CAMERA_COLUMN, camera_phrase, camera_types, mentio
 from curation import tables
 from curation.filters.config import ClipModelConfig
 from curation.storage import Storage
+
+if TYPE_CHECKING:  # open_clip and torch load only when a report computes CLIP similarity
+    from curation.filters.clip_model import ClipEncoder
 
 QUANTILES = (0.0, 0.05, 0.5, 0.95, 1.0)
 TOP = 8  # openings, n-grams and shared captions listed per run
@@ -102,7 +106,7 @@ LOWEST = 5  # lowest-matching captions listed per run
 TEXT_BATCH = 256  # captions per text-tower forward pass
 
 
-def manifest_clip_model(storage: Storage) -> "object | None":
+def manifest_clip_model(storage: Storage) -> ClipModelConfig | None:
     """The filter's CLIP model config (curation.filters.config.ClipModelConfig) of the newest run manifest
     that has one; None without manifests or a filter section."""
     import json
@@ -117,7 +121,7 @@ def manifest_clip_model(storage: Storage) -> "object | None":
     return None
 
 
-def clip_text_similarity(caps: list[dict], embeddings: dict[str, list], encoder: "object") -> dict[str, float]:
+def clip_text_similarity(caps: list[dict], embeddings: dict[str, list], encoder: ClipEncoder) -> dict[str, float]:
     """clip id -> cosine similarity of its caption's CLIP text embedding and the clip's stored image
     embedding (both L2-normalised by the encoder / filter). Clips without an embedding are left out."""
     have = [r for r in caps if embeddings.get(r["clip_id"])]
@@ -420,7 +424,7 @@ def compare_section(storage: Storage, a: str, ta: pa.Table, b: str, tb: pa.Table
 
 
 def caption_report(storage: Storage, runs: list[str] | None = None, compare: tuple[str, str] | None = None,
-                   sample: int = COMPARE_SAMPLE, clip_model: "object | None" = None) -> tuple[list[str], str]:
+                   sample: int = COMPARE_SAMPLE, clip_model: ClipModelConfig | None = None) -> tuple[list[str], str]:
     """(terminal lines, HTML section) of the caption quality of `runs` (default: every run), and with
     `compare` two runs side by side. `clip_model` (a ClipModelConfig) is the filter's CLIP for
     clip_text_similarity; None takes it from the newest run manifest. Raises ValueError naming a compare

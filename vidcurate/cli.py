@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # see _dispatch: no project module at import
+    from curation.config import BaseConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +97,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     return 1
 
 
-def _rules_only(cfg: "object", stages: list[str], verbose: bool = False) -> int:
+def _rules_only(cfg: BaseConfig, stages: list[str], verbose: bool = False) -> int:
     """--rules-only: the filter stage re-applies thresholds in this process; later stages run as usual."""
     from curation.filter import run_rules_only
     from curation.pipeline import RunContext, run_stages

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import (Field, SerializeAsAny, ValidationError, ValidationInfo,
                       field_validator, model_validator)
 
+from curation.filters.registry import scorer_class
 from curation.schema import Resources, Step, Strict as _Strict, step_resources  # noqa: F401 (Resources: re-exported, its old home)
 
 
@@ -103,7 +104,6 @@ def validate_scorers(raw: Any, context: dict | None = None) -> dict[str, ScorerC
     """Each entry validated by its scorer class's own Config (errors name `scorers.<name>.<key>`)."""
     if not isinstance(raw, dict):
         raise ValueError("scorers must be a mapping of name -> {type: ..., ...}")
-    from curation.filters.registry import scorer_class
 
     out: dict[str, ScorerConfig] = {}
     for name, entry in raw.items():

@@ -8,7 +8,7 @@ frames: one flash or fade-to-black frame is not an exposure problem; a clip that
 `highlight`: the 99th percentile of luma / 255, the top of the histogram. Mean luma cannot tell a night
 scene from an underexposed copy (bench/judgement.py's calibration part: Sintel's night shots read mean
 0.07-0.09, as dark as or darker than its gain-reduced copies), but a night scene keeps its highlights
-(lamps, a lit face: p99 >= 0.29 there) while underexposure pulls the whole histogram down (p99 0.14-0.19).
+(lamps, a lit face: p99 >= 0.27 there) while underexposure pulls the whole histogram down (p99 0.14-0.18).
 Cards are not footage: a frame that is plain (`plain` of its pixels within `plain_levels` of its median)
 with something drawn on it (its brightest 0.1% `card_levels` above the median: a title card, a caption on
 black) is left out; a clip of cards only is not judged (None). A plain frame with nothing on it (a black

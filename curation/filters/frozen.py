@@ -3,17 +3,16 @@
 A camera never produces two identical frames half a second apart, even on a tripod pointed at a still
 object: sensor noise and the encoder's changing quantisation move every block a little. A frozen
 encode, a held frame, a still image shown as video or a slideshow does produce them. Consecutive
-sampled frames (gray, inside the black bars, at up to `short_side` but NEVER scaled up or down more
-than that) whose mean absolute difference is at most `eps` grey levels are a held pair; runs of held
-pairs are held stretches. `longest_s`: the longest held stretch, seconds (one held pair = 1/sample_fps);
+sampled frames (gray, inside the black bars, at `short_side`, never scaled up) whose mean absolute
+difference is at most `eps` grey levels are a held pair; runs of held pairs are held stretches. `longest_s`: the longest held stretch, seconds (one held pair = 1/sample_fps);
 `share`: the share of the clip's sampled time held; `jumps`: held stretches that end in a change bigger
 than `jump` grey levels (a slideshow's next slide).
 
-Why the resolution matters: scaling down averages the noise away. On bench/judgement.py's calibration
-part, a real static shot (a tripod shot of a fishbowl, a documentary source) differs by 0.22-0.51 grey
-levels between frames 0.5 s apart at 256 px, but by ~0.08 at 64 px, where re-encoded held frames read
-0-0.05: the two merged (the old 64-px scorer therefore refused to judge still clips at all). At 256 px,
-held frames of the calibration part read 0-0.012: an 18x gap, `eps` sits at its geometric middle.
+Measured on bench/judgement.py's calibration part (frames 0.5 s apart, 256 px): held frames re-encoded
+0-0.012 grey levels, a real static shot (a tripod shot of a fishbowl from a documentary) 0.22-0.54,
+Sintel >= 2.8: an 18x gap, `eps` sits at its geometric middle (at 64 px: 0-0.011 against 0.16-0.38).
+Still clips are judged too: an earlier version skipped clips with fewer than 2 moving pairs, taking a
+slideshow of photographs (PySceneDetect's testvideo) for a tripod shot, and so never judged a frozen clip.
 Plain frames (a black screen, a title card on black: `plain` of the pixels within `plain_levels` of
 the frame's median) are left out: a held card is the text and exposure filters' business.
 Known limit: a picture with no noise at all that does not change (a still photograph shown as video,
@@ -35,7 +34,7 @@ class FrozenConfig(ScorerConfig):
     """filter.scorers.<name> with type: frozen."""
 
     # Analysis size (short side, px), never upscaled: shared with the sharpness and BRISQUE frames (no extra
-    # conversion). Smaller sizes average sensor noise away and a still camera then reads as held.
+    # conversion). A still camera's noise survives downscaling: 64 px gives about the same gap.
     short_side: int = Field(256, ge=64, le=1080)
     # A sampled pair whose mean |difference| (grey levels, 0-255) is <= this is held. bench/judgement.py
     # calibration part at 256 px: held frames re-encoded 0-0.012, a real static shot >= 0.22.

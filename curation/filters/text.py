@@ -15,9 +15,11 @@ Metrics per clip, over the scored frames, from the text lines only:
 - `band`: share of frames with a line centred in the bottom `band_height` of the frame (burned-in
   subtitles, lower thirds; on a still, detailed picture only lines that change count);
 - `persist`: share of frames with a line that stays put (a line at the same place, IoU >= `persist_iou`,
-  on at least 2/3 of the other scored frames) while the picture around it moves or is plain (a card):
-  overlays stay where they are while the picture moves; on a still, detailed picture (a screen, a sign
-  filmed from a tripod) a line that stays put is as likely scene text, and is not counted;
+  on at least half of the other scored frames) while the picture around it moves or is plain (a card):
+  overlays stay where they are while the picture moves; a line that moves with the camera (fitted with
+  RANSAC between the frames) is scene text, even when it moves too little to fail the IoU test; on a
+  still, detailed picture (a screen, a sign filmed from a tripod) a line that stays put counts only when
+  it damps the picture's own small changes beneath it (an overlay at least half opaque);
 - `corner`: the same for persistent lines inside a corner region (channel logos, watermarks).
 With `recognize: true`, `text` holds the recognised lines (truncated to `max_chars`).
 
@@ -67,6 +69,12 @@ class TextConfig(ScorerConfig):
     # detailed picture (a screen or a sign filmed from a tripod) it is scene text as likely as an overlay: kept.
     move_eps: float = Field(2.0, ge=0)
     flat_std: float = Field(12.0, ge=0)
+    # ... unless the line damps the picture's own small changes: on a still picture a line that stays put is
+    # an overlay when its pixels change by <= damp_ratio x those of a ring around it (an overlay of opacity
+    # >= 1 - damp_ratio; scene text changes as its surroundings) and that ring changes by >= damp_min grey
+    # levels (10x the re-encode noise of a frozen clip: 0.01-0.03). A frozen picture gives no evidence.
+    damp_ratio: float = Field(0.5, ge=0, le=1)
+    damp_min: float = Field(0.25, ge=0)
     # Camera-compensated stability: the camera (a similarity: shift, zoom, roll) is fitted between the scored
     # frames with RANSAC to corners tracked outside the lines; where it moves a line's box by >= camera_px,
     # the line is an overlay if it stays put in the frame and scene text if it moves with the camera (a
@@ -191,9 +199,16 @@ class TextScorer(Scorer):
         if not _overlay_context(frames, rects, self.cfg.move_eps, self.cfg.flat_std):
             # Still, detailed picture: a line that stays put and whose own pixels stay the same may be scene
             # text (a screen's menu bar): it counts neither as persistent nor in the band. Lines whose text
-            # changes in place (subtitles: a new line every second or so) still count in the band.
-            rects = [r[~s | _changes(gray, i, r, 3 * self.cfg.move_eps)] for i, (r, s) in enumerate(zip(rects, stays))]
-            stays = [np.zeros(len(r), bool) for r in rects]
+            # changes in place (subtitles: a new line every second or so) still count in the band. One more
+            # piece of evidence: an overlay at least half opaque damps the picture's own small changes (grain,
+            # flicker, compression) beneath it, scene text changes as its surroundings do (`damped`).
+            keep, over = [], []
+            for i, (r, s) in enumerate(zip(rects, stays)):
+                damped = s & _damped(gray, i, r, self.cfg.damp_ratio, self.cfg.damp_min)
+                k = ~s | damped | _changes(gray, i, r, 3 * self.cfg.move_eps)
+                keep.append(r[k])
+                over.append(damped[k])
+            rects, stays = keep, over
         band = [bool(len(r)) and bool(((r[:, 1] + r[:, 3]) / 2 > (1 - self.cfg.band_height) * fh).any()) for r in rects]
         cw, ch = self.cfg.corner * fw, self.cfg.corner * fh
         corner = []
@@ -231,6 +246,26 @@ def _changes(gray: np.ndarray, i: int, rects: np.ndarray, eps: float) -> np.ndar
     return out
 
 
+def _damped(gray: np.ndarray, i: int, rects: np.ndarray, ratio: float, min_change: float) -> np.ndarray:
+    """Per line of frame i: does it change over the frames by at most `ratio` x what the picture right around
+    it does (a ring one line-height wide), where that ring changes by >= min_change grey levels? An overlay
+    of opacity a passes only (1 - a) of the picture's change beneath it."""
+    out = np.zeros(len(rects), bool)
+    if len(gray) < 2:
+        return out
+    h, w = gray.shape[1:]
+    diff = np.abs(np.diff(gray, axis=0)).mean(axis=0)
+    for k, (x0, y0, x1, y1) in enumerate(rects.astype(int)):
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1 + 1), min(h, y1 + 1)
+        m = max(2, y1 - y0)
+        ring = np.zeros((h, w), bool)
+        ring[max(0, y0 - m):y1 + m, max(0, x0 - m):x1 + m] = True
+        ring[y0:y1, x0:x1] = False
+        around = float(diff[ring].mean()) if ring.any() else 0.0
+        out[k] = around >= min_change and float(diff[y0:y1, x0:x1].mean()) <= ratio * around
+    return out
+
+
 def _native(frames: np.ndarray, native_short: int) -> np.ndarray:
     """Frames scaled back down to the clip's own short side when the decoder scaled them up."""
     import cv2
@@ -261,12 +296,12 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area(a)[:, None] + area(b)[None, :] - inter).clip(1e-6)
 
 
-def _persistent(rects: list[np.ndarray], min_iou: float, cams: np.ndarray | None = None,
-                camera_px: float = 2.0) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per frame, which of its lines stay put (overlapped on >= 2/3 of the other frames; one frame: none) and
+def _persistent(rects: list[np.ndarray], min_iou: float, cams: np.ndarray | None = None, camera_px: float = 2.0,
+                vote_margin: float = 0.1) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per frame, which of its lines stay put (overlapped on >= half of the other frames; one frame: none) and
     which move with the camera (scene text). cams[i, j] (3x3, NaN where unknown) maps frame i onto frame j;
-    where it moves a line's box by >= camera_px, the pair votes: the nearest line of frame j sits clearly
-    closer to the box where it was (overlay) or where the camera took it (scene).
+    where it moves a line's box by >= camera_px, the pair votes: frame j's lines overlap the box where it
+    was (overlay) or where the camera took it (scene) better, by an IoU margin of vote_margin.
     A line is scene text when scene votes outnumber overlay votes; it then never stays put."""
     n = len(rects)
     stays, scene = [], []
@@ -284,23 +319,18 @@ def _persistent(rects: list[np.ndarray], min_iou: float, cams: np.ndarray | None
             if cams is None or not np.isfinite(cams[i, j]).all():
                 continue
             moved = _warp_rects(r, cams[i, j])
-            sep = _rect_dist(moved, r)
-            d0 = _rect_dist(o[None], r[:, None]).min(axis=1)  # nearest line of frame j to each hypothesis
-            d1 = _rect_dist(o[None], moved[:, None]).min(axis=1)
-            # A vote needs the camera to move the box (sep), a line of frame j near one of the two places,
-            # and that line clearly nearer to one of them (box noise of the detector is a pixel or two).
-            decisive = (sep >= camera_px) & (np.minimum(d0, d1) < sep) & (np.abs(d0 - d1) >= 0.5 * sep)
-            votes += np.where(decisive, np.where(d0 < d1, 1, -1), 0)
+            sep = np.abs(moved - r).max(axis=1)
+            # Which place does frame j's text fit better: where the box was (overlay) or where the camera took it
+            # (scene)? Best overlap (IoU) with frame j's lines at each place; a vote needs the camera to move the
+            # box and one place to fit clearly better (on a screen full of text another word may sit near the
+            # other place; text typed on changes one edge).
+            iou0, iou1 = _iou(r, o).max(axis=1), _iou(moved, o).max(axis=1)
+            decisive = (sep >= camera_px) & (np.abs(iou0 - iou1) >= vote_margin)
+            votes += np.where(decisive, np.where(iou0 > iou1, 1, -1), 0)
         is_scene = votes < 0
-        stays.append((hits >= np.ceil(2 * (n - 1) / 3)) & ~is_scene)
+        stays.append((hits >= np.ceil((n - 1) / 2)) & ~is_scene)  # a detector miss on 1 of 3 frames: still put
         scene.append(is_scene)
     return stays, scene
-
-
-def _rect_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Distance of rects (x0, y0, x1, y1 on the last axis): the mean of the 3 smallest of the 4 edge shifts, so
-    that one edge moving on its own (text typed on, a word detected apart) does not decide."""
-    return np.sort(np.abs(a - b), axis=-1)[..., :3].mean(axis=-1)
 
 
 def _warp_rects(rects: np.ndarray, m: np.ndarray) -> np.ndarray:

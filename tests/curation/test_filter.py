@@ -288,7 +288,7 @@ def test_cli_demo_probe_split_filter_inspect(tmp_path):
     r = subprocess.run([sys.executable, "-m", "vidcurate", "inspect", str(tmp_path / "root")], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "motion_level<0.01" in r.stdout  # the still shot of still_then_moving.mp4 is dropped
+    assert "frozen_longest_s>0.4" in r.stdout  # the still shot of still_then_moving.mp4 (no noise: frozen) is dropped
     assert (tmp_path / "root/report/index.html").exists()
     t = tables.read_table(Storage(str(tmp_path / "root")), "scores")
     ok = [c for c in tables.read_table(Storage(str(tmp_path / "root")), "clips").to_pylist() if c["status"] == "ok"]

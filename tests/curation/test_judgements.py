@@ -181,6 +181,26 @@ def test_brisque_shim_matches_the_package_on_rgb():
     assert m.score_gray(noisy) > ours + 15
 
 
+def test_brisque_scores_the_best_tile():
+    """What BRISQUE misreads as distortion in part of a clean frame does not decide the frame: each frame's
+    score is its best tile's; a picture distorted everywhere has no good tile."""
+    import skimage.data
+
+    from curation.filters.config import FilterConfig
+    from curation.filters.quality import QualityScorer
+
+    q = QualityScorer("quality", FilterConfig.model_validate({"scorers": {"quality": {"type": "quality"}}}).scorers["quality"])
+    q.setup()
+    clean = skimage.data.camera()[::2, ::2].astype(np.float64)  # 256 x 256
+    rng = np.random.default_rng(0)
+    noisy = np.clip(clean + rng.normal(0, 25, clean.shape), 0, 255)
+    mixed = noisy.copy()
+    mixed[:128, :128] = clean[:128, :128]  # one clean quadrant
+    whole = q.model.score_gray(mixed.astype(np.uint8))
+    assert q.best_tile(mixed.astype(np.uint8)) < whole - 10
+    assert q.best_tile(noisy.astype(np.uint8)) > q.best_tile(mixed.astype(np.uint8)) + 10
+
+
 @pytest.mark.parametrize("bad", [{"borders": {"type": "borders", "limit": -1}},
                                  {"frozen": {"type": "frozen", "thresholds": {"longest": {"max": 1}}}},
                                  {"sharpness": {"type": "sharpness", "short_sid": 100}}])

@@ -9,6 +9,7 @@ import torch.distributed as dist
 
 from model.context_parallel import ContextParallel, balanced_sizes
 from model.transformer import ExpertTransformer, TransformerConfig
+from training.parallelize import apply_context_parallel
 from tests.model.cp_helpers import spawn
 
 # name: (config kwargs, latents shape [B, F, C, H, W])
@@ -55,9 +56,9 @@ def _check(rank: int, world: int, attention: str, checkpointing: bool) -> dict:
         model.gradient_checkpointing = checkpointing
         inputs = _inputs(shape)
         ref_out, ref_grads = _step(model, *inputs)
-        model.enable_context_parallel(ContextParallel(dist.group.WORLD, attention))
+        undo = apply_context_parallel(model, ContextParallel(dist.group.WORLD, attention))
         out, grads = _step(model, *inputs)
-        model.enable_context_parallel(None)
+        undo()
         diffs = {"out": float((out - ref_out).abs().max())}
         for k, g in grads.items():  # per-rank gradients sum to cp x the gradient of the (replicated) loss
             dist.all_reduce(g)

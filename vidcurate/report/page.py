@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation import tables
+from curation.storage import Storage
 
 MISSING16, MISSING8 = 65535, 255  # code of a missing/NaN score (breaks no rule, as in Rule.reason)
 LOSSLESS_MAX = MISSING16 - 1  # up to this many distinct values a column is stored losslessly
@@ -138,7 +139,7 @@ def _categories(t: pa.Table, cols: list[str], blobs: Blobs) -> list[dict]:
     return out
 
 
-def _dedup(storage: "object", t: pa.Table) -> tuple[dict | None, np.ndarray | None]:
+def _dedup(storage: Storage, t: pa.Table) -> tuple[dict | None, np.ndarray | None]:
     """Duplicate groups for the view, and which scored rows dedup dropped (None when dedup did not run)."""
     if not storage.list("dedup", ".parquet"):
         return None, None
@@ -170,7 +171,7 @@ def _dedup(storage: "object", t: pa.Table) -> tuple[dict | None, np.ndarray | No
             "sizes": {str(k): int(v) for k, v in enumerate(sizes) if v and k > 1}, "shown": shown}, dropped
 
 
-def build_data(t: pa.Table, rules: list, numeric: list[str], strings: list[str], storage: "object",
+def build_data(t: pa.Table, rules: list, numeric: list[str], strings: list[str], storage: Storage,
                clip_base: str | None) -> tuple[dict, Blobs]:
     """The page's JSON metadata and binary sections (one pass over the scalar columns)."""
     blobs = Blobs()
