@@ -7,6 +7,9 @@ libx264 encoder of the current clip only once the detector has settled them (no 
 before them), so a cut (even the delayed ones of AdaptiveDetector, or TransNetV2's, which sees 74
 frames ahead) always lands exactly on a frame boundary: clips are re-encoded frame-accurately, never
 keyframe stream copies, and the cost is one decode plus the encode (plus the network for TransNetV2).
+Decoding (with the detector's downscale), detection and the clips' encoding run in three threads
+(_prefetch, the caller, _EncodeThread), so its wall time is about one ffmpeg decode + encode pass
+(bench/split.py).
 Frames inside a gradual transition found by TransNetV2 (dissolve, fade) go into neither clip.
 
 Clip rules: frames next to each detected cut are trimmed (transitions), scenes longer than

@@ -173,3 +173,26 @@ def test_failed_split_is_retried_next_run(ray_local, tmp_path):
         ("a.mp4", 0), ("a.mp4", 48), ("b.mp4", 0), ("b.mp4", 48)]
     ctx = run_stages(cfg, ["split"])  # and then nothing is left to do
     assert ctx.stages["split"]["counts"]["split"] == 0 and ctx.stages["split"]["counts"]["retried"] == 0
+
+
+def test_encoder_thread_errors_reach_the_caller_in_order():
+    """The clips' encoder thread runs work in submission order; its first error is raised in the caller
+    (at the next submit or at join) and the work after it is skipped, never lost silently or hung."""
+    from curation.split import _EncodeThread
+
+    done: list[int] = []
+
+    def boom() -> None:
+        raise RuntimeError("x264 said no")
+
+    enc = _EncodeThread(depth=2)
+    for k in range(5):
+        enc.submit(done.append, k)
+    enc.submit(boom)
+    enc.submit(done.append, 99)  # may be queued before the error is seen: skipped either way
+    with pytest.raises(RuntimeError, match="x264 said no"):
+        for k in range(100):  # the error surfaces at a later submit ...
+            enc.submit(done.append, 100 + k)
+        enc.join()  # ... or at the latest here
+    enc.join(raise_error=False)
+    assert done == [0, 1, 2, 3, 4]
