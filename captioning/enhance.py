@@ -26,7 +26,7 @@ from captioning.models import prepare_text_model
 from captioning.prompts import get_text_prompt, render
 from captioning.rows import caption_row
 from captioning.table import CAPTIONS, frame_lists, normalize, read_captions, table_name, write_run_info
-from curation.stage import Stage, StageResources
+from curation.stage import Stage, StageContext, StageResources
 from curation.table_stage import TableStage, execute
 from curation.storage import Storage
 
@@ -158,7 +158,7 @@ class EnhanceTable(TableStage):
 
 
 def enhance_run(storage: Storage, cfg: CaptionConfig, local: bool = False, progress: bool = True,
-                on_part: Callable[[dict], None] | None = None, ctx: "object" = None) -> dict:
+                on_part: Callable[[dict], None] | None = None, ctx: StageContext | None = None) -> dict:
     """Rewrite the captions of `enhance.source_run` (default caption.run) into `enhance.run`; resumable.
 
     Returns counts as caption_items does: clips, skipped, captioned, flagged, errors."""

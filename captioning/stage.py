@@ -27,7 +27,7 @@ from captioning.summary import CaptionFrames, SampleKeyFrames, Summarize, reusab
 from captioning.table import CAPTIONS, normalize, schema_for, table_name, write_run_info
 from captioning.windows import caption_windowed, clip_requests, sample_windows
 from curation.kept import kept_view
-from curation.stage import Stage, StageResources
+from curation.stage import Stage, StageContext, StageResources
 from curation.table_stage import TableStage, execute
 from curation.storage import Storage
 from curation.tables import write_part
@@ -172,7 +172,7 @@ class CaptionTable(TableStage):
 
 
 def caption_items(storage: Storage, cfg: CaptionConfig, items: list[dict], local: bool = False,
-                  progress: bool = True, on_part: Callable[[dict], None] | None = None, ctx: "object" = None) -> dict:
+                  progress: bool = True, on_part: Callable[[dict], None] | None = None, ctx: StageContext | None = None) -> dict:
     """Caption work items into `captions/<cfg.run>`, skipping clips already captioned in that run.
 
     `local` runs the steps in this process (tests, small jobs); otherwise on the current Ray.
@@ -194,7 +194,7 @@ def caption_steps(cfg: CaptionConfig) -> list[Stage]:
     return [SampleFrames(cfg), Caption(cfg)]
 
 
-def run(cfg: "object", ctx: "object") -> dict:
+def run(cfg: "object", ctx: StageContext) -> dict:
     """Pipeline entry (`python -m vidcurate run pipelines.yaml --stage caption`)."""
     ccfg = prepare_model(cfg.caption, cfg.demo.models)
     counts = caption_items(ctx.storage, ccfg, clip_items(ctx.storage, ccfg), progress=cfg.ray.progress, ctx=ctx)

@@ -27,6 +27,7 @@ from captioning.prompts import combined_hash, get_prompt, get_text_prompt, rende
 from captioning.rows import caption_row, read_range
 from captioning.table import frame_lists, read_captions
 from curation.stage import Stage, StageResources
+from curation.storage import Storage
 from curation.video import VideoError, iter_frames
 
 # Columns every row carries between the steps (Ray Data batches need one set of columns).
@@ -232,7 +233,7 @@ class Summarize(Stage):
             self.engine.close()
 
 
-def reusable_frames(storage: "object", cfg: CaptionConfig) -> dict[str, dict]:
+def reusable_frames(storage: Storage, cfg: CaptionConfig) -> dict[str, dict]:
     """Frame captions (and short video captions) of the run's error rows that failed after the VLM step,
     by clip id: a re-run summarises them again instead of captioning the frames again."""
     out = {}

@@ -34,7 +34,7 @@ from pydantic import Field, field_validator, model_validator
 
 from curation import tables
 from curation.schema import Resources, Step, Strict, move_key, step_resources
-from curation.stage import Stage, StageResources
+from curation.stage import Stage, StageContext, StageResources
 from curation.storage import Storage
 from curation.table_stage import TableStage, execute
 
@@ -136,7 +136,7 @@ class PhashTable(TableStage):
     name = "dedup"
     error_columns = ("error", "frames")  # failed() reads both: a hash of another phash_frames is redone
 
-    def __init__(self, storage: "object", clips: list[dict], cfg: DedupConfig) -> None:
+    def __init__(self, storage: Storage, clips: list[dict], cfg: DedupConfig) -> None:
         super().__init__(storage, "dedup/phash", PHASH, key="clip_id")
         self.clips, self.cfg = clips, cfg
 
@@ -151,8 +151,8 @@ class PhashTable(TableStage):
         return row.get("error") is not None or row.get("frames") != self.cfg.phash_frames
 
 
-def hash_clips(storage: "object", clips: list[dict], cfg: DedupConfig, local: bool,
-               progress: bool, ctx: "object" = None) -> tuple[dict[str, bytes], list[str]]:
+def hash_clips(storage: Storage, clips: list[dict], cfg: DedupConfig, local: bool,
+               progress: bool, ctx: StageContext | None = None) -> tuple[dict[str, bytes], list[str]]:
     """pHashes of `clips` (clip_id -> bytes) and the hashing errors; only clips not cached with the same
     frame count are decoded."""
     result = execute(PhashTable(storage, clips, cfg), local=local, progress=progress, ctx=ctx)
@@ -354,7 +354,7 @@ def relation(m: int, k: int, emb: np.ndarray | None, signs: np.ndarray | None, h
 
 # ------------------------------------------------------------------------------------------- run ---
 
-def candidates(storage: "object", cfg: DedupConfig) -> tuple[list[dict], np.ndarray | None]:
+def candidates(storage: Storage, cfg: DedupConfig) -> tuple[list[dict], np.ndarray | None]:
     """Clips that passed the filter (sorted by clip_id) with path, frames, length, score; and their embeddings."""
     parts = storage.list("scores", ".parquet")
     if not parts:
@@ -390,8 +390,8 @@ def candidates(storage: "object", cfg: DedupConfig) -> tuple[list[dict], np.ndar
     return out, emb
 
 
-def dedup(storage: "object", cfg: DedupConfig, local: bool = False, progress: bool = True,
-          ctx: "object" = None) -> dict:
+def dedup(storage: Storage, cfg: DedupConfig, local: bool = False, progress: bool = True,
+          ctx: StageContext | None = None) -> dict:
     """Find the duplicate groups of the kept clips and write the dedup table; returns counts (and
     `errors`: clips that could not be hashed)."""
     t0 = time.time()
@@ -456,7 +456,7 @@ def run_clusters(clusters: list[dict], data: dict, cfg: DedupConfig, local: bool
     return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
 
 
-def replace_table(storage: "object", table: pa.Table) -> None:
+def replace_table(storage: Storage, table: pa.Table) -> None:
     """Write the new table (one part per 1M rows), then remove the parts of earlier runs."""
     old = storage.list("dedup", ".parquet")
     for s in range(0, table.num_rows, 1_000_000):
@@ -465,12 +465,12 @@ def replace_table(storage: "object", table: pa.Table) -> None:
         storage.delete(p)
 
 
-def read_dedup(storage: "object") -> pa.Table:
+def read_dedup(storage: Storage) -> pa.Table:
     """The dedup table (empty when the stage has not run)."""
     return tables.read_table(storage, "dedup", DEDUP, key="clip_id")
 
 
-def run(cfg: "object", ctx: "object") -> dict:
+def run(cfg: "object", ctx: StageContext) -> dict:
     """Stage entry point (curation.pipeline)."""
     counts = dedup(ctx.storage, cfg.dedup, progress=cfg.ray.progress, ctx=ctx)
     ctx.stages.setdefault("dedup", {})["errors"] = counts.pop("errors")

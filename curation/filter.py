@@ -30,7 +30,7 @@ from curation.filters.clip_model import ClipEncoder, image_size
 from curation.filters.config import FilterConfig
 from curation.filters.make_tiny import make_tiny
 from curation.runner import output_to_log
-from curation.stage import Stage, StageResources
+from curation.stage import Stage, StageContext, StageResources
 from curation.storage import Storage
 from curation.table_stage import TableStage
 
@@ -240,7 +240,7 @@ class FilterTable(TableStage):
     item_count, done_count = "clips", "scored"
     statuses = ("kept", "dropped", "errors")
 
-    def __init__(self, storage: "object", fcfg: FilterConfig | None, rescore: bool = False) -> None:
+    def __init__(self, storage: Storage, fcfg: FilterConfig | None, rescore: bool = False) -> None:
         # `fcfg` None: only the work items (todo_clips); the steps and schema need the scorers.
         self.fcfg = fcfg
         self.built = build_stages(storage.root, fcfg) if fcfg is not None else None
@@ -248,7 +248,7 @@ class FilterTable(TableStage):
         super().__init__(storage, "scores", schema, key="clip_id", resume=not rescore)
 
     @classmethod
-    def from_run(cls, cfg: "object", ctx: "object") -> "FilterTable":
+    def from_run(cls, cfg: "object", ctx: StageContext) -> "FilterTable":
         ensure_demo_models(cfg.filter, cfg.demo.models)
         return cls(ctx.storage, cfg.filter, cfg.filter.rescore)
 
@@ -266,7 +266,7 @@ class FilterTable(TableStage):
         return f"{row['clip_id']} ({row.get('path')}): {row['error']}"
 
 
-def todo_clips(storage: "object", rescore: bool) -> tuple[list[dict], int]:
+def todo_clips(storage: Storage, rescore: bool) -> tuple[list[dict], int]:
     """Clips with status ok not yet scored (errors are retried); returns (todo, skipped)."""
     stage = FilterTable(storage, None, rescore)
     items = stage.items()
@@ -306,7 +306,7 @@ def decide_table(t: pa.Table, rules: list[Rule]) -> tuple[pa.Array, pa.Array]:
     return pa.array(offsets[1:] == offsets[:-1]), reasons
 
 
-def _outcome(storage: "object") -> dict[str, tuple[bool, bool]]:
+def _outcome(storage: Storage) -> dict[str, tuple[bool, bool]]:
     """clip_id -> (passed, error) of the scores table as readers see it (last part wins)."""
     parts = [tables.read_part(storage, p, ["clip_id", "passed", "error"]) for p in storage.list("scores", ".parquet")]
     t = tables.dedupe_last(pa.concat_tables([t for t in parts if t is not None], promote_options="permissive"),
@@ -315,7 +315,7 @@ def _outcome(storage: "object") -> dict[str, tuple[bool, bool]]:
                                                      t.column("error").to_pylist())}
 
 
-def rules_only(fcfg: FilterConfig, storage: "object") -> dict:
+def rules_only(fcfg: FilterConfig, storage: Storage) -> dict:
     """Re-apply the configured thresholds to the stored scores: nothing is decoded or scored.
 
     Every scores part is rewritten in place (same name, so "last part wins" keeps its order) with
@@ -362,7 +362,7 @@ def rules_only(fcfg: FilterConfig, storage: "object") -> dict:
             "errors": errors, "changed": sum(before.get(c, (None,))[0] != p for c, (p, _) in after.items())}
 
 
-def run_rules_only(cfg: "object", ctx: "object") -> dict:
+def run_rules_only(cfg: "object", ctx: StageContext) -> dict:
     """`run --stage filter --rules-only`: rules_only() in this process (no Ray: nothing to decode),
     recorded in the run manifest like any stage."""
     t0 = time.time()

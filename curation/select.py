@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from curation import expr, tables
 from curation.dedup import DedupConfig, partition
 from curation.kept import SELECT_TABLE, kept_clips, selected_ids
+from curation.stage import StageContext
 from curation.storage import Storage
 
 SELECT = pa.schema([
@@ -312,7 +313,7 @@ def read_select(storage: Storage) -> pa.Table:
     return tables.read_table(storage, SELECT_TABLE, SELECT, key="clip_id")
 
 
-def run(cfg: "object", ctx: "object") -> dict:  # BaseConfig, RunContext: curation.config imports this module
+def run(cfg: "object", ctx: StageContext) -> dict:  # cfg: BaseConfig (curation.config imports this module)
     """Stage entry point (curation.pipeline)."""
     counts = select(ctx.storage, cfg.select)
     if not constrained(cfg.select):

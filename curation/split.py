@@ -35,7 +35,7 @@ from scenedetect.common import FrameTimecode, Timecode
 
 from curation import tables
 from curation.config import SplitConfig
-from curation.stage import Stage, StageResources
+from curation.stage import Stage, StageContext, StageResources
 from curation.storage import Storage
 from curation.table_stage import TableStage
 from curation.video import Geometry, VideoError, first_video_stream, frame_rotation, open_container, \
@@ -519,7 +519,7 @@ class SplitTable(TableStage):
         self.recut = 0  # videos cut again this run because a clip file of theirs was quarantined
 
     @classmethod
-    def from_run(cls, cfg: "object", ctx: "object") -> "SplitTable":
+    def from_run(cls, cfg: "object", ctx: StageContext) -> "SplitTable":
         return cls(ctx.storage, cfg.split, cfg.inputs,
                    StageResources.from_config(cfg.split.resources))
 

@@ -8,9 +8,25 @@ in unit tests (`run_local`).
 from __future__ import annotations
 
 import traceback
+from typing import Any, Protocol
 
+from curation.console import Console
 from curation.schema import Resources, check_pool  # noqa: F401 (check_pool: re-exported, its old home)
-from curation.storage import DiskFull
+from curation.storage import DiskFull, Storage
+
+
+class StageContext(Protocol):
+    """What a stage sees of its run (curation.pipeline.RunContext). A protocol, not the class itself: the
+    pipeline module imports every stage, so a stage naming RunContext would close an import circle."""
+
+    cfg: Any  # the run's whole config (curation.config.BaseConfig, with every section of the flow)
+    storage: Storage  # the dataset root
+    run_id: str  # this run's id (manifest runs/<run_id>.json)
+    stages: dict  # stage -> {"counts", "seconds", "errors", "accounting"}: what the manifest reports
+    console: Console  # where Ray's own output goes during this run
+    events: list  # accounting events of the running stage's pipelines
+
+    def write_manifest(self) -> str: ...
 
 
 # A step's resources are the config's own model (a copy: the GPU fallback changes the step's, never the config's).

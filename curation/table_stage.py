@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from curation import tables
 from curation.runner import run_pipeline
-from curation.stage import Stage, run_local
+from curation.stage import Stage, StageContext, run_local
 from curation.storage import Storage
 
 
@@ -57,7 +57,7 @@ class TableStage:
 
     # ------------------------------------------------------------------ what a stage declares
     @classmethod
-    def from_run(cls, cfg: "object", ctx: "object") -> "TableStage":
+    def from_run(cls, cfg: "object", ctx: StageContext) -> "TableStage":
         """The stage for a run of pipelines.yaml `cfg` under `ctx.storage`."""
         raise NotImplementedError
 
@@ -127,7 +127,7 @@ class TableStage:
         return todo, sum(1 for i in todo if self.item_key(i) in failed)
 
     @classmethod
-    def run(cls, cfg: "object", ctx: "object") -> dict:
+    def run(cls, cfg: "object", ctx: StageContext) -> dict:
         """Section entry point (curation.pipeline): run the stage, its errors into the run's manifest."""
         stage = cls.from_run(cfg, ctx)
         result = execute(stage, progress=cfg.ray.progress, ctx=ctx)
@@ -144,7 +144,7 @@ class Result:
 
 
 def execute(stage: TableStage, local: bool = False, progress: bool = True,
-            on_part: Callable[[dict], None] | None = None, ctx: "object" = None) -> Result:
+            on_part: Callable[[dict], None] | None = None, ctx: StageContext | None = None) -> Result:
     """Run `stage`: resume, steps (here or on Ray), sink, counts and errors (see the module doc).
 
     `ctx` (a curation.pipeline.RunContext, or None outside a run) gets the pipeline's accounting
