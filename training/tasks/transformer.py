@@ -252,7 +252,9 @@ class TransformerTask(Task):
     def flops_per_step(self, batch: dict[str, Any]) -> float | None:
         """Per sample, forward + backward: 72 L d^2 T for the per-token matmuls of each block (q, k, v, out:
         4d^2; FFN: 8d^2; x 2 for multiply-add, x 3 for backward) + 12 L T^2 d for attention scores and
-        values. Embeddings and the per-sample AdaLN projections are left out (the usual MFU convention)."""
+        values. Embeddings and the per-sample AdaLN projections are left out (the usual MFU convention). The
+        last block runs q, out and the FFN (10 of the 12 d^2) and the attention rows on video tokens only (its
+        text output is never read: model/transformer.py), so it counts those for the video tokens."""
         c = self.model_config
         if "latents" in batch or "latents_mean" in batch:
             b, f, _, h, w = batch.get("latents", batch.get("latents_mean")).shape
@@ -260,8 +262,11 @@ class TransformerTask(Task):
         else:
             b, f_px, _, h_px, w_px = batch["frames"].shape
             f, h, w, text = (f_px - 1) // 4 + 1, h_px // 8, w_px // 8, c.max_text_len
-        tokens = f // (c.patch_size_t or 1) * (h // c.patch_size) * (w // c.patch_size) + text
-        return float(b * c.num_layers * (72 * c.dim**2 * tokens + 12 * tokens**2 * c.dim))
+        video = f // (c.patch_size_t or 1) * (h // c.patch_size) * (w // c.patch_size)
+        tokens = video + text
+        block = 72 * c.dim**2 * tokens + 12 * tokens**2 * c.dim
+        last = 6 * c.dim**2 * (2 * tokens + 10 * video) + 12 * video * tokens * c.dim
+        return float(b * ((c.num_layers - 1) * block + last))
 
     @torch.no_grad()
     def after_optimizer_step(self, step: int) -> None:
