@@ -41,10 +41,11 @@ def pipeline_clips(sources: list[str], root: str, stride_s: float) -> list[str]:
     """Cut sources with the split stage (fixed windows, libx264 veryfast crf 20, <= 1280x720): the clips
     the filter stage really sees."""
     from curation.probe import probe_video
-    from curation.split import SplitParams, split_video
+    from curation.config import SplitConfig
+    from curation.split import split_video
     from curation.storage import Storage
 
-    params = SplitParams(detector="stride", stride_s=stride_s, min_clip_s=1.0, max_clip_s=stride_s)
+    params = SplitConfig(detector="stride", stride_s=stride_s, min_clip_s=1.0, max_clip_s=stride_s)
     os.makedirs(root, exist_ok=True)
     out = []
     for src in sources:
@@ -73,7 +74,7 @@ def real_clips(testdata: str, folder: str) -> list[tuple[str, float | None]]:
 
 
 def score_all(sco, rows: list[dict], batch: int) -> tuple[float, list[dict]]:
-    """The model step over all rows in batches of filter.model.batch_size clips, as the actor gets them."""
+    """The model step over all rows in batches of filter.model.resources.batch_size clips, as the actor gets them."""
     t0 = time.perf_counter()
     out = []
     for i in range(0, len(rows), batch):
@@ -95,7 +96,7 @@ def onnx_scorer_costs(clips: list[tuple[str, float | None]],
     print("\n| scorer (defaults, CPU) | frames sampled | bare decode s | decode step s | scoring / decode |")
     print("|---|---|---|---|---|")
     for name, entry in entries:
-        cfg = FilterConfig(demo_models=None, scorers={name: entry})
+        cfg = FilterConfig(scorers={name: entry})
         dec, _, scorers = build_stages("/", cfg)
         dec.setup()
         bare = step = 0.0
@@ -238,7 +239,7 @@ def main() -> int:
     sweep: dict[int | None, float] = {}
     frames: dict[int | None, int] = {}
     for method in ("flow", "mv"):
-        cfg = FilterConfig(demo_models=None, clip={"model": os.path.join(mdir, "tiny-clip")}, scorers={
+        cfg = FilterConfig(clip={"model": os.path.join(mdir, "tiny-clip")}, scorers={
             "motion": {"type": "motion", "method": method},
             "aesthetic": {"type": "aesthetic", "weights": os.path.join(mdir, "tiny-aesthetic.safetensors")},
             "neg": {"type": "clip_zero_shot"}})
@@ -254,7 +255,7 @@ def main() -> int:
             t1 = time.perf_counter()
             rows.append(dec.process_row({"clip_id": path, "path": os.path.abspath(path)})[0])
             bare, step = bare + t1 - t0, step + time.perf_counter() - t1
-        model, out = score_all(sco, rows, cfg.model.batch_size)
+        model, out = score_all(sco, rows, cfg.model.resources.batch_size)
         results[method] = {"bare": bare, "step": step, "model": model, "motion": [r["motion_mean"] for r in out]}
         if method == "flow":  # CLIP cost against how many of the sampled frames it sees
             dec.cfg = cfg.model_copy(deep=True)
@@ -262,7 +263,7 @@ def main() -> int:
             rows = [dec.process_row({"clip_id": p, "path": os.path.abspath(p)})[0] for p, _ in clips]
             for k in a.clip_frames:
                 sco.cfg.clip.max_frames = k
-                sweep[k] = score_all(sco, rows, cfg.model.batch_size)[0]
+                sweep[k] = score_all(sco, rows, cfg.model.resources.batch_size)[0]
                 frames[k] = sum(min(len(pickle.loads(r["_frames"]).times), k or 10**6) for r in rows)
             sco.cfg.clip.max_frames = cfg.clip.max_frames
 

@@ -29,9 +29,9 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from curation import inspect as insp  # noqa: E402
+from vidcurate import inspect as insp  # noqa: E402
 from curation import tables  # noqa: E402
-from curation.report.chromium import Chromium, chromium_exe  # noqa: E402
+from vidcurate.report.chromium import Chromium, chromium_exe  # noqa: E402
 from curation.storage import Storage  # noqa: E402
 
 SCORES = ["motion_mean", "motion_min_patch", "motion_still_share", "motion_camera", "motion_object",

@@ -5,7 +5,7 @@
     .venv/bin/python bench/judgement.py --write-doc docs/judgement.md   # also regenerate the docs table
     .venv/bin/python bench/judgement.py --set filter.scorers.ocr.frames=8 --only text
 
-The labelled set (bench/judgement_set.py) is made once and cached under --cache (/tmp/i21a/judgement).
+The labelled set (bench/judgement_set.py) is made once and cached under --cache (~/.cache/vidcurate/judgement).
 Every clip is scored in this process (no Ray: the numbers are the work itself) by the scorers of
 pipelines.yaml's `filter.scorers` that need no CLIP embedding (the default CLIP models are tiny random
 ones: their scores mean nothing), with the decode the filter stage does (curation.filters.decode), plus
@@ -44,6 +44,8 @@ REPO = os.path.dirname(HERE)
 # Natural tags that do not make a clean clip unclean for the whole rule set (bars, a handheld camera and
 # text that is part of the scene are all kept by design).
 BENIGN = {"letterbox", "border", "handheld", "scene_text"}
+# Clips and scores are cached per user, outside the repository (a few hundred MB; delete it to start over).
+DEFAULT_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vidcurate", "judgement")
 DOC_BEGIN, DOC_END = "<!-- judgement-table:begin -->", "<!-- judgement-table:end -->"
 
 
@@ -430,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--judgements", default=os.path.join(HERE, "judgements.yaml"))
     ap.add_argument("--set", action="append", help="override a pipelines.yaml key, e.g. filter.scorers.ocr.frames=8")
     ap.add_argument("--only", help="comma-separated judgement names (their scorers only)")
-    ap.add_argument("--cache", default="/tmp/i21a/judgement", help="clips and scores are cached here")
+    ap.add_argument("--cache", default=DEFAULT_CACHE, help="clips and scores are cached here")
     ap.add_argument("--per-kind", type=int, default=3, help="degraded clips per kind and part")
     ap.add_argument("--smoke", action="store_true", help="seconds: two synthetic sources, three kinds")
     ap.add_argument("--write-doc", help="replace the table between the markers of this docs file")

@@ -11,7 +11,7 @@ Sintel's "the Blender Foundation presents" card "title_card", testvideo.mp4's pe
 "watermark", the interview's faint "BBC FOUR" corner logo "logo", GoldenEye's computer-screen close-ups
 "scene_text" (text in the scene: keep).
 
-Everything is written under a cache folder outside the repo (`/tmp/i21a/judgement` by default): the
+Everything is written under a cache folder outside the repo (`~/.cache/vidcurate/judgement` by default): the
 clips as mp4 (libx264 crf 18, or the kind's own crf) and `labels.jsonl`, one row per clip. A second run
 with the same options reuses them. i21b-style judgements plug in by naming the tags they detect.
 """
@@ -486,12 +486,23 @@ def kind_tags(kind: str) -> list[str]:
     return ["duplicate"] if kind in DUPLICATES else []
 
 
+# Natural overlay tags that a camera move made by a moving crop takes away: the crop moves the source's own
+# overlay (the leaf's copyright line, the interview's logo) with the picture, or cuts it off. What is left
+# is text that moves with the camera, which no stability test can call an overlay: "moved_overlay"
+# (the text judgements ignore it: neither a positive nor a negative).
+OVERLAY_TAGS = {"overlay_text", "logo", "watermark", "title_card", "subtitles", "lower_third"}
+
+
 def relabel(clips: list[Clip], sources: list[Source], spans: dict[str, list]) -> list[Clip]:
-    """Tags = the kind's own + the natural tags of the window's time range (as SOURCES says now)."""
+    """Tags = the kind's own + the natural tags of the window's time range (as SOURCES says now); on
+    camera-move clips the natural overlay tags become "moved_overlay"."""
     by_name = {s.name: s for s in sources}
     for c in clips:
         wi = int(c.window.rsplit("-w", 1)[1])
-        c.tags = sorted(set(kind_tags(c.kind)) | set(natural_tags(by_name[c.source], *spans[c.source][wi])))
+        natural = set(natural_tags(by_name[c.source], *spans[c.source][wi]))
+        if c.kind in CAMERA and natural & OVERLAY_TAGS:
+            natural = (natural - OVERLAY_TAGS) | {"moved_overlay"}
+        c.tags = sorted(set(kind_tags(c.kind)) | natural)
     return clips
 
 

@@ -3,15 +3,21 @@
     .venv/bin/python bench/loader.py [--clips 24] [--workers 0] [--repeat 3]
 
 One synthetic dataset (curation.synth clips -> shards.writer tars) and, in the same process and run:
-  loader       shards.loader.ShardLoader (tar read, shuffle, buckets, PyAV decode, resize, crop, [-1,1] tensors)
+  loader       shards.loader.ShardLoader as the trainer runs it (tar read, shuffle, buckets, PyAV decode,
+               swscale resize + RGB at the bucket size, crop, uint8 batch tensors; the trainer maps them
+               to [-1, 1] on its device)
+  loader-float32 the same loader with frames_dtype=float32 ([-1, 1] floats made in the worker)
   loader-decord  the same loader with decoder=decord
   bare-decode  PyAV decode of exactly the frames the loader sampled (same clips, same indices) to RGB
-               arrays at the source size: no tar, no resize, no tensors — the floor of any loader
+               arrays of the same output size by the same swscale steps (resize in YUV, RGB at the small
+               size; a one-call to_ndarray(width, height, rgb24) is slower), cropped as a view: no tar,
+               no shuffle, no buckets, no batches, no tensors: the floor of any loader of these frames
   decord-plain a plain decord loader: torch Dataset over the clip files, VideoReader(width, height) +
                get_batch(indices) + crop + [-1,1] tensors, through the same DataLoader settings
-Each is timed `--repeat` times, interleaved; the table shows the best run of each (the machine is shared)
-and the ratio line the median over the repeats of the per-repeat ratio loader / bare-decode (each ratio
-compares two runs under the same load). Target: loader >= 0.95 x bare-decode.
+Each is timed `--repeat` times, interleaved (loader and bare-decode back to back, their order swapped
+every repeat); the table shows the best run of each (the machine is shared) and the ratio lines the
+median over the repeats of the per-repeat ratio loader / bare-decode (each ratio compares two runs under
+the same load). Target: loader >= 0.95 x bare-decode.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import platform
 import sys
 import tempfile
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -81,32 +88,39 @@ def cut_real(root: str, source: str, clips: int, seconds: float = 4.0) -> None:
     tables.write_part(storage, "captions/bench", caps, demo.CAPTIONS)
 
 
-def run_loader(root: str, workers: int, decoder: str) -> tuple[int, float, dict]:
+def run_loader(root: str, workers: int, decoder: str, dtype: str = "uint8") -> tuple[int, float, dict]:
     params = {"shards": [f"{root}/shards/default"], "num_workers": workers, "batch_size": 1, "fps": 8.0,
-              "buckets": [BUCKET], "decoder": decoder, "shuffle_buffer": 16}
+              "buckets": [BUCKET], "decoder": decoder, "shuffle_buffer": 16, "frames_dtype": dtype}
     loader = ShardLoader(params, seed=0)
     t0 = CLOCK()
     n, plans = 0, {}
     for b in loader:
         n += len(b["keys"])
         for k, m in zip(b["keys"], b["meta"]):
-            plans[k] = (m["clip"]["path"], m["_sample"]["indices"], m["_sample"]["source_size"])
+            s = m["_sample"]
+            plans[k] = (m["clip"]["path"], s["indices"], s["source_size"], s["resize"], s["crop"])
     return n, CLOCK() - t0, plans
 
 
 def bare_decode(root: str, plans: dict) -> tuple[int, float]:
+    from av.video.reformatter import VideoReformatter
+
+    bw, bh = BUCKET["width"], BUCKET["height"]
     t0 = CLOCK()
-    for path, indices, _ in plans.values():
+    for path, indices, _, (rw, rh), (x, y) in plans.values():
         with open(os.path.join(root, path), "rb") as f:
             data = f.read()
         want, last, out = set(indices), max(indices), []
+        scaler, to_rgb = VideoReformatter(), VideoReformatter()
         with av.open(io.BytesIO(data)) as c:
             st = c.streams.video[0]
             st.thread_type = "SLICE"
             st.codec_context.thread_count = 1
             for i, fr in enumerate(c.decode(st)):
                 if i in want:
-                    out.append(fr.to_ndarray(format="rgb24"))
+                    if (fr.width, fr.height) != (rw, rh):
+                        fr = scaler.reformat(fr, width=rw, height=rh, interpolation="BILINEAR")
+                    out.append(to_rgb.reformat(fr, format="rgb24").to_ndarray()[y:y + bh, x:x + bw])
                 if i >= last:
                     break
         assert len(out) == len(want)
@@ -117,7 +131,7 @@ class DecordClips(torch.utils.data.Dataset):
     """The plain peer: one clip file per item, decord resizes, we crop and normalise."""
 
     def __init__(self, root: str, plans: dict) -> None:
-        self.items = [(os.path.join(root, p), idx, size) for p, idx, size in plans.values()]
+        self.items = [(os.path.join(root, p), *rest) for p, *rest in plans.values()]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -125,7 +139,7 @@ class DecordClips(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         import decord
 
-        path, idx, (w, h) = self.items[i]
+        path, idx, (w, h), _, _ = self.items[i]
         bw, bh = BUCKET["width"], BUCKET["height"]
         scale = max(bw / w, bh / h)  # resize keeping aspect to cover the bucket, then centre crop
         rw, rh = max(bw, round(w * scale)), max(bh, round(h * scale))
@@ -163,20 +177,25 @@ def main() -> None:
     print(f"built {args.clips} clips + shards in {time.perf_counter() - t:.1f}s at {root}", file=sys.stderr)
     best: dict[str, float] = {}
     counts: dict[str, int] = {}
-    plans: dict = {}
-    ratios: list[float] = []
+    ratios: dict[str, list[float]] = {"loader": [], "loader-float32": []}
+    _, _, plans = run_loader(root, args.workers, "pyav")  # the frames the bare decode reads (same each run)
+
+    def timed(name: str, fn: Any) -> float:
+        n, s = fn()[:2]
+        best[name] = max(best.get(name, 0.0), n / s)
+        counts[name] = n
+        return n / s
+
+    runs = {"loader": lambda: run_loader(root, args.workers, "pyav"),
+            "loader-float32": lambda: run_loader(root, args.workers, "pyav", "float32"),
+            "bare-decode": lambda: bare_decode(root, plans)}
     for r in range(args.repeat):
-        n, s_loader, plans = run_loader(root, args.workers, "pyav")
-        best["loader"] = max(best.get("loader", 0), n / s_loader)
-        counts["loader"] = n
-        n, s, _ = run_loader(root, args.workers, "decord")
-        best["loader-decord"] = max(best.get("loader-decord", 0), n / s)
-        loader_rate = counts["loader"] / s_loader
-        n, s = bare_decode(root, plans)
-        best["bare-decode"] = max(best.get("bare-decode", 0), n / s)
-        ratios.append(loader_rate / (n / s))
-        n, s = run_decord_plain(root, plans, args.workers)
-        best["decord-plain"] = max(best.get("decord-plain", 0), n / s)
+        for k in ratios:  # each loader back to back with a bare decode, order swapped every repeat
+            pair = [k, "bare-decode"] if r % 2 == 0 else ["bare-decode", k]
+            rate = {name: timed(name, runs[name]) for name in pair}
+            ratios[k].append(rate[k] / rate["bare-decode"])
+        timed("loader-decord", lambda: run_loader(root, args.workers, "decord"))
+        timed("decord-plain", lambda: run_decord_plain(root, plans, args.workers))
         print(f"run {r + 1}: " + ", ".join(f"{k} {v:.2f}/s" for k, v in best.items()), file=sys.stderr)
     base = best["bare-decode"]
     src = args.source or "synthetic 320x180/192 clips"
@@ -189,11 +208,14 @@ def main() -> None:
     print("|---|---|---|---|")
     for k, v in best.items():
         print(f"| {k} | {v:.2f} | {v / base:.2f} | {v / best['decord-plain']:.2f} |")
-    med = float(np.median(ratios))
-    print(f"\nloader / bare-decode: median of per-repeat ratios {med:.3f} (target >= 0.95; repeats "
-          f"{', '.join(f'{q:.2f}' for q in ratios)}); load avg {os.getloadavg()[0]:.1f}")
+    med = {k: float(np.median(v)) for k, v in ratios.items()}
+    for k, v in ratios.items():
+        print(f"{k} / bare-decode: median of per-repeat ratios {med[k]:.3f} (repeats "
+              f"{', '.join(f'{q:.2f}' for q in v)})" + ("; target >= 0.95" if k == "loader" else ""))
+    print(f"load avg {' '.join(f'{x:.1f}' for x in os.getloadavg())} (1/5/15 min)")
     print(json.dumps({"samples": counts["loader"], "workers": args.workers, "samples_per_s": best,
-                      "loader_vs_bare": best["loader"] / base, "loader_vs_bare_median": med,
+                      "loader_vs_bare": best["loader"] / base, "loader_vs_bare_median": med["loader"],
+                      "float32_vs_bare_median": med["loader-float32"],
                       "loader_vs_decord_plain": best["loader"] / best["decord-plain"]}))
 
 

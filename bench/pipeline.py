@@ -7,7 +7,7 @@ input set (synthetic videos; real third-party videos from ../shared/testdata), i
 probe -> split -> filter -> caption -> shard twice on fresh roots:
 
   stages alone   `run_stages`: each stage its own Ray Data pipeline, one after the other (as
-                 `python -m curation run` does): the sum of the stages run alone
+                 `python -m vidcurate run` does): the sum of the stages run alone
   streamed       one Ray Data pipeline probe -> split -> filter.decode -> filter.score ->
                  caption-frames -> caption, each step writing its table as it goes (so the result is
                  the same dataset), then the shard stage (its plan needs every kept clip)
@@ -61,19 +61,34 @@ def real_inputs() -> list[str]:
     return found
 
 
-def write_cfg(folder: str, inputs: list[str], models: str) -> str:
+def step_cpus(cpus: float) -> tuple[float, float]:
+    """Ray CPUs of each task step and of each actor so that one worker of every step of the streamed
+    flow fits on one worker node at once: 4 task steps (probe, split, filter decode, caption frames)
+    + 2 actor steps (CLIP scorer, captioner) at half a task's share. With each step asking for a whole
+    CPU (the defaults) the actors alone fill a 1-CPU node and no task can start: the flow stalls
+    (a streamed run waited 574 s in the filter stage). Actors get a different share than tasks so Ray
+    Data never fuses a decode step into an actor."""
+    task = round(cpus / 5, 4)
+    return task, round(task / 2, 4)
+
+
+def write_cfg(folder: str, inputs: list[str], models: str, cpus: float = 1, nodes: int = 1) -> str:
+    task, actor = step_cpus(cpus)
+    t = f"{{num_cpus: {task}, batch_size: 1}}"
+    a = f"{{num_cpus: {actor}, workers: {nodes}, batch_size: 4}}"
     p = os.path.join(folder, "pipelines.yaml")
     with open(p, "w") as f:
         f.write(f"root: {folder}/root\ninputs: {json.dumps(inputs)}\n"
                 "ray: {progress: false, shared_root: true}\n"  # one machine: every node sees the same disk
-                "split: {min_clip_s: 1.0}\n"  # production clip size: fit 1280x720
-                f"filter:\n  demo_models: {models}\n  clip: {{model: {models}/tiny-clip}}\n"
-                "  model: {num_cpus: 0.5, min_workers: 1, max_workers: 2, batch_size: 4}\n"
+                f"probe: {{resources: {t}}}\n"
+                f"split: {{min_clip_s: 1.0, resources: {t}}}\n"  # production clip size: fit 1280x720
+                f"demo: {{models: {models}}}\nfilter:\n  clip: {{model: {models}/tiny-clip}}\n"
+                f"  decode: {{resources: {t}}}\n  model: {{resources: {a}}}\n"
                 "  scorers:\n    motion: {type: motion, thresholds: {mean: {min: 0.01}}}\n"
                 f"    aesthetic: {{type: aesthetic, weights: {models}/tiny-aesthetic.safetensors}}\n"
                 f"caption: {{model: {models}/tiny-vlm, max_tokens: 16, max_frames: 4, max_side: 224, sink_every: 4,\n"
-                "          resources: {num_cpus: 0.5, min_workers: 1, max_workers: 2, batch_size: 4}}\n"
-                "shard: {writer: {max_samples_per_shard: 8}}\n")
+                f"          frames: {{resources: {{num_cpus: {task}, batch_size: 4}}}}, resources: {a}}}\n"
+                f"shard: {{writer: {{max_samples_per_shard: 8, resources: {{num_cpus: {task}}}}}}}\n")
     return p
 
 
@@ -106,20 +121,20 @@ def flow_steps(cfg) -> tuple[list[Stage], dict]:
     from captioning.table import CAPTIONS, normalize, table_name
     from curation.filter import BASE_FIELDS, build_stages, ensure_demo_models, scores_schema
     from curation.probe import ProbeStage
-    from curation.split import SplitParams, SplitStage
+    from curation.split import SplitStage
     from curation.stage import StageResources
     from curation.storage import expand_inputs
 
     st = Storage(cfg.root)
-    ensure_demo_models(cfg.filter)
-    ccfg = prepare_model(cfg.caption)
+    ensure_demo_models(cfg.filter, cfg.demo.models)
+    ccfg = prepare_model(cfg.caption, cfg.demo.models)
     dec, sco, scorers = build_stages(st.root, cfg.filter)
     base = [k for k, _ in BASE_FIELDS]
     steps = [
         Tee(ProbeStage(cfg.probe.count_frames, StageResources.from_config(cfg.probe.resources)), st.root, "videos",
             tables.VIDEOS, keep=lambda r: not r.get("error"),
             shape=lambda s, r: {"video_id": r["video_id"], "source": r["source"], "fps": r["fps"]}),
-        Tee(SplitStage(SplitParams.from_config(cfg.split), st.root, StageResources.from_config(cfg.split.resources)),
+        Tee(SplitStage(cfg.split, st.root, StageResources.from_config(cfg.split.resources)),
             st.root, "clips", tables.CLIPS, keep=lambda r: r["status"] == "ok",
             shape=lambda s, r: {k: r.get(k) for k in base}),
         dec,
@@ -210,7 +225,7 @@ def run_case(nodes: int, cpus: float, data: str, inputs: list[str], models: str,
     for mode, fn in (("staged", staged), ("streamed", streamed)):
         folder = os.path.join(work, f"{data}-{nodes}-{mode}")
         os.makedirs(folder)
-        cfg = load_config(write_cfg(folder, inputs, models))
+        cfg = load_config(write_cfg(folder, inputs, models, cpus, nodes))
         res[mode] = fn(cfg)
         res[mode]["storage"] = storage_bytes(cfg.root)
     return res
@@ -274,7 +289,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nodes", default="1,2", help="worker-node counts to run, comma-separated")
     ap.add_argument("--cpus", type=float, default=1, help="CPUs of each worker node")
-    ap.add_argument("--data", default="synth,real", help="input sets: synth, real")
+    ap.add_argument("--data", default="synth", help="input sets, comma-separated: synth (default: a few minutes on 2 "
+                    "cores), real (the third-party test videos: much longer)")
     ap.add_argument("--videos", type=int, default=4, help="synthetic videos")
     ap.add_argument("--out", default=None, help="write all results as JSON here")
     ap.add_argument("--solo", action="store_true", help="only run every step alone in this process (no Ray): "

@@ -19,7 +19,7 @@ import sys
 
 import yaml
 
-from captioning.config import load_caption_config
+from captioning.config import demo_models_of, load_caption_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
               f"unreadable {c['unreadable']}", file=sys.stderr)
 
     try:
-        counts = recaption(args.root, cfg, args.shards, args.out, args.caption_key, args.video_ext, args.local, report)
+        counts = recaption(args.root, cfg, args.shards, args.out, args.caption_key, args.video_ext, args.local, report,
+                           demo_models=demo_models_of(args.config))
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -105,7 +106,7 @@ def enhance_main(args: argparse.Namespace) -> int:
     from captioning.models import prepare_text_model
     from curation.storage import Storage
 
-    cfg = cfg.model_copy(update={"enhance": prepare_text_model(cfg.enhance)})
+    cfg = cfg.model_copy(update={"enhance": prepare_text_model(cfg.enhance, demo_models_of(args.config))})
     try:
         if not args.local:
             from curation.runner import init_ray

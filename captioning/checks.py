@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Callable
 
 from captioning.config import ChecksConfig
 from captioning.engines.base import CaptionRequest, Generation, SamplingParams
@@ -36,7 +37,8 @@ def p_yes(first_logprobs: dict[str, float] | None) -> float | None:
     return None if yes + no == 0 else yes / (yes + no)
 
 
-def check_columns(generate: "object", reqs: list[CaptionRequest], cfg: ChecksConfig) -> list[dict]:
+def check_columns(generate: Callable[[list[CaptionRequest], SamplingParams], list[Generation]],
+                  reqs: list[CaptionRequest], cfg: ChecksConfig) -> list[dict]:
     """check_<name> (P(yes), None when unanswered) and check_<name>_yes per request, from one engine call
     `generate(requests, params)` over every request x question."""
     names = list(cfg.questions)

@@ -5,15 +5,13 @@ work). Every knob of the caption stage and of `python -m captioning recaption` l
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, RootModel, ValidationInfo, field_validator, model_validator
 
 from captioning.prompts import check_placeholders
-from curation.schema import Resources, Strict as _Strict
-
-
-CaptionResources = Resources  # how a caption step runs on Ray: the fields of every stage's resources
+from curation.config import ConfigError, apply_overrides
+from curation.schema import Resources, Step, Strict as _Strict, deprecated, move_key, warnings_at
 
 
 class OpenAIEngineConfig(_Strict):
@@ -53,12 +51,56 @@ class TransformersEngineConfig(_Strict):
     attn_implementation: str | None = None  # e.g. "sdpa", "flash_attention_2"; None = transformers' choice
 
 
+ENGINE_KINDS = ("transformers", "vllm", "openai")
+
+
+class EngineConfig(_Strict):
+    """One entry of the top-level `engines:` table: a language model and how it runs. The caption steps
+    (caption, caption.summary, caption.enhance) name an entry as their `engine` instead of repeating it."""
+
+    engine: Literal["transformers", "vllm", "openai"] = "transformers"  # which engine runs the model
+    model: str  # local folder, hub name or packaged:<name> (openai: the served model name)
+    openai: OpenAIEngineConfig = OpenAIEngineConfig()  # engine openai: the server
+    vllm: VLLMEngineConfig = VLLMEngineConfig()  # engine vllm: vllm.LLM settings
+    transformers: TransformersEngineConfig = TransformersEngineConfig()  # engine transformers: device, dtype
+
+
+class EnginesConfig(RootModel[dict[str, EngineConfig]]):
+    """The `engines:` section: name -> EngineConfig (empty by default: every step gives its engine inline)."""
+
+    root: dict[str, EngineConfig] = {}
+
+
+def named_engine(data: object, key: str, info: ValidationInfo) -> object:
+    """Before validation of a step with an engine: `engine: <name>` of the `engines:` table replaced by that
+    entry's keys (engine kind, model, openai/vllm/transformers). The step setting one of them too is an
+    error naming both keys; an unknown name is an error listing the names."""
+    if not isinstance(data, dict) or data.get("engine") is None or data["engine"] in ENGINE_KINDS:
+        return data
+    name = data["engine"]
+    table = ((info.context or {}).get("file") or {}).get("engines") or {}
+    if not isinstance(table, dict) or name not in table:
+        raise ValueError(f"{key}.engine: {name!r} is neither an engine kind ({', '.join(ENGINE_KINDS)}) nor a name "
+                         f"in engines ({', '.join(map(str, table)) if isinstance(table, dict) and table else 'none'})")
+    entry = table[name]
+    if not isinstance(entry, dict):
+        return data  # the engines section's own validation names the bad entry
+    both = sorted(set(entry) & (set(data) - {"engine"}))
+    if both:
+        raise ValueError(f"{key}.{both[0]} is set by engines.{name} ({key}.engine: {name}): set it there only")
+    return {**data, **entry, "engine": entry.get("engine", "transformers")}
+
+
 class TextLMConfig(_Strict):
     """A text-only language model (the summary of frame captions, caption enhancement, prompt expansion)."""
 
-    engine: Literal["transformers", "vllm", "openai"] = "transformers"  # which engine generates
+    # which engine generates: a name in the `engines:` table (its model and settings), or a kind with the
+    # model and the kind's settings given here
+    engine: Literal["transformers", "vllm", "openai"] = "transformers"
     model: str = "Qwen/Qwen2.5-7B-Instruct"  # local folder or hub name (openai: the served model name)
-    demo_model: bool = False  # build the tiny random text LM at `model` when that folder is missing (demo)
+    KEY: ClassVar[str] = "caption.summary"  # its key in pipelines.yaml (messages)
+    # Deprecated (use demo.models): build the tiny random text LM at `model` when that folder is missing.
+    demo_model: bool = False
     prompt: str = "summary-v1"  # name of a versioned template in captioning/prompts.py
     prompt_text: str | None = None  # a custom template instead (same placeholders as the named one)
     max_tokens: int = Field(512, ge=1)  # new tokens per output
@@ -69,7 +111,7 @@ class TextLMConfig(_Strict):
     transformers: TransformersEngineConfig = TransformersEngineConfig()
     # Its own Ray actors. Keep num_cpus apart from the caption step's: Ray Data would otherwise be free to
     # fuse the two model steps into one worker.
-    resources: CaptionResources = CaptionResources(num_cpus=0.25, workers=1, batch_size=8)
+    resources: Resources = Resources(num_cpus=0.25, workers=1, batch_size=8)
 
     @field_validator("prompt_text")
     @classmethod
@@ -78,9 +120,23 @@ class TextLMConfig(_Strict):
             check_placeholders(v, info.data.get("prompt", "summary-v1"))
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _named_engine(cls, data: object, info: ValidationInfo) -> object:
+        return named_engine(data, cls.KEY, info)
+
+    @field_validator("demo_model")
+    @classmethod
+    def _old_demo_switch(cls, v: bool) -> bool:
+        if v:
+            deprecated(f"{cls.KEY}.demo_model", "demo.models (the folder the tiny random models are built in)")
+        return v
+
 
 class SummaryConfig(TextLMConfig):
     """mode frames_then_summary: key frames captioned one by one, then summarised by a text LM."""
+
+    KEY: ClassVar[str] = "caption.summary"
 
     keyframe_every_s: float = Field(2.0, gt=0)  # one key frame per this many seconds of clip (from t=0)
     max_keyframes: int = Field(16, ge=1)  # cap; longer clips get this many, evenly spread
@@ -91,6 +147,8 @@ class SummaryConfig(TextLMConfig):
 
 class EnhanceConfig(TextLMConfig):
     """A text-LM rewrite of every caption of one run, written as a new run (the source run stays)."""
+
+    KEY: ClassVar[str] = "caption.enhance"
 
     enabled: bool = False  # run it after the caption stage (`python -m captioning enhance` runs it any time)
     source_run: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$")  # run to rewrite; None = caption.run
@@ -195,9 +253,11 @@ class CaptionConfig(_Strict):
     run: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$")  # run name: rows go to <root>/captions/<run>/
     mode: Literal["video", "frames_then_summary"] = "video"  # one VLM call per clip, or CogVideoX's recipe:
     # key-frame image captions with their times, then a text LM (`summary`) writes the dense caption
-    engine: Literal["transformers", "vllm", "openai"] = "transformers"  # which engine captions
+    # which engine captions: a kind (model and the kind's settings below), or a name in `engines:`
+    engine: Literal["transformers", "vllm", "openai"] = "transformers"
     model: str = "Qwen/Qwen2.5-VL-7B-Instruct"  # local folder or hub name (openai: the served model name)
-    demo_model: bool = False  # build the tiny random Qwen2.5-VL at `model` when that folder is missing (demo)
+    # Deprecated (use demo.models): build the tiny random Qwen2.5-VL at `model` when that folder is missing.
+    demo_model: bool = False
     prompt: str = "dense-v1"  # name of a versioned template in captioning/prompts.py
     prompt_text: str | None = None  # a custom prompt instead of the template (its hash is stored the same way)
     video_input: Literal["video", "frames"] = "video"  # frames go in as one video (with fps metadata) or as images
@@ -215,15 +275,28 @@ class CaptionConfig(_Strict):
     openai: OpenAIEngineConfig = OpenAIEngineConfig()
     vllm: VLLMEngineConfig = VLLMEngineConfig()
     transformers: TransformersEngineConfig = TransformersEngineConfig()
-    frames_resources: CaptionResources = CaptionResources(num_cpus=1, batch_size=4)  # CPU step: decode + JPEG
-    # Engine step. Its CPU share differs from frames_resources on purpose: Ray Data fuses consecutive steps
+    frames: Step = Step(resources=Resources(num_cpus=1, batch_size=4))  # CPU step: decode + JPEG (Ray tasks)
+    # Engine step. Its CPU share differs from frames.resources on purpose: Ray Data fuses consecutive steps
     # with equal resources into one worker, which would put frame decoding back inside the engine actor.
-    resources: CaptionResources = CaptionResources(num_cpus=0.5, workers=1, batch_size=8)
+    resources: Resources = Resources(num_cpus=0.5, workers=1, batch_size=8)
     summary: SummaryConfig = SummaryConfig()  # the text LM of mode frames_then_summary
     enhance: EnhanceConfig = EnhanceConfig()  # the optional rewrite pass into a new run
     fields: FieldsConfig = FieldsConfig()  # structured caption fields (JSON, schema-checked, columns field_*)
     windows: WindowsConfig = WindowsConfig()  # long clips in windows, merged (window_captions column)
     checks: ChecksConfig = ChecksConfig()  # yes/no VLM questions per clip (columns check_<name>, check_<name>_yes)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys(cls, data: object, info: ValidationInfo) -> object:
+        data = named_engine(data, "caption", info)  # engine: <a name in engines>
+        return move_key(data, "caption", "frames_resources", "frames.resources")  # the previous release's key
+
+    @field_validator("demo_model")
+    @classmethod
+    def _old_demo_switch(cls, v: bool) -> bool:
+        if v:
+            deprecated("caption.demo_model", "demo.models (the folder the tiny random models are built in)")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> "CaptionConfig":
@@ -249,19 +322,37 @@ def load_caption_config(path: str | None, overrides: list[str], run: str | None)
     import yaml
     from pydantic import ValidationError
 
-    from curation.config import ConfigError, apply_overrides
-
-    data: dict = {}
     if path:
         if not os.path.isfile(path):
             raise ConfigError(f"config file {path!r} does not exist")
-        data = (yaml.safe_load(open(path)) or {}).get("caption") or {}
-    data = apply_overrides(data, overrides)
+        with open(path) as f:
+            whole = yaml.safe_load(f) or {}
+    else:
+        whole = {}
+    data = apply_overrides(whole.get("caption") or {}, overrides)
     if run:
         data["run"] = run
     try:
-        return CaptionConfig.model_validate(data)
+        with warnings_at(path or "pipelines.yaml"):
+            return CaptionConfig.model_validate(data, context={"file": whole})  # file: the `engines:` table
     except ValidationError as e:
         lines = [f"  caption.{'.'.join(map(str, err['loc']))}: "
                  f"{'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}" for err in e.errors()]
         raise ConfigError("invalid caption configuration\n" + "\n".join(lines)) from None
+
+
+def demo_models_of(path: str | None) -> str | None:
+    """The file's `demo.models` folder (relative to the file), for the captioning commands that read only the
+    caption section (recaption, enhance, prompt expansion); None without a file or the switch."""
+    import os
+
+    import yaml
+
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        demo = (yaml.safe_load(f) or {}).get("demo") or {}
+    folder = demo.get("models") if isinstance(demo, dict) else None
+    if not isinstance(folder, str) or "://" in folder:
+        return folder if isinstance(folder, str) else None
+    return os.path.join(os.path.dirname(os.path.abspath(path)), os.path.expanduser(folder))

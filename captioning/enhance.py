@@ -4,7 +4,7 @@
 
 The rewrite aims at `enhance.target_words` words in `enhance.style`; with `require_camera_motion` and a
 detected camera motion type for the clip, the prompt names it and the rewrite must too (checked with
-curation.caption_report.mentions_camera, the same rule `inspect` reports): one that does not is
+captioning.camera.mentions_camera, the same rule `inspect` reports): one that does not is
 generated again, then kept with the flag `no_camera_motion`. Exactly one row per clip of the source
 run: a clip without a caption there is an error row (retried on re-run, like an engine error). Resume
 per clip as in the caption stage.
@@ -19,12 +19,13 @@ import time
 from typing import Callable
 
 from captioning import postprocess
-from captioning.config import CaptionConfig, EnhanceConfig
-from captioning.engines import Generation, SamplingParams, TextRequest
+from captioning.camera import CAMERA_COLUMN, camera_phrase, camera_types, mentions_camera
+from captioning.config import CaptionConfig, EnhanceConfig, demo_models_of, load_caption_config
+from captioning.engines import Generation, SamplingParams, TextRequest, make_text_engine
+from captioning.models import prepare_text_model
 from captioning.prompts import get_text_prompt, render
-from captioning.rows import caption_row, plain_value
+from captioning.rows import caption_row
 from captioning.table import CAPTIONS, frame_lists, normalize, read_captions, table_name, write_run_info
-from curation.caption_report import CAMERA_COLUMN, camera_phrase, mentions_camera
 from curation.stage import Stage, StageResources
 from curation.table_stage import TableStage, execute
 from curation.storage import Storage
@@ -61,8 +62,6 @@ class Enhance(Stage):
         self.engine = None
 
     def setup(self) -> None:
-        from captioning.engines import make_text_engine
-
         self.engine = make_text_engine(self.e)
 
     def request(self, r: dict) -> TextRequest:
@@ -72,7 +71,6 @@ class Enhance(Stage):
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         self.ensure_setup()
-        rows = [{k: plain_value(v) for k, v in r.items()} for r in rows]
         out = [self._row(r, Generation(error=f"enhance: source run {self.source_run!r} has no caption for this "
                                              f"clip ({r['source_error']})"), [], None, 0)
                for r in rows if r.get("source_error")]
@@ -101,13 +99,6 @@ class Enhance(Stage):
                           source_run=self.source_run)
         row["frame_times"], row["frame_texts"] = r.get("frame_times"), r.get("frame_texts")
         return row
-
-
-def camera_types(storage: Storage) -> dict[str, str]:
-    """clip id -> detected camera motion (scores column motion_camera_type; empty when absent)."""
-    from curation.caption_report import camera_types as read
-
-    return read(storage)
 
 
 def enhance_items(storage: Storage, source_run: str) -> list[dict]:
@@ -180,11 +171,7 @@ def enhance_run(storage: Storage, cfg: CaptionConfig, local: bool = False, progr
 def expand_prompts(prompts: list[str], config: str | None = None, overrides: list[str] | None = None) -> list[str]:
     """Each short prompt expanded by the `caption.enhance` LM of `config` (pipelines.yaml) with its
     `expand_prompt` template. Raises ValueError naming the prompt that got no expansion."""
-    from captioning.config import load_caption_config
-    from captioning.engines import make_text_engine
-    from captioning.models import prepare_text_model
-
-    e = prepare_text_model(load_caption_config(config, overrides or [], None).enhance)
+    e = prepare_text_model(load_caption_config(config, overrides or [], None).enhance, demo_models_of(config))
     tmpl = get_text_prompt(e.expand_prompt, None, "caption.enhance.expand_prompt")
     reqs = []
     for i, p in enumerate(prompts):

@@ -13,7 +13,7 @@ import tempfile
 import numpy as np
 
 from captioning.config import CaptionConfig
-from curation.video import VideoError, iter_frames
+from curation.video import VideoError, first_video_stream, iter_frames, open_container
 
 
 def frame_count(duration_s: float, cfg: CaptionConfig) -> int:
@@ -67,8 +67,6 @@ def sample_frames_from_bytes(data: bytes, duration_s: float | None, cfg: Caption
 
 def probe_duration(path: str) -> float:
     """Clip duration in seconds from the container, or frames / rate when the container does not say."""
-    from curation.video import first_video_stream, open_container
-
     with open_container(path) as c:
         st = first_video_stream(c, path)
         if st.duration is not None and st.time_base is not None:

@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import re
 import zlib
+from typing import Callable, Iterable
+
+from captioning.engines.base import Generation, SamplingParams
+
+# The caller's own checks of request i's cleaned text: the flags it adds (e.g. no_camera_motion).
+Extra = Callable[[int, str], Iterable[str]]
 
 # Openings removed from the start of a caption (case-insensitive), longest first where they overlap.
 _OPENINGS = [
@@ -68,7 +74,7 @@ def quality_flags(text: str, finish_reason: str | None) -> list[str]:
 RETRY_TEMPERATURE = 0.7
 
 
-def judge(g: "object", extra: "object" = None, i: int = 0) -> tuple["object", str, list[str]]:
+def judge(g: Generation, extra: Extra | None = None, i: int = 0) -> tuple[Generation, str, list[str]]:
     """(generation, cleaned text, flags); `extra(i, text) -> [flags]` adds the caller's own checks of
     request i (e.g. that an enhanced caption names the clip's camera motion)."""
     text = clean(g.text or "")
@@ -78,8 +84,8 @@ def judge(g: "object", extra: "object" = None, i: int = 0) -> tuple["object", st
     return g, text, flags + (list(extra(i, text)) if extra else [])
 
 
-def generate_judged(call: "object", n: int, params: "object", retry_bad: int,
-                    extra: "object" = None) -> tuple[list[tuple], list[int]]:
+def generate_judged(call: Callable[[list[int], SamplingParams], list[Generation]], n: int, params: SamplingParams,
+                    retry_bad: int, extra: Extra | None = None) -> tuple[list[tuple], list[int]]:
     """Run `call(indices, params) -> [Generation]` for all n requests, then re-generate the bad ones (any
     flag) up to `retry_bad` times at RETRY_TEMPERATURE, keeping for each the result with fewest flags.
 
@@ -87,8 +93,6 @@ def generate_judged(call: "object", n: int, params: "object", retry_bad: int,
     becomes an error Generation for the whole batch (first call) or ends the retries (later calls).
     """
     from dataclasses import replace
-
-    from captioning.engines.base import Generation
 
     try:
         gens = call(list(range(n)), params)

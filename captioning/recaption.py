@@ -14,10 +14,11 @@ import posixpath
 import tarfile
 import tempfile
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from captioning.config import CaptionConfig
 from captioning.table import read_captions
+from curation.runner import init_ray
 from curation.storage import Storage, expand_inputs
 
 
@@ -123,14 +124,15 @@ def write_shards(storage: Storage, run: str, shards: list[str], out: str, captio
 
 def recaption(root: str, cfg: CaptionConfig, shards: list[str] | None = None, out: str | None = None,
               caption_key: str = "txt", video_ext: str = "mp4", local: bool = False,
-              on_part: "object" = None) -> dict:
+              on_part: Callable[[dict], None] | None = None, demo_models: str | None = None) -> dict:
     """Caption a dataset's clips table (shards=None) or WebDataset shards into `captions/<cfg.run>`.
 
-    With `out` (shards input only), also write the re-captioned shards. Returns the counts.
+    With `out` (shards input only), also write the re-captioned shards. `demo_models`: demo.models (a missing
+    model under it is built as a tiny random one). Returns the counts.
     """
     from captioning.stage import caption_items, clip_items, prepare_model
 
-    cfg = prepare_model(cfg)
+    cfg = prepare_model(cfg, demo_models)
     storage = Storage(root)
     if shards is not None:
         files = expand_inputs(shards)
@@ -140,8 +142,6 @@ def recaption(root: str, cfg: CaptionConfig, shards: list[str] | None = None, ou
             raise ValueError("--out writes new shards and needs --shards input")
         items = clip_items(storage, cfg)
     if not local:
-        from curation.runner import init_ray
-
         init_ray()
     counts = caption_items(storage, cfg, items, local=local, on_part=on_part)
     if shards is not None and out:

@@ -28,14 +28,6 @@ def caption_row(clip_id: str, g: Generation, flags: list[str], text: str | None,
     return row
 
 
-def plain_value(v: object) -> object:
-    """A plain Python value: rows that crossed Ray Data's pandas batches carry NaN for nulls and numpy
-    arrays (and scalars) for lists (and numbers)."""
-    if hasattr(v, "tolist") and not isinstance(v, (bytes, str)):
-        v = v.tolist()
-    return None if v is None or (isinstance(v, float) and v != v) else v
-
-
 def read_range(uri: str, offset: int, size: int | None) -> bytes:
     """Bytes of a local file or object-store URI (a tar member's data, or a whole clip)."""
     if "://" in uri and not uri.startswith("file://"):

@@ -16,18 +16,21 @@ import time
 from typing import Callable
 
 from captioning.config import CaptionConfig
-from captioning.engines import Generation, SamplingParams
+from captioning.engines import Generation, SamplingParams, make_engine
+from captioning.enhance import enhance_run
 from captioning.frames import probe_duration, sample_frames, sample_frames_from_bytes
 from captioning.models import prepare_model, prepare_text_model  # noqa: F401 (prepare_text_model: re-exported)
 from captioning.prompts import get_prompt
-from captioning.rows import _now, caption_row, plain_value, read_range  # noqa: F401 (re-exported)
+from captioning.rows import _now, caption_row, read_range  # noqa: F401 (re-exported)
 from captioning.structured import structured_columns
+from captioning.summary import CaptionFrames, SampleKeyFrames, Summarize, reusable_frames
 from captioning.table import CAPTIONS, normalize, schema_for, table_name, write_run_info
 from captioning.windows import caption_windowed, clip_requests, sample_windows
 from curation.kept import kept_view
 from curation.stage import Stage, StageResources
 from curation.table_stage import TableStage, execute
 from curation.storage import Storage
+from curation.tables import write_part
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +41,13 @@ class SampleFrames(Stage):
     name = "caption-frames"
 
     def __init__(self, cfg: CaptionConfig) -> None:
-        super().__init__(StageResources.from_config(cfg.frames_resources))
+        super().__init__(StageResources.from_config(cfg.frames.resources))
         self.cfg = cfg
 
     def process_row(self, row: dict) -> list[dict]:
         want_video = self.cfg.engine == "openai" and self.cfg.openai.video_as == "video_url"
-        duration = plain_value(row.get("duration_s"))
-        if plain_value(row.get("tar")):  # a WebDataset sample: read its mp4 member in place
+        duration = row.get("duration_s")
+        if row.get("tar"):  # a WebDataset sample: read its mp4 member in place
             data = read_range(row["tar"], int(row["offset"]), int(row["size"]))
             frames, fps = sample_frames_from_bytes(data, duration, self.cfg, f"{row['tar']}:{row['clip_id']}")
         else:
@@ -77,17 +80,14 @@ class Caption(Stage):
         self.engine = None
 
     def setup(self) -> None:
-        from captioning.engines import make_engine
-
         self.engine = make_engine(self.cfg)
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         self.ensure_setup()
-        out = [self._row(r["clip_id"], Generation(error=r["error"]), 0, []) for r in rows if plain_value(r.get("error"))]
-        todo = [r for r in rows if not plain_value(r.get("error"))]
+        out = [self._row(r["clip_id"], Generation(error=r["error"]), 0, []) for r in rows if r.get("error")]
+        todo = [r for r in rows if not r.get("error")]
         if not todo:
             return out
-        todo = [{k: plain_value(v) for k, v in r.items()} for r in todo]
         reqs = clip_requests(todo, self.cfg.max_frames)
         params = SamplingParams(self.cfg.max_tokens, self.cfg.temperature, self.cfg.top_p)
         results, retries, wcols = caption_windowed(lambda rs, p: self.engine.generate(rs, self.prompt, p), todo,
@@ -138,7 +138,6 @@ class CaptionTable(TableStage):
     def items(self) -> list[dict]:
         if self.cfg.mode != "frames_then_summary":
             return self._items
-        from captioning.summary import reusable_frames
 
         reuse = reusable_frames(self.storage, self.cfg)
         # Every item carries the same keys (Ray Data blocks need one schema); a clip whose summary failed
@@ -161,8 +160,6 @@ class CaptionTable(TableStage):
         return [normalize(r) for r in rows]
 
     def write(self, rows: list[dict]) -> None:
-        from curation.tables import write_part
-
         # the field_/check_ columns of caption.fields and caption.checks follow the fixed ones
         write_part(self.storage, self.table, rows, schema_for(rows))
 
@@ -193,18 +190,14 @@ def caption_items(storage: Storage, cfg: CaptionConfig, items: list[dict], local
 def caption_steps(cfg: CaptionConfig) -> list[Stage]:
     """The pipeline steps of `cfg.mode` (prompts are checked here, before any work)."""
     if cfg.mode == "frames_then_summary":
-        from captioning.summary import CaptionFrames, SampleKeyFrames, Summarize
-
         return [SampleKeyFrames(cfg), CaptionFrames(cfg), Summarize(cfg)]
     return [SampleFrames(cfg), Caption(cfg)]
 
 
 def run(cfg: "object", ctx: "object") -> dict:
-    """Pipeline entry (`python -m curation run pipelines.yaml --stage caption`)."""
-    ccfg = prepare_model(cfg.caption)
+    """Pipeline entry (`python -m vidcurate run pipelines.yaml --stage caption`)."""
+    ccfg = prepare_model(cfg.caption, cfg.demo.models)
     counts = caption_items(ctx.storage, ccfg, clip_items(ctx.storage, ccfg), progress=cfg.ray.progress, ctx=ctx)
     if ccfg.enhance.enabled:
-        from captioning.enhance import enhance_run
-
         counts["enhance"] = enhance_run(ctx.storage, ccfg, progress=cfg.ray.progress, ctx=ctx)
     return counts

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Callable
 
-from captioning.config import FieldsConfig
+from captioning.checks import check_columns
+from captioning.config import CaptionConfig, FieldsConfig
+from captioning.engines.base import Engine, Generation, SamplingParams
+from captioning.postprocess import RETRY_TEMPERATURE
 from captioning.prompts import Prompt
 
 INVALID = "fields_invalid"  # flag of a clip whose fields answer never matched the schema
@@ -69,13 +73,11 @@ def empty_columns(names: dict[str, str]) -> dict[str, None]:
     return {f"field_{k}": None for k in names}
 
 
-def fields_columns(generate: "object", n: int, cfg: FieldsConfig, retry_bad: int | None = None) -> list[tuple[dict, list[str]]]:
+def fields_columns(generate: Callable[[list[int], Prompt, SamplingParams], list[Generation]], n: int, cfg: FieldsConfig,
+                   retry_bad: int | None = None) -> list[tuple[dict, list[str]]]:
     """For n requests: ({field_<name>: value or None}, flags), via `generate(indices, prompt, params)`,
     which sends the fields prompt with the same frames as the caption requests."""
     from dataclasses import replace
-
-    from captioning.engines.base import SamplingParams
-    from captioning.postprocess import RETRY_TEMPERATURE
 
     schema = fields_schema(cfg.names, cfg.max_chars)
     prompt = fields_prompt(cfg.names)
@@ -102,8 +104,8 @@ def fields_columns(generate: "object", n: int, cfg: FieldsConfig, retry_bad: int
     return out
 
 
-def structured_columns(engine: "object", reqs: list, caption_prompt: Prompt, results: list[tuple],
-                       cfg: "object") -> list[tuple[dict, list[str]]]:
+def structured_columns(engine: Engine, reqs: list, caption_prompt: Prompt, results: list[tuple],
+                       cfg: CaptionConfig) -> list[tuple[dict, list[str]]]:
     """The field_/check_ columns and extra flags of each captioned request of the caption stage (`results`:
     generate_judged's (generation, text, flags) per request). Requests whose caption failed get none."""
     ok = [i for i, (g, _, _) in enumerate(results) if g.error is None]
@@ -114,8 +116,6 @@ def structured_columns(engine: "object", reqs: list, caption_prompt: Prompt, res
         for i, (c, flags) in zip(ok, cols):
             out[i] = ({**out[i][0], **c}, out[i][1] + flags)
     if cfg.checks.enabled and ok:
-        from captioning.checks import check_columns
-
         cols = check_columns(lambda rs, p: engine.generate(rs, caption_prompt, p), [reqs[i] for i in ok], cfg.checks)
         for i, c in zip(ok, cols):
             out[i] = ({**out[i][0], **c}, out[i][1])

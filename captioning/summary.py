@@ -21,10 +21,11 @@ import numpy as np
 
 from captioning import postprocess
 from captioning.config import CaptionConfig
-from captioning.engines import CaptionRequest, Generation, SamplingParams, TextRequest
+from captioning.engines import CaptionRequest, Generation, SamplingParams, TextRequest, make_engine, make_text_engine
 from captioning.frames import encode_jpeg, probe_duration, sample_frames
 from captioning.prompts import combined_hash, get_prompt, get_text_prompt, render
-from captioning.rows import caption_row, plain_value, read_range
+from captioning.rows import caption_row, read_range
+from captioning.table import frame_lists, read_captions
 from curation.stage import Stage, StageResources
 from curation.video import VideoError, iter_frames
 
@@ -72,11 +73,10 @@ class SampleKeyFrames(Stage):
     name = "caption-keyframes"
 
     def __init__(self, cfg: CaptionConfig) -> None:
-        super().__init__(StageResources.from_config(cfg.frames_resources))
+        super().__init__(StageResources.from_config(cfg.frames.resources))
         self.cfg = cfg
 
     def process_row(self, row: dict) -> list[dict]:
-        row = {k: plain_value(v) for k, v in row.items()}
         name = f"{row['tar']}:{row['clip_id']}" if row.get("tar") else row.get("path")
         need_frames = not row.get("frame_texts")
         need_video = self.cfg.summary.video_prompt is not None and not row.get("video_caption")
@@ -116,13 +116,10 @@ class CaptionFrames(Stage):
         self.engine = None
 
     def setup(self) -> None:
-        from captioning.engines import make_engine
-
         self.engine = make_engine(self.cfg)
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         self.ensure_setup()
-        rows = [{k: plain_value(v) for k, v in r.items()} for r in rows]
         params = SamplingParams(self.cfg.max_tokens, self.cfg.temperature, self.cfg.top_p)
         todo = [r for r in rows if not r.get("error") and not r.get("frame_texts")]
         reqs = [(r, i, CaptionRequest(f"{r['clip_id']}@{t:.2f}s", [jpg], 1.0, as_images=True))
@@ -194,13 +191,10 @@ class Summarize(Stage):
         self.engine = None
 
     def setup(self) -> None:
-        from captioning.engines import make_text_engine
-
         self.engine = make_text_engine(self.cfg.summary)
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         self.ensure_setup()
-        rows = [{k: plain_value(v) for k, v in r.items()} for r in rows]
         reqs: list[tuple[dict, TextRequest]] = []
         out = []
         for r in rows:
@@ -241,8 +235,6 @@ class Summarize(Stage):
 def reusable_frames(storage: "object", cfg: CaptionConfig) -> dict[str, dict]:
     """Frame captions (and short video captions) of the run's error rows that failed after the VLM step,
     by clip id: a re-run summarises them again instead of captioning the frames again."""
-    from captioning.table import frame_lists, read_captions
-
     out = {}
     for r in read_captions(storage, cfg.run).to_pylist():
         if r["error"] and r["error"].startswith("summary:") and r["frame_captions"] and r["model"] == cfg.model:

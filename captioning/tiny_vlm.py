@@ -13,6 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # tokenizers and transformers load when the demo model is built
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
 # Qwen2-VL's special tokens, in Qwen's order (the model config refers to them by id).
 SPECIAL_TOKENS = [
@@ -54,7 +59,7 @@ A child plays with a ball in a park, trees sway in the wind, and clouds drift ov
 """
 
 
-def train_tokenizer(vocab_size: int = 512) -> "object":
+def train_tokenizer(vocab_size: int = 512) -> Tokenizer:
     """A byte-level BPE tokenizer (like Qwen's) trained on the small corpus above."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -136,7 +141,7 @@ def build_tiny_qwen25_vl(out_dir: str, seed: int = 0, max_pixels: int = 112 * 11
     return _finish_folder(out_dir, processor, tokenizer, marker)
 
 
-def _finish_folder(out_dir: str, processor: "object", tokenizer: "object", marker: str) -> str:
+def _finish_folder(out_dir: str, processor: ProcessorMixin, tokenizer: PreTrainedTokenizerBase, marker: str) -> str:
     processor.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     # Older readers (vLLM's pinned transformers, `transformers serve`) look for the template here too.

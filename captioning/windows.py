@@ -12,11 +12,13 @@ in one row (`frames`) with `window_spans` ([start_s, end_s, n_frames, fps] each)
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 import numpy as np
 
+from captioning import postprocess
 from captioning.config import CaptionConfig
-from captioning.engines.base import CaptionRequest, Generation
+from captioning.engines.base import CaptionRequest, Generation, SamplingParams
 from captioning.frames import encode_jpeg, frame_count
 from curation.video import iter_frames
 
@@ -121,12 +123,11 @@ def clip_requests(rows: list[dict], max_frames: int) -> list[CaptionRequest]:
             CaptionRequest(r["clip_id"], list(r["frames"]), float(r["fps"]), r.get("video")) for r in rows]
 
 
-def caption_windowed(generate: "object", rows: list[dict], reqs: list[CaptionRequest], params: "object",
+def caption_windowed(generate: Callable[[list[CaptionRequest], SamplingParams], list[Generation]], rows: list[dict],
+                     reqs: list[CaptionRequest], params: SamplingParams,
                      cfg: CaptionConfig) -> tuple[list[tuple], list[int], list[dict]]:
     """Caption every clip (each window of a windowed one) in one judged engine batch: per clip its
     (generation, text, flags), retries and window columns. `generate(requests, params)` is the engine call."""
-    from captioning import postprocess
-
     calls: list[CaptionRequest] = []
     groups: list[range] = []
     for r, req in zip(rows, reqs):

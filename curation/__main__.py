@@ -1,5 +1,6 @@
-"""`python -m curation run|demo|inspect ...`: the project's command line. It lives one layer up
-(vidcurate/cli.py), where every package's section and stage are assembled; a program may import it."""
+"""`python -m curation ...`: the old name of `python -m vidcurate ...`, the project's command line. It lives
+one layer up (vidcurate/cli.py), where every package's section and stage are assembled; a program may
+import it."""
 from __future__ import annotations
 
 import sys

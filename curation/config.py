@@ -19,12 +19,23 @@ from curation.dedup import DedupConfig
 from curation.select import SelectConfig
 from curation.filters.config import FilterConfig, Resources, resolve_path  # noqa: F401 (Resources: every stage's)
 from curation.prefilter import PrefilterConfig
-from curation.schema import Strict
-from curation.uris import scrub
+from curation.schema import Strict, deprecated, warnings_at
+from curation.storage import expand_inputs
+from curation.uris import redact, scrub
 
 
 class ConfigError(ValueError):
     """A pipelines.yaml problem; the message names the key path and the reason."""
+
+
+class DemoConfig(Strict):
+    """The one demo switch: tiny RANDOM stand-ins for missing models (the offline demo and tests only)."""
+
+    # A model configured under this folder (filter.clip.model, a scorer's weights, caption.model, the
+    # summary/enhance LMs) that is missing is built there as a tiny random model first: its outputs are
+    # noise. None (real runs): a missing model is an error naming its key.
+    models: str | None = None
+    _paths = field_validator("models")(resolve_path)
 
 
 class RayConfig(Strict):
@@ -109,6 +120,7 @@ class Section:
 # curation's own sections, in run order. A stage of this package is one line here; stages of other
 # packages are one line in vidcurate/flow.py.
 SECTIONS: tuple[Section, ...] = (
+    Section("demo", DemoConfig),
     Section("ray", RayConfig),
     Section("probe", ProbeConfig, "curation.probe:ProbeTable", "videos"),
     Section("split", SplitConfig, "curation.split:SplitTable", "clips"),
@@ -125,6 +137,22 @@ class BaseConfig(Strict):
 
     root: str  # dataset root: local folder or object-store URI (s3://..., gs://...)
     inputs: list[str] = Field(min_length=1)  # globs of local paths or object-store URIs of raw videos
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_demo_key(cls, data: Any) -> Any:
+        """filter.demo_models (the previous release's switch) read as demo.models, with a warning."""
+        f = data.get("filter") if isinstance(data, dict) else None
+        if not isinstance(f, dict) or "demo_models" not in f:
+            return data
+        data, f = dict(data), dict(f)
+        demo = dict(data.get("demo") or {})
+        if "models" in demo:
+            raise ValueError("filter.demo_models (deprecated) and demo.models are the same setting: keep demo.models")
+        demo["models"] = f.pop("demo_models")
+        data["filter"], data["demo"] = f, demo
+        deprecated("filter.demo_models", "demo.models")
+        return data
 
 
 def config_model(sections: tuple[Section, ...], name: str = "PipelineConfig") -> type[BaseConfig]:
@@ -178,7 +206,8 @@ def load_config(path: str, overrides: list[str] | None = None, check_inputs: boo
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
     try:
-        data = yaml.safe_load(open(path)) or {}
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -192,12 +221,12 @@ def load_config(path: str, overrides: list[str] | None = None, check_inputs: boo
         data["inputs"] = [i if not isinstance(i, str) or "://" in i else os.path.join(base, os.path.expanduser(i))
                           for i in data["inputs"]]
     try:
-        cfg = schema.model_validate(data, context={"base_dir": base})  # sections resolve relative paths
+        # sections resolve relative paths against base_dir, and names of top-level tables (engines) in file
+        with warnings_at(path):  # an old key's warning names the file, not our source
+            cfg = schema.model_validate(data, context={"base_dir": base, "file": data})
     except ValidationError as e:
         raise ConfigError(scrub(f"{path}: invalid configuration\n{_format(e)}")) from None
     if check_inputs:
-        from curation.storage import expand_inputs
-        from curation.uris import redact
         missing = [p for p in cfg.inputs if not expand_inputs([p])]
         if missing:
             raise ConfigError(f"{path}: inputs: no file matches {', '.join(redact(m) for m in missing)}")

@@ -57,6 +57,12 @@ class Console:
     def close(self) -> None:
         """Close the log file; Ray's output goes back to the terminal."""
         self._fd2_restore()
+        if self.handler is not None:  # Ray's loggers must not keep writing to the closed file
+            for name in RAY_LOGGERS:
+                lg = logging.getLogger(name)
+                if self.handler in lg.handlers:
+                    lg.removeHandler(self.handler)
+                    lg.propagate = True
         if self.log is not None:
             self.log.close()
         self.verbose, self.log, self.handler = True, None, None

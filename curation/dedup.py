@@ -1,6 +1,6 @@
 """Dedup stage: near-duplicate clips among those the filter kept, one kept per duplicate group.
 
-    python -m curation run pipelines.yaml --stage dedup
+    python -m vidcurate run pipelines.yaml --stage dedup
 
 scores (passed) ─► pHash step (Ray tasks, CPU: a few frames per clip, cached in <root>/dedup/phash/)
     ─► partition (driver: k-means on a seeded sample, every clip to its nearest centroid)
@@ -26,15 +26,16 @@ import importlib.util
 import sys
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from curation import tables
-from curation.schema import Resources
+from curation.schema import Resources, Step, Strict, move_key, step_resources
 from curation.stage import Stage, StageResources
+from curation.storage import Storage
 from curation.table_stage import TableStage, execute
 
 DEDUP = pa.schema([
@@ -54,10 +55,9 @@ PHASH = pa.schema([
 ])
 
 
-class DedupConfig(BaseModel):
+class DedupConfig(Strict):
     """The `dedup:` section: near-duplicate removal after the filter stage."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
     signals: list[Literal["phash", "embedding"]] = Field(["phash", "embedding"], min_length=1)  # what links clips
     phash_frames: int = Field(5, ge=1, le=64)  # frames hashed per clip (centres of equal slices of the clip)
     # linked when the mean Hamming distance per 64-bit frame hash is <= this
@@ -70,7 +70,7 @@ class DedupConfig(BaseModel):
     backend: Literal["faiss", "sklearn"] = "faiss"  # k-means library (bench/dedup.py: faiss is faster at equal recall)
     keep_by: str | None = "aesthetic_mean"  # scores column; the highest is kept (null: longest, then clip_id)
     seed: int = 0  # sample and k-means seed: same inputs + seed -> same groups
-    hash: Resources = Resources(num_cpus=1, batch_size=4)  # pHash step: Ray tasks, each decodes batch_size clips
+    hash: Step = Step(resources=Resources(num_cpus=1, batch_size=4))  # pHash step: Ray tasks, each decodes batch_size clips
     # each clip is also compared in up to this many next-nearest clusters whose border band it lies in
     # (0: its own cluster only, pairs split by a k-means border are lost)
     border_clusters: int = Field(2, ge=0)
@@ -78,8 +78,23 @@ class DedupConfig(BaseModel):
     # dimensions most clips are guests; a link's difference rarely points across the border: at 1M clips
     # 0.05 kept planted recall 0.9986 at 0.42 guests per clip, 0.1 gave 0.9988 at 0.8: bench/dedup.py)
     border_band: float = Field(0.05, gt=0, le=1)
-    cluster_cpus: float = Field(1.0, gt=0)  # CPUs per cluster task
-    cluster_tasks: int = Field(16, ge=1)  # clusters are packed into at most this many Ray tasks
+    # link step: clusters are packed by cost into `workers` Ray tasks of num_cpus each (workers null: one
+    # task per cluster, as many at once as the CPUs allow)
+    link: Step = Step(resources=Resources(num_cpus=1, workers=16))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys(cls, data: Any) -> Any:  # the keys of the previous release, with a warning naming the new one
+        old = {"cluster_cpus": ("num_cpus", 1.0), "cluster_tasks": ("workers", 16)}  # old key -> new field, old default
+        if not isinstance(data, dict) or not set(old) & set(data):
+            return step_resources(data, "dedup", ("hash", "link"))
+        for key, (name, _) in old.items():
+            data = move_key(data, "dedup", key, f"link.resources.{name}")
+        res = data["link"]["resources"]
+        if isinstance(res, dict):
+            for name, default in old.values():  # the old key left out keeps its old default
+                res.setdefault(name, default)
+        return step_resources(data, "dedup", ("hash", "link"))
 
     @field_validator("backend")
     @classmethod
@@ -102,8 +117,6 @@ class HashStage(Stage):
         self.root, self.frames = root, frames
 
     def setup(self) -> None:
-        from curation.storage import Storage
-
         self.storage = Storage(self.root)
 
     def process_row(self, row: dict) -> list[dict]:
@@ -131,7 +144,7 @@ class PhashTable(TableStage):
         return [{"clip_id": c["clip_id"], "path": c["path"], "frames": c["frames"]} for c in self.clips]
 
     def steps(self) -> list[Stage]:
-        return [HashStage(self.storage.root, self.cfg.phash_frames, StageResources.from_config(self.cfg.hash))]
+        return [HashStage(self.storage.root, self.cfg.phash_frames, StageResources.from_config(self.cfg.hash.resources))]
 
     def failed(self, row: dict) -> bool:
         # a hash made with another phash_frames is no hash of this run (the clip is hashed again)
@@ -431,13 +444,13 @@ def dedup_table(ids: list[str], home: np.ndarray, kept: np.ndarray, emb: np.ndar
 def run_clusters(clusters: list[dict], data: dict, cfg: DedupConfig, local: bool) -> tuple[np.ndarray, np.ndarray]:
     """Every cluster's links: Ray tasks in parallel (packed by cost; the features put in the object store
     once and read there without a copy), or in this process."""
-    chunks = pack_clusters(clusters, cfg.cluster_tasks)
+    chunks = pack_clusters(clusters, cfg.link.resources.workers or len(clusters))
     if local:
         out = [clusters_links(ch, data, cfg) for ch in chunks]
     else:
         import ray
 
-        task = ray.remote(num_cpus=cfg.cluster_cpus)(clusters_links)
+        task = ray.remote(num_cpus=cfg.link.resources.num_cpus)(clusters_links)
         ref = ray.put(data)
         out = ray.get([task.remote(ch, ref, cfg) for ch in chunks])
     return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])

@@ -26,8 +26,12 @@ import pyarrow.compute as pc
 
 from curation import tables
 from curation.filters.base import ClipFrames, FrameSpec, Rule, ScorerSet, spread
+from curation.filters.clip_model import ClipEncoder, image_size
 from curation.filters.config import FilterConfig
+from curation.filters.make_tiny import make_tiny
+from curation.runner import output_to_log
 from curation.stage import Stage, StageResources
+from curation.storage import Storage
 from curation.table_stage import TableStage
 
 # Columns of the scores table before and after the scorers' own columns.
@@ -82,7 +86,7 @@ class DecodeStage(Stage):
     """CPU step: decode one clip once, run the CPU scorers, hand the model step the frames it needs."""
 
     name = "filter.decode"
-    resources_key = "filter.decode"
+    resources_key = "filter.decode.resources"
 
     def __init__(self, root: str, cfg: FilterConfig, scorers: ScorerSet, model_specs: list[FrameSpec],
                  clip_spec: FrameSpec | None = None, resources: StageResources | None = None) -> None:
@@ -95,8 +99,6 @@ class DecodeStage(Stage):
         self.ship = ship_frames(scorers.by_step("model"), clip_spec, cfg.clip.max_frames)
 
     def setup(self) -> None:
-        from curation.storage import Storage
-
         self.storage = Storage(self.root)
         for sc in self.scorers.by_step("cpu"):
             sc.setup()
@@ -135,7 +137,7 @@ class ScoreStage(Stage):
     """Model step (a Ray actor when models are configured): CLIP once per batch, model scorers, decision."""
 
     name = "filter.score"
-    resources_key = "filter.model"
+    resources_key = "filter.model.resources"
 
     def __init__(self, cfg: FilterConfig, scorers: ScorerSet, clip_spec: FrameSpec | None,
                  resources: StageResources | None = None) -> None:
@@ -151,7 +153,6 @@ class ScoreStage(Stage):
             import torch
 
             torch.set_num_threads(max(1, int(self.resources.num_cpus)))
-            from curation.filters.clip_model import ClipEncoder
 
             self.encoder = ClipEncoder(self.cfg.clip, use_gpu=self.resources.num_gpus > 0,
                                        frame_batch=self.cfg.clip.frame_batch)
@@ -209,29 +210,24 @@ def build_stages(root: str, cfg: FilterConfig) -> tuple[DecodeStage, ScoreStage,
     scorers = ScorerSet.from_config(cfg.enabled_scorers())
     clip_spec = None
     if scorers.needs_embedding():
-        from curation.filters.clip_model import image_size
-
         clip_spec = FrameSpec("rgb24", image_size(cfg.clip), square_crop=True)
     model_specs = ([clip_spec] if clip_spec else []) + [s for sc in scorers.by_step("model") for s in sc.frame_specs()]
-    dec = DecodeStage(root, cfg, scorers, model_specs, clip_spec, StageResources.from_config(cfg.decode))
-    sco = ScoreStage(cfg, scorers, clip_spec, StageResources.from_config(cfg.model))
+    dec = DecodeStage(root, cfg, scorers, model_specs, clip_spec, StageResources.from_config(cfg.decode.resources))
+    sco = ScoreStage(cfg, scorers, clip_spec, StageResources.from_config(cfg.model.resources))
     return dec, sco, scorers
 
 
-def ensure_demo_models(cfg: FilterConfig) -> None:
-    """Build tiny random models in filter.demo_models when a configured model under it is missing."""
-    if not cfg.demo_models:
+def ensure_demo_models(cfg: FilterConfig, demo_models: str | None) -> None:
+    """Build tiny random models in `demo_models` (demo.models) when a configured model under it is missing."""
+    if not demo_models:
         return
-    base = os.path.abspath(cfg.demo_models)
+    base = os.path.abspath(demo_models)
     wanted = [cfg.clip.model] + [getattr(s, "weights") for s in cfg.enabled_scorers().values() if hasattr(s, "weights")]
     missing = [p for p in wanted if os.path.abspath(p).startswith(base + os.sep) and not os.path.exists(p)]
     if missing:
-        from curation.filters.make_tiny import make_tiny
-
         print(f"[filter] WARNING: {', '.join(missing)} missing: building tiny RANDOM demo models in {base} "
-              "(scores are meaningless; set filter.demo_models: null and real weights for real runs)",
+              "(scores are meaningless; set demo.models: null and real weights for real runs)",
               file=sys.stderr, flush=True)
-        from curation.runner import output_to_log
 
         with output_to_log():  # library progress bars of the model saves: the run log, not the console
             make_tiny(base)
@@ -253,7 +249,7 @@ class FilterTable(TableStage):
 
     @classmethod
     def from_run(cls, cfg: "object", ctx: "object") -> "FilterTable":
-        ensure_demo_models(cfg.filter)
+        ensure_demo_models(cfg.filter, cfg.demo.models)
         return cls(ctx.storage, cfg.filter, cfg.filter.rescore)
 
     def items(self) -> list[dict]:

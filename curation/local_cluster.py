@@ -9,6 +9,8 @@ autoscaler replacing it).
 from __future__ import annotations
 
 import os
+import sys
+import time
 
 OBJECT_STORE = 200 * 1024 * 1024  # bytes per node: small, the machine is shared
 
@@ -47,11 +49,13 @@ def _forget_address(address: str) -> None:
         pass
 
 
-def _retrying(start, attempts: int = 5):
-    """Start a node; on a startup timeout kill the processes that attempt left and try again.
+def _retrying(start, attempts: int = 5, backoff_s: float = 5.0):
+    """Start a node; on a startup timeout kill the processes that attempt left and try again after a
+    growing pause (backoff_s, then doubled each time), saying so on stderr.
 
     Ray waits a fixed 30 s for a new raylet to register, which a machine shared by many test runs
-    can exceed; the processes of the failed attempt are this process's new children."""
+    can exceed; the processes of the failed attempt are this process's new children. After the last
+    attempt the error says how many were made and the load average."""
     import psutil
 
     me = psutil.Process()
@@ -60,7 +64,7 @@ def _retrying(start, attempts: int = 5):
         try:
             return start()
         except Exception as e:
-            if "timed out during startup" not in str(e) or i == attempts - 1:
+            if "timed out during startup" not in str(e):
                 raise
             for p in me.children(recursive=True):
                 if p.pid not in before:
@@ -68,6 +72,14 @@ def _retrying(start, attempts: int = 5):
                         p.kill()
                     except psutil.NoSuchProcess:
                         pass
+            load = os.getloadavg()[0]
+            if i == attempts - 1:
+                raise RuntimeError(f"local Ray cluster: a node did not register within Ray's 30 s in {attempts} "
+                                   f"attempts (load average {load:.1f}); the machine is too busy, try again later") from e
+            pause = backoff_s * 2 ** i
+            print(f"local Ray cluster: node start timed out at load average {load:.1f} (attempt {i + 1}/{attempts}); "
+                  f"retrying in {pause:.0f} s", file=sys.stderr, flush=True)
+            time.sleep(pause)
 
 
 class LocalCluster:

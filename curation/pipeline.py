@@ -18,10 +18,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
 
+from curation import cluster, retry, tables
 from curation.config import BaseConfig
 from curation.console import Console
+from curation.lease import Leases
 from curation.storage import Storage
 from curation.table_stage import TableStage
+from curation.tables import QUARANTINED
 from curation.uris import redact, scrub_obj
 
 _VERSIONED = ["torch", "ray", "av", "scenedetect-headless", "opencv-python-headless", "pyarrow", "transformers",
@@ -82,17 +85,13 @@ def run_stages(cfg: BaseConfig, stages: list[str], ctx: RunContext | None = None
 
     The console shows one progress bar per stage and a summary at the end; Ray's own logging goes to
     runs/<run_id>.log under the root unless `verbose`."""
-    from curation import cluster
-
     ctx = ctx or RunContext(cfg, Storage(cfg.root))
     fns = [(s, resolve(cfg, s)) for s in stages]  # fail on a bad name before any work
     ctx.log_path = ctx.storage.local_path(f"runs/{ctx.run_id}.log") or os.path.join(
         tempfile.gettempdir(), f"vidcurate-{ctx.run_id}.log")
     ctx.console.open(ctx.log_path, verbose)
-    from curation import tables
 
-    tables.new_run()  # part numbers continue after whatever another process wrote meanwhile
-    from curation import retry
+    tables.new_run(ctx.storage)  # part numbers continue after whatever another process wrote meanwhile
 
     retry.take()  # retries of this run only
     refused = False
@@ -144,18 +143,12 @@ def _run_one(cfg: BaseConfig, ctx: RunContext, name: str, fn) -> None:
 
 
 def _take_leases(ctx: RunContext, stages: list[str]) -> None:
-    from curation.lease import Leases
-
     ctx.leases = Leases(ctx.storage, ctx.run_id)
     ctx.leases.acquire(stages, wait=ctx.wait)
 
 
 def _fault_records(ctx: RunContext) -> dict:
     """The manifest's record of leases (held, taken over from a dead run, lost), quarantined files and retries."""
-    from curation.tables import QUARANTINED
-
-    from curation import retry
-
     out = {"quarantined": list(QUARANTINED),  # damaged files this driver moved aside (curation.tables.quarantine)
            "object_store": retry.snapshot()}  # the driver's object-store retries per call type (curation/retry.py)
     if ctx.leases is not None:
@@ -208,5 +201,5 @@ def summary(ctx: RunContext) -> str:
     else:
         lines.append("  errors: none")
     lines.append(f"  details: runs/{ctx.run_id}.json (manifest), the `error` column of each table above, "
-                 f"`python -m curation inspect <root>`; Ray's log: {ctx.log_path}")
+                 f"`python -m vidcurate inspect <root>`; Ray's log: {ctx.log_path}")
     return "\n".join(lines)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 from curation import tables
+from curation.config import BaseConfig
+from curation.pipeline import RunContext
 from curation.prefilter import PrefilterConfig, bits_per_pixel, prefilter_reasons
 from curation.stage import Stage, StageResources
-from curation.storage import Storage
+from curation.storage import Storage, expand_inputs, filesystem
 from curation.table_stage import TableStage
 from curation.uris import redact
 from curation.video import (VideoError, first_video_stream, frame_rotation, open_container, stream_rotation,
@@ -20,8 +22,6 @@ from curation.video import (VideoError, first_video_stream, frame_rotation, open
 
 def _size(source: str) -> int:
     if "://" in source and not source.startswith("file://"):
-        from curation.storage import filesystem
-
         fs, path = filesystem(source)
         return fs.get_file_info(path).size or 0
     import os
@@ -145,13 +145,11 @@ class ProbeTable(TableStage):
         self.prefilter, self.min_clip_s = prefilter, min_clip_s
 
     @classmethod
-    def from_run(cls, cfg: "object", ctx: "object") -> "ProbeTable":
+    def from_run(cls, cfg: BaseConfig, ctx: RunContext) -> "ProbeTable":
         return cls(ctx.storage, cfg.inputs, cfg.probe.count_frames, StageResources.from_config(cfg.probe.resources),
                    cfg.probe.prefilter, cfg.split.min_clip_s)
 
     def items(self) -> list[dict]:
-        from curation.storage import expand_inputs
-
         return [{"source": s} for s in expand_inputs(self.inputs)]  # workers get the full URI to open
 
     def item_key(self, item: dict) -> str:

@@ -15,7 +15,7 @@ where files may go, pool sizes), curation/progress.py (the bar per stage).
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pyarrow as pa
 
@@ -24,6 +24,9 @@ from curation.cluster import check_root_placement, init_ray, pool_size  # noqa: 
 from curation.console import Console, output_to_log  # noqa: F401 (output_to_log: re-exported)
 from curation.progress import Progress, StageBar  # noqa: F401 (re-exported: their old home)
 from curation.stage import Stage
+
+if TYPE_CHECKING:  # ray is imported where a pipeline is built
+    import ray.data
 
 MAX_BLOCKS = 20000  # upper bound on input blocks (= map tasks) of one pipeline
 EMPTY = "__empty__"  # the marker row of a batch whose step returned no rows (it carries the accounting)
@@ -90,7 +93,7 @@ def _no_extra_args() -> dict:
     return {}
 
 
-def build(items: list[dict], stages: list[Stage], fuse: bool = False) -> "object":
+def build(items: list[dict], stages: list[Stage], fuse: bool = False) -> ray.data.Dataset:
     """The Ray Data dataset of `stages` over `items` (not yet run). `fuse`: let Ray Data fuse steps."""
     import warnings
 

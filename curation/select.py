@@ -1,6 +1,6 @@
 """Select stage: a training set chosen by budget and quotas from the tables (no decoding).
 
-    python -m curation run pipelines.yaml --stage select --set select.max_hours=100
+    python -m vidcurate run pipelines.yaml --stage select --set select.max_hours=100
 
 kept clips (curation/kept.py, before selection) x scores x dedup clusters
     ─► score = `select.score` (an expression over score columns, curation/expr.py), floors
@@ -30,7 +30,9 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from curation import expr, tables
+from curation.dedup import DedupConfig, partition
 from curation.kept import SELECT_TABLE, kept_clips, selected_ids
+from curation.storage import Storage
 
 SELECT = pa.schema([
     ("clip_id", pa.string()),        # every kept clip (ok, passed, not a duplicate)
@@ -185,7 +187,7 @@ class Candidates:
     emb: np.ndarray | None = None  # CLIP embeddings, only for own clusters
 
 
-def candidates(storage: "object", cfg: SelectConfig) -> Candidates:
+def candidates(storage: Storage, cfg: SelectConfig) -> Candidates:
     """Kept clips (before selection) with their scores, quota columns and (for own clusters) embeddings."""
     clips = sorted(kept_clips(storage, selected=False), key=lambda c: c["clip_id"])
     if not clips:
@@ -225,8 +227,6 @@ def candidates(storage: "object", cfg: SelectConfig) -> Candidates:
 def group_codes(c: Candidates, cfg: SelectConfig) -> dict[str, np.ndarray]:
     """An int code per clip for every quota key (config errors name the key)."""
     if c.emb is not None:
-        from curation.dedup import DedupConfig, partition
-
         x = c.emb / np.maximum(np.linalg.norm(c.emb, axis=1, keepdims=True), 1e-12)
         label = partition(x, min(cfg.clusters, len(x)), DedupConfig(seed=cfg.seed, kmeans_sample=max(100, len(x))))
         c.cluster = [int(k) for k in label]
@@ -259,7 +259,7 @@ def floor_reasons(cols: dict[str, np.ndarray], cfg: SelectConfig, n: int) -> lis
     return out
 
 
-def select(storage: "object", cfg: SelectConfig) -> dict:
+def select(storage: Storage, cfg: SelectConfig) -> dict:
     """Choose the training set and replace the select table; returns counts (and what changed)."""
     t0 = time.time()
     if not constrained(cfg):  # nothing to choose: no table, so every kept clip stays kept (curation/kept.py)
@@ -298,7 +298,7 @@ def constrained(cfg: SelectConfig) -> bool:
     return cfg.max_clips is not None or cfg.max_hours is not None or bool(cfg.quotas) or bool(cfg.floors)
 
 
-def replace_table(storage: "object", t: pa.Table) -> None:
+def replace_table(storage: Storage, t: pa.Table) -> None:
     """Write the new table (one part per 1M rows), then remove the parts of earlier runs."""
     old = storage.list(SELECT_TABLE, ".parquet")
     for s in range(0, t.num_rows, 1_000_000):
@@ -307,12 +307,12 @@ def replace_table(storage: "object", t: pa.Table) -> None:
         storage.delete(p)
 
 
-def read_select(storage: "object") -> pa.Table:
+def read_select(storage: Storage) -> pa.Table:
     """The select table (empty when the stage has not run)."""
     return tables.read_table(storage, SELECT_TABLE, SELECT, key="clip_id")
 
 
-def run(cfg: "object", ctx: "object") -> dict:
+def run(cfg: "object", ctx: "object") -> dict:  # BaseConfig, RunContext: curation.config imports this module
     """Stage entry point (curation.pipeline)."""
     counts = select(ctx.storage, cfg.select)
     if not constrained(cfg.select):

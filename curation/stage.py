@@ -23,7 +23,7 @@ class Stage:
     name: str = "stage"
     #: A stateful stage (models loaded in setup) runs as a pool of Ray actors; a stateless one as tasks.
     stateful: bool = False
-    #: The config key of its resources, for messages (e.g. "filter.model"); None: "<stage>.resources".
+    #: The config key of its resources, for messages (e.g. "filter.model.resources"); None: "<stage>.resources".
     resources_key: str | None = None
 
     def __init__(self, resources: StageResources | None = None) -> None:

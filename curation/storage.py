@@ -10,10 +10,12 @@ import errno
 import os
 import posixpath
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import pyarrow.fs as pafs
+
+from curation import retry
 
 
 @dataclass
@@ -21,6 +23,9 @@ class Storage:
     """A dataset root. `root` is a local path or a URI (s3://bucket/prefix, gs://..., file:///...)."""
 
     root: str
+    # table -> the number of the last Parquet part written through this object (curation/tables.py
+    # next_sequence lists a table once, then counts up): state of this root's writer, not a module global.
+    part_sequences: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if "://" not in self.root:
@@ -55,7 +60,6 @@ class Storage:
         """A filesystem call; on object stores, transient errors are retried and counted (curation/retry.py)."""
         if self.is_local:
             return fn(*args, **kw)
-        from curation import retry
 
         return retry.call(op, fn, *args, **kw)
 

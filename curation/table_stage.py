@@ -31,6 +31,7 @@ from typing import Callable, ClassVar
 import pyarrow as pa
 
 from curation import tables
+from curation.runner import run_pipeline
 from curation.stage import Stage, run_local
 from curation.storage import Storage
 
@@ -178,8 +179,6 @@ def execute(stage: TableStage, local: bool = False, progress: bool = True,
     if local:
         _run_here(steps, todo, sink, every)
     elif todo:
-        from curation.runner import run_pipeline
-
         cpu_fallback(stage.name, steps)
         run_pipeline(todo, steps, sink, sink_every=every, progress=progress, label=stage.name,
                      console=getattr(ctx, "console", None), events=getattr(ctx, "events", None))

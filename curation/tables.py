@@ -88,25 +88,23 @@ def write_part(storage: Storage, table: str, rows: list[dict] | pa.Table,
     return rel
 
 
-# (root, table) -> the last part sequence number this process wrote. Part names sort in write order
-# by a sequence, not by wall-clock time (clocks of different machines disagree): a writer starts
-# after the highest number already in the table and counts up. Old time-stamped names (20 digits)
-# compare as numbers below the new ones that follow them.
-_SEQUENCES: dict[tuple[str, str], int] = {}
-
-
+# Part names sort in write order by a sequence, not by wall-clock time (clocks of different machines
+# disagree): a writer starts after the highest number already in the table and counts up (the count is
+# held by the Storage object, `storage.part_sequences`). Old time-stamped names (20 digits) compare as
+# numbers below the new ones that follow them.
 def next_sequence(storage: Storage, table: str) -> int:
     """The number of the next part of `table` ("last part wins" in read_table relies on it)."""
-    key = (storage.root, table)
-    if key not in _SEQUENCES:
-        _SEQUENCES[key] = max((_sequence_of(p) for p in storage.list(table, ".parquet")), default=0)
-    _SEQUENCES[key] += 1
-    return _SEQUENCES[key]
+    seqs = storage.part_sequences
+    if table not in seqs:
+        seqs[table] = max((_sequence_of(p) for p in storage.list(table, ".parquet")), default=0)
+    seqs[table] += 1
+    return seqs[table]
 
 
-def new_run() -> None:
-    """Forget cached sequences: the next write lists its table again (a run may follow another process's)."""
-    _SEQUENCES.clear()
+def new_run(storage: Storage) -> None:
+    """Forget `storage`'s counted sequences: its next write lists the table again (a run may follow another
+    process's), and this process's quarantine notes."""
+    storage.part_sequences.clear()
     QUARANTINED.clear()
 
 

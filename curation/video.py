@@ -14,6 +14,8 @@ from typing import Iterator
 import av
 import numpy as np
 
+from curation.uris import redact
+
 
 class VideoError(RuntimeError):
     """A file that cannot be read as a video; the message says which file and why."""
@@ -24,8 +26,6 @@ def video_id_for(source: str) -> str:
 
     It is computed from the redacted form (curation.uris.redact: no user info, no query), so the
     credentials and connection options of a URI are not part of the id."""
-    from curation.uris import redact
-
     return hashlib.sha1(redact(source).encode()).hexdigest()[:16]
 
 

@@ -16,7 +16,7 @@ if [ ! -f "$venv/.complete" ]; then
   # torch first, pinned (see constraints/dev.txt for why).
   "$venv/bin/pip" install -q -c constraints/dev.txt torch torchvision
   # Then the project's dependencies and the dev extra, read from pyproject.toml; the project itself
-  # is not installed: it runs from the checkout (python -m curation ...), which Ray's
+  # is not installed: it runs from the checkout (python -m vidcurate ...), which Ray's
   # --working-dir also ships to a cluster.
   "$venv/bin/python" - <<'PYEOF' > "$cache/req-$key.txt"
 import tomllib

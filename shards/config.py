@@ -1,7 +1,7 @@
 """The `shard:` section of pipelines.yaml: the WebDataset writer and the training loader.
 
 Pure pydantic (no torch): curation.config assembles it into PipelineConfig. The writer part is read by
-`python -m curation run pipelines.yaml --stage shard` (shards/writer.py), the loader part by
+`python -m vidcurate run pipelines.yaml --stage shard` (shards/writer.py), the loader part by
 `shards.loader.ShardLoader` (the trainer builds it from the same file).
 """
 from __future__ import annotations
@@ -77,6 +77,9 @@ class LoaderConfig(_Strict):
     # Scorer whose black-border box (<name>_left/top/right/bottom in the sample's scores) is cropped away
     # before bucketing and resizing, so the model never sees letterbox/pillarbox bars; null keeps the bars.
     crop_borders: str | None = "borders"
+    # Pixel type of batch["frames"]: uint8 (0..255, a quarter of the bytes; the trainer maps it to [-1, 1]
+    # on its device with shards.pixels.unit_range) or float32 (already in [-1, 1], converted in the worker).
+    frames_dtype: Literal["uint8", "float32"] = "uint8"
     decode_threads: int = Field(1, ge=0)  # codec threads per decode (0 = FFmpeg auto); workers already run in parallel
     num_workers: int = Field(2, ge=0)  # torch DataLoader worker processes per rank (0 = in the main process)
     prefetch_factor: int = Field(2, ge=1)  # batches each worker prepares ahead

@@ -27,8 +27,12 @@ import re
 import sys
 from typing import Literal
 
+from captioning.table import CAPTIONS, normalize
 from curation import tables
+from curation.config import ConfigError
 from curation.storage import Storage
+from shards.config import WriterConfig
+from shards.writer import select
 
 Format = Literal["cogvideo", "finetrainers-csv", "finetrainers-json", "hf"]
 FORMATS: tuple[str, ...] = ("cogvideo", "finetrainers-csv", "finetrainers-json", "hf")
@@ -42,9 +46,6 @@ VIDEO_COLUMNS = ("video_file", "video", "file_name", "video_path")
 
 def records(storage: Storage, captions_run: str | None = None) -> list[dict]:
     """The clips the shard stage would keep, sorted by clip id: clip_id, path, caption, duration, scores."""
-    from shards.config import WriterConfig
-    from shards.writer import select
-
     sel = select(storage, WriterConfig(captions_run=captions_run, require_scores=False))
     out = []
     for s in sorted(sel.samples, key=lambda s: s["key"]):
@@ -175,7 +176,6 @@ def _from_records(folder: str, name: str, rows: list[dict]) -> list[dict]:
 
 def import_layout(folder: str, storage: Storage, run: str = "imported") -> dict:
     """Copy a dataset folder's videos into `storage` with a clips table and captions run `run`; counts."""
-    from captioning.table import CAPTIONS, normalize
     from curation.probe import probe_video
 
     fmt, items = read_layout(folder)
@@ -240,8 +240,6 @@ def main(argv: list[str] | None = None) -> int:
 def _load(path: str) -> dict:
     """root and captions run of a pipelines.yaml (read plainly: shards may not import vidcurate)."""
     import yaml
-
-    from curation.config import ConfigError
 
     if not os.path.isfile(path):
         raise ValueError(f"config file {path!r} does not exist")

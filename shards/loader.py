@@ -13,10 +13,12 @@ API (what the trainer codes against)
     #   `plan_only=True`: no decoding, batch["frames"] is None (training/cache.py maps keys to latents);
     #   `only_keys={...}`: only these samples (the cache encodes the clips it lacks).
     for batch in loader:            # one pass = one epoch; the next `for` runs the next epoch
-        batch["frames"]             # torch.float32, (B, F, C, H, W), values in [-1, 1]; C = 3 (RGB)
+        batch["frames"]             # (B, F, C, H, W), C = 3 (RGB): torch.uint8 0..255 (frames_dtype uint8, the
+                                    # default) or float32 in [-1, 1]; shards.pixels.unit_range gives [-1, 1]
         batch["captions"]           # list[str] of length B ("" when a sample has no caption)
         batch["keys"]               # list[str]: sample keys (clip ids for our own shards)
-        batch["meta"]               # list[dict]: the sample's .json plus "_sample": {fps, indices, bucket, url}
+        batch["meta"]               # list[dict]: the sample's .json plus "_sample": {fps, indices, bucket, url,
+                                    #   source_size, picture_box, resize, crop}
         batch["bucket"]             # (F, H, W) of this batch: every batch has one shape
     state = loader.state_dict()     # plain dict (JSON-able): the position after the last batch yielded
     loader.load_state_dict(state)   # the next iteration continues with exactly the batch that came next
@@ -32,7 +34,7 @@ Corrupt or undecodable samples never stop the loader: they are skipped and liste
 
 How it works
 ------------
-Each rank runs `num_workers` DataLoader workers ("streams"; 0 workers = one stream in-process). The
+Each rank runs `num_workers` DataLoader workers ("streams", class Stream; 0 workers = one stream in-process). The
 epoch's shard list (shuffled with seed+epoch) is dealt round-robin to the world_size * num_workers
 streams. A stream reads its tars, shuffles samples in a seeded buffer, picks each sample's bucket and
 frame indices from its metadata (shards.buckets), decodes it (PyAV, or decord) and emits a batch when a
@@ -63,6 +65,7 @@ import torch
 from shards.buckets import Plan, choose_bucket, picture_box, plan_sample, sample_rng
 from shards.weights import SampleWeights, copies, score_caption
 from shards.config import Bucket, LoaderConfig, ShardConfig
+from shards.pixels import to_unit
 from curation.filters.borders import content_box
 from curation.uris import redact
 
@@ -231,73 +234,107 @@ def _probe_video(data: bytes, ext: str) -> Info:
 SEEK_MIN_FRAMES = 48
 
 
+class _FrameRGB:
+    """A decoded frame -> its bucket crop (H, W, 3) uint8, by swscale (contexts reused across a clip)."""
+
+    def __init__(self, plan: Plan, bucket: Bucket, info: Info) -> None:
+        from av.video.reformatter import VideoReformatter
+
+        rw, rh = plan.resize
+        self.size = (rh, rw) if info.rotation in (90, 270) else (rw, rh)  # swscale works before the rotation
+        self.turns = info.rotation // 90
+        x, y = plan.crop
+        self.crop = (slice(y, y + bucket.height), slice(x, x + bucket.width))
+        self.scaler, self.to_rgb = VideoReformatter(), VideoReformatter()
+
+    def __call__(self, fr: Any) -> np.ndarray:
+        # Resize in the coded pixel format (planar YUV: half the bytes, SIMD paths), then convert to RGB
+        # at the small size: ~2x cheaper than one scaling RGB conversion. swscale's BILINEAR filters
+        # over the whole footprint when shrinking (no aliasing).
+        tw, th = self.size
+        if (fr.width, fr.height) != (tw, th):
+            fr = self.scaler.reformat(fr, width=tw, height=th, interpolation="BILINEAR")
+        arr = self.to_rgb.reformat(fr, format="rgb24").to_ndarray()
+        if self.turns:
+            arr = np.rot90(arr, k=-self.turns)
+        return arr[self.crop]
+
+
+class _ByCount(Exception):
+    """Frames cannot be placed by their timestamps (none, or a seek past the window): count them instead."""
+
+
 def decode_video_pyav(data: bytes, plan: Plan, bucket: Bucket, info: Info, threads: int = 1,
                       seek: bool = True) -> np.ndarray:
     """Decode the planned frames from mp4 bytes in memory -> (F, H, W, 3) uint8, resized and cropped.
 
-    A window that starts late in the clip is reached by seeking; frame indices then come from the
-    timestamps (index = round(t * fps)) and each planned index takes the first frame at or after it.
-    If the seek lands past the window (a container with a broken index) the clip is decoded again
-    from the start.
+    A window that starts late in the clip is reached by seeking. In a stream with B frames, the packets
+    of frames that are not sampled are sent with skip_frame=NONREF: the decoder drops those that no
+    other frame refers to (x264's non-reference B frames) without decoding them. In both cases frame
+    indices come from the timestamps (index = round(t * fps)) and each planned index takes the first
+    frame at or after it. Without usable timestamps, or when a seek lands past the window (a container
+    with a broken index), the clip is decoded again from the start, every frame, counting frames.
     """
+    try:
+        return _decode_pyav(data, plan, bucket, info, threads, by_time=seek)
+    except _ByCount:
+        return _decode_pyav(data, plan, bucket, info, threads, by_time=False)
+
+
+def _decode_pyav(data: bytes, plan: Plan, bucket: Bucket, info: Info, threads: int, by_time: bool) -> np.ndarray:
     import av
-    from av.video.reformatter import VideoReformatter
 
     targets = sorted((i, k) for k, i in enumerate(plan.indices))
     first, last = targets[0][0], targets[-1][0]
     out = np.empty((len(plan.indices), bucket.height, bucket.width, 3), np.uint8)
-    rw, rh = plan.resize
-    # swscale resizes in the coded orientation; rotation is applied after.
-    tw, th = (rh, rw) if info.rotation in (90, 270) else (rw, rh)
-    x, y = plan.crop
-    got, prev = 0, None
-    scaler, to_rgb = VideoReformatter(), VideoReformatter()  # swscale contexts reused across the clip's frames
+    got, prev, rgb = 0, None, _FrameRGB(plan, bucket, info)
     try:
         with av.open(io.BytesIO(data), "r") as c:
             st = c.streams.video[0]
+            cc = st.codec_context
             st.thread_type = "AUTO" if threads != 1 else "SLICE"
-            st.codec_context.thread_count = threads
+            cc.thread_count = threads
             fps = float(st.average_rate or 0) or info.fps
             tb, t0 = st.time_base, st.start_time or 0
-            seeking = seek and first >= SEEK_MIN_FRAMES and fps > 0 and tb is not None
+            by_time = by_time and fps > 0 and tb is not None
+            seeking = by_time and first >= SEEK_MIN_FRAMES
+            skipping = by_time and bool(cc.has_b_frames)
             if seeking:
                 c.seek(t0 + int((first - 0.5) / fps / tb), stream=st, backward=True, any_frame=False)
-            for n, fr in enumerate(c.decode(st)):
-                if seeking:
-                    if fr.pts is None:
-                        break  # no timestamps: frames cannot be placed after a seek
-                    i = int(round(float((fr.pts - t0) * tb) * fps))
-                    if n == 0 and i > first:
-                        break  # landed past the window
-                else:
-                    i = n
-                if i < targets[got][0]:
-                    continue
-                # Resize in the coded pixel format (planar YUV: half the bytes, SIMD paths), then convert
-                # to RGB at the small size: ~2x cheaper than one scaling RGB conversion. swscale's
-                # BILINEAR filters over the whole footprint when shrinking (no aliasing).
-                if (fr.width, fr.height) != (tw, th):
-                    fr = scaler.reformat(fr, width=tw, height=th, interpolation="BILINEAR")
-                arr = to_rgb.reformat(fr, format="rgb24").to_ndarray()
-                if info.rotation:
-                    arr = np.rot90(arr, k=-(info.rotation // 90))
-                prev = arr[y:y + bucket.height, x:x + bucket.width]
-                while got < len(targets) and targets[got][0] <= i:
-                    out[targets[got][1]] = prev
-                    got += 1
-                if got == len(targets):
-                    break
+            wanted = {i for i, _ in targets}
+            n = 0
+            for pkt in c.demux(st):
+                if skipping and pkt.pts is not None:
+                    cc.skip_frame = "DEFAULT" if round(float((pkt.pts - t0) * tb) * fps) in wanted else "NONREF"
+                for fr in pkt.decode():
+                    if seeking or skipping:
+                        if fr.pts is None:
+                            raise _ByCount
+                        i = round(float((fr.pts - t0) * tb) * fps)
+                        if seeking and n == 0 and i > first:
+                            raise _ByCount
+                    else:
+                        i = n
+                    n += 1
+                    if i < targets[got][0]:
+                        continue
+                    prev = rgb(fr)
+                    while got < len(targets) and targets[got][0] <= i:
+                        out[targets[got][1]] = prev
+                        got += 1
+                    if got == len(targets):
+                        return out
     except av.error.FFmpegError as e:
         raise SampleError(f"decode failed after {got} of {len(plan.indices)} frames ({e})") from None
-    if seeking and got == 0:
-        return decode_video_pyav(data, plan, bucket, info, threads, seek=False)
-    if got < len(targets):
-        # Headers can over-state the frame count by a frame or two: repeat the last frame then;
-        # a bigger shortfall means a truncated clip.
-        if prev is None or len(targets) - got > 2:
-            raise SampleError(f"clip ended after {got} of {len(plan.indices)} sampled frames (needs frame {last})")
-        for _, k in targets[got:]:
-            out[k] = prev
+    short = prev is None or len(targets) - got > 2
+    if (seeking or skipping) and short:
+        raise _ByCount  # timestamps that do not follow the frame rate (variable rate): count frames as before
+    # Headers can over-state the frame count by a frame or two: repeat the last frame then;
+    # a bigger shortfall means a truncated clip.
+    if short:
+        raise SampleError(f"clip ended after {got} of {len(plan.indices)} sampled frames (needs frame {last})")
+    for _, k in targets[got:]:
+        out[k] = prev
     return out
 
 
@@ -334,10 +371,15 @@ def decode_image(data: bytes, plan: Plan, bucket: Bucket) -> np.ndarray:
     return arr[None, y:y + bucket.height, x:x + bucket.width]
 
 
-def to_tensor(frames: list[np.ndarray]) -> "Any":
-    """(B, F, H, W, 3) uint8 arrays -> torch float (B, F, 3, H, W) in [-1, 1]."""
-    x = torch.from_numpy(np.stack(frames)).permute(0, 1, 4, 2, 3).float()
-    return x.div_(127.5).sub_(1.0)
+def to_tensor(frames: list[np.ndarray], dtype: str = "uint8") -> torch.Tensor:
+    """B arrays (F, H, W, 3) uint8 -> (B, F, 3, H, W) uint8 (a channels-last view), or float32 in [-1, 1]."""
+    one = frames[0]
+    if len(frames) == 1 and one.flags.c_contiguous and one.flags.writeable:
+        arr = one[None]  # a lone sample's decode buffer becomes the batch: no copy
+    else:
+        arr = np.stack(frames)
+    x = torch.from_numpy(arr).permute(0, 1, 4, 2, 3)
+    return to_unit(x) if dtype == "float32" else x
 
 
 # ---------------------------------------------------------------------------------------- stream ---
@@ -381,142 +423,186 @@ def shard_order(shards: list[str], seed: int, epoch: int, shuffle: bool) -> list
 
 
 def run_stream(spec: StreamSpec, logical: int) -> Iterator[dict]:
-    """The items of one logical stream: batches (kind="batch") then one end marker (kind="end").
+    """The items of one logical stream: batches (kind="batch") then one end marker (kind="end")."""
+    return iter(Stream(spec, logical))
 
-    Every item carries the bad/skipped keys found since the previous item, so the consumer's state
-    always knows the bad keys of the prefix it has consumed.
+
+class Stream:
+    """One logical stream of a rank: reads its shards, shuffles, buckets, decodes, batches; replayable.
+
+    Items are batches (kind "batch", or "empty" when every sample of a batch failed a late decode) and
+    one end marker (kind "end"). Every item carries the bad/skipped keys found since the previous item,
+    so the consumer's state always knows the bad keys of the prefix it has consumed. The first `skip`
+    batches (consumed before a resume) are replayed from metadata alone: nothing is decoded, the known
+    bad keys are dropped at the same places, and nothing is reported again.
     """
-    cfg, buckets = spec.cfg, spec.cfg.buckets
-    g = spec.rank * spec.streams + logical
-    total = spec.world_size * spec.streams
-    if logical in spec.ended:
-        yield {"kind": "end", "stream": logical, "index": -1, "bad": {}, "skipped": {}, "uncaptioned": 0}
-        return
-    my_shards = spec.shards[g::total]
-    skip = spec.skip.get(logical, 0)
-    known_bad = spec.known_bad.get(logical, {})
-    bad: dict[str, str] = {}
-    skipped: dict[str, str] = {}
-    uncaptioned = 0
-    emitted = 0
-    pending: dict[int, list[_Pending]] = {}
-    tar_errors: list[tuple[str, str]] = []
-    rng = random.Random(f"buffer/{spec.seed}/{spec.epoch}/{g}")
 
-    def samples() -> Iterator[dict]:
-        for url in my_shards:
-            for s in iter_tar_samples(url, tar_errors):
+    def __init__(self, spec: StreamSpec, logical: int) -> None:
+        self.spec, self.cfg, self.buckets, self.logical = spec, spec.cfg, spec.cfg.buckets, logical
+        g = spec.rank * spec.streams + logical  # this stream's place among all streams of all ranks
+        self.shards = spec.shards[g::spec.world_size * spec.streams]
+        self.skip = spec.skip.get(logical, 0)  # batches consumed before the resume: replayed, not emitted
+        self.known_bad = spec.known_bad.get(logical, {})  # bad keys reported with those batches
+        self.rng = random.Random(f"buffer/{spec.seed}/{spec.epoch}/{g}")  # the shuffle buffer's draws
+        self.emitted = 0  # batches completed so far, replayed ones included
+        self.pending: dict[int, list[_Pending]] = {}  # bucket -> samples waiting for a full batch
+        self.tar_errors: list[tuple[str, str]] = []  # (shard, reason) of broken tars, reported as bad keys
+        self._new_report()
+
+    def _new_report(self) -> None:
+        """Start collecting what the next item reports."""
+        self.bad: dict[str, str] = {}
+        self.skipped: dict[str, str] = {}
+        self.uncaptioned = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        if self.logical in self.spec.ended:
+            yield {"kind": "end", "stream": self.logical, "index": -1, "bad": {}, "skipped": {}, "uncaptioned": 0}
+            return
+        for s in self._shuffled():
+            item = self._add(s)
+            if item is not None:
+                yield item
+        yield from self._flush()
+        yield {"kind": "end", "stream": self.logical, "index": self.emitted, "bad": self.bad,
+               "skipped": self.skipped, "uncaptioned": self.uncaptioned}
+
+    # -- reading -------------------------------------------------------------------------------------
+    def _samples(self) -> Iterator[dict]:
+        for url in self.shards:
+            for s in iter_tar_samples(url, self.tar_errors):
                 s["__url__"] = url
-                for _ in range(_copies(s, spec)):  # 1 without training.data.weights; 0 leaves it out
+                for _ in range(_copies(s, self.spec)):  # 1 without training.data.weights; 0 leaves it out
                     yield s
-            while tar_errors:
-                u, msg = tar_errors.pop(0)
-                bad[f"{u}#tar"] = msg
+            while self.tar_errors:
+                u, msg = self.tar_errors.pop(0)
+                self.bad[f"{u}#tar"] = msg
 
-    def shuffled() -> Iterator[dict]:
-        if cfg.shuffle_buffer <= 1:
-            yield from samples()
+    def _shuffled(self) -> Iterator[dict]:
+        if self.cfg.shuffle_buffer <= 1:
+            yield from self._samples()
             return
         buf: list[dict] = []
-        for s in samples():
+        for s in self._samples():
             buf.append(s)
-            if len(buf) >= cfg.shuffle_buffer:
-                j = rng.randrange(len(buf))
+            if len(buf) >= self.cfg.shuffle_buffer:
+                j = self.rng.randrange(len(buf))
                 buf[j], buf[-1] = buf[-1], buf[j]
                 yield buf.pop()
-        rng.shuffle(buf)
+        self.rng.shuffle(buf)
         yield from buf
 
-    def batch_size(b: int) -> int:
-        return buckets[b].batch_size or cfg.batch_size
-
-    def emit(b: int, members: list[_Pending]) -> dict | None:
-        nonlocal emitted, bad, skipped, uncaptioned
-        emitted += 1
-        if emitted <= skip:
-            # Replayed prefix: consumed before the resume, its bad/skipped keys already reported.
-            bad, skipped, uncaptioned = {}, {}, 0
-            return None
-        for p in members:
-            if p.frames is None and not spec.plan_only:  # decoded lazily: it was buffered during the replay
-                try:
-                    p.frames = decode(p.data, p.plan, p.info)
-                except Exception as e:  # decoded fine before the resume: only a flaky read gets here
-                    bad[p.key] = f"{type(e).__name__}: {e}"
-        members = [p for p in members if p.frames is not None or spec.plan_only]
-        item = {"kind": "batch" if members else "empty", "stream": logical, "index": emitted - 1,
-                "bucket": (buckets[b].frames, buckets[b].height, buckets[b].width),
-                "frames": to_tensor([p.frames for p in members]) if members and not spec.plan_only else None,
-                "captions": [p.caption for p in members], "keys": [p.key for p in members],
-                "meta": [p.meta for p in members], "bad": bad, "skipped": skipped, "uncaptioned": uncaptioned}
-        bad, skipped, uncaptioned = {}, {}, 0
-        return item
-
-    def decode(data: bytes, plan: Plan, info: Info) -> np.ndarray:
-        b = buckets[plan.bucket]
-        if info.kind == "image":
-            return decode_image(data, plan, b)
-        fn = decode_video_decord if cfg.decoder == "decord" else decode_video_pyav
-        return fn(data, plan, b, info, cfg.decode_threads)
-
-    for s in shuffled():
+    # -- one sample ----------------------------------------------------------------------------------
+    def _add(self, s: dict) -> dict | None:
+        """Bucket (and decode) one sample; returns the batch it completes, if any."""
         key = s["__key__"]
-        if spec.only_keys is not None and key not in spec.only_keys:
-            continue
-        replay = emitted < skip
+        if self.spec.only_keys is not None and key not in self.spec.only_keys:
+            return None
+        replay = self.emitted < self.skip
         try:
-            if replay and key in known_bad:
-                raise SampleError(known_bad[key])
-            meta = _json(s)
-            info = sample_info(s, meta, cfg)
-            # The picture inside black bars (the borders scorer's box in the sample's scores) is what
-            # gets bucketed and cropped; the bars never reach the model.
-            content = content_box(meta.get("scores") or {}, f"{cfg.crop_borders}_") if cfg.crop_borders else None
-            _, _, pw, ph = picture_box(info.width, info.height, content)
-            b = choose_bucket(buckets, pw, ph, info.frames, info.fps, cfg.fps, info.kind == "image")
-            if b is None:
-                skipped[key] = (f"no bucket fits: {info.kind} {info.width}x{info.height}, {info.frames} frames "
-                                f"at {info.fps:g} fps (target {cfg.fps:g} fps)")
-                continue
-            rs = sample_rng(spec.seed, spec.epoch, key)
-            plan = plan_sample(buckets, b, info.width, info.height, info.frames, info.fps, cfg.fps,
-                               rs if cfg.random_start or cfg.crop == "random" else None, cfg.crop, content)
-            if not cfg.random_start and plan.indices[0] != 0:
-                plan = Plan(plan.bucket, tuple(i - plan.indices[0] for i in plan.indices), plan.fps, plan.resize,
-                            plan.crop)
-            data = s[info.ext]
-            frames = None if replay or spec.plan_only else decode(data, plan, info)
+            placed = self._place(s, key, replay)
         except SampleError as e:
-            bad[key] = str(e)
-            continue
+            self.bad[key] = str(e)
+            return None
         except Exception as e:  # anything else a broken sample can raise: still never a crash
-            bad[key] = f"{type(e).__name__}: {e}"
-            continue
+            self.bad[key] = f"{type(e).__name__}: {e}"
+            return None
+        if placed is None:
+            return None
+        b, p = placed
+        members = self.pending.setdefault(b, [])
+        members.append(p)
+        if len(members) >= (self.buckets[b].batch_size or self.cfg.batch_size):
+            return self._emit(b, self.pending.pop(b))
+        return None
+
+    def _place(self, s: dict, key: str, replay: bool) -> tuple[int, _Pending] | None:
+        """(bucket, pending sample) with its frames decoded unless replayed or plan-only; None when no
+        bucket fits (reported as skipped). Raises SampleError for a bad sample."""
+        cfg, spec = self.cfg, self.spec
+        if replay and key in self.known_bad:
+            raise SampleError(self.known_bad[key])
+        meta = _json(s)
+        info = sample_info(s, meta, cfg)
+        # The picture inside black bars (the borders scorer's box in the sample's scores) is what
+        # gets bucketed and cropped; the bars never reach the model.
+        content = content_box(meta.get("scores") or {}, f"{cfg.crop_borders}_") if cfg.crop_borders else None
+        _, _, pw, ph = picture_box(info.width, info.height, content)
+        b = choose_bucket(self.buckets, pw, ph, info.frames, info.fps, cfg.fps, info.kind == "image")
+        if b is None:
+            self.skipped[key] = (f"no bucket fits: {info.kind} {info.width}x{info.height}, {info.frames} frames "
+                                 f"at {info.fps:g} fps (target {cfg.fps:g} fps)")
+            return None
+        rs = sample_rng(spec.seed, spec.epoch, key)
+        plan = plan_sample(self.buckets, b, info.width, info.height, info.frames, info.fps, cfg.fps,
+                           rs if cfg.random_start or cfg.crop == "random" else None, cfg.crop, content)
+        if not cfg.random_start and plan.indices[0] != 0:
+            plan = Plan(plan.bucket, tuple(i - plan.indices[0] for i in plan.indices), plan.fps, plan.resize,
+                        plan.crop)
+        data = s[info.ext]
+        frames = None if replay or spec.plan_only else self._decode(data, plan, info)
+        return b, self._pending(s, key, meta, plan, info, content, data if replay else None, frames)
+
+    def _pending(self, s: dict, key: str, meta: dict, plan: Plan, info: Info, content: Any,
+                 data: bytes | None, frames: np.ndarray | None) -> _Pending:
+        """The sample as it waits for its batch: caption, metadata with the sampling facts, frames."""
         caption = _caption(s, meta)
-        if spec.weights is not None and spec.weights.score_text and isinstance(meta.get("scores"), dict):
-            caption = score_caption(caption, meta["scores"], spec.weights)
+        weights = self.spec.weights
+        if weights is not None and weights.score_text and isinstance(meta.get("scores"), dict):
+            caption = score_caption(caption, meta["scores"], weights)
         if not caption:
-            uncaptioned += 1
+            self.uncaptioned += 1
         m = dict(meta)
         m["_sample"] = {"url": redact(s.get("__url__") or ""), "fps": plan.fps, "indices": list(plan.indices),
                         "bucket": plan.bucket, "source_size": [info.width, info.height],
-                        "picture_box": list(picture_box(info.width, info.height, content))}
-        pending.setdefault(b, []).append(_Pending(key, caption, m, plan, info, data if replay else None, frames))
-        if len(pending[b]) >= batch_size(b):
-            item = emit(b, pending.pop(b))
+                        "picture_box": list(picture_box(info.width, info.height, content)),
+                        "resize": list(plan.resize), "crop": list(plan.crop)}
+        return _Pending(key, caption, m, plan, info, data, frames)
+
+    def _decode(self, data: bytes, plan: Plan, info: Info) -> np.ndarray:
+        b = self.buckets[plan.bucket]
+        if info.kind == "image":
+            return decode_image(data, plan, b)
+        fn = decode_video_decord if self.cfg.decoder == "decord" else decode_video_pyav
+        return fn(data, plan, b, info, self.cfg.decode_threads)
+
+    # -- batches -------------------------------------------------------------------------------------
+    def _emit(self, b: int, members: list[_Pending]) -> dict | None:
+        """The batch item of `members` with the report since the last item; None for a replayed batch."""
+        self.emitted += 1
+        if self.emitted <= self.skip:
+            # Replayed prefix: consumed before the resume, its bad/skipped keys already reported.
+            self._new_report()
+            return None
+        plan_only = self.spec.plan_only
+        for p in members:
+            if p.frames is None and not plan_only:  # decoded lazily: it was buffered during the replay
+                try:
+                    p.frames = self._decode(p.data, p.plan, p.info)
+                except Exception as e:  # decoded fine before the resume: only a flaky read gets here
+                    self.bad[p.key] = f"{type(e).__name__}: {e}"
+        members = [p for p in members if p.frames is not None or plan_only]
+        bucket = self.buckets[b]
+        item = {"kind": "batch" if members else "empty", "stream": self.logical, "index": self.emitted - 1,
+                "bucket": (bucket.frames, bucket.height, bucket.width),
+                "frames": (to_tensor([p.frames for p in members], self.cfg.frames_dtype)
+                           if members and not plan_only else None),
+                "captions": [p.caption for p in members], "keys": [p.key for p in members],
+                "meta": [p.meta for p in members], "bad": self.bad, "skipped": self.skipped,
+                "uncaptioned": self.uncaptioned}
+        self._new_report()
+        return item
+
+    def _flush(self) -> Iterator[dict]:
+        """At the end: the partial batches in bucket order, or (drop_last) their samples as skipped."""
+        for b in sorted(self.pending):
+            if self.cfg.drop_last:
+                for p in self.pending[b]:
+                    self.skipped[p.key] = "dropped with the last partial batch (drop_last)"
+                continue
+            item = self._emit(b, self.pending[b])
             if item is not None:
                 yield item
-    if not cfg.drop_last:
-        for b in sorted(pending):
-            item = emit(b, pending[b])
-            if item is not None:
-                yield item
-    else:
-        for b in sorted(pending):
-            for p in pending[b]:
-                skipped[p.key] = "dropped with the last partial batch (drop_last)"
-    yield {"kind": "end", "stream": logical, "index": emitted, "bad": bad, "skipped": skipped,
-           "uncaptioned": uncaptioned}
 
 
 def _copies(sample: dict, spec: StreamSpec) -> int:

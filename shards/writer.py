@@ -1,6 +1,6 @@
 """Shard stage: kept, captioned clips -> WebDataset tars + index.parquet + a stats summary per run.
 
-    python -m curation run pipelines.yaml --stage shard
+    python -m vidcurate run pipelines.yaml --stage shard
 
 1. Join (driver): clips (status "ok") x scores (passed) x dedup (duplicates out, when that stage ran)
    x one captions run (latest by default); keep clips that passed and have a caption. Every clip that
@@ -36,7 +36,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from captioning.table import read_captions as read_run
 from curation import tables
+from curation.config import BaseConfig
+from curation.pipeline import RunContext
 from curation.stage import Stage, StageResources
 from curation.kept import duplicates as kept_duplicates, kept_view
 from curation.storage import Storage
@@ -93,8 +96,6 @@ def latest_captions_run(storage: Storage) -> str | None:
 
 def read_captions(storage: Storage, run: str) -> dict[str, dict]:
     """clip_id -> caption row of a run, by the captions table's own rule (a caption beats an error)."""
-    from captioning.table import read_captions as read_run
-
     return {r["clip_id"]: r for r in read_run(storage, run).to_pylist()}
 
 
@@ -343,7 +344,7 @@ class ShardTable(TableStage):
 
 
 def write_shards(storage: Storage, wc: WriterConfig, run_id: str, local: bool = False,
-                 progress: bool = True, ctx: "object" = None) -> dict:
+                 progress: bool = True, ctx: RunContext | None = None) -> dict:
     """Join, plan and write the shard set `wc.name`; returns the run's stats (also saved as JSON).
 
     `local` writes shards one by one in this process (tests, tiny sets); otherwise one Ray task per
@@ -405,7 +406,7 @@ def _dur_bin(d: float) -> str:
     return ">=60"
 
 
-def run(cfg: "object", ctx: "object") -> dict:
+def run(cfg: BaseConfig, ctx: RunContext) -> dict:
     """Stage entry point (curation.pipeline): write the shard set of `cfg.shard.writer` under ctx's root."""
     stats = write_shards(ctx.storage, cfg.shard.writer, ctx.run_id, progress=cfg.ray.progress, ctx=ctx)
     ctx.stages.setdefault("shard", {})["errors"] = stats["errors"]

@@ -1,4 +1,4 @@
-"""`python -m curation demo pipelines.yaml`: the whole flow in one command, quiet, ending with where
+"""`python -m vidcurate demo pipelines.yaml`: the whole flow in one command, quiet, ending with where
 everything is (the README's first command, on a copy of the repository's pipelines.yaml)."""
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ def test_demo_runs_the_whole_flow_to_a_sampled_video(tmp_path):
     cfg = tmp_path / "pipelines.yaml"  # relative root/inputs/model paths land under tmp_path
     shutil.copy(os.path.join(REPO, "pipelines.yaml"), cfg)
     env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "curation", "demo", str(cfg), "--set", "ray.num_cpus=2",
-                        "--set", f"caption.model={tmp_path / 'models' / 'tiny-qwen25-vl'}"],
+    r = subprocess.run([sys.executable, "-m", "vidcurate", "demo", str(cfg), "--set", "ray.num_cpus=2",
+                        "--set", f"caption.model={tmp_path / 'data' / 'models' / 'tiny-qwen25-vl'}"],
                        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=1500)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]

@@ -158,7 +158,7 @@ def test_fuzz_probe_split_filter_caption(fuzz_inputs, tmp_path):
     p = tmp_path / "pipelines.yaml"
     p.write_text(f"root: {tmp_path / 'root'}\ninputs: ['{raw}/*']\nray: {{num_cpus: 2, progress: false}}\n"
                  "split: {min_clip_s: 0.3}\n"
-                 "filter: {demo_models: null, store_embedding: false, scorers: {motion: {type: motion}}}\n"
+                 "filter: {store_embedding: false, scorers: {motion: {type: motion}}}\n"
                  f"caption: {{model: {vlm}, max_tokens: 4, max_frames: 2, max_side: 64, "
                  "resources: {num_cpus: 1, workers: 1, batch_size: 8}}\n")
     cfg = load_config(str(p))

@@ -87,3 +87,43 @@ def test_the_check_catches_each_kind_of_violation(tmp_path):
     assert [v.split(":")[1] for v in found if v.startswith("curation")] == ["1", "2", "4", "5"], found
     assert any("training/lib.py:1: a library module imports the program" in v for v in found), found
     assert not any(v.startswith("shards") for v in found), found
+
+
+# The folders a higher floor writes under a dataset root: the base layer never reads them (the readers of
+# every floor, `inspect` and its reports, live in vidcurate/).
+HIGHER_TABLES = ("captions", "shards")
+
+
+def higher_table_paths(repo: str = REPO, pkg: str = "curation") -> list[str]:
+    """`file:line: "path"` of every string (plain or f-string piece, docstrings aside) in `pkg` that is a
+    root path into a higher floor's folder: "captions", "captions/<run>", "shards/<name>"."""
+    out = []
+    for dirpath, _, files in os.walk(os.path.join(repo, pkg)):
+        for f in sorted(files):
+            if not f.endswith(".py"):
+                continue
+            path = os.path.join(dirpath, f)
+            tree = ast.parse(open(path).read())
+            docs = {id(n.value) for n in ast.walk(tree)
+                    if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+                    head = node.value.split("/")[0]
+                    if head in HIGHER_TABLES and (node.value == head or "/" in node.value):
+                        out.append(f"{os.path.relpath(path, repo)}:{node.lineno}: {node.value!r}")
+    return out
+
+
+def test_the_base_layer_reads_no_higher_floors_table():
+    assert higher_table_paths() == []
+
+
+def test_the_table_path_check_finds_plain_and_fstring_paths(tmp_path):
+    (tmp_path / "curation").mkdir()
+    (tmp_path / "curation" / "r.py").write_text(
+        '"""Reads captions/<run> (a docstring: fine)."""\n'
+        'def runs(storage, run):\n'
+        '    a = storage.path("captions")\n'
+        '    b = storage.list(f"captions/{run}", ".parquet")\n'
+        '    return a, b, "shards: give a path", "no captions yet"\n')  # messages, not paths: fine
+    assert [v.split(":")[1] for v in higher_table_paths(str(tmp_path))] == ["3", "4"]

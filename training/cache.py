@@ -30,6 +30,12 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from shards.loader import ShardLoader
+from training.data import write_data_manifest
+from training.parallelize import pick_device
+from training.tasks.transformer import build_frozen_vae, build_text_encoder, frozen_source
+from shards.pixels import unit_range
+
 ENTRY_DTYPE = torch.float16  # halves bytes per clip; the encoders' outputs are bf16/fp16-exact enough
 
 
@@ -62,8 +68,6 @@ def frozen_ids(tcfg: Any, device: torch.device) -> tuple[str, str]:
     """(VAE id, text-encoder id) of training.transformer without building large models: a model
     folder's file hash, or the state-dict hash of the tiny random model; + the compute dtype (bf16 on
     GPU, fp32 on CPU give different latents)."""
-    from training.tasks.transformer import build_frozen_vae, build_text_encoder, frozen_source
-
     tag = "bf16" if device.type == "cuda" else "fp32"
     out = []
     for part, build in (("vae", build_frozen_vae), ("text_encoder", build_text_encoder)):
@@ -98,8 +102,6 @@ class Encoders:
     """The frozen VAE and T5 of training.transformer, with their ids (built once per process)."""
 
     def __init__(self, tcfg: Any, device: torch.device) -> None:
-        from training.tasks.transformer import build_frozen_vae, build_text_encoder
-
         self.vae, self.text, self.device = build_frozen_vae(tcfg, device), build_text_encoder(tcfg, device), device
         self.vae_id, self.text_id = frozen_ids(tcfg, device)
         self.max_length = tcfg.transformer.max_text_len
@@ -107,7 +109,7 @@ class Encoders:
     @torch.no_grad()
     def latents(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) [B, f, C, h, w], scaled by the VAE's factor."""
-        x = frames.to(self.device, next(self.vae.parameters()).dtype).transpose(1, 2)
+        x = unit_range(frames, self.device, next(self.vae.parameters()).dtype).transpose(1, 2)
         post = self.vae.encode(x)
         sf = self.vae.scaling_factor
         return ((post.mean.float() * sf).transpose(1, 2).cpu(), (post.std.float() * sf).transpose(1, 2).cpu())
@@ -234,8 +236,6 @@ def cache_dir(cfg: Any) -> str:
 def shard_loader(cfg: Any, rank: int, world_size: int, every_clip_once: bool = False, **kw: Any) -> Any:
     """The shard loader the cache is keyed by; `every_clip_once` (filling) ignores the sampling weights
     but keeps their score text, so every clip any epoch may draw gets its entries."""
-    from shards.loader import ShardLoader
-
     lc = cfg.shard.loader
     if lc.random_start or lc.crop == "random":
         raise ValueError("training.data.source=cache stores one window per clip: set shard.loader.random_start: "
@@ -249,9 +249,6 @@ def shard_loader(cfg: Any, rank: int, world_size: int, every_clip_once: bool = F
 def cache_loader(cfg: Any, rank: int, world_size: int, out_dir: str | None = None) -> CacheLoader:
     """training.data.source=cache: the shard loader's batches, read from the cache (rank 0 records the
     data manifest in `out_dir`)."""
-    from training.data import write_data_manifest
-    from training.parallelize import pick_device
-
     if cfg.training.transformer.image_to_video:  # its condition is encoded from the first frame of every step
         raise ValueError("training.data.source=cache: training.transformer.image_to_video needs the frames "
                          "(use source: shards)")
@@ -272,7 +269,6 @@ def main(argv: list[str], load_config: Callable[..., Any]) -> int:
     a = p.parse_args(argv)
     cfg = load_config(a.config, a.overrides, check_inputs=False)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    from training.parallelize import pick_device
 
     enc = Encoders(cfg.training, pick_device(cfg.training.device, int(os.environ.get("LOCAL_RANK", "0"))))
     counts = fill(lambda **kw: shard_loader(cfg, rank, world, every_clip_once=True, **kw), enc, cache_dir(cfg),

@@ -1,6 +1,7 @@
 """Training batches: the shard loader (shards/), precomputed latents, or synthetic moving patterns.
 
-Every loader yields dicts with `frames` [B, F, C, H, W] in [-1, 1] (or `latents` [B, F, C, h, w] and
+Every loader yields dicts with `frames` [B, F, C, H, W] (uint8 0..255 from the shard loader by default,
+float in [-1, 1] otherwise: tasks read them through shards.pixels.unit_range) (or `latents` [B, F, C, h, w] and
 `text_emb` [B, L, D] for precomputed latents), `captions` (list[str]) and `keys` (list[str]), and has
 `state_dict()` / `load_state_dict()` giving its exact position, so a resumed run sees the same batches.
 """

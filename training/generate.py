@@ -11,6 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.diffusion import ddim_sample, dpm_sample, transformer_fn
+from model.i2v import OFS, condition, front_padding, image_scale, is_image_to_video
+
 
 def write_mp4(video: torch.Tensor, path: str, fps: int = 8) -> str:
     """video [F, C, H, W] in [-1, 1] -> H.264 mp4 (even sizes are padded: yuv420p needs them)."""
@@ -43,8 +46,6 @@ def sample_latents(transformer: torch.nn.Module, text_emb: torch.Tensor, schedul
     image-to-video: `image_latents` [B, f, C, h, w] concatenated on channels at every step."""
     from tqdm import tqdm
 
-    from model.diffusion import ddim_sample, dpm_sample, transformer_fn
-
     fn = transformer_fn(transformer, text_emb, guidance_scale=sample_cfg.guidance, image_latents=image_latents, ofs=ofs)
     sampler = ddim_sample if sample_cfg.sampler == "ddim" else dpm_sample
     gen = generator or torch.Generator().manual_seed(sample_cfg.seed)
@@ -76,8 +77,6 @@ def encode_images(vae: torch.nn.Module, images: torch.Tensor, generator: torch.G
                   device: torch.device) -> torch.Tensor:
     """Images [B, 3, H, W] -> scaled image latents [B, 1, C, h, w], a posterior sample per image drawn
     from `generator` one image after the other (the order of CogVideoXImageToVideoPipeline)."""
-    from model.i2v import image_scale
-
     dtype = next(vae.parameters()).dtype
     z = torch.cat([vae.encode(img[None, :, None].to(device, dtype)).sample(generator) for img in images])
     return (z.float() * image_scale(vae.scaling_factor, vae.config.invert_scale_latents)).transpose(1, 2)
@@ -86,8 +85,6 @@ def encode_images(vae: torch.nn.Module, images: torch.Tensor, generator: torch.G
 def _image_inputs(transformer: torch.nn.Module, vae: torch.nn.Module, images: torch.Tensor | None, batch: int,
                   latent_frames: int, generator: torch.Generator, device: torch.device):
     """(conditioning latents, ofs, front padding) of an image-to-video model; (None, None, 0) otherwise."""
-    from model.i2v import OFS, condition, front_padding, is_image_to_video
-
     c = transformer.config
     if not is_image_to_video(c.in_channels, c.out_channels):
         return None, None, 0

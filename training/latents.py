@@ -16,17 +16,18 @@ from typing import Any, Callable
 
 import torch
 
+from shards.pixels import unit_range
+from training.config import resolve_out_dir
+from training.data import build_loader
+from training.parallelize import pick_device
+from training.tasks.transformer import build_frozen_vae, build_text_encoder
+
 
 @torch.no_grad()
 def write_latents(cfg: Any, limit: int | None = None) -> list[str]:
     """Encode up to `limit` batches (default: one epoch) of a loaded pipelines.yaml (vidcurate.flow.load_config)
     into safetensors parts; returns their paths."""
     from safetensors.torch import save_file
-
-    from training.config import resolve_out_dir
-    from training.data import build_loader
-    from training.parallelize import pick_device
-    from training.tasks.transformer import build_frozen_vae, build_text_encoder
 
     tcfg = cfg.training
     if tcfg.data.source == "latents":
@@ -42,7 +43,7 @@ def write_latents(cfg: Any, limit: int | None = None) -> list[str]:
     for i, batch in enumerate(loader):
         if limit is not None and i >= limit:
             break
-        x = batch["frames"].to(device, dtype).transpose(1, 2)
+        x = unit_range(batch["frames"], device, dtype).transpose(1, 2)
         z = (vae.encode(x).mode().float() * vae.scaling_factor).transpose(1, 2).contiguous().cpu()
         emb = text.encode(list(batch["captions"])).float().cpu()
         path = os.path.join(folder, f"part-{i:05d}.safetensors")

@@ -20,6 +20,7 @@ import re
 import torch
 from torch import nn
 
+from model.convert import transformer_key_from_diffusers, transformer_key_to_diffusers
 from training.config import LoraConfig
 
 # config target -> our module-name pattern under blocks.N
@@ -72,8 +73,6 @@ def _plain_key(key: str) -> str:
 
 def lora_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Adapter tensors of a full (peft-injected) state dict under diffusers' names, prefixed `transformer.`."""
-    from model.convert import transformer_key_to_diffusers
-
     return {PREFIX + transformer_key_to_diffusers(_plain_key(k)): v for k, v in state.items() if _is_lora(k)}
 
 
@@ -139,8 +138,6 @@ def merge_lora_file(model: nn.Module, path: str, scale: float = 1.0) -> nn.Modul
     alpha comes from the file's metadata (diffusers' convention without it: alpha = rank, scale 1).
     A file for another model (other widths, other layer names) is refused with a one-line error.
     """
-    from model.convert import transformer_key_from_diffusers
-
     lora, alpha = read_lora_file(path)
     params = dict(model.named_parameters())
     for key_a, a in lora.items():

@@ -19,6 +19,8 @@ import shutil
 from functools import lru_cache
 from typing import Any
 
+from training.config import TINY_RANDOM
+
 PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 # What a hub download fetches: configs, safetensors weights, tokenizer files (no .bin/.pt duplicates).
 HUB_PATTERNS = ["model_index.json", "*.json", "*.safetensors", "*.model", "*.txt"]
@@ -89,8 +91,6 @@ def pipeline_dir(cfg: Any) -> str | None:
 def component(cfg: Any, part: str) -> str | None:
     """Source of the frozen "vae" or "text_encoder": the yaml key, else init_from's pipeline, else None
     (None too for "tiny-random", the demo's and tests' random tiny model)."""
-    from training.config import TINY_RANDOM
-
     explicit = getattr(cfg.transformer, part)
     if explicit == TINY_RANDOM:
         return None

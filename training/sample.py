@@ -21,15 +21,22 @@ from typing import Any
 
 import torch
 
-
+from captioning.enhance import expand_prompts
+from model.convert import save_diffusers
+from model.i2v import is_image_to_video
+from model.transformer import ExpertTransformer
+from model.vae import CausalVAE, VAEConfig
+from training.checkpoint import load_weights, read_meta, resolve_checkpoint
+from training.config import SampleConfig, TrainingConfig
 from training.generate import generate, load_images, sample_latents, write_mp4  # noqa: F401 (re-exported: their old home)
+from training.lora import apply_lora, merge_lora_file, merged_state
+from training.parallelize import pick_device
+from training.pipeline import load_pipeline_models
+from training.tasks.transformer import build_frozen_vae, build_schedule, build_text_encoder, build_transformer
 
 
 def load_pipeline(name: str, device: torch.device, lora: str | None = None, lora_scale: float = 1.0) -> dict[str, Any]:
     """Models of a CogVideoX diffusers pipeline (folder or hub name), with a LoRA file merged when given."""
-    from training.lora import merge_lora_file
-    from training.pipeline import load_pipeline_models
-
     run = load_pipeline_models(name, device)
     if lora:
         merge_lora_file(run["transformer"], lora, lora_scale)
@@ -44,11 +51,6 @@ def pipeline_size(run: dict[str, Any]) -> tuple[int, int, int]:
 
 def load_run(checkpoint: str, device: torch.device, ema: bool | None = None) -> dict[str, Any]:
     """Models of a transformer checkpoint for sampling: transformer (weights or EMA), frozen VAE, T5."""
-    from training.checkpoint import load_weights, read_meta, resolve_checkpoint
-    from training.config import TrainingConfig
-    from training.tasks.transformer import (build_frozen_vae, build_schedule, build_text_encoder,
-                                            build_transformer)
-
     path = resolve_checkpoint(checkpoint)
     meta = read_meta(path)
     if meta.get("task") != "transformer":
@@ -60,10 +62,6 @@ def load_run(checkpoint: str, device: torch.device, ema: bool | None = None) -> 
     use_ema = meta.get("ema", False) if ema is None else ema
     lora = cfg.transformer.lora
     if lora:  # a LoRA run: load base + adapters as trained, then sample with the adapters merged
-        from model.transformer import ExpertTransformer
-
-        from training.lora import apply_lora, merged_state
-
         apply_lora(model, lora)
         load_weights(path, "transformer", model)
         merged = ExpertTransformer(model.config)
@@ -104,8 +102,6 @@ def parser() -> argparse.ArgumentParser:
 
 def load_for_sampling(a: argparse.Namespace, device: torch.device) -> tuple[dict[str, Any], Any, tuple, str]:
     """(models, sample settings, (frames, height, width), default output folder) for parsed arguments."""
-    from training.config import SampleConfig
-
     if a.lora and not a.pipeline:
         raise ValueError("--lora goes with --pipeline (a LoRA run's checkpoint already holds its adapters)")
     if a.pipeline:
@@ -126,8 +122,6 @@ def load_for_sampling(a: argparse.Namespace, device: torch.device) -> tuple[dict
 def conditioning_images(a: argparse.Namespace, run: dict[str, Any], s: Any, height: int,
                         width: int) -> torch.Tensor | None:
     """--image files (or a checkpoint's training.sample.images) for an image-to-video model; None for text-to-video."""
-    from model.i2v import is_image_to_video
-
     c = run["transformer"].config
     if not is_image_to_video(c.in_channels, c.out_channels):
         if a.image:
@@ -142,14 +136,11 @@ def main(argv: list[str]) -> int:
     a = parser().parse_args(argv)
     original = list(a.prompt)
     if a.enhance_prompt:  # CogVideoX's prompt optimisation: short prompt -> the long style of training captions
-        from captioning.enhance import expand_prompts
-
         try:
             a.prompt = expand_prompts(a.prompt, a.enhance_prompt)
         except ValueError as e:  # a bad config or an LM that gave no expansion
             print(f"[training sample] error: {e}", file=sys.stderr, flush=True)
             return 2
-    from training.parallelize import pick_device
 
     device = pick_device(a.device, 0)
     try:
@@ -180,9 +171,6 @@ def export_main(argv: list[str]) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--no-ema", action="store_true")
     a = p.parse_args(argv)
-    from model.convert import save_diffusers
-
-    from training.checkpoint import load_weights, read_meta, resolve_checkpoint
 
     path = resolve_checkpoint(a.checkpoint)
     meta = read_meta(path)
@@ -190,7 +178,6 @@ def export_main(argv: list[str]) -> int:
         run = load_run(path, torch.device("cpu"), ema=False if a.no_ema else None)
         print(save_diffusers(run["transformer"], os.path.join(a.out, "transformer")))
         return 0
-    from model.vae import CausalVAE, VAEConfig
 
     mc = dict(meta["model_config"])
     mc["block_out_channels"] = tuple(mc["block_out_channels"])

@@ -1,4 +1,5 @@
-"""`python -m vidcurate ...` = `python -m curation ...` (vidcurate/cli.py)."""
+"""`python -m vidcurate run|demo|inspect ...`: the project's command line (vidcurate/cli.py);
+`python -m curation ...` is the same program under its old name."""
 from __future__ import annotations
 
 import sys

@@ -1,14 +1,18 @@
-"""Command line: `python -m curation run pipelines.yaml [--stage S ...] [--set key=value ...]`,
-`python -m curation run pipelines.yaml --stage filter --rules-only` (new thresholds, stored scores),
-`python -m curation demo [pipelines.yaml]`, `python -m curation inspect <root> [--serve]`."""
+"""Command line: `python -m vidcurate run pipelines.yaml [--stage S ...] [--set key=value ...]`,
+`python -m vidcurate run pipelines.yaml --stage filter --rules-only` (new thresholds, stored scores),
+`python -m vidcurate demo [pipelines.yaml]`, `python -m vidcurate inspect <root> [--serve]`."""
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # see _dispatch: no project module at import
+    from curation.config import BaseConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m curation")
+    ap = argparse.ArgumentParser(prog="python -m vidcurate")
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run curation stages from pipelines.yaml")
     r.add_argument("config", help="path to pipelines.yaml")
@@ -51,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    # Each command imports what it needs, here and not at module level: `--help` loads no project module
+    # and `inspect` never imports Ray or the stages.
     from curation.config import ConfigError
     from curation.uris import scrub
     from vidcurate.flow import PipelineConfig, load_config
@@ -80,10 +86,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_demo(args.config, args.set, verbose=args.verbose)
     if args.cmd == "inspect":
-        from curation.inspect import main as inspect_main
+        from vidcurate.inspect import main as inspect_main
 
         if args.serve:
-            from curation.inspect import serve
+            from vidcurate.inspect import serve
 
             return serve(args.root, args.port)
         return inspect_main(args.root, html=None if args.no_html else (args.html or ""),
@@ -91,7 +97,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     return 1
 
 
-def _rules_only(cfg: "object", stages: list[str], verbose: bool = False) -> int:
+def _rules_only(cfg: BaseConfig, stages: list[str], verbose: bool = False) -> int:
     """--rules-only: the filter stage re-applies thresholds in this process; later stages run as usual."""
     from curation.filter import run_rules_only
     from curation.pipeline import RunContext, run_stages

@@ -1,4 +1,4 @@
-"""`python -m curation demo [pipelines.yaml]`: the whole flow on generated sample videos, one command.
+"""`python -m vidcurate demo [pipelines.yaml]`: the whole flow on generated sample videos, one command.
 
 probe -> split -> filter -> caption -> shard (one Ray run), then the report, a short tiny-VAE training
 on the shards, a short tiny-transformer training on that VAE's latents (the VAE's diffusers export,
@@ -12,6 +12,11 @@ import os
 import subprocess
 import sys
 import time
+
+from curation.config import ConfigError
+from curation.pipeline import run_stages, stage_names
+from vidcurate.flow import load_config
+from vidcurate.inspect import main as inspect_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Short runs for the demo on one small shape (9 frames of 64x64, one clip per step, decoded in-process),
@@ -56,10 +61,7 @@ def _command(args: list[str], log_path: str, verbose: bool) -> None:
 
 def run_demo(config: str, overrides: list[str], verbose: bool = False) -> int:
     """The whole flow; returns the exit code. Prints where every output is."""
-    from curation.config import ConfigError
-    from curation.pipeline import run_stages, stage_names
     from curation.synth import demo_videos
-    from vidcurate.flow import load_config
 
     t0 = time.time()
     config = os.path.abspath(config)
@@ -77,7 +79,6 @@ def run_demo(config: str, overrides: list[str], verbose: bool = False) -> int:
     cfg = load_config(config, FILTER + CAPTION + overrides)
     ctx = run_stages(cfg, stage_names(cfg), verbose=verbose)
     root = cfg.root
-    from curation.inspect import main as inspect_main
 
     report = os.path.join(root, "report", "index.html")
     inspect_main(root, html="")

@@ -5,7 +5,7 @@ A new stage or section is one line in SECTIONS (its key, its pydantic model, and
 """
 from __future__ import annotations
 
-from captioning.config import CaptionConfig
+from captioning.config import CaptionConfig, EnginesConfig
 from curation import config as curation_config
 from curation.config import BaseConfig, Section, config_model
 from shards.config import ShardConfig
@@ -13,6 +13,7 @@ from training.config import TrainingConfig
 
 SECTIONS: tuple[Section, ...] = (
     *curation_config.SECTIONS,  # ray, probe, split, filter, dedup, select (curation/config.py)
+    Section("engines", EnginesConfig),  # named language models the caption steps refer to (captioning/config.py)
     Section("caption", CaptionConfig, "captioning.stage:run", "captions/{cfg.caption.run}"),
     Section("shard", ShardConfig, "shards.writer:run", "shards/{cfg.shard.writer.name}"),
     Section("training", TrainingConfig),  # `python -m training`, not a curation stage

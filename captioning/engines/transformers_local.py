@@ -7,11 +7,16 @@ as a list of images, as `caption.video_input` says.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from captioning.config import CaptionConfig
 from captioning.engines.base import (CaptionRequest, Engine, Generation, SamplingParams, TextEngine, TextRequest,
                                     decode_frames, messages, text_messages, video_metadata)
 from captioning.prompts import Prompt
+
+if TYPE_CHECKING:  # torch and transformers load in the engine's worker, not at import
+    import torch
+    from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 
 class TransformersEngine(Engine):
@@ -78,7 +83,7 @@ class TransformersEngine(Engine):
         return gens
 
 
-def first_token_logprobs(scores: "object", k: int, tokenizer: "object") -> list[dict[str, float]]:
+def first_token_logprobs(scores: torch.Tensor, k: int, tokenizer: PreTrainedTokenizerBase) -> list[dict[str, float]]:
     """Top-k (token text -> log-probability) of the first generation step's logits, per row."""
     import torch
 
@@ -94,7 +99,7 @@ def first_token_logprobs(scores: "object", k: int, tokenizer: "object") -> list[
     return out
 
 
-def split_generations(out: "object", inputs: "object", eos: set[int], tokenizer: "object",
+def split_generations(out: torch.Tensor, inputs: BatchEncoding, eos: set[int], tokenizer: PreTrainedTokenizerBase,
                       dt: float) -> list[Generation]:
     """One Generation per row of a left-padded `generate` output: text up to the first EOS, token counts."""
     new = out[:, inputs["input_ids"].shape[1]:].tolist()
@@ -109,7 +114,7 @@ def split_generations(out: "object", inputs: "object", eos: set[int], tokenizer:
     return gens
 
 
-def torch_device_dtype(t: "object") -> tuple[str, "object"]:
+def torch_device_dtype(t: "object") -> tuple[str, torch.dtype]:
     """(device, dtype) of a TransformersEngineConfig: "auto" = cuda when present; bf16 on GPU, fp32 on CPU."""
     import torch
 

@@ -9,7 +9,7 @@ sampled frames (Cosmos-Curate filters on the minimum).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +17,9 @@ from pydantic import field_validator
 
 from curation.filters.base import ClipFrames, Scorer
 from curation.filters.config import ScorerConfig, resolve_path
+
+if TYPE_CHECKING:  # torch loads in the model step's workers only
+    from torch import nn
 
 
 class AestheticConfig(ScorerConfig):
@@ -28,7 +31,7 @@ class AestheticConfig(ScorerConfig):
     _paths = field_validator("weights")(resolve_path)
 
 
-def laion_mlp(dim: int = 768) -> "object":
+def laion_mlp(dim: int = 768) -> nn.Module:
     """The LAION aesthetic MLP (torch is imported here, not at module import)."""
     from torch import nn
 
@@ -66,7 +69,7 @@ def load_state(weights: str) -> dict:
     return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
 
 
-def load_mlp(weights: str) -> "object":
+def load_mlp(weights: str) -> nn.Module:
     sd = load_state(weights)
     if "layers.0.weight" not in sd:
         raise ValueError(f"aesthetic weights {weights!r}: expected LAION MLP keys layers.0..7, got {list(sd)[:4]}")

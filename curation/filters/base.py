@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.filters.config import ScorerConfig
+from curation.filters.registry import scorer_class
 
 
 @dataclass(frozen=True)
@@ -155,8 +156,6 @@ class ScorerSet:
 
     @classmethod
     def from_config(cls, scorers_cfg: dict[str, ScorerConfig]) -> "ScorerSet":
-        from curation.filters.registry import scorer_class
-
         return cls([scorer_class(c.type)(name, c) for name, c in scorers_cfg.items() if c.enabled])
 
     def by_step(self, step: str) -> list[Scorer]:

@@ -13,7 +13,8 @@ from typing import Any, Literal
 from pydantic import (Field, SerializeAsAny, ValidationError, ValidationInfo,
                       field_validator, model_validator)
 
-from curation.schema import Resources, Strict as _Strict  # noqa: F401 (Resources: re-exported, its old home)
+from curation.filters.registry import scorer_class
+from curation.schema import Resources, Step, Strict as _Strict, step_resources  # noqa: F401 (Resources: re-exported, its old home)
 
 
 class Threshold(_Strict):
@@ -78,23 +79,22 @@ class FilterConfig(_Strict):
     sample_fps: float = Field(2.0, gt=0)  # frames sampled per second of clip, shared by every scorer
     max_frames: int = Field(64, ge=2)  # at most this many sampled frames per clip (evenly thinned beyond)
     rescore: bool = False  # true: score every ok clip again, even those already in the scores table
-    decode: Resources = Resources(num_cpus=1, batch_size=1)  # CPU step: decode + CPU scorers (motion)
-    model: Resources = Resources(num_cpus=1, num_gpus=0, workers=1, batch_size=8)  # actor step: CLIP + model scorers
+    decode: Step = Step(resources=Resources(num_cpus=1, batch_size=1))  # CPU step: decode + CPU scorers (motion)
+    model: Step = Step(resources=Resources(num_cpus=1, num_gpus=0, workers=1, batch_size=8))  # actor step: CLIP + model scorers
     clip: ClipModelConfig = ClipModelConfig()
-    # Demo only: when set and a model file/folder configured under this folder is missing, tiny RANDOM
-    # models are built here first (python -m curation.filters.make_tiny). Default null: a missing model
-    # is an error naming its key; the demo's pipelines.yaml sets it.
-    demo_models: str | None = None
     store_embedding: bool = True  # write each clip's mean CLIP embedding (L2-normalised) into the scores table
     # name -> scorer entry. Column names are "<name>_<metric>". Defaults: see pipelines.yaml.
     scorers: dict[str, SerializeAsAny[ScorerConfig]] = Field(default_factory=lambda: default_scorers())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys(cls, data: Any) -> Any:
+        return step_resources(data, "filter", ("decode", "model"))  # filter.decode: {num_cpus ...} until the next release
 
     @field_validator("scorers", mode="before")
     @classmethod
     def _typed(cls, raw: Any, info: ValidationInfo) -> dict[str, ScorerConfig]:
         return validate_scorers(raw, info.context)
-
-    _paths = field_validator("demo_models")(resolve_path)
 
     def enabled_scorers(self) -> dict[str, ScorerConfig]:
         return {k: v for k, v in self.scorers.items() if v.enabled}
@@ -104,7 +104,6 @@ def validate_scorers(raw: Any, context: dict | None = None) -> dict[str, ScorerC
     """Each entry validated by its scorer class's own Config (errors name `scorers.<name>.<key>`)."""
     if not isinstance(raw, dict):
         raise ValueError("scorers must be a mapping of name -> {type: ..., ...}")
-    from curation.filters.registry import scorer_class
 
     out: dict[str, ScorerConfig] = {}
     for name, entry in raw.items():

@@ -14,6 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from typing import TYPE_CHECKING
+
+from curation.filters.aesthetic import laion_mlp
+
+if TYPE_CHECKING:  # torch and open_clip load when a model is built, not when the CLI parses
+    import open_clip
+    import torch
 
 TINY_CLIP_CFG: dict = {
     "embed_dim": 32,
@@ -24,7 +31,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP normalisation
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def tiny_clip(model_cfg: dict | None = None, seed: int = 0) -> "object":
+def tiny_clip(model_cfg: dict | None = None, seed: int = 0) -> open_clip.CLIP:
     """A randomly initialised open_clip CLIP for `model_cfg` (default: TINY_CLIP_CFG)."""
     import open_clip
     import torch
@@ -33,7 +40,7 @@ def tiny_clip(model_cfg: dict | None = None, seed: int = 0) -> "object":
     return open_clip.CLIP(**(model_cfg or TINY_CLIP_CFG)).eval()
 
 
-def save_clip(model: "object", model_cfg: dict, folder: str) -> str:
+def save_clip(model: torch.nn.Module, model_cfg: dict, folder: str) -> str:
     """Save in open_clip's hub layout (what `local-dir:` and `hf-hub:` load)."""
     from safetensors.torch import save_file
 
@@ -46,11 +53,9 @@ def save_clip(model: "object", model_cfg: dict, folder: str) -> str:
     return folder
 
 
-def tiny_aesthetic(dim: int, seed: int = 0, centre: float = 5.5) -> "object":
+def tiny_aesthetic(dim: int, seed: int = 0, centre: float = 5.5) -> torch.nn.Module:
     """The LAION MLP with random weights, output shifted to about `centre` on random unit vectors."""
     import torch
-
-    from curation.filters.aesthetic import laion_mlp
 
     torch.manual_seed(seed)
     mlp = laion_mlp(dim).eval()
@@ -61,7 +66,7 @@ def tiny_aesthetic(dim: int, seed: int = 0, centre: float = 5.5) -> "object":
     return mlp
 
 
-def save_aesthetic(mlp: "object", path: str) -> str:
+def save_aesthetic(mlp: torch.nn.Module, path: str) -> str:
     from safetensors.torch import save_file
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

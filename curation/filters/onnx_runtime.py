@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # an optional dependency: imported where a session is made
+    import onnxruntime
 
 
 def require(scorer: str, type_name: str, module: str, package: str) -> None:
@@ -28,7 +32,7 @@ def providers(step: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def session(path: str, step: str, threads: int) -> "object":
+def session(path: str, step: str, threads: int) -> onnxruntime.InferenceSession:
     """An onnxruntime session on `providers(step)` with `threads` intra-op threads (0 = onnxruntime's choice)."""
     import onnxruntime as ort
 

@@ -6,7 +6,13 @@ a score: about 0 (pristine) to 100+ (heavily distorted: blur, noise, blocking). 
 The features are the package's own; `BrisqueModel` only repairs its feature scaling, which fails under
 numpy >= 2.4 ("only 0-dimensional arrays can be converted to Python scalars": some features come back
 as 1-element arrays). Frames: gray at `short_side`, never upscaled, inside black bars (bars are
-perfectly flat and would read as distortion); the clip's score is the median over `frames` frames.
+perfectly flat and would read as distortion).
+Each frame is cut into `tiles` x `tiles` tiles and its BEST (lowest) tile counts, as sharpness takes its
+sharpest tile: compression and down-then-up scaling degrade every tile, while what BRISQUE misreads as
+distortion in clean footage (large flat or dark areas, a soft background) covers only part of a frame.
+On bench/judgement.py's calibration part the whole-frame score ranked degraded copies over clean and
+other clips with AUC 0.88 and clean clips reached 67 (crf 46 / down-up copies 53-77); the best of 2x2
+tiles at 256 px: AUC 0.98, clean <= 53.3, degraded 52-74. The clip's score is the median over `frames`.
 """
 from __future__ import annotations
 
@@ -23,8 +29,12 @@ from curation.filters.config import ScorerConfig
 class QualityConfig(ScorerConfig):
     """filter.scorers.<name> with type: quality."""
 
-    short_side: int = Field(256, ge=32, le=1080)  # analysis size (short side, px); smaller clips keep their own size
+    # Analysis size (short side, px); smaller clips keep their own size. At 256 a window's 1080p copy reads
+    # 0.3-2.7 below its 360p copy (calibration part); at 360 it read 1.8-3.0 above (and costs 2x).
+    short_side: int = Field(256, ge=32, le=1080)
     frames: int = Field(3, ge=1)  # frames per clip scored (BRISQUE costs ~0.1 s per 256p frame on one core)
+    tiles: int = Field(2, ge=1, le=4)  # tiles x tiles grid; the best textured tile is the frame's score (1: whole frame)
+    min_std: float = Field(4.0, ge=0)  # a tile with less luma std (0-255) is flat: not scored
     min_luma: float = Field(16.0, ge=0, le=255)  # frames darker than this mean luma (0-255) are not scored
 
 
@@ -77,5 +87,14 @@ class QualityScorer(Scorer):
         g = spread(clip.inner(self.spec().key), self.cfg.frames)
         # A flat or near-black frame (fades, black title cards) has no natural-scene statistics to fit:
         # BRISQUE reads it as heavy distortion (100+). Such frames are skipped.
-        vals = [self.model.score_gray(f) for f in g if f.std() > 0 and f.mean() >= self.cfg.min_luma]
+        vals = [v for f in g if f.std() > 0 and f.mean() >= self.cfg.min_luma
+                if (v := self.best_tile(f)) is not None]
         return {"brisque": float(np.median(vals)) if vals else None}
+
+    def best_tile(self, frame: np.ndarray) -> float | None:
+        """BRISQUE of the best (lowest-scoring) textured tile of one frame; None when every tile is flat."""
+        h, w = frame.shape
+        k = self.cfg.tiles
+        tiles = [frame[i * h // k:(i + 1) * h // k, j * w // k:(j + 1) * w // k] for i in range(k) for j in range(k)]
+        vals = [self.model.score_gray(t) for t in tiles if min(t.shape) >= 16 and t.std() > self.cfg.min_std]
+        return min(vals) if vals else None

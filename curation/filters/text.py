@@ -15,9 +15,11 @@ Metrics per clip, over the scored frames, from the text lines only:
 - `band`: share of frames with a line centred in the bottom `band_height` of the frame (burned-in
   subtitles, lower thirds; on a still, detailed picture only lines that change count);
 - `persist`: share of frames with a line that stays put (a line at the same place, IoU >= `persist_iou`,
-  on at least 2/3 of the other scored frames) while the picture around it moves or is plain (a card):
-  overlays stay where they are while the picture moves; on a still, detailed picture (a screen, a sign
-  filmed from a tripod) a line that stays put is as likely scene text, and is not counted;
+  on at least half of the other scored frames) while the picture around it moves or is plain (a card):
+  overlays stay where they are while the picture moves; a line that moves with the camera (fitted with
+  RANSAC between the frames) is scene text, even when it moves too little to fail the IoU test; on a
+  still, detailed picture (a screen, a sign filmed from a tripod) a line that stays put counts only when
+  it damps the picture's own small changes beneath it (an overlay at least half opaque);
 - `corner`: the same for persistent lines inside a corner region (channel logos, watermarks).
 With `recognize: true`, `text` holds the recognised lines (truncated to `max_chars`).
 
@@ -67,6 +69,18 @@ class TextConfig(ScorerConfig):
     # detailed picture (a screen or a sign filmed from a tripod) it is scene text as likely as an overlay: kept.
     move_eps: float = Field(2.0, ge=0)
     flat_std: float = Field(12.0, ge=0)
+    # ... unless the line damps the picture's own small changes: on a still picture a line that stays put is
+    # an overlay when its pixels change by <= damp_ratio x those of a ring around it (an overlay of opacity
+    # >= 1 - damp_ratio; scene text changes as its surroundings) and that ring changes by >= damp_min grey
+    # levels (10x the re-encode noise of a frozen clip: 0.01-0.03). A frozen picture gives no evidence.
+    damp_ratio: float = Field(0.5, ge=0, le=1)
+    damp_min: float = Field(0.25, ge=0)
+    # Camera-compensated stability: the camera (a similarity: shift, zoom, roll) is fitted between the scored
+    # frames with RANSAC to corners tracked outside the lines; where it moves a line's box by >= camera_px,
+    # the line is an overlay if it stays put in the frame and scene text if it moves with the camera (a
+    # screen in a jittered, panned or zoomed shot). false: frame position alone.
+    camera: bool = True
+    camera_px: float = Field(2.0, ge=0)
     threads: int = Field(1, ge=0)  # onnxruntime intra-op threads per worker (0 = all cores)
 
 
@@ -177,14 +191,24 @@ class TextScorer(Scorer):
         fh, fw = frames.shape[1:3]
         areas = [text_area(b, fh, fw) for b in per_frame]
         rects = [_rects(b) for b in per_frame]
-        stays = _persistent(rects, self.cfg.persist_iou)
+        gray = frames.astype(np.float32).mean(axis=3)
+        cams = _camera(gray, rects) if self.cfg.camera else None
+        stays, scene = _persistent(rects, self.cfg.persist_iou, cams, self.cfg.camera_px)
+        # Lines that move with the camera are scene text (a screen or a sign in a moving shot): not overlays.
+        rects, stays = [r[~s] for r, s in zip(rects, scene)], [t[~s] for t, s in zip(stays, scene)]
         if not _overlay_context(frames, rects, self.cfg.move_eps, self.cfg.flat_std):
             # Still, detailed picture: a line that stays put and whose own pixels stay the same may be scene
             # text (a screen's menu bar): it counts neither as persistent nor in the band. Lines whose text
-            # changes in place (subtitles: a new line every second or so) still count in the band.
-            gray = frames.astype(np.float32).mean(axis=3)
-            rects = [r[~s | _changes(gray, i, r, 3 * self.cfg.move_eps)] for i, (r, s) in enumerate(zip(rects, stays))]
-            stays = [np.zeros(len(r), bool) for r in rects]
+            # changes in place (subtitles: a new line every second or so) still count in the band. One more
+            # piece of evidence: an overlay at least half opaque damps the picture's own small changes (grain,
+            # flicker, compression) beneath it, scene text changes as its surroundings do (`damped`).
+            keep, over = [], []
+            for i, (r, s) in enumerate(zip(rects, stays)):
+                damped = s & _damped(gray, i, r, self.cfg.damp_ratio, self.cfg.damp_min)
+                k = ~s | damped | _changes(gray, i, r, 3 * self.cfg.move_eps)
+                keep.append(r[k])
+                over.append(damped[k])
+            rects, stays = keep, over
         band = [bool(len(r)) and bool(((r[:, 1] + r[:, 3]) / 2 > (1 - self.cfg.band_height) * fh).any()) for r in rects]
         cw, ch = self.cfg.corner * fw, self.cfg.corner * fh
         corner = []
@@ -222,6 +246,26 @@ def _changes(gray: np.ndarray, i: int, rects: np.ndarray, eps: float) -> np.ndar
     return out
 
 
+def _damped(gray: np.ndarray, i: int, rects: np.ndarray, ratio: float, min_change: float) -> np.ndarray:
+    """Per line of frame i: does it change over the frames by at most `ratio` x what the picture right around
+    it does (a ring one line-height wide), where that ring changes by >= min_change grey levels? An overlay
+    of opacity a passes only (1 - a) of the picture's change beneath it."""
+    out = np.zeros(len(rects), bool)
+    if len(gray) < 2:
+        return out
+    h, w = gray.shape[1:]
+    diff = np.abs(np.diff(gray, axis=0)).mean(axis=0)
+    for k, (x0, y0, x1, y1) in enumerate(rects.astype(int)):
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1 + 1), min(h, y1 + 1)
+        m = max(2, y1 - y0)
+        ring = np.zeros((h, w), bool)
+        ring[max(0, y0 - m):y1 + m, max(0, x0 - m):x1 + m] = True
+        ring[y0:y1, x0:x1] = False
+        around = float(diff[ring].mean()) if ring.any() else 0.0
+        out[k] = around >= min_change and float(diff[y0:y1, x0:x1].mean()) <= ratio * around
+    return out
+
+
 def _native(frames: np.ndarray, native_short: int) -> np.ndarray:
     """Frames scaled back down to the clip's own short side when the decoder scaled them up."""
     import cv2
@@ -252,16 +296,84 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area(a)[:, None] + area(b)[None, :] - inter).clip(1e-6)
 
 
-def _persistent(rects: list[np.ndarray], min_iou: float) -> list[np.ndarray]:
-    """Per frame, which of its lines stay put: overlapped on >= 2/3 of the other frames (one frame: none)."""
+def _persistent(rects: list[np.ndarray], min_iou: float, cams: np.ndarray | None = None, camera_px: float = 2.0,
+                vote_margin: float = 0.1) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per frame, which of its lines stay put (overlapped on >= half of the other frames; one frame: none) and
+    which move with the camera (scene text). cams[i, j] (3x3, NaN where unknown) maps frame i onto frame j;
+    where it moves a line's box by >= camera_px, the pair votes: frame j's lines overlap the box where it
+    was (overlay) or where the camera took it (scene) better, by an IoU margin of vote_margin.
+    A line is scene text when scene votes outnumber overlay votes; it then never stays put."""
     n = len(rects)
-    out = []
+    stays, scene = [], []
     for i, r in enumerate(rects):
         if n < 2 or not len(r):
-            out.append(np.zeros(len(r), bool))
+            stays.append(np.zeros(len(r), bool))
+            scene.append(np.zeros(len(r), bool))
             continue
-        hits = sum((_iou(r, o) >= min_iou).any(axis=1).astype(int) for j, o in enumerate(rects) if j != i and len(o))
-        out.append(np.asarray(hits) >= np.ceil(2 * (n - 1) / 3) if np.ndim(hits) else np.zeros(len(r), bool))
+        hits = np.zeros(len(r), int)
+        votes = np.zeros(len(r), int)  # + overlay, - scene
+        for j, o in enumerate(rects):
+            if j == i or not len(o):
+                continue
+            hits += (_iou(r, o) >= min_iou).any(axis=1)
+            if cams is None or not np.isfinite(cams[i, j]).all():
+                continue
+            moved = _warp_rects(r, cams[i, j])
+            sep = np.abs(moved - r).max(axis=1)
+            # Which place does frame j's text fit better: where the box was (overlay) or where the camera took it
+            # (scene)? Best overlap (IoU) with frame j's lines at each place; a vote needs the camera to move the
+            # box and one place to fit clearly better (on a screen full of text another word may sit near the
+            # other place; text typed on changes one edge).
+            iou0, iou1 = _iou(r, o).max(axis=1), _iou(moved, o).max(axis=1)
+            decisive = (sep >= camera_px) & (np.abs(iou0 - iou1) >= vote_margin)
+            votes += np.where(decisive, np.where(iou0 > iou1, 1, -1), 0)
+        is_scene = votes < 0
+        stays.append((hits >= np.ceil((n - 1) / 2)) & ~is_scene)  # a detector miss on 1 of 3 frames: still put
+        scene.append(is_scene)
+    return stays, scene
+
+
+def _warp_rects(rects: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Axis-aligned rects moved by a 3x3 transform (the bounding rect of the moved corners)."""
+    x0, y0, x1, y1 = rects.T
+    pts = np.stack([np.stack([x0, y0], 1), np.stack([x1, y0], 1), np.stack([x1, y1], 1), np.stack([x0, y1], 1)], 1)
+    moved = pts @ m[:2, :2].T + m[:2, 2]
+    return np.concatenate([moved.min(axis=1), moved.max(axis=1)], axis=1)
+
+
+def _camera(gray: np.ndarray, rects: list[np.ndarray]) -> np.ndarray:
+    """(n, n, 3, 3): the camera from frame i to frame j, a similarity fitted with RANSAC to corners tracked
+    (pyramidal Lucas-Kanade) outside the text lines between consecutive frames, composed for the others;
+    NaN where a fit fails (too few corners: a flat picture). Overlays are masked out so that they cannot
+    pull the fit towards "still"."""
+    import cv2
+
+    n, h, w = gray.shape
+    g8 = [np.clip(g, 0, 255).astype(np.uint8) for g in gray]
+    step = [np.full((3, 3), np.nan)] * max(n - 1, 0)
+    tol = max(1.0, min(h, w) / 360)  # RANSAC inlier distance (px): one pixel at 360p
+    for i in range(n - 1):
+        mask = np.full((h, w), 255, np.uint8)
+        for r in (rects[i], rects[i + 1]):
+            for x0, y0, x1, y1 in r.astype(int):
+                mask[max(0, y0 - 3):y1 + 4, max(0, x0 - 3):x1 + 4] = 0
+        pts = cv2.goodFeaturesToTrack(g8[i], 400, 1e-5, 5, mask=mask)  # the 400 best: soft pictures too
+        if pts is None or len(pts) < 8:
+            continue
+        nxt, ok, _ = cv2.calcOpticalFlowPyrLK(g8[i], g8[i + 1], pts, None, winSize=(21, 21), maxLevel=4)
+        ok = ok.ravel() == 1
+        if ok.sum() < 8:
+            continue
+        m, inl = cv2.estimateAffinePartial2D(pts[ok], nxt[ok], method=cv2.RANSAC, ransacReprojThreshold=tol)
+        if m is not None and inl is not None and int(inl.sum()) >= 8:
+            step[i] = np.vstack([m, [0, 0, 1]])
+    out = np.full((n, n, 3, 3), np.nan)
+    for i in range(n):
+        out[i, i] = np.eye(3)
+        for j in range(i + 1, n):
+            out[i, j] = step[j - 1] @ out[i, j - 1]
+            if np.isfinite(out[i, j]).all():
+                out[j, i] = np.linalg.inv(out[i, j])
     return out
 
 

@@ -73,7 +73,7 @@ def test_transformers_engine_returns_the_first_token_distribution(tiny_vlm, clip
 
 def test_report_agreement_with_ocr_and_near_duplicate_captions(tmp_path):
     from captioning.table import normalize, schema_for
-    from curation.caption_report import caption_report
+    from vidcurate.caption_report import caption_report
     from curation.tables import write_part
 
     st = Storage(str(tmp_path / "root"))

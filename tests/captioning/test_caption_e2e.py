@@ -23,7 +23,7 @@ def pipeline_cfg(tmp_path, caption: str) -> str:
     p = tmp_path / "pipelines.yaml"
     p.write_text(f"root: {tmp_path / 'root'}\ninputs: ['{raw}/*.mp4']\nray: {{num_cpus: 2, progress: false}}\n"
                  "split: {min_clip_s: 1.0}\n"
-                 "filter: {demo_models: null, scorers: {motion: {type: motion, thresholds: {mean: {min: 0.01}}}}}\n"
+                 "filter: {scorers: {motion: {type: motion, thresholds: {mean: {min: 0.01}}}}}\n"
                  f"caption: {caption}\n")
     return str(p)
 

@@ -99,7 +99,7 @@ def test_field_and_check_columns_reach_shards_filter_rules_and_the_report(tiny_v
     sel = select(st, WriterConfig(captions_run="f", drop_caption_checks=["slideshow"]))
     assert sorted(s["key"] for s in sel.samples) == ids[:2] and sel.dropped["caption check slideshow"] == 1
     # ... and inspect's caption report counts the answers
-    from curation.caption_report import caption_report
+    from vidcurate.caption_report import caption_report
 
     lines, html = caption_report(st, runs=["f"])
     assert any("checks answered yes: slideshow 1 of 3 (mean P 0.40)" in ln for ln in lines), lines

@@ -4,6 +4,8 @@ content a random LM would not produce: the summary of frame captions naming a re
 both, and a rewrite keeps the camera motion it is asked to keep."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from captioning.config import CaptionConfig
@@ -11,7 +13,7 @@ from captioning.enhance import Enhance
 from captioning.smollm2 import PACKAGED, resolve_packaged
 from captioning.stage import prepare_text_model
 from captioning.summary import Summarize
-from curation.caption_report import mentions_camera
+from captioning.camera import mentions_camera
 
 
 def with_engine(stage: "object", engine: "object") -> "object":
@@ -45,7 +47,8 @@ def test_enhance_keeps_the_camera_motion_and_the_subject(smollm2, smollm2_engine
 
 def test_packaged_model_names_resolve_to_the_converted_folder(smollm2):
     assert resolve_packaged(PACKAGED) == smollm2 and resolve_packaged("/some/folder") == "/some/folder"
-    prepared = prepare_text_model(CaptionConfig(summary={"model": PACKAGED, "demo_model": True}).summary)
-    assert prepared.model == smollm2  # demo_model never builds a random LM over a packaged name
+    # a relative `packaged:` name looks like a path under a demo.models of "." yet never gets a random LM
+    prepared = prepare_text_model(CaptionConfig(summary={"model": PACKAGED}).summary, demo_models=os.getcwd())
+    assert prepared.model == smollm2
     with pytest.raises(ValueError, match="unknown packaged model 'packaged:gpt-9'"):
         resolve_packaged("packaged:gpt-9")

@@ -67,12 +67,12 @@ def write_cfg(tmp_path, name: str, root: str, inputs: str) -> str:
     p.write_text(
         f"root: '{root}'\ninputs: ['{inputs}']\nray: {{progress: false}}\n"
         "split: {detector: stride, stride_s: 3.0, min_clip_s: 1.0}\n"  # clips at every 36th frame, exactly
-        f"filter:\n  demo_models: {models}\n  clip: {{model: {models}/tiny-clip}}\n"
-        "  decode: {num_cpus: 0.5}\n"  # decode + model step fit on one 1-CPU node (after a node is lost)
-        "  model: {num_cpus: 0.5, min_workers: 1, max_workers: 2, batch_size: 2}\n"
+        f"demo: {{models: {models}}}\nfilter:\n  clip: {{model: {models}/tiny-clip}}\n"
+        "  decode: {resources: {num_cpus: 0.5}}\n"  # decode + model step fit on one 1-CPU node (after a node is lost)
+        "  model: {resources: {num_cpus: 0.5, min_workers: 1, max_workers: 2, batch_size: 2}}\n"
         "  scorers:\n    motion: {type: motion, thresholds: {mean: {min: 0.01}}}\n"
         f"    aesthetic: {{type: aesthetic, weights: {models}/tiny-aesthetic.safetensors}}\n"
-        f"caption: {{model: {tmp_path}/tiny-vlm, demo_model: true, max_tokens: 8, max_frames: 4, max_side: 112, sink_every: 2,\n"
+        f"caption: {{model: {models}/tiny-vlm, max_tokens: 8, max_frames: 4, max_side: 112, sink_every: 2,\n"
         "          resources: {num_cpus: 0.5, workers: 1, batch_size: 2}}\n"
         "shard: {writer: {max_samples_per_shard: 2}}\n")
     return str(p)

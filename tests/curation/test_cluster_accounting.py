@@ -1,4 +1,4 @@
-"""Stage accounting (curation/accounting.py), its report (curation/run_report.py), autoscaling pools."""
+"""Stage accounting (curation/accounting.py), its report (vidcurate/run_report.py), autoscaling pools."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from curation import accounting, run_report, tables
+from curation import accounting, tables
+from vidcurate import run_report
 from curation.config import ConfigError
 from vidcurate.flow import load_config
 from curation.runner import pool_size, run_pipeline
@@ -137,14 +138,14 @@ def test_pool_keys_are_validated_with_their_path(tmp_path):
     with pytest.raises(ConfigError, match=r"split\.resources: .*max_workers \(2\) must be >= min_workers \(3\)"):
         load_config(str(p), check_inputs=False)
     p.write_text("root: r\ninputs: [x]\nfilter: {model: {workers: 1, min_workers: 2}}\n")
-    with pytest.raises(ConfigError, match=r"filter\.model: .*either workers .* or min_workers/max_workers"):
+    with pytest.raises(ConfigError, match=r"filter\.model\.resources: .*either workers .* or min_workers/max_workers"):
         load_config(str(p), check_inputs=False)
     p.write_text("root: r\ninputs: [x]\ncaption: {resources: {workers: null, min_workers: 1, max_workers: 3}}\n")
     assert load_config(str(p), check_inputs=False).caption.resources.max_workers == 3
 
 
 def test_inspect_shows_the_latest_runs_accounting(tmp_path, capsys):
-    from curation import inspect as insp
+    from vidcurate import inspect as insp
 
     st = Storage(str(tmp_path / "root"))
     tables.write_part(st, "videos", [{"video_id": "v", "source": "s", "error": None}], tables.VIDEOS)

@@ -29,7 +29,7 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
 
 
 def model_cfg(models: dict[str, str], **kw) -> FilterConfig:
-    return FilterConfig(demo_models=None, clip={"model": models["clip"]}, scorers={
+    return FilterConfig(clip={"model": models["clip"]}, scorers={
         "motion": {"type": "motion", "thresholds": {"mean": {"min": 0.01}}},
         "aesthetic": {"type": "aesthetic", "weights": models["aesthetic"], "thresholds": {"mean": {"min": 4.5}}},
         "neg": {"type": "clip_zero_shot"},
@@ -37,7 +37,7 @@ def model_cfg(models: dict[str, str], **kw) -> FilterConfig:
 
 
 def motion_cfg(**motion) -> FilterConfig:
-    return FilterConfig(demo_models=None, scorers={"motion": {"type": "motion", **motion}})
+    return FilterConfig(scorers={"motion": {"type": "motion", **motion}})
 
 
 def clip_row(clip_id: str, path: str, status: str = "ok") -> dict:
@@ -66,7 +66,7 @@ def score(root: str, cfg: FilterConfig) -> dict[str, dict]:
 @pytest.mark.parametrize("method", ["flow", "mv"])
 def test_still_dropped_moving_passes(tmp_path, method):
     make_root(str(tmp_path), {"still": 0.0, "slow": 0.5, "moving": 3.0})
-    cfg = FilterConfig(demo_models=None, scorers={"motion": {"type": "motion", "method": method,
+    cfg = FilterConfig(scorers={"motion": {"type": "motion", "method": method,
                                                              "thresholds": {"mean": {"min": 0.01}}}})
     rows = score(str(tmp_path), cfg)
     assert rows["still"]["motion_mean"] < 0.002 and rows["still"]["motion_still_share"] == 1.0
@@ -139,7 +139,7 @@ def test_zero_shot_thresholds_and_linear_probe(tmp_path, tiny_models):
     make_root(str(tmp_path), {"moving": 2.0})
     w = np.random.default_rng(0).normal(size=(2, 32)).astype(np.float32)
     np.savez(tmp_path / "probe.npz", weight=w, bias=np.array([10.0, -10.0], np.float32))
-    cfg = FilterConfig(demo_models=None, clip={"model": tiny_models["clip"]}, scorers={
+    cfg = FilterConfig(clip={"model": tiny_models["clip"]}, scorers={
         "neg": {"type": "clip_zero_shot", "classes": {"any": {"prompts": ["a video"], "max": 0.0}}},
         "probe": {"type": "linear_probe", "path": str(tmp_path / "probe.npz"), "heads": ["hi", "lo"],
                   "thresholds": {"hi": {"max": 0.9}}}})
@@ -173,7 +173,7 @@ def test_run_on_ray_writes_schema_and_resumes(ray_local, tmp_path, tiny_models):
     root = str(tmp_path / "root")
     st = make_root(root, {"still": 0.0, "moving": 3.0}, [clip_row("bad", "clips/vid/nope.mp4")])
     # num_gpus on a CPU-only cluster: the model step falls back to the CPU instead of waiting forever.
-    fcfg = model_cfg(tiny_models, model={"num_gpus": 1, "batch_size": 4})
+    fcfg = model_cfg(tiny_models, model={"resources": {"num_gpus": 1, "batch_size": 4}})
     cfg = PipelineConfig(root=root, inputs=["x"], filter=fcfg, ray={"progress": False})
     counts = run(cfg, RunContext(cfg, st))
     assert counts == {"clips": 3, "skipped": 0, "scored": 3, "kept": 1, "dropped": 1, "errors": 1}
@@ -236,7 +236,7 @@ def test_new_filter_is_one_class_and_one_entry(tmp_path, monkeypatch):
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
     make_root(str(tmp_path / "root"), {"a": 1.0})
-    cfg = FilterConfig(demo_models=None, scorers={
+    cfg = FilterConfig(scorers={
         "bright": {"type": "myfilters:Brightness", "thresholds": {"mean": {"max": 0.01}}}})
     row = score(str(tmp_path / "root"), cfg)["a"]
     assert 0.1 < row["bright_mean"] < 0.9 and row["reasons"] == ["bright_mean>0.01"]
@@ -277,18 +277,18 @@ def test_cli_demo_probe_split_filter_inspect(tmp_path):
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     demo_videos(str(tmp_path / "raw"))
     env = {**os.environ, "PYTHONPATH": repo}
-    sets = [f"root={tmp_path / 'root'}", f"inputs=[{tmp_path / 'raw'}/*.mp4]", f"filter.demo_models={tmp_path / 'models'}",
+    sets = [f"root={tmp_path / 'root'}", f"inputs=[{tmp_path / 'raw'}/*.mp4]", f"demo.models={tmp_path / 'models'}",
             f"filter.clip.model={tmp_path / 'models/tiny-clip'}", "ray.progress=false", "ray.num_cpus=2",
             f"filter.scorers.aesthetic.weights={tmp_path / 'models/tiny-aesthetic.safetensors'}"]
-    cmd = [sys.executable, "-m", "curation", "run", os.path.join(repo, "pipelines.yaml"), "--stage", "probe,split,filter"]
+    cmd = [sys.executable, "-m", "vidcurate", "run", os.path.join(repo, "pipelines.yaml"), "--stage", "probe,split,filter"]
     r = subprocess.run(cmd + [a for s in sets for a in ("--set", s)], env=env, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "building tiny RANDOM demo models" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "curation", "inspect", str(tmp_path / "root")], env=env,
+    r = subprocess.run([sys.executable, "-m", "vidcurate", "inspect", str(tmp_path / "root")], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "motion_level<0.01" in r.stdout  # the still shot of still_then_moving.mp4 is dropped
+    assert "frozen_longest_s>0.4" in r.stdout  # the still shot of still_then_moving.mp4 (no noise: frozen) is dropped
     assert (tmp_path / "root/report/index.html").exists()
     t = tables.read_table(Storage(str(tmp_path / "root")), "scores")
     ok = [c for c in tables.read_table(Storage(str(tmp_path / "root")), "clips").to_pylist() if c["status"] == "ok"]

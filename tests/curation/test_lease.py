@@ -146,7 +146,7 @@ def test_renewal_notices_a_takeover(tmp_path):
 
 @pytest.mark.heavy
 def test_two_real_runs_on_one_root(tmp_path):
-    """Two `python -m curation run` at once on one root: the second refuses naming the first; a third with
+    """Two `python -m vidcurate run` at once on one root: the second refuses naming the first; a third with
     --wait runs after it and re-does nothing (each clip file written once, one row per clip)."""
     from tests.curation.test_run import make_inputs, write_cfg
 
@@ -155,7 +155,7 @@ def test_two_real_runs_on_one_root(tmp_path):
     raw, root = tmp_path / "raw", tmp_path / "root"
     make_inputs(str(raw), 3)
     cfg = write_cfg(tmp_path, root, raw)
-    cmd = [sys.executable, "-m", "curation", "run", cfg, "--stage", "probe,split"]
+    cmd = [sys.executable, "-m", "vidcurate", "run", cfg, "--stage", "probe,split"]
     env = {**os.environ, "PYTHONPATH": REPO}
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -15,14 +15,14 @@ def test_parts_sort_in_write_order_whatever_the_clock(tmp_path, monkeypatch):
     tables.write_part(st, "videos", [{"video_id": "a", "v": 1}], SCHEMA)
     old = st.list("videos", ".parquet")[0]
     st.fs.move(st.path(old), st.path("videos/part-29991231235959999999-deadbeef.parquet"))
-    tables.new_run()
+    tables.new_run(st)
     monkeypatch.setattr("time.time_ns", lambda: 0)  # this machine's clock is far behind: must not matter
     monkeypatch.setattr("time.time", lambda: 0.0)
     tables.write_part(st, "videos", [{"video_id": "a", "v": 2}], SCHEMA)
     tables.write_part(st, "videos", [{"video_id": "b", "v": 3}], SCHEMA)
     # another process writes meanwhile; a new run of this one continues after it
-    tables._SEQUENCES[(st.root, "videos")] = 5
-    tables.new_run()
+    st.part_sequences["videos"] = 5
+    tables.new_run(st)
     tables.write_part(st, "videos", [{"video_id": "b", "v": 4}], SCHEMA)
     names = st.list("videos", ".parquet")
     assert names == sorted(names) and len(names) == 4

@@ -46,7 +46,7 @@ def test_probe_stage_records_reasons_and_bpp(tmp_path):
 def test_prefiltered_videos_are_not_split_and_inspect_counts_them(ray_local, tmp_path):
     """Ray: probe and split stages as a run does them (80 s on the loaded 2-core machine: heavy)."""
     from curation import tables
-    from curation.inspect import table_counts, terminal_report
+    from vidcurate.inspect import table_counts, terminal_report
     from curation.pipeline import run_stages
     from curation.storage import Storage
     from vidcurate.flow import load_config

@@ -42,7 +42,7 @@ def free_ports(n: int) -> list[int]:
 def test_readme_block_pins_the_interpreter_and_the_token():
     lines = readme_cluster_lines()
     submit = next(ln for ln in lines if "ray job submit" in ln)
-    assert '-- "$PWD/.venv/bin/python" -m curation run "$PWD/pipelines.yaml"' in submit
+    assert '-- "$PWD/.venv/bin/python" -m vidcurate run "$PWD/pipelines.yaml"' in submit
     assert any("get-auth-token --generate" in ln for ln in lines) and "export RAY_AUTH_MODE=token" in lines
 
 

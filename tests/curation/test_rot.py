@@ -51,7 +51,7 @@ def test_rotten_part_is_quarantined_on_read(tmp_path, capsys, how):
 
 
 def test_inspect_survives_rotten_parts(tmp_path, capsys):
-    from curation import inspect as insp
+    from vidcurate import inspect as insp
     from test_inspect_rules import scores_table, write_root
 
     root = str(tmp_path / "root")

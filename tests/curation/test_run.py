@@ -66,7 +66,7 @@ def test_probe_split_resume(ray_local, tmp_path):
 
 
 def _cli(cfg: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "curation", "run", cfg, "--stage", "probe,split", *extra]
+    return [sys.executable, "-m", "vidcurate", "run", cfg, "--stage", "probe,split", *extra]
 
 
 @pytest.mark.heavy
@@ -127,7 +127,7 @@ def test_ray_job_submit_to_real_head(tmp_path):
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         cmd = [ray, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", REPO,
-               "--", sys.executable, "-m", "curation", "run", cfg, "--stage", "probe,split"]
+               "--", sys.executable, "-m", "vidcurate", "run", cfg, "--stage", "probe,split"]
         deadline = time.time() + 180
         while True:  # the dashboard and its agent take a few seconds to accept jobs
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -6,7 +6,8 @@ from curation import tables
 from curation.config import load_config
 from curation.pipeline import run_stages
 from curation.probe import probe_video
-from curation.split import SplitParams, split_video
+from curation.config import SplitConfig
+from curation.split import split_video
 from curation.storage import Storage
 from curation.synth import Scene, make_video, read_index_marker
 from curation.video import iter_frames
@@ -36,7 +37,7 @@ def test_split_keeps_clips_before_the_damage(tmp_path):
     make_video(src, [Scene(48, 2, 1), Scene(48, 3, 7)], 128, 80, 24.0, with_index=True)
     damaged_copy(src, bad, at=0.7)  # damage inside the second shot: the first is whole
     row = probe_video(bad)
-    clips = split_video(row, SplitParams(min_clip_s=0.1, max_clip_s=1000), Storage(str(tmp_path / "root")),
+    clips = split_video(row, SplitConfig(min_clip_s=0.1, max_clip_s=1000), Storage(str(tmp_path / "root")),
                         str(tmp_path))
     ok = [c for c in clips if c["status"] == "ok"]
     assert [(c["start_frame"], c["end_frame"]) for c in ok][0] == (0, 48)

@@ -75,11 +75,11 @@ def test_no_credentials_anywhere_after_an_s3_run(s3_endpoint, tmp_path):
                  "filter: {scorers: {motion: {type: motion, thresholds: {mean: {min: 0.01}}}}}\n")
     env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
     # the root also on the command line: argv lands in the manifest
-    run = subprocess.run([sys.executable, "-m", "curation", "run", str(p), "--stage", "probe,split,filter",
+    run = subprocess.run([sys.executable, "-m", "vidcurate", "run", str(p), "--stage", "probe,split,filter",
                           "--set", f"root={bucket}/root{q}"], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    report = subprocess.run([sys.executable, "-m", "curation", "inspect", f"{bucket}/root{q}"], cwd=REPO, env=env,
+    report = subprocess.run([sys.executable, "-m", "vidcurate", "inspect", f"{bucket}/root{q}"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]
     console = run.stdout + run.stderr + report.stdout + report.stderr

@@ -124,7 +124,7 @@ def test_unconstrained_writes_no_table_and_bad_keys_are_named(tmp_path):
 
 
 def test_inspect_shows_distributions_before_and_after(tmp_path, capsys):
-    from curation import inspect
+    from vidcurate import inspect
 
     st = make_root(str(tmp_path))
     select(st, SelectConfig(max_clips=12, quotas={"camera_type": 0.34}))

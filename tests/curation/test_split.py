@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 
 from curation.probe import probe_video
-from curation.split import SplitParams, split_video
+from curation.config import SplitConfig
+from curation.split import split_video
 from curation.storage import Storage
 from curation.synth import Scene, make_video, read_index_marker
 from curation.video import iter_frames
 
 
 def split(src: str, root: str, tmp: str, **kw) -> list[dict]:
-    params = SplitParams(**{"min_clip_s": 0.1, "max_clip_s": 1000, **kw})
+    params = SplitConfig(**{"min_clip_s": 0.1, "max_clip_s": 1000, **kw})
     return split_video(probe_video(src), params, Storage(root), tmp)
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from curation.probe import probe_video
-from curation.split import SplitParams, SplitStage, detect_scenes, split_video
+from curation.config import SplitConfig
+from curation.split import SplitStage, detect_scenes, split_video
 from curation.stage import run_local
 from curation.storage import Storage
 from curation.synth import Scene, make_video, read_index_marker
@@ -25,8 +26,8 @@ def model():
     return load_model()
 
 
-def params(**kw) -> SplitParams:
-    return SplitParams(**{"detector": "transnetv2", "min_clip_s": 0.1, "max_clip_s": 1000, **kw})
+def params(**kw) -> SplitConfig:
+    return SplitConfig(**{"detector": "transnetv2", "min_clip_s": 0.1, "max_clip_s": 1000, **kw})
 
 
 def indices(path: str) -> list[int]:
@@ -73,7 +74,7 @@ def test_bad_model_gives_error_rows_naming_it(tmp_path):
     bad.write_bytes(b"not a state dict")
     src = str(tmp_path / "v.mp4")
     make_video(src, [Scene(30, 2, 1)], 96, 64, 24.0)
-    stage = SplitStage(params(tn_weights=str(bad)), str(tmp_path / "root"))
+    stage = SplitStage(params(transnetv2={"weights": str(bad)}), str(tmp_path / "root"))
     rows = run_local([stage], [probe_video(src)])
     assert len(rows) == 1 and rows[0]["status"] == "error"
     assert "TransNetV2 failed to load" in rows[0]["reason"] and "bad.pth" in rows[0]["reason"]

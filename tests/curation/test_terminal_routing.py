@@ -1,6 +1,6 @@
 """The quiet console of a run: C/C++ output of the driver (Ray's core worker) and transformers' "Writing model
 shards" bar go to the run's log file, our own progress lines stay on the terminal. Real processes: the file
-descriptors are the process's own, as in `python -m curation run` (not a test runner's captured ones)."""
+descriptors are the process's own, as in `python -m vidcurate run` (not a test runner's captured ones)."""
 import os
 import subprocess
 import sys

@@ -84,7 +84,7 @@ def score(root: str, cfg: FilterConfig) -> dict[str, dict]:
 
 
 def text_cfg(**kw) -> FilterConfig:
-    return FilterConfig(demo_models=None, scorers={"ocr": {"type": "text", "frames": 1, **kw,
+    return FilterConfig(scorers={"ocr": {"type": "text", "frames": 1, **kw,
                                                            "thresholds": {"area_mean": {"max": 0.06}}}})
 
 
@@ -176,6 +176,113 @@ def test_text_kinds_band_persist_corner(text_root, tmp_path):
     assert still["boxes_max"] == 1 and still["persist"] == 0.0 and still["corner"] == 0.0
 
 
+def scene_text_clip(path: str, kind: str, shift: tuple[int, int], frames: int = 24) -> None:
+    """TEXT[kind] painted on the scene (the texture), filmed by a camera that jumps by `shift` px halfway:
+    the text moves with the picture, a little (it still overlaps itself: IoU > 0.4)."""
+    tex = Image.fromarray(_texture(3, H, W))
+    d = ImageDraw.Draw(tex)
+    for x, y, size, text in TEXT[kind]:
+        d.text((x + 40, y + 40), text, font=ImageFont.load_default(size=size), fill="white", stroke_width=2,
+               stroke_fill="black")
+    tex = np.asarray(tex)
+    with av.open(path, "w") as out:
+        st = out.add_stream("libx264", rate=24)
+        st.width, st.height, st.pix_fmt = W, H, "yuv420p"
+        st.options = {"crf": "18", "preset": "ultrafast"}
+        for j in range(frames):
+            ox, oy = (40 + shift[0], 40 + shift[1]) if j >= frames // 4 else (40, 40)
+            img = np.ascontiguousarray(tex[oy:oy + H, ox:ox + W])
+            for p in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(p)
+        for p in st.encode():
+            out.mux(p)
+
+
+def test_scene_text_moving_with_the_camera_is_not_an_overlay(tmp_path):
+    """Camera-compensated stability: text that moves with the camera (a sign in a jittered shot) stays close
+    enough to itself to pass the IoU test, but the camera fit (RANSAC on tracked corners) predicts where it
+    went: it is scene text, neither persistent nor in the band. Overlays on a panning picture (the clips of
+    test_text_kinds_band_persist_corner) still stay put; with camera: false the old IoU test is fooled."""
+    from curation.filters.text import TextScorer, _camera, _persistent
+
+    cfg = FilterConfig(scorers={"ocr": {"type": "text", "frames": 2}}).scorers["ocr"]
+    sc = TextScorer("ocr", cfg)
+    sc.setup()
+    off = TextScorer("ocr", cfg.model_copy(update={"camera": False}))
+    off.setup()
+    for kind, shift in (("subtitle", (-12, -4)), ("title", (-24, -10))):
+        scene_text_clip(str(tmp_path / f"{kind}.mp4"), kind, shift)
+        clip = decode_clip(str(tmp_path / f"{kind}.mp4"), sc.frame_specs(), 2.0, 64)
+        got, fooled = sc.score(clip), off.score(clip)
+        assert fooled["persist"] == 1.0, (kind, fooled)  # the IoU test alone: "stays put" (what GoldenEye did)
+        assert got["persist"] == 0.0 and got["band"] == 0.0 and got["boxes_max"] >= 1, (kind, got)
+    moving_clip(str(tmp_path / "logo.mp4"), "logo")
+    frames = decode_clip(str(tmp_path / "logo.mp4"), sc.frame_specs(), 2.0, 64).frames[sc.frame_specs()[0].key][:2]
+    cams = _camera(frames.astype(np.float32).mean(axis=3), [np.zeros((0, 4))] * 2)
+    # moving_clip pans the texture by (3, 2) px a frame: 12 frames between the two samples, the picture
+    # moves the other way by (36, 24) px at 360p, (48, 32) in these frames decoded at 480.
+    assert cams[0, 1][:2, 2] == pytest.approx([-48, -32], abs=1.0) and cams[1, 0][:2, 2] == pytest.approx([48, 32], abs=1.0)
+    assert cams[0, 1][:2, :2] == pytest.approx(np.eye(2), abs=0.01)  # no zoom, no roll
+    rects = [np.array([[575.0, 12, 605, 30]])] * 2  # a box that stays put while the camera moves: an overlay
+    stays, scene = _persistent(rects, 0.4, cams, 2.0)
+    assert stays[0].all() and not scene[0].any()
+    moved = [rects[0], rects[0] + [-48, -32, -48, -32]]  # ... and one that the camera took along: scene text
+    stays, scene = _persistent(moved, 0.0, cams, 2.0)
+    assert scene[0].all() and scene[1].all() and not stays[0].any()
+
+
+def grainy_still_clip(path: str, kind: str, overlay: bool, frames: int = 24) -> None:
+    """A still, detailed picture (the texture from a tripod) whose pixels change a little from frame to frame
+    (grain: gaussian noise, sigma 1.5: below the 2 grey levels of `move_eps`), with TEXT[kind] on a
+    semi-opaque dark bar (alpha 190, as lower thirds and channel badges are) either laid over the grain (an
+    overlay: it passes a quarter of the grain) or painted in the scene (the grain covers it like the rest)."""
+    rng = np.random.default_rng(0)
+    layer = Image.new("RGBA", (W, H), (0, 0, 0, 0))
+    d = ImageDraw.Draw(layer)
+    for x, y, size, text in TEXT[kind]:
+        font = ImageFont.load_default(size=size)
+        x0, y0, x1, y1 = d.textbbox((x, y), text, font=font, stroke_width=2)
+        d.rectangle([x0 - 6, y0 - 4, x1 + 6, y1 + 4], fill=(20, 20, 90, 190))
+    for x, y, size, text in TEXT[kind]:
+        d.text((x, y), text, font=ImageFont.load_default(size=size), fill="white", stroke_width=2, stroke_fill="black")
+    scene = Image.fromarray(_texture(3, H, W)[:H, :W]).convert("RGBA")
+    base = np.asarray((scene if overlay else Image.alpha_composite(scene, layer)).convert("RGB")).astype(np.float32)
+    with av.open(path, "w") as out:
+        st = out.add_stream("libx264", rate=24)
+        st.width, st.height, st.pix_fmt = W, H, "yuv420p"
+        st.options = {"crf": "18", "preset": "ultrafast"}
+        for _ in range(frames):
+            img = Image.fromarray(np.clip(base + rng.normal(0, 1.5, base.shape[:2])[..., None], 0, 255).astype(np.uint8))
+            if overlay:
+                img = Image.alpha_composite(img.convert("RGBA"), layer).convert("RGB")
+            for p in st.encode(av.VideoFrame.from_ndarray(np.asarray(img), format="rgb24")):
+                out.mux(p)
+        for p in st.encode():
+            out.mux(p)
+
+
+def test_overlay_on_a_still_picture_damps_its_grain(tmp_path):
+    """On a still, detailed picture a line that stays put counts as an overlay only when it damps the
+    picture's own small changes beneath it (a semi-opaque badge or bar passes a quarter of the grain; scene
+    text is grainy like the rest). test_text_kinds_band_persist_corner's frozen clip (no change at all)
+    gives no evidence: kept."""
+    from curation.filters.text import TextScorer
+
+    sc = TextScorer("ocr", FilterConfig(scorers={"ocr": {"type": "text"}}).scorers["ocr"])
+    sc.setup()
+    got = {}
+    for kind in ("subtitle", "logo"):
+        for overlay in (True, False):
+            p = str(tmp_path / f"{kind}-{overlay}.mp4")
+            grainy_still_clip(p, kind, overlay)
+            got[kind, overlay] = sc.score(decode_clip(p, sc.frame_specs(), 2.0, 64))
+    assert got["subtitle", True]["persist"] == 1.0 and got["subtitle", True]["band"] == 1.0, got
+    assert got["logo", True]["persist"] == 1.0 and got["logo", True]["corner"] == 1.0, got
+    for kind in ("subtitle", "logo"):
+        assert got[kind, False]["boxes_max"] >= 1 and got[kind, False]["persist"] == 0.0, got
+    assert got["subtitle", False]["band"] == 0.0, got
+
+
 def test_texture_boxes_are_not_text_lines(testdata):
     """Sintel's snowy mountain (0-2 s): the detector returns texture boxes; none is shaped or read like a line."""
     from curation.filters.text import TextScorer
@@ -238,13 +345,13 @@ def test_nsfw_scores_ordinary_clips_low_and_rule(tmp_path):
     os.makedirs(tmp_path / "clips")
     make_video(str(tmp_path / "clips" / "a.mp4"), [Scene(48, 2.0, 1)], 320, 192, 24.0)
     tables.write_part(Storage(str(tmp_path)), "clips", [clip_row("a", "clips/a.mp4")], tables.CLIPS)
-    cfg = FilterConfig(demo_models=None, scorers={"nsfw": {"type": "nsfw"}})
+    cfg = FilterConfig(scorers={"nsfw": {"type": "nsfw"}})
     dec, sco, scorers = build_stages(str(tmp_path), cfg)
     assert [r.__dict__ for r in scorers.rules()] == [{"column": "nsfw_score", "min": None, "max": 0.5}]
     assert scores_schema(scorers).field("nsfw_score").type == pa.float32()
     row = score(str(tmp_path), cfg)["a"]
     assert 0.0 < row["nsfw_score"] < 0.05 and row["passed"] is True
-    strict = FilterConfig(demo_models=None, scorers={"nsfw": {"type": "nsfw", "step": "model",
+    strict = FilterConfig(scorers={"nsfw": {"type": "nsfw", "step": "model",
                                                               "thresholds": {"score": {"max": 0.0}}}})
     row = score(str(tmp_path), strict)["a"]
     assert row["passed"] is False and row["reasons"] == ["nsfw_score>0"]

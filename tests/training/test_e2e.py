@@ -36,7 +36,7 @@ def test_raw_videos_to_trained_checkpoint_and_sample(ray_local, tmp_path):
     cfg_path.write_text(
         f"root: {tmp_path / 'root'}\ninputs: ['{raw}/*.mp4']\nray: {{num_cpus: 2, progress: false}}\n"
         "split: {min_clip_s: 1.0}\n"
-        "filter: {demo_models: null, scorers: {motion: {type: motion, thresholds: {mean: {min: 0.01}}}}}\n"
+        "filter: {scorers: {motion: {type: motion, thresholds: {mean: {min: 0.01}}}}}\n"
         f"caption: {{model: {vlm}, max_tokens: 8, max_frames: 4, max_side: 112, "
         "resources: {num_cpus: 1, workers: 1, batch_size: 4}}\n"
         "shard: {writer: {max_samples_per_shard: 1, drop_caption_flags: []}, loader: {num_workers: 0, batch_size: 1, fps: 8.0, "

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from shards.pixels import unit_range
 from training.tasks.base import Task
 
 
@@ -53,7 +54,7 @@ class ToyTask(Task):
         return [model.blocks]
 
     def forward_backward(self, batch: dict[str, Any], step: int) -> dict[str, Any]:
-        x = batch["frames"].to(self.info.device).movedim(2, -1)  # B,F,H,W,C
+        x = unit_range(batch["frames"], self.info.device).movedim(2, -1)  # B,F,H,W,C
         noisy = x + 0.3 * torch.randn(x.shape, generator=self.gen).to(x.device)
         noisy = noisy + 0.01 * torch.randn_like(noisy)  # global RNG too: resume must restore it
         loss = torch.nn.functional.mse_loss(self.models["toy"](noisy), x)
@@ -76,7 +77,7 @@ class DeterministicToyTask(ToyTask):
     name = "toy"
 
     def forward_backward(self, batch: dict[str, Any], step: int) -> dict[str, Any]:
-        x = batch["frames"].to(self.info.device).movedim(2, -1)
+        x = unit_range(batch["frames"], self.info.device).movedim(2, -1)
         loss = torch.nn.functional.mse_loss(self.models["toy"](0.5 * x), x)
         loss.backward()
         return {"loss": loss.detach(), "samples": x.shape[0], "tokens": x[..., 0].numel()}

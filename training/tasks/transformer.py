@@ -16,7 +16,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from model.convert import load_diffusers_transformer, save_diffusers
+from model.diffusion import Schedule
+from model.i2v import is_image_to_video
+from model.text import TextEncoder
+from model.transformer import ExpertTransformer, TransformerConfig
+from shards.pixels import unit_range
+from training.checkpoint import full_state_dict
 from training.config import TINY_RANDOM, TrainingConfig
+from training.generate import generate, load_images, write_mp4
+from training.lora import apply_lora, base_state, cast_frozen_, merged_state, save_lora_file
+from training.parallelize import mixed_precision
+from training.pipeline import init_source, pipeline_dir, resolve, schedule_config, write_pipeline
 from training.tasks.base import Task
 from training.tasks.vae import build_vae
 
@@ -43,8 +54,6 @@ def model_source(key: str, value: str | None) -> str | None:
 def frozen_source(cfg: TrainingConfig, part: str) -> str | None:
     """Local folder of the frozen "vae" or "text_encoder": the yaml key, else init_from's CogVideoX pipeline
     component; None for "tiny-random". Null with no pipeline to take it from is an error naming the key."""
-    from training.pipeline import pipeline_dir, resolve
-
     value = getattr(cfg.transformer, part)
     if value is None and pipeline_dir(cfg):
         value = pipeline_dir(cfg)
@@ -54,8 +63,6 @@ def frozen_source(cfg: TrainingConfig, part: str) -> str | None:
 
 def build_text_encoder(cfg: TrainingConfig, device: torch.device) -> nn.Module:
     """Frozen T5 from training.transformer.text_encoder (the tiny random T5 for "tiny-random")."""
-    from model.text import TextEncoder
-
     tc = cfg.transformer
     dtype = torch.bfloat16 if device.type == "cuda" else None
     source = frozen_source(cfg, "text_encoder")
@@ -78,8 +85,6 @@ def build_frozen_vae(cfg: TrainingConfig, device: torch.device) -> nn.Module:
 
 def transformer_config(cfg: TrainingConfig, text_dim: int, latent_channels: int) -> Any:
     """TransformerConfig of training.transformer.size, matched to the text encoder and VAE in use."""
-    from model.transformer import TransformerConfig
-
     size, i2v = cfg.transformer.size, cfg.transformer.image_to_video
     channels = dict(in_channels=2 * latent_channels if i2v else latent_channels, out_channels=latent_channels)
     if size == "tiny":  # diffusers' test model, a little wider so it can learn something
@@ -96,32 +101,20 @@ def transformer_config(cfg: TrainingConfig, text_dim: int, latent_channels: int)
 def build_transformer(cfg: TrainingConfig, text_dim: int, latent_channels: int,
                       model_config: dict | None = None) -> nn.Module:
     """ExpertTransformer: from a saved config dict, from converted CogVideoX weights, or freshly initialised."""
-    from model.convert import load_diffusers_transformer
-    from model.transformer import ExpertTransformer, TransformerConfig
-
     if model_config is not None:
         return ExpertTransformer(TransformerConfig(**model_config))
     if cfg.transformer.init_from:
-        from training.pipeline import init_source
-
         return load_diffusers_transformer(init_source(cfg.transformer.init_from)[1])
     return ExpertTransformer(transformer_config(cfg, text_dim, latent_channels))
 
 
 def build_schedule(cfg: TrainingConfig) -> Any:
     """The CogVideoX schedule: training.transformer overrides > init_from's scheduler > the size's default."""
-    from model.diffusion import Schedule
-
-    from training.pipeline import schedule_config
-
     return Schedule(schedule_config(cfg))
 
 
 def add_lora(cfg: TrainingConfig, model: nn.Module, device: torch.device) -> nn.Module:
     """training.transformer.lora: peft adapters in, base frozen (bf16 when FSDP computes in bf16)."""
-    from training.lora import apply_lora, cast_frozen_
-    from training.parallelize import mixed_precision
-
     apply_lora(model, cfg.transformer.lora)
     if mixed_precision(cfg.parallel, device).param_dtype == torch.bfloat16:
         cast_frozen_(model, torch.bfloat16)  # FSDP gathers bf16 anyway; the frozen copy needs no fp32 master
@@ -154,8 +147,6 @@ class TransformerTask(Task):
 
     def _check_image_to_video(self, config: Any) -> bool:
         """Whether the model is image-to-video (its channels say so); one-line errors for what cannot train it."""
-        from model.i2v import is_image_to_video
-
         i2v = is_image_to_video(config.in_channels, config.out_channels)
         if self.cfg.transformer.image_to_video and not i2v:
             raise ValueError("training.transformer.image_to_video is true but init_from is a text-to-video model "
@@ -194,7 +185,7 @@ class TransformerTask(Task):
             x = batch["frames"]
             if self.cfg.data.image_ratio and float(torch.rand(1, generator=self.gen)) < self.cfg.data.image_ratio:
                 x = x[:, :1]  # this step trains on images: the first frame as a 1-frame video
-            x = x.to(dev, self.vae_dtype).transpose(1, 2)
+            x = unit_range(x, dev, self.vae_dtype).transpose(1, 2)
             post = self.vae.encode(x)
             noise = torch.randn(post.mean.shape, generator=self.gen).to(dev, post.mean.dtype)
             z = (post.mean + post.std * noise).float() * self.vae.scaling_factor
@@ -215,7 +206,7 @@ class TransformerTask(Task):
         from model.i2v import condition, image_scale, noise_images
 
         tc, dev = self.cfg.transformer, self.info.device
-        noisy = noise_images(frames.float(), self.gen, tc.image_noise_mean, tc.image_noise_std)
+        noisy = noise_images(unit_range(frames), self.gen, tc.image_noise_mean, tc.image_noise_std)
         post = self.vae.encode(noisy.to(dev, self.vae_dtype)[:, :, None])
         noise = torch.randn(post.mean.shape, generator=self.gen).to(dev, post.mean.dtype)
         scale = image_scale(self.vae.scaling_factor, self.vae.config.invert_scale_latents)
@@ -252,9 +243,8 @@ class TransformerTask(Task):
     def flops_per_step(self, batch: dict[str, Any]) -> float | None:
         """Per sample, forward + backward: 72 L d^2 T for the per-token matmuls of each block (q, k, v, out:
         4d^2; FFN: 8d^2; x 2 for multiply-add, x 3 for backward) + 12 L T^2 d for attention scores and
-        values. Embeddings and the per-sample AdaLN projections are left out (the usual MFU convention). The
-        last block runs q, out and the FFN (10 of the 12 d^2) and the attention rows on video tokens only (its
-        text output is never read: model/transformer.py), so it counts those for the video tokens."""
+        values; the last block only for what reaches the video output. Embeddings and the per-sample AdaLN
+        projections are left out (the usual MFU convention)."""
         c = self.model_config
         if "latents" in batch or "latents_mean" in batch:
             b, f, _, h, w = batch.get("latents", batch.get("latents_mean")).shape
@@ -265,7 +255,9 @@ class TransformerTask(Task):
         video = f // (c.patch_size_t or 1) * (h // c.patch_size) * (w // c.patch_size)
         tokens = video + text
         block = 72 * c.dim**2 * tokens + 12 * tokens**2 * c.dim
-        last = 6 * c.dim**2 * (2 * tokens + 10 * video) + 12 * video * tokens * c.dim
+        # The last block computes only what reaches the video output: text tokens' k and v (2d^2 of the
+        # 12d^2 per token), the video rows of attention; no text queries, text out projection or text FFN.
+        last = 6 * c.dim**2 * (12 * video + 2 * text) + 12 * video * tokens * c.dim
         return float(b * ((c.num_layers - 1) * block + last))
 
     @torch.no_grad()
@@ -292,8 +284,6 @@ class TransformerTask(Task):
     @torch.no_grad()
     def validate(self, step: int, folder: str) -> list[str]:
         """DDIM samples of the validation prompts with the current weights; rank 0 writes the mp4s."""
-        from training.generate import generate, load_images, write_mp4
-
         s, d = self.cfg.sample, self.cfg.data
         images = load_images(s.images, d.height, d.width, "training.sample.images") if self.i2v else None
         video = generate(self.models["transformer"], self.vae, self.text, self.schedule, s.prompts,
@@ -310,12 +300,6 @@ class TransformerTask(Task):
         """Diffusers outputs under folder: `transformer/` (+ `transformer_ema/`) of a full fine-tune, or
         `pytorch_lora_weights.safetensors` (+ `transformer_merged/`) of a LoRA run, and always `pipeline/`,
         a whole CogVideoXPipeline folder (a LoRA run's holds the base transformer: load the LoRA on top)."""
-        from model.convert import save_diffusers
-        from model.transformer import ExpertTransformer
-
-        from training.checkpoint import full_state_dict
-        from training.pipeline import init_source, write_pipeline
-
         state = {_clean(k): v for k, v in full_state_dict(self.models["transformer"]).items()}
         ema = {}
         if self.ema:
@@ -330,8 +314,6 @@ class TransformerTask(Task):
 
         out, base_from, lora = [], None, self.cfg.transformer.lora
         if lora:
-            from training.lora import base_state, merged_state, save_lora_file
-
             out.append(save_lora_file(state, lora, os.path.join(folder, "pytorch_lora_weights.safetensors")))
             if lora.export_merged:
                 out.append(save_diffusers(plain(merged_state(state, lora)), os.path.join(folder, "transformer_merged")))

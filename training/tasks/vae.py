@@ -19,14 +19,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from model.convert import load_diffusers_vae, save_diffusers
+from model.vae import CausalVAE, VAEConfig
+from shards.pixels import unit_range
+from training.checkpoint import full_state_dict
+from training.data import synthetic_clip
+from training.generate import write_mp4
 from training.losses import LPIPS, PatchDiscriminator3D, hinge_d_loss, psnr
 from training.tasks.base import Task
 
 
 def vae_config(size: str, channels: list[int] | None = None, latent_channels: int | None = None) -> Any:
     """VAEConfig of a named size, with optional width overrides (GroupNorm groups kept dividing them)."""
-    from model.vae import VAEConfig
-
     kw: dict[str, Any] = {}
     if channels:
         kw["block_out_channels"] = tuple(channels)
@@ -40,9 +44,6 @@ def vae_config(size: str, channels: list[int] | None = None, latent_channels: in
 def build_vae(size: str, init_from: str | None, channels: list[int] | None = None,
               latent_channels: int | None = None) -> nn.Module:
     """A CausalVAE: converted diffusers weights when init_from is given, else randomly initialised."""
-    from model.convert import load_diffusers_vae
-    from model.vae import CausalVAE
-
     if init_from:
         return load_diffusers_vae(init_from)
     return CausalVAE(vae_config(size, channels, latent_channels))
@@ -116,7 +117,7 @@ class VAETask(Task):
     def forward_backward(self, batch: dict[str, Any], step: int) -> dict[str, Any]:
         c = self.cfg.vae
         vae = self.models["vae"]
-        x = batch["frames"].to(self.info.device, non_blocking=True).transpose(1, 2)  # [B, C, F, H, W]
+        x = unit_range(batch["frames"], self.info.device, non_blocking=True).transpose(1, 2)  # [B, C, F, H, W]
         if (x.shape[2] - 1) % 8:
             raise ValueError(f"VAE training batch has {x.shape[2]} frames: the CogVideoX VAE reproduces 8N+1 frames "
                              f"(1, 9, 17, ...; an even latent count decodes to 4 extra frames); fix the buckets")
@@ -172,9 +173,6 @@ class VAETask(Task):
     @torch.no_grad()
     def validate(self, step: int, folder: str) -> list[str]:
         """Reconstruct held-out synthetic clips; rank 0 writes input|reconstruction mp4s and reports PSNR."""
-        from training.data import synthetic_clip
-        from training.generate import write_mp4
-
         d = self.cfg.data
         clips = [synthetic_clip(i, d.synthetic_seed + 10_000, d.frames, d.height, d.width)[0] for i in range(2)]
         x = torch.stack(clips).to(self.info.device).transpose(1, 2)
@@ -197,11 +195,6 @@ class VAETask(Task):
 
     def export(self, folder: str) -> list[str]:
         """diffusers AutoencoderKLCogVideoX folder (config.json + safetensors) at <folder>/vae."""
-        from model.convert import save_diffusers
-        from model.vae import CausalVAE
-
-        from training.checkpoint import full_state_dict
-
         state = full_state_dict(self.models["vae"])
         if not self.info.is_main:
             return []

@@ -29,6 +29,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation import tables
+from curation.storage import Storage
+
 MISSING16, MISSING8 = 65535, 255  # code of a missing/NaN score (breaks no rule, as in Rule.reason)
 LOSSLESS_MAX = MISSING16 - 1  # up to this many distinct values a column is stored losslessly
 LOSSY_BINS = 16384  # else: this many bins of equal clip counts (+ the stored thresholds as boundaries)
@@ -136,10 +139,8 @@ def _categories(t: pa.Table, cols: list[str], blobs: Blobs) -> list[dict]:
     return out
 
 
-def _dedup(storage: "object", t: pa.Table) -> tuple[dict | None, np.ndarray | None]:
+def _dedup(storage: Storage, t: pa.Table) -> tuple[dict | None, np.ndarray | None]:
     """Duplicate groups for the view, and which scored rows dedup dropped (None when dedup did not run)."""
-    from curation import tables
-
     if not storage.list("dedup", ".parquet"):
         return None, None
     row_of = {c: i for i, c in enumerate(t.column("clip_id").to_pylist())}
@@ -170,7 +171,7 @@ def _dedup(storage: "object", t: pa.Table) -> tuple[dict | None, np.ndarray | No
             "sizes": {str(k): int(v) for k, v in enumerate(sizes) if v and k > 1}, "shown": shown}, dropped
 
 
-def build_data(t: pa.Table, rules: list, numeric: list[str], strings: list[str], storage: "object",
+def build_data(t: pa.Table, rules: list, numeric: list[str], strings: list[str], storage: Storage,
                clip_base: str | None) -> tuple[dict, Blobs]:
     """The page's JSON metadata and binary sections (one pass over the scalar columns)."""
     blobs = Blobs()
@@ -215,7 +216,7 @@ def _lines(ids: pa.ChunkedArray, paths: pa.ChunkedArray) -> bytes:
 
 
 def _asset(name: str) -> str:
-    return resources.files("curation.report").joinpath(name).read_text()
+    return resources.files("vidcurate.report").joinpath(name).read_text()
 
 
 def render(root: str, meta: dict, blobs: Blobs, static: dict) -> str:

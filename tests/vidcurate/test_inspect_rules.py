@@ -24,7 +24,7 @@ SCORERS = {"motion": {"type": "motion", "thresholds": {"mean": {"min": 0.01}}},
 def scores_table(n: int, seed: int = 0, scorers: dict | None = None) -> tuple[pa.Table, pa.Schema]:
     """A scores table as the filter writes it (embeddings included), decided by its rules."""
     rng = np.random.default_rng(seed)
-    fcfg = FilterConfig(demo_models=None, scorers=scorers or SCORERS)
+    fcfg = FilterConfig(scorers=scorers or SCORERS)
     schema = scores_schema(ScorerSet.from_config(fcfg.enabled_scorers()), {"filter.config": fcfg.model_dump_json()})
     mean = rng.lognormal(-3, 1, n).astype(np.float32)
     mean[::37] = np.nan
@@ -64,7 +64,7 @@ def write_config(root: str, thresholds: dict[str, dict], path: str) -> str:
     open(os.path.join(root, "raw", "x.mp4"), "wb").close()  # inputs must match a file; nothing reads it
     sc = {k: {**v, "thresholds": thresholds.get(k, v.get("thresholds", {}))} for k, v in SCORERS.items()}
     cfg = {"root": root, "inputs": [os.path.join(root, "raw", "*.mp4")],
-           "filter": {"demo_models": None, "scorers": sc}}
+           "filter": {"scorers": sc}}
     with open(path, "w") as f:
         yaml.safe_dump(cfg, f)
     return path

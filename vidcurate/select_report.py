@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from curation.select import read_select
+from curation.storage import Storage
 
 DIMENSIONS = ("cluster", "camera_type", "video_id", "bucket")  # grouped columns of the select table
 TOP = 8  # groups shown per dimension (largest before the selection)
@@ -38,7 +39,7 @@ def distributions(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
-def selection_report(storage: "object") -> tuple[list[str], str]:
+def selection_report(storage: Storage) -> tuple[list[str], str]:
     """Terminal lines and an HTML section (both empty when the select stage has not run)."""
     t = read_select(storage)
     if not t.num_rows:

@@ -4,7 +4,7 @@
 queue waits, rows in/out, rows/s, MB/s, bottleneck share) and a timeline: one row per step whose
 characters show its workers' utilisation over time (" ▁▂▃▄▅▆▇█"), and a row naming the bottleneck
 step of each moment. `html_section(manifest)` is the same as a self-contained HTML <section> (a table
-and an SVG timeline), for `python -m curation inspect`'s page.
+and an SVG timeline), for `python -m vidcurate inspect`'s page.
 """
 from __future__ import annotations
 

@@ -1,15 +1,15 @@
-"""Caption quality of a dataset root's captions runs, for `python -m curation inspect`.
+"""Caption quality of a dataset root's captions runs, for `python -m vidcurate inspect`.
 
-Reads `<root>/captions/<run>/part-*.parquet` directly with pyarrow (curation is the base layer: it
-never imports captioning) and keeps one row per clip the way captioning.table.read_captions does (a
-caption beats an error, a later row an earlier one). Per run: the length distribution in words and in
-tokens (the generating model's own count), quality flags, the most frequent openings and word 3-grams,
-captions shared by several clips (a broken captioner writes the same text for everything), and the
-share of captions that name the camera motion the motion scorer detected (scores column
-`motion_camera_type`, when present). Caption QA against the clip: the CLIP similarity of each caption's
+Reads `<root>/captions/<run>/part-*.parquet` directly with pyarrow (only the report's columns) and
+keeps one row per clip the way captioning.table.read_captions does (a caption beats an error, a later
+row an earlier one). Per run: the length distribution in words and in tokens (the generating model's
+own count), quality flags, the most frequent openings and word 3-grams, captions shared by several
+clips (a broken captioner writes the same text for everything), and the share of captions that name
+the camera motion the motion scorer detected (scores column `motion_camera_type`, when present; the
+rule is captioning/camera.py's). Caption QA against the clip: the CLIP similarity of each caption's
 text and the clip's frames (`clip_text_similarity`, below), and the borders scorer's letterbox label
-(`borders_kind`) beside the captions that mention black bars. `--compare RUN_A RUN_B` adds the two runs side by side and a seeded
-sample of clips with both captions next to a contact sheet of the clip.
+(`borders_kind`) beside the captions that mention black bars. `--compare RUN_A RUN_B` adds the two
+runs side by side and a seeded sample of clips with both captions next to a contact sheet of the clip.
 """
 from __future__ import annotations
 
@@ -17,13 +17,19 @@ import base64
 import html as H
 import re
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from captioning.camera import CAMERA_COLUMN, camera_phrase, camera_types, mentions_camera
 from curation import tables
+from curation.filters.config import ClipModelConfig
 from curation.storage import Storage
+
+if TYPE_CHECKING:  # open_clip and torch load only when a report computes CLIP similarity
+    from curation.filters.clip_model import ClipEncoder
 
 QUANTILES = (0.0, 0.05, 0.5, 0.95, 1.0)
 TOP = 8  # openings, n-grams and shared captions listed per run
@@ -32,23 +38,7 @@ NGRAM = 3  # word n-grams counted (once per caption)
 SHARED_MIN = 2  # a text written for at least this many clips counts as shared
 COMPARE_SAMPLE = 8  # clips shown with both captions
 TEXT_SAMPLE = 5000  # openings and n-grams are counted on a seeded sample of this many captions (speed)
-CAMERA_COLUMN = "motion_camera_type"
 _COLUMNS = ("clip_id", "text", "flags", "error", "tokens_out", "text_tokens", "mode", "model")
-
-# Words that name each kind of camera motion in a caption (a type is matched by its first word:
-# "pan_left" -> pan). A type not listed here is matched by its own first word and inflections.
-CAMERA_WORDS: dict[str, tuple[str, ...]] = {
-    "static": ("static", "still", "stationary", "fixed", "locked", "steady", "does not move", "motionless"),
-    "pan": ("pan", "pans", "panning", "panned", "sweeps"),
-    "tilt": ("tilt", "tilts", "tilting", "tilted"),
-    "zoom": ("zoom", "zooms", "zooming", "zoomed", "push in", "pulls back", "pull back"),
-    "track": ("track", "tracks", "tracking", "follows", "following", "dolly"),
-    "dolly": ("dolly", "dollies", "tracking", "moves forward", "moves backward"),
-    "roll": ("roll", "rolls", "rolling", "rotates"),
-    "handheld": ("handheld", "hand-held", "shaky", "shakes"),
-}
-_UNKNOWN_CAMERA = {"", "unknown", "none", "null", "nan", "error", "mixed", "complex"}
-
 
 # Black bars named in a caption; compared with the borders scorer's `borders_kind` (issue 21).
 BORDERS_COLUMN = "borders_kind"
@@ -58,24 +48,6 @@ _BARS = re.compile(r"\b(letter-?box\w*|pillar-?box\w*|black (?:bars?|borders?|ba
 def mentions_bars(text: str | None) -> bool:
     """Whether a caption names black bars / letterboxing."""
     return bool(_BARS.search((text or "").lower()))
-
-
-def camera_phrase(camera_type: str | None) -> str | None:
-    """'pan_left' -> 'pan left'; None for a missing or undetermined type."""
-    if camera_type is None or str(camera_type).strip().lower() in _UNKNOWN_CAMERA:
-        return None
-    return re.sub(r"[_\-]+", " ", str(camera_type).strip().lower())
-
-
-def mentions_camera(text: str | None, camera_type: str | None) -> bool | None:
-    """Whether `text` names the camera motion `camera_type`; None when the type is unknown."""
-    phrase = camera_phrase(camera_type)
-    if phrase is None:
-        return None
-    head = phrase.split()[0]
-    words = CAMERA_WORDS.get(head, (head,))
-    low = (text or "").lower()
-    return any(re.search(rf"\b{re.escape(w)}\w*\b" if " " not in w else re.escape(w), low) for w in words)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -109,19 +81,6 @@ def read_run(storage: Storage, run: str) -> pa.Table:
     return t.take(np.sort(best.column("s_max").to_numpy() % n)) if n else t
 
 
-def camera_types(storage: Storage) -> dict[str, str]:
-    """clip id -> detected camera motion type, from the scores table (empty when it has no such column)."""
-    parts = storage.list("scores", ".parquet")
-    out: dict[str, str] = {}
-    for p in parts:  # parts in write order: later rows win
-        t = tables.read_part(storage, p, ["clip_id", CAMERA_COLUMN])
-        if t is None or CAMERA_COLUMN not in t.column_names:
-            continue
-        out.update((c, v) for c, v in zip(t.column("clip_id").to_pylist(), t.column(CAMERA_COLUMN).to_pylist())
-                   if v is not None)
-    return out
-
-
 def scores_column(storage: Storage, column: str) -> dict:
     """clip id -> a scores column's value (later parts win; nulls skipped); empty without that column."""
     out: dict = {}
@@ -147,12 +106,10 @@ LOWEST = 5  # lowest-matching captions listed per run
 TEXT_BATCH = 256  # captions per text-tower forward pass
 
 
-def manifest_clip_model(storage: Storage) -> "object | None":
+def manifest_clip_model(storage: Storage) -> ClipModelConfig | None:
     """The filter's CLIP model config (curation.filters.config.ClipModelConfig) of the newest run manifest
     that has one; None without manifests or a filter section."""
     import json
-
-    from curation.filters.config import ClipModelConfig
 
     for rel in reversed(storage.list("runs", ".json")):
         try:
@@ -164,7 +121,7 @@ def manifest_clip_model(storage: Storage) -> "object | None":
     return None
 
 
-def clip_text_similarity(caps: list[dict], embeddings: dict[str, list], encoder: "object") -> dict[str, float]:
+def clip_text_similarity(caps: list[dict], embeddings: dict[str, list], encoder: ClipEncoder) -> dict[str, float]:
     """clip id -> cosine similarity of its caption's CLIP text embedding and the clip's stored image
     embedding (both L2-normalised by the encoder / filter). Clips without an embedding are left out."""
     have = [r for r in caps if embeddings.get(r["clip_id"])]
@@ -467,7 +424,7 @@ def compare_section(storage: Storage, a: str, ta: pa.Table, b: str, tb: pa.Table
 
 
 def caption_report(storage: Storage, runs: list[str] | None = None, compare: tuple[str, str] | None = None,
-                   sample: int = COMPARE_SAMPLE, clip_model: "object | None" = None) -> tuple[list[str], str]:
+                   sample: int = COMPARE_SAMPLE, clip_model: ClipModelConfig | None = None) -> tuple[list[str], str]:
     """(terminal lines, HTML section) of the caption quality of `runs` (default: every run), and with
     `compare` two runs side by side. `clip_model` (a ClipModelConfig) is the filter's CLIP for
     clip_text_similarity; None takes it from the newest run manifest. Raises ValueError naming a compare

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from curation.caption_report import (CLIP_SIM_COLUMN, caption_report, clip_text_similarity, manifest_clip_model,
+from vidcurate.caption_report import (CLIP_SIM_COLUMN, caption_report, clip_text_similarity, manifest_clip_model,
                                      mentions_bars, read_run)
 from curation.filters.clip_model import ClipEncoder
 from curation.filters.config import ClipModelConfig

@@ -1,5 +1,5 @@
 'use strict';
-// The inspect page: decodes the compact score columns (curation/report/page.py), recounts kept/dropped
+// The inspect page: decodes the compact score columns (vidcurate/report/page.py), recounts kept/dropped
 // clips and hours whenever a threshold moves, draws histograms, contact sheets and the other views.
 // A threshold is a bin boundary: min keeps codes >= kmin, max keeps codes <= kmax (null = no rule), so
 // every count here is exact for the value "Export thresholds" writes. Vanilla JS + SVG, no network.
@@ -584,7 +584,7 @@
     d.innerHTML = '';
     const ta = el('textarea', { id: 'export-yaml', rows: 12, readonly: '' }); ta.value = yaml;
     const tb = el('textarea', { id: 'export-set', rows: 4, readonly: '' });
-    tb.value = `python -m curation run pipelines.yaml --stage filter --rules-only \\\n  ${sets}`;
+    tb.value = `python -m vidcurate run pipelines.yaml --stage filter --rules-only \\\n  ${sets}`;
     d.append(el('h3', { text: 'Thresholds' }), el('p', { class: 'note', text: 'Replace each scorer\'s `thresholds` in '
       + 'pipelines.yaml with these (a removed rule is written as -.inf/.inf so a built-in default does not come back), '
       + 'then re-apply them to the stored scores without scoring again:' }), ta, el('p', { class: 'note', text: 'or in one command:' }), tb,

@@ -1,12 +1,13 @@
-"""Caption quality in `python -m curation inspect`: statistics of captions runs read straight from
-Parquet (no captioning import), the camera-motion check, and two runs side by side with contact sheets."""
+"""Caption quality in `python -m vidcurate inspect`: statistics of captions runs read straight from
+Parquet, the camera-motion check, and two runs side by side with contact sheets."""
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from curation.caption_report import caption_report, list_runs, mentions_camera, read_run, run_stats
+from captioning.camera import mentions_camera
+from vidcurate.caption_report import caption_report, list_runs, read_run, run_stats
 from curation.storage import Storage
 from curation.synth import Scene, make_video
 from curation.tables import CLIPS, write_part

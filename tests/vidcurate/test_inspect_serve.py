@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from curation import inspect as insp
+from vidcurate import inspect as insp
 from test_inspect_rules import scores_table, write_root
 
 SECRET = b"outside the root: never served"

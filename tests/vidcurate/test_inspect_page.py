@@ -15,10 +15,10 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 
-from curation import inspect as insp
+from vidcurate import inspect as insp
 from curation import tables
 from curation.__main__ import main as cli
-from curation.report.chromium import Chromium, chromium_exe
+from vidcurate.report.chromium import Chromium, chromium_exe
 from curation.storage import Storage
 from test_inspect_rules import SCORERS, passed_ids, scores_table, write_config, write_root
 
@@ -108,7 +108,7 @@ def apply_export(b: Chromium, root: str, tmp_path) -> set[str]:
     b.eval("document.getElementById('export-btn').click()")
     text = b.eval("document.getElementById('export-yaml').value")
     command = shlex.split(b.eval("document.getElementById('export-set').value").replace("\\\n", " "))
-    assert command[:7] == ["python", "-m", "curation", "run", "pipelines.yaml", "--stage", "filter"]
+    assert command[:7] == ["python", "-m", "vidcurate", "run", "pipelines.yaml", "--stage", "filter"]
     cfg = write_config(root, {}, str(tmp_path / "p.yaml"))
     assert cli(["run", cfg] + command[5:]) == 0
     by_set = passed_ids(Storage(root))
@@ -183,7 +183,7 @@ def test_drag_recounts_exactly_and_export_round_trips(tmp_path):
 
 
 def insp_groups_shown(d: pa.Table) -> int:
-    from curation.report.page import DEDUP_GROUPS
+    from vidcurate.report.page import DEDUP_GROUPS
 
     sizes = np.bincount(d.column("group").to_numpy())
     return min(DEDUP_GROUPS, int((sizes > 1).sum()))
@@ -192,7 +192,7 @@ def insp_groups_shown(d: pa.Table) -> int:
 @needs_chromium
 def test_binned_columns_count_exactly(tmp_path, monkeypatch):
     """Binned columns (made small here: 200 bins, one-byte codes) count exactly at their boundaries."""
-    from curation.report import page
+    from vidcurate.report import page
 
     monkeypatch.setattr(page, "LOSSLESS_MAX", 1000)
     monkeypatch.setattr(page, "LOSSY_BINS", 200)

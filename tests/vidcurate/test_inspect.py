@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation import inspect as insp
+from vidcurate import inspect as insp
 from curation import tables
 from curation.filter import build_stages, scores_schema, todo_clips
 from curation.filters.base import ScorerSet
@@ -41,7 +41,7 @@ def scored_root(tmp_path_factory) -> str:
     rows.append({**rows[0], "clip_id": "v_broken", "path": "clips/v/none.mp4"})
     st = Storage(root)
     tables.write_part(st, "clips", rows, tables.CLIPS)
-    cfg = FilterConfig(demo_models=None, clip={"model": models["clip"]}, scorers={
+    cfg = FilterConfig(clip={"model": models["clip"]}, scorers={
         "motion": {"type": "motion", "thresholds": {"mean": {"min": 0.01}}},
         "aesthetic": {"type": "aesthetic", "weights": models["aesthetic"], "thresholds": {"mean": {"min": 4.5}}}})
     dec, sco, scorers = build_stages(root, cfg)
@@ -80,7 +80,7 @@ def test_fast_on_100k_clips(tmp_path, monkeypatch):
     """100k rows (with 512-d embeddings on disk): never reads embeddings, opens only sampled clips."""
     n = 100_000
     rng = np.random.default_rng(0)
-    scorers = ScorerSet.from_config(FilterConfig(demo_models=None, scorers={
+    scorers = ScorerSet.from_config(FilterConfig(scorers={
         "motion": {"type": "motion", "thresholds": {"mean": {"min": 0.01}}}}).enabled_scorers())
     schema = scores_schema(scorers)
     mean = rng.lognormal(-3, 1, n).astype(np.float32)
@@ -116,7 +116,7 @@ def test_fast_on_100k_clips(tmp_path, monkeypatch):
 
 def test_page_of_a_real_run_in_headless_chromium(scored_root, tmp_path):
     """The page of real scored clips: thumbnails drawn by the browser from the clip files, bars and handles drawn."""
-    from curation.report.chromium import Chromium, chromium_exe
+    from vidcurate.report.chromium import Chromium, chromium_exe
 
     exe = chromium_exe()
     if exe is None:
@@ -154,7 +154,7 @@ def test_page_data_of_odd_columns(tmp_path):
     codes round-trip to the values (lossless below 65,535 distinct values)."""
     from test_inspect_rules import scores_table, write_root
 
-    from curation.report.page import MISSING8
+    from vidcurate.report.page import MISSING8
 
     t, schema = scores_table(400, seed=4)
     mean = t.column("motion_mean").to_numpy(zero_copy_only=False).copy()

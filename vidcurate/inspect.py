@@ -1,14 +1,14 @@
-"""`python -m curation inspect <root> [--serve]`: what the pipeline kept and dropped, and why; tune thresholds.
+"""`python -m vidcurate inspect <root> [--serve]`: what the pipeline kept and dropped, and why; tune thresholds.
 
 Terminal: counts of the videos/clips/scores tables, kept/dropped per reason, quantiles of every score
 with its threshold, and per source video. HTML (<root>/report/index.html by default; one
-self-contained file, curation/report/): per score a histogram with draggable min/max thresholds;
+self-contained file, vidcurate/report/): per score a histogram with draggable min/max thresholds;
 moving one recounts in the page, exactly, the clips and hours kept and dropped overall and per reason,
 and shows contact sheets of the clips nearest the threshold and of those the change adds or removes.
 Views of camera types (string score columns), duplicate groups (<root>/dedup), captions and the
-selection's distributions before/after (<root>/select, curation/select_report.py).
+selection's distributions before/after (<root>/select, vidcurate/select_report.py).
 "Export thresholds" gives the `filter.scorers.<name>.thresholds` yaml, which
-`python -m curation run pipelines.yaml --stage filter --rules-only` applies to the stored scores.
+`python -m vidcurate run pipelines.yaml --stage filter --rules-only` applies to the stored scores.
 
 It stays fast on large tables: only the scalar columns are read (never the embeddings), statistics
 are vectorised, and no clip is opened to build the page (the browser draws thumbnails lazily).
@@ -28,8 +28,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation import tables
+from curation.filter import BASE_FIELDS, TAIL_FIELDS, rules_of
 from curation.storage import Storage
 from curation.uris import redact
+from vidcurate import run_report
+from vidcurate.caption_report import caption_report
+from vidcurate.report.page import build_data, relative_base, render
 
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 TOP_VIDEOS_TERMINAL = 15
@@ -40,8 +44,6 @@ ERRORS_HTML = 50
 # ----------------------------------------------------------------------------------------------- data
 def load_scores(storage: Storage) -> tuple[pa.Table, list]:
     """Scalar columns of every scores part (deduplicated on clip_id) and the rules of the latest part."""
-    from curation.filter import rules_of
-
     parts = storage.list("scores", ".parquet")
     if not parts:
         return pa.table({}), []
@@ -65,8 +67,6 @@ def load_scores(storage: Storage) -> tuple[pa.Table, list]:
 
 def score_columns(t: pa.Table, kind: str = "float") -> list[str]:
     """Scorer columns of a kind: float, numeric (float or integer) or string (e.g. a camera type)."""
-    from curation.filter import BASE_FIELDS, TAIL_FIELDS
-
     skip = {n for n, _ in BASE_FIELDS + TAIL_FIELDS}
     test = {"float": pa.types.is_floating,
             "numeric": lambda ty: pa.types.is_floating(ty) or pa.types.is_integer(ty),
@@ -200,16 +200,14 @@ def static_parts(storage: Storage, t: pa.Table, counts: dict, s: dict, captions_
                                                                        False)).slice(0, ERRORS_HTML).to_pylist()
         out["errors"] = "<table>" + "".join(f"<tr><td class=l>{e(r['clip_id'])}</td><td class=l>{e(r['error'])}</td>"
                                             "</tr>" for r in err) + "</table>"
-    # caption quality (curation/caption_report.py): lengths, flags, openings, shared captions, --compare
+    # caption quality (vidcurate/caption_report.py): lengths, flags, openings, shared captions, --compare
     out["captions"] = captions_html or "<p>No captions yet (run the caption stage).</p>"
     return out
 
 
 def build_page(storage: Storage, t: pa.Table, rules: list, counts: dict, s: dict, clip_base: str | None,
                title: str | None = None, captions_html: str = "") -> bytes:
-    """The interactive page (curation/report/); `title` names the root as the user gave it."""
-    from curation.report.page import build_data, render
-
+    """The interactive page (vidcurate/report/); `title` names the root as the user gave it."""
     meta, blobs = build_data(t, rules, score_columns(t, "numeric"), score_columns(t, "string"), storage, clip_base)
     return render(redact(title or storage.root), meta, blobs, static_parts(storage, t, counts, s, captions_html)).encode()
 
@@ -229,9 +227,6 @@ def _load(root: str) -> tuple[Storage, pa.Table, list, dict, dict] | None:
 def main(root: str, html: str | None = None, compare: tuple[str, str] | None = None) -> int:
     """Print the summary; write the HTML page unless `html` is None ("" = <root>/report/index.html).
     `compare`: two captions runs shown side by side."""
-    from curation.caption_report import caption_report
-    from curation.report.page import relative_base
-
     got = _load(root)
     if got is None:
         return 1
@@ -243,12 +238,11 @@ def main(root: str, html: str | None = None, compare: tuple[str, str] | None = N
         return 2
     if cap_lines:
         print("\n".join(cap_lines))
-    from curation.select_report import selection_report  # the select stage's before/after (its own module)
+    from vidcurate.select_report import selection_report  # the select stage's before/after (its own module)
 
     sel_lines, sel_html = selection_report(storage)
     if sel_lines:
         print("\n".join(sel_lines))
-    from curation import run_report  # stage accounting of the latest run (its own module)
 
     run = run_report.latest_manifest(storage)
     if run:
@@ -277,7 +271,6 @@ def make_server(root: str, port: int = 0):
     if got is None or not got[1].num_rows:
         raise ValueError(f"{root}: no scores table to inspect (run the filter stage)")
     storage, t, rules, counts, s = got
-    from curation.caption_report import caption_report
 
     page = build_page(storage, t, rules, counts, s, "/root/", root, caption_report(storage)[1])
 
