@@ -264,8 +264,9 @@ class ExpertTransformer(nn.Module):
         pt = cfg.patch_size_t or 1
         self.proj_out = nn.Linear(dim, p * p * pt * cfg.out_channels)
         self.gradient_checkpointing = False  # recompute whole blocks in backward (least memory)
-        # keep only matmul / attention outputs for backward and recompute the cheap rest: at 2 blocks x 1058
-        # tokens on CPU, 1.27x less peak memory for 1-5% more step time (bench/model.py); False keeps all
+        # keep only matmul / attention outputs for backward and recompute the cheap rest, per half block: at
+        # 2 blocks x 1058 tokens on CPU, 1.33x less peak memory than keeping all (78.0 vs 103.7 MiB) for ~6%
+        # more step time (bench/model.py, docs/measurements.md); False keeps all
         self.selective_recompute = True
         self._pos_cache: dict = {}
 
