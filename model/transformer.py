@@ -221,7 +221,10 @@ class Block(nn.Module):
         out = self.attn(torch.cat([h_text, h_video], dim=1), text_len, rope, video_tokens, video_only)
         if video_only:
             return torch.addcmul(video, gate, out), None
-        return torch.addcmul(video, gate, out[:, text_len:]), torch.addcmul(text, t_gate, out[:, :text_len])
+        # split, not two slices: backward joins the two gradients with one cat instead of two zero-filled
+        # full-size buffers added together
+        out_text, out_video = out.split([text_len, out.shape[1] - text_len], dim=1)
+        return torch.addcmul(video, gate, out_video), torch.addcmul(text, t_gate, out_text)
 
     def _feed_forward(self, video: torch.Tensor, text: torch.Tensor | None, temb: torch.Tensor,
                       video_only: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -230,8 +233,8 @@ class Block(nn.Module):
             return torch.addcmul(video, gate, self.ff(h_video)), None
         text_len = text.shape[1]
         h_video, h_text, gate, t_gate = self.norm2(video, text, temb)
-        out = self.ff(torch.cat([h_text, h_video], dim=1))
-        return torch.addcmul(video, gate, out[:, text_len:]), torch.addcmul(text, t_gate, out[:, :text_len])
+        out_text, out_video = self.ff(torch.cat([h_text, h_video], dim=1)).split([text_len, video.shape[1]], dim=1)
+        return torch.addcmul(video, gate, out_video), torch.addcmul(text, t_gate, out_text)
 
 
 class ExpertTransformer(nn.Module):
