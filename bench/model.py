@@ -17,8 +17,10 @@ distort). Peak memory is the peak of tensor bytes allocated during the call abov
 it: torch.cuda.max_memory_allocated on CUDA, the profiler's allocator events on CPU (each carries the
 allocator's running total; RSS is no measure there, glibc keeps freed blocks resident and reuses them),
 each in a fresh process: only the first profiled call of a process gets the totals right.
-For the training step both sides have their weight gradients allocated from the warm-up on, as in
-training, so the peak is activations + transient buffers.
+For the training step each call starts with zero_grad(set_to_none=True), as a training loop does, so
+the peak is that of activations + transient buffers + the weight gradients allocated so far in
+backward (the same gradients on both sides; where in backward the peak falls decides how many count).
+"ours" is the default model (selective recomputation per half block), "ours-keep" keeps every activation.
 """
 from __future__ import annotations
 

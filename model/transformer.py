@@ -85,7 +85,7 @@ class TransformerConfig:
 
 # Ops whose outputs a block keeps for backward under selective recomputation: the matmuls and attention
 # (the FLOPs). Everything else (LayerNorms, AdaLN addcmul, concatenation, GELU, RoPE) is recomputed from
-# them in backward (ExpertTransformer.selective_recompute).
+# them in backward (ExpertTransformer.selective_recompute, Block.forward).
 _KEEP = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
          torch.ops.aten.convolution.default, torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
          torch.ops.aten._scaled_dot_product_flash_attention.default,
@@ -200,24 +200,41 @@ class Block(nn.Module):
 
     def forward(self, video: torch.Tensor, text: torch.Tensor, temb: torch.Tensor,
                 rope: torch.Tensor | None = None, video_tokens: int | None = None,
-                video_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                video_only: bool = False, selective: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(video, text) streams after the block. video_only (the last block: nothing reads its text
         output) returns (video, None) and skips the work that only feeds the text stream: text queries,
-        their attention rows, out projection, norm and feed-forward (same video output)."""
+        their attention rows, out projection, norm and feed-forward (same video output). selective: keep
+        only matmul/attention outputs for backward, each half (attention, feed-forward) recomputed on its
+        own, so backward holds one half's recomputed activations at a time, not the whole block's."""
+        if not (selective and torch.is_grad_enabled()):
+            video, text = self._attention(video, text, temb, rope, video_tokens, video_only)
+            return self._feed_forward(video, text, temb, video_only)
+        ctx = partial(create_selective_checkpoint_contexts, _keep_matmuls)
+        video, text = checkpoint(self._attention, video, text, temb, rope, video_tokens, video_only,
+                                 use_reentrant=False, context_fn=ctx)
+        return checkpoint(self._feed_forward, video, text, temb, video_only, use_reentrant=False, context_fn=ctx)
+
+    def _attention(self, video: torch.Tensor, text: torch.Tensor, temb: torch.Tensor, rope: torch.Tensor | None,
+                   video_tokens: int | None, video_only: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         text_len = text.shape[1]
         h_video, h_text, gate, t_gate = self.norm1(video, text, temb)
         out = self.attn(torch.cat([h_text, h_video], dim=1), text_len, rope, video_tokens, video_only)
         if video_only:
-            video = torch.addcmul(video, gate, out)
+            return torch.addcmul(video, gate, out), None
+        # split, not two slices: backward joins the two gradients with one cat instead of two zero-filled
+        # full-size buffers added together
+        out_text, out_video = out.split([text_len, out.shape[1] - text_len], dim=1)
+        return torch.addcmul(video, gate, out_video), torch.addcmul(text, t_gate, out_text)
+
+    def _feed_forward(self, video: torch.Tensor, text: torch.Tensor | None, temb: torch.Tensor,
+                      video_only: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if video_only:
             h_video, gate = self.norm2.video_only(video, temb)
             return torch.addcmul(video, gate, self.ff(h_video)), None
-        video = torch.addcmul(video, gate, out[:, text_len:])
-        text = torch.addcmul(text, t_gate, out[:, :text_len])
+        text_len = text.shape[1]
         h_video, h_text, gate, t_gate = self.norm2(video, text, temb)
-        out = self.ff(torch.cat([h_text, h_video], dim=1))
-        video = torch.addcmul(video, gate, out[:, text_len:])
-        text = torch.addcmul(text, t_gate, out[:, :text_len])
-        return video, text
+        out_text, out_video = self.ff(torch.cat([h_text, h_video], dim=1)).split([text_len, video.shape[1]], dim=1)
+        return torch.addcmul(video, gate, out_video), torch.addcmul(text, t_gate, out_text)
 
 
 class ExpertTransformer(nn.Module):
@@ -250,8 +267,9 @@ class ExpertTransformer(nn.Module):
         pt = cfg.patch_size_t or 1
         self.proj_out = nn.Linear(dim, p * p * pt * cfg.out_channels)
         self.gradient_checkpointing = False  # recompute whole blocks in backward (least memory)
-        # keep only matmul / attention outputs for backward and recompute the cheap rest: at 2 blocks x 1058
-        # tokens on CPU, 1.27x less peak memory for 1-5% more step time (bench/model.py); False keeps all
+        # keep only matmul / attention outputs for backward and recompute the cheap rest, per half block: at
+        # 2 blocks x 1058 tokens on CPU, 1.33x less peak memory than keeping all (78.0 vs 103.7 MiB) for ~6%
+        # more step time (bench/model.py, docs/measurements.md); False keeps all
         self.selective_recompute = True
         self._pos_cache: dict = {}
 
@@ -351,18 +369,15 @@ class ExpertTransformer(nn.Module):
         else:
             video = video + pos
 
-        # blocks are called with positional arguments (video, text, temb, rope, video tokens, last): an
+        # blocks are called with positional arguments (video, text, temb, rope, video tokens, last, selective): an
         # outside parallelism hooks them there (training.parallelize.apply_context_parallel)
         n, grad = video.shape[1], torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             last = i == len(self.blocks) - 1  # its text output is never read
             if self.gradient_checkpointing and grad:
                 video, text = checkpoint(block, video, text, temb, rope, n, last, use_reentrant=False)
-            elif self.selective_recompute and grad:
-                video, text = checkpoint(block, video, text, temb, rope, n, last, use_reentrant=False,
-                                         context_fn=partial(create_selective_checkpoint_contexts, _keep_matmuls))
             else:
-                video, text = block(video, text, temb, rope, n, last)
+                video, text = block(video, text, temb, rope, n, last, self.selective_recompute)
 
         video = self.norm_final(video)
         shift, scale = self.out_mod(F.silu(temb)).unsqueeze(1).chunk(2, dim=2)
