@@ -48,12 +48,4 @@ def mentions_camera(text: str | None, camera_type: str | None) -> bool | None:
 
 def camera_types(storage: Storage) -> dict[str, str]:
     """clip id -> detected camera motion type, from the scores table (empty when it has no such column)."""
-    parts = storage.list("scores", ".parquet")
-    out: dict[str, str] = {}
-    for p in parts:  # parts in write order: later rows win
-        t = tables.read_part(storage, p, ["clip_id", CAMERA_COLUMN])
-        if t is None or CAMERA_COLUMN not in t.column_names:
-            continue
-        out.update((c, v) for c, v in zip(t.column("clip_id").to_pylist(), t.column(CAMERA_COLUMN).to_pylist())
-                   if v is not None)
-    return out
+    return tables.column_by_clip(storage, "scores", CAMERA_COLUMN)

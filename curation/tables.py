@@ -168,6 +168,19 @@ def read_columns(storage: Storage, table: str, columns: list[str], key: str | No
     return dedupe_last(t, key) if key and t.num_rows else t
 
 
+def column_by_clip(storage: Storage, table: str, column: str) -> dict:
+    """clip id -> one column of `table` (parts in write order: later rows win; nulls skipped); empty when the
+    table has no such column."""
+    out: dict = {}
+    for p in storage.list(table, ".parquet"):
+        t = read_part(storage, p, ["clip_id", column])
+        if t is None or column not in t.column_names:
+            continue
+        out.update((c, v) for c, v in zip(t.column("clip_id").to_pylist(), t.column(column).to_pylist())
+                   if v is not None)
+    return out
+
+
 def read_part(storage: Storage, rel: str, columns: list[str] | None = None) -> pa.Table | None:
     """One part, its page checksums verified; a rotten part (bad footer, checksum, cut short) is moved to
     quarantine/ with a message and read as absent, so its rows are redone by the next run of its stage."""

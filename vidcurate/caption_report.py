@@ -83,14 +83,7 @@ def read_run(storage: Storage, run: str) -> pa.Table:
 
 def scores_column(storage: Storage, column: str) -> dict:
     """clip id -> a scores column's value (later parts win; nulls skipped); empty without that column."""
-    out: dict = {}
-    for p in storage.list("scores", ".parquet"):
-        t = tables.read_part(storage, p, ["clip_id", column])
-        if t is None or column not in t.column_names:
-            continue
-        out.update((c, v) for c, v in zip(t.column("clip_id").to_pylist(), t.column(column).to_pylist())
-                   if v is not None)
-    return out
+    return tables.column_by_clip(storage, "scores", column)
 
 
 # -------------------------------------------------------------------------- caption-video CLIP similarity
