@@ -19,8 +19,10 @@ every repeat); the table shows the best run of each (the machine is shared) and 
 median over the repeats of the per-repeat ratio loader / bare-decode (each ratio compares two runs under
 the same load), with every repeat's ratio, their range and interquartile range (what the median
 can be trusted to), a second estimate from each sample's least CPU time over the repeats (neighbours'
-load only adds time; batch_size 1, so a sample's time is the loader's time to its batch) and the load
-average at the start and the end. Target: loader >= 0.95 x bare-decode.
+load only adds time; batch_size 1, so a sample's time is the loader's time to its batch), a third from
+one pass per repeat that alternates the two sample by sample (both under the same moment's load, but
+each starts with caches the other just used) and the load average at the start and the end.
+Target: loader >= 0.95 x bare-decode.
 """
 from __future__ import annotations
 
@@ -91,12 +93,15 @@ def cut_real(root: str, source: str, clips: int, seconds: float = 4.0) -> None:
     tables.write_part(storage, "captions/bench", caps, demo.CAPTIONS)
 
 
+def loader_params(root: str, workers: int, decoder: str = "pyav", dtype: str = "uint8") -> dict:
+    return {"shards": [f"{root}/shards/default"], "num_workers": workers, "batch_size": 1, "fps": 8.0,
+            "buckets": [BUCKET], "decoder": decoder, "shuffle_buffer": 16, "frames_dtype": dtype}
+
+
 def run_loader(root: str, workers: int, decoder: str, dtype: str = "uint8",
                per_sample: dict | None = None) -> tuple[int, float, dict]:
     """(samples, seconds, plans); `per_sample` gets each sample's time (batch_size 1: the time until its batch)."""
-    params = {"shards": [f"{root}/shards/default"], "num_workers": workers, "batch_size": 1, "fps": 8.0,
-              "buckets": [BUCKET], "decoder": decoder, "shuffle_buffer": 16, "frames_dtype": dtype}
-    loader = ShardLoader(params, seed=0)
+    loader = ShardLoader(loader_params(root, workers, decoder, dtype), seed=0)
     t0 = t = CLOCK()
     n, plans = 0, {}
     for b in loader:
@@ -115,29 +120,59 @@ def run_loader(root: str, workers: int, decoder: str, dtype: str = "uint8",
 def bare_decode(root: str, plans: dict, per_sample: dict | None = None) -> tuple[int, float]:
     from av.video.reformatter import VideoReformatter
 
-    bw, bh = BUCKET["width"], BUCKET["height"]
     t0 = CLOCK()
-    for key, (path, indices, _, (rw, rh), (x, y)) in plans.items():
+    for key, plan in plans.items():
         t = CLOCK()
-        with open(os.path.join(root, path), "rb") as f:
-            data = f.read()
-        want, last, out = set(indices), max(indices), []
-        scaler, to_rgb = VideoReformatter(), VideoReformatter()
-        with av.open(io.BytesIO(data)) as c:
-            st = c.streams.video[0]
-            st.thread_type = "SLICE"
-            st.codec_context.thread_count = 1
-            for i, fr in enumerate(c.decode(st)):
-                if i in want:
-                    if (fr.width, fr.height) != (rw, rh):
-                        fr = scaler.reformat(fr, width=rw, height=rh, interpolation="BILINEAR")
-                    out.append(to_rgb.reformat(fr, format="rgb24").to_ndarray()[y:y + bh, x:x + bw])
-                if i >= last:
-                    break
-        assert len(out) == len(want)
+        bare_one(root, plan)
         if per_sample is not None:
             per_sample[key] = CLOCK() - t
     return len(plans), CLOCK() - t0
+
+
+def bare_one(root: str, plan: tuple) -> list[np.ndarray]:
+    """One clip's planned frames, as (H, W, 3) views of swscale's RGB frames."""
+    from av.video.reformatter import VideoReformatter
+
+    path, indices, _, (rw, rh), (x, y) = plan
+    bw, bh = BUCKET["width"], BUCKET["height"]
+    with open(os.path.join(root, path), "rb") as f:
+        data = f.read()
+    want, last, out = set(indices), max(indices), []
+    scaler, to_rgb = VideoReformatter(), VideoReformatter()
+    with av.open(io.BytesIO(data)) as c:
+        st = c.streams.video[0]
+        st.thread_type = "SLICE"
+        st.codec_context.thread_count = 1
+        for i, fr in enumerate(c.decode(st)):
+            if i in want:
+                if (fr.width, fr.height) != (rw, rh):
+                    fr = scaler.reformat(fr, width=rw, height=rh, interpolation="BILINEAR")
+                out.append(to_rgb.reformat(fr, format="rgb24").to_ndarray()[y:y + bh, x:x + bw])
+            if i >= last:
+                break
+    assert len(out) == len(want)
+    return out
+
+
+def paired(root: str, plans: dict) -> float:
+    """Loader and bare decode interleaved sample by sample in one pass (which goes first alternates):
+    bare seconds / loader seconds, both under the same moment's load."""
+    it = iter(ShardLoader(loader_params(root, 0), seed=0))
+    tl = tb = 0.0
+    for j, key in enumerate(plans):  # the loader's batch order (the same every run)
+        for side in ((0, 1) if j % 2 == 0 else (1, 0)):
+            t = CLOCK()
+            if side == 0:
+                b = next(it)
+                assert b["keys"] == [key]
+                tl += CLOCK() - t
+            else:
+                bare_one(root, plans[key])
+                tb += CLOCK() - t
+    t = CLOCK()
+    for _ in it:  # the stream's end (nothing left to yield)
+        pass
+    return tb / (tl + CLOCK() - t)
 
 
 class DecordClips(torch.utils.data.Dataset):
@@ -193,6 +228,7 @@ def main() -> None:
     ratios: dict[str, list[float]] = {"loader": [], "loader-float32": []}
     _, _, plans = run_loader(root, args.workers, "pyav")  # the frames the bare decode reads (same each run)
     load0 = os.getloadavg()
+    ratios_paired: list[float] = []
     # Per sample, the least time over the repeats: neighbours' load only ever adds time, so the sum of
     # these minima is the least load-sensitive figure (a second estimate beside the median of ratios).
     least: dict[str, dict[str, float]] = {"loader": {}, "bare-decode": {}}
@@ -229,6 +265,8 @@ def main() -> None:
             rate = {name: timed(name, runs[name if k == "loader" or name == k else "bare-decode-f32"])
                     for name in pair}
             ratios[k].append(rate[k] / rate["bare-decode"])
+        if args.workers == 0:
+            ratios_paired.append(paired(root, plans))
         timed("loader-decord", lambda: run_loader(root, args.workers, "decord"))
         timed("decord-plain", lambda: run_decord_plain(root, plans, args.workers))
         print(f"run {r + 1}: " + ", ".join(f"{k} {v:.2f}/s" for k, v in best.items()), file=sys.stderr)
@@ -256,11 +294,15 @@ def main() -> None:
         print(f"loader / bare-decode from each sample's least time over the {args.repeat} repeats: "
               f"{least_ratio:.3f} ({1e3 * lo / len(least['loader']):.2f} vs "
               f"{1e3 * ba / len(least['bare-decode']):.2f} ms/sample)")
+    if ratios_paired:
+        print(f"loader / bare-decode interleaved sample by sample (in-process): median over repeats "
+              f"{np.median(ratios_paired):.3f} ({', '.join(f'{q:.2f}' for q in ratios_paired)})")
     print(f"load avg at start {' '.join(f'{x:.1f}' for x in load0)}, at end "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (1/5/15 min)")
     print(json.dumps({"samples": counts["loader"], "workers": args.workers, "samples_per_s": best,
                       "loader_vs_bare": best["loader"] / base, "loader_vs_bare_median": med["loader"],
                       "loader_vs_bare_repeats": ratios["loader"], "loader_vs_bare_least": least_ratio,
+                      "loader_vs_bare_paired_median": float(np.median(ratios_paired)) if ratios_paired else None,
                       "float32_vs_bare_median": med["loader-float32"],
                       "loader_vs_decord_plain": best["loader"] / best["decord-plain"]}))
 
