@@ -319,3 +319,15 @@ def test_batch_arrays_are_reused_only_once_released(demo_shards):
     assert c is not d and len(pool.arrays) == 2
     big = pool.take((2, 1 << 20))  # over the byte cap: not kept
     assert all(big is not x for x in pool.arrays)
+
+
+def test_read_ahead_parses_each_json_once_for_the_first_placement():
+    from shards.loader import SampleError, _json, _read_ahead
+
+    good, bad = {"__key__": "g", "json": b'{"a": {"b": 1}}'}, {"__key__": "b", "json": b"{"}
+    assert list(_read_ahead(iter([good, bad]), n=8)) == [good, bad]
+    first, again = _json(good), _json(good)  # a second placement (score-aware copies) parses anew
+    assert first == again == {"a": {"b": 1}} and first["a"] is not again["a"] and "__json__" not in good
+    for _ in range(2):
+        with pytest.raises(SampleError, match="not valid JSON"):
+            _json(bad)
