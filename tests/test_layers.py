@@ -133,7 +133,7 @@ def test_the_table_path_check_finds_plain_and_fstring_paths(tmp_path):
 # (training.parallelize.apply_context_parallel / apply_vae_context_parallel), as torchtitan does.
 PLAIN_MODELS = ("model/transformer.py", "model/vae.py")
 _PARALLEL_MODULES = ("torch.distributed", "model.context_parallel")
-_PARALLEL_NAMES = {"dist", "split", "cp", "TimeSplit", "ContextParallel", "process_group", "group"}
+_PARALLEL_NAMES = {"dist", "split", "cp", "TimeSplit", "ContextParallel", "process_group"}
 
 
 def parallelism_code(source: str) -> list[tuple[int, str]]:
