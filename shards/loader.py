@@ -37,8 +37,9 @@ How it works
 Each rank runs `num_workers` DataLoader workers ("streams", class Stream; 0 workers = one stream in-process). The
 epoch's shard list (shuffled with seed+epoch) is dealt round-robin to the world_size * num_workers
 streams. A stream reads its tars, shuffles samples in a seeded buffer, picks each sample's bucket and
-frame indices from its metadata (shards.buckets), decodes it (PyAV, or decord) and emits a batch when a
-bucket is full; at the end partial batches are emitted (unless drop_last), so every sample appears
+frame indices from its metadata (shards.buckets), decodes it (PyAV, or decord) straight into its slot of
+the bucket's batch array (arrays are recycled once nothing refers to them: class Buffers; tar members
+come from shards.tars, READ_AHEAD samples at a time) and emits a batch when a bucket is full; at the end partial batches are emitted (unless drop_last), so every sample appears
 exactly once per epoch. Batches from streams are handed out in a fixed round-robin order.
 
 Exact resume: a stream's output is a deterministic function of (seed, epoch, rank, stream, shards) and
