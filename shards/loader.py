@@ -38,8 +38,8 @@ Each rank runs `num_workers` DataLoader workers ("streams", class Stream; 0 work
 epoch's shard list (shuffled with seed+epoch) is dealt round-robin to the world_size * num_workers
 streams. A stream reads its tars, shuffles samples in a seeded buffer, picks each sample's bucket and
 frame indices from its metadata (shards.buckets), decodes it (PyAV, or decord) straight into its slot of
-the bucket's batch array (arrays are recycled once nothing refers to them: class Buffers; tar members
-come from shards.tars, READ_AHEAD samples at a time) and emits a batch when a bucket is full; at the end partial batches are emitted (unless drop_last), so every sample appears
+the bucket's batch array (tar members come from shards.tars, READ_AHEAD samples at a time) and emits a
+batch when a bucket is full; at the end partial batches are emitted (unless drop_last), so every sample appears
 exactly once per epoch. Batches from streams are handed out in a fixed round-robin order.
 
 Exact resume: a stream's output is a deterministic function of (seed, epoch, rank, stream, shards) and
@@ -403,42 +403,6 @@ def to_tensor(frames: np.ndarray, dtype: str = "uint8") -> torch.Tensor:
     return to_unit(x) if dtype == "float32" else x
 
 
-# Bytes of batch arrays a stream keeps for reuse (see Buffers).
-POOL_BYTES = 128 << 20
-
-
-class Buffers:
-    """Batch arrays recycled once nothing else refers to them.
-
-    Frames written into memory the process just got from the OS pay a page fault and the kernel's
-    zeroing per 4 KiB: ~4% of a sample's time at 17x144x256 (bench/loader.py). An emitted batch's tensor
-    is a view of its array (torch.from_numpy holds a reference), so while the trainer, the DataLoader or
-    a pinned-memory copy still holds the batch, the array's reference count says so and it is not
-    reused; once all of them let go it is handed out again. Arrays kept: at most POOL_BYTES in all.
-    """
-
-    def __init__(self, max_bytes: int = POOL_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self.arrays: list[np.ndarray] = []  # oldest first
-
-    def take(self, shape: tuple[int, ...]) -> np.ndarray:
-        """A uint8 array of `shape` with unspecified contents that nothing else uses."""
-        import sys
-
-        for j in range(len(self.arrays)):
-            a = self.arrays[j]
-            # 3 references: the list, `a`, getrefcount's argument; any other one is a user's.
-            if a.shape == shape and sys.getrefcount(a) <= 3:
-                self.arrays.append(self.arrays.pop(j))  # most recently used last
-                return a
-        new = np.empty(shape, np.uint8)
-        if new.nbytes <= self.max_bytes:
-            while self.arrays and sum(a.nbytes for a in self.arrays) + new.nbytes > self.max_bytes:
-                self.arrays.pop(0)  # the least recently used goes (a user still holding it keeps it alive)
-            self.arrays.append(new)
-        return new
-
-
 # ---------------------------------------------------------------------------------------- stream ---
 
 @dataclass
@@ -504,7 +468,6 @@ class Stream:
         self.emitted = 0  # batches completed so far, replayed ones included
         self.pending: dict[int, list[_Pending]] = {}  # bucket -> samples waiting for a full batch
         self.slots: dict[int, np.ndarray] = {}  # bucket -> the batch array its pending samples decode into
-        self.buffers = Buffers()
         self.tar_errors: list[tuple[str, str]] = []  # (shard, reason) of broken tars, reported as bad keys
         self._new_report()
 
@@ -637,7 +600,7 @@ class Stream:
         if arr is None:
             bk = self.buckets[b]
             shape = (bk.batch_size or self.cfg.batch_size, bk.frames, bk.height, bk.width, 3)
-            arr = self.slots[b] = self.buffers.take(shape)
+            arr = self.slots[b] = np.empty(shape, np.uint8)
         return arr
 
     # -- batches -------------------------------------------------------------------------------------
