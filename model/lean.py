@@ -105,11 +105,13 @@ class _ModulatedMLP(torch.autograd.Function):
     def backward(ctx, g_out):
         video, text, w, b, shift, scale, t_shift, t_scale, w1, w2, h = ctx.saved_tensors
         mods, needs = (shift, scale, t_shift, t_scale), ctx.needs_input_grad
+        # one 4x-wide buffer at a time: the GELU output for fc2's weight gradient, freed before the
+        # gradient of fc1's output, which GELU's backward then overwrites in place
         a = F.gelu(h, approximate="tanh")
-        g_a, g_w2, g_b2 = _linear_backward(g_out, a, w2, True, needs[10], needs[11])
+        _, g_w2, g_b2 = _linear_backward(g_out, a, w2, False, needs[10], needs[11])
         del a
-        g_h = torch.ops.aten.gelu_backward(g_a, h, approximate="tanh")
-        del g_a
+        g_h = g_out.matmul(w2)
+        torch.ops.aten.gelu_backward.grad_input(g_h, h, approximate="tanh", grad_input=g_h)
         x, stats = _modulated_input(video, text, w, b, ctx.eps, mods)
         g_x, g_w1, g_b1 = _linear_backward(g_h, x, w1, any(needs[:8]), needs[8], needs[9])
         del x, g_h
