@@ -34,14 +34,15 @@ def cpu_peak_bytes(fn: Callable[[], T]) -> tuple[T, int]:
 
 def saved_tensor_bytes(fn: Callable[[], T]) -> tuple[T, int]:
     """(fn(), bytes of the tensors autograd saves for backward during the call), each storage counted
-    once and parameters left out: the activations a training step holds from forward into backward."""
+    once, parameters and their views left out (weights stacked into a new tensor count): what a training
+    step holds from forward into backward."""
     import torch
 
     params: set[int] = set()
     storages: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        if isinstance(t, torch.nn.Parameter):
+        if isinstance(t, torch.nn.Parameter) or isinstance(t._base, torch.nn.Parameter):  # a weight or its .t()
             params.add(t.untyped_storage().data_ptr())
         else:
             st = t.untyped_storage()
