@@ -20,38 +20,39 @@ from torch import nn
 Mods = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
 
 
-def _norm_mod(x: torch.Tensor, w, b, eps: float, shift, scale):
-    """(shift + LN(x) * (1 + scale), LN(x), mean, rstd)."""
-    y, mean, rstd = torch.native_layer_norm(x, [x.shape[-1]], w, b, eps)
-    return torch.addcmul(shift, y, 1 + scale), y, mean, rstd
-
-
-def _modulated_input(video, text, w, b, eps: float, mods: Mods):
-    """The linear's input [text ; video] and, per modality, what its backward needs (LN output, mean, rstd)."""
+def _modulated_input(video, text, w, b, eps: float, mods: Mods) -> torch.Tensor:
+    """The linear's input [text ; video], each part shift + LN(part) * (1 + scale), written in place into
+    one buffer (no per-part copies to concatenate: one LN output alive at a time besides it)."""
     shift, scale, t_shift, t_scale = mods
-    h_v, *stats_v = _norm_mod(video, w, b, eps, shift, scale)
+    d = video.shape[-1]
     if text is None:
-        return h_v, [stats_v]
-    h_t, *stats_t = _norm_mod(text, w, b, eps, t_shift, t_scale)
-    return torch.cat([h_t, h_v], dim=1), [stats_t, stats_v]
+        return torch.addcmul(shift, F.layer_norm(video, (d,), w, b, eps), 1 + scale)
+    st = text.shape[1]
+    x = video.new_empty(video.shape[0], st + video.shape[1], d)
+    for part, sh, sc, out in ((text, t_shift, t_scale, x[:, :st]), (video, shift, scale, x[:, st:])):
+        torch.addcmul(sh, F.layer_norm(part, (d,), w, b, eps), 1 + sc, out=out)
+    return x
 
 
-def _modulated_input_backward(g_x, video, text, w, b, mods: Mods, stats, needs) -> list:
+def _modulated_input_backward(g_x, video, text, w, b, eps: float, mods: Mods, needs) -> list:
     """Gradients of (video, text, norm weight, norm bias, shift, scale, text shift, text scale) from the
-    gradient of the linear's input; `needs` is ctx.needs_input_grad for those eight."""
+    gradient of the linear's input; `needs` is ctx.needs_input_grad for those eight. The LayerNorm is
+    recomputed one modality at a time."""
     shift, scale, t_shift, t_scale = mods
     if text is None:
-        parts = [(video, g_x, scale, stats[0])]
+        parts = [(video, g_x, scale)]
     else:
         g_t, g_v = g_x.split([text.shape[1], video.shape[1]], dim=1)
-        parts = [(video, g_v, scale, stats[1]), (text, g_t, t_scale, stats[0])]
+        parts = [(video, g_v, scale), (text, g_t, t_scale)]
     grads: list = [None] * 8
     mask = [needs[0] or needs[1], needs[2], needs[3]]
-    for i, (x, g, sc, (y, mean, rstd)) in enumerate(parts):
+    for i, (x, g, sc) in enumerate(parts):
+        y, mean, rstd = torch.native_layer_norm(x, [x.shape[-1]], w, b, eps)
         if needs[4 + 2 * i]:
             grads[4 + 2 * i] = g.sum(1, keepdim=True)
         if needs[5 + 2 * i]:
             grads[5 + 2 * i] = (g * y).sum(1, keepdim=True)
+        del y
         g_x_in, g_w, g_b = torch.ops.aten.native_layer_norm_backward(g * (1 + sc), x, [x.shape[-1]], mean, rstd,
                                                                      w, b, mask)
         grads[i] = g_x_in
@@ -61,32 +62,32 @@ def _modulated_input_backward(g_x, video, text, w, b, mods: Mods, stats, needs) 
     return grads
 
 
-def _linear_backward(g_out, x, weight, need_x: bool, need_w: bool, need_b: bool):
-    """(grad input, grad weight, grad bias) of y = x @ weight.T + bias, flattening the leading dims."""
+def _weight_grads(g_out, x, need_w: bool, need_b: bool):
+    """(grad weight, grad bias) of y = x @ weight.T + bias, flattening the leading dims."""
     g2 = g_out.reshape(-1, g_out.shape[-1])
     g_w = g2.t().mm(x.reshape(-1, x.shape[-1])) if need_w else None
-    g_b = g2.sum(0) if need_b else None
-    g_x = g_out.matmul(weight) if need_x else None
-    return g_x, g_w, g_b
+    return g_w, g2.sum(0) if need_b else None
 
 
 class _ModulatedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, video, text, w, b, shift, scale, t_shift, t_scale, weight, bias, eps):
         mods = (shift, scale, t_shift, t_scale)
-        x, _ = _modulated_input(video, text, w, b, eps, mods)
         ctx.eps = eps
         ctx.save_for_backward(video, text, w, b, shift, scale, t_shift, t_scale, weight)
-        return F.linear(x, weight, bias)
+        return F.linear(_modulated_input(video, text, w, b, eps, mods), weight, bias)
 
     @staticmethod
     def backward(ctx, g_out):
         video, text, w, b, shift, scale, t_shift, t_scale, weight = ctx.saved_tensors
         mods, needs = (shift, scale, t_shift, t_scale), ctx.needs_input_grad
-        x, stats = _modulated_input(video, text, w, b, ctx.eps, mods)
-        g_x, g_w, g_b = _linear_backward(g_out, x, weight, any(needs[:8]), needs[8], needs[9])
+        # the recomputed input lives only for the weight gradient: freed before the input gradient exists
+        x = _modulated_input(video, text, w, b, ctx.eps, mods)
+        g_w, g_b = _weight_grads(g_out, x, needs[8], needs[9])
         del x
-        grads = _modulated_input_backward(g_x, video, text, w, b, mods, stats, needs[:8]) if g_x is not None else [None] * 8
+        grads = [None] * 8
+        if any(needs[:8]):
+            grads = _modulated_input_backward(g_out.matmul(weight), video, text, w, b, ctx.eps, mods, needs[:8])
         return (*grads, g_w, g_b, None)
 
 
@@ -94,9 +95,7 @@ class _ModulatedMLP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, video, text, w, b, shift, scale, t_shift, t_scale, w1, b1, w2, b2, eps):
         mods = (shift, scale, t_shift, t_scale)
-        x, _ = _modulated_input(video, text, w, b, eps, mods)
-        h = F.linear(x, w1, b1)
-        del x
+        h = F.linear(_modulated_input(video, text, w, b, eps, mods), w1, b1)
         ctx.eps = eps
         ctx.save_for_backward(video, text, w, b, shift, scale, t_shift, t_scale, w1, w2, h)
         return F.linear(F.gelu(h, approximate="tanh"), w2, b2)
@@ -108,14 +107,18 @@ class _ModulatedMLP(torch.autograd.Function):
         # one 4x-wide buffer at a time: the GELU output for fc2's weight gradient, freed before the
         # gradient of fc1's output, which GELU's backward then overwrites in place
         a = F.gelu(h, approximate="tanh")
-        _, g_w2, g_b2 = _linear_backward(g_out, a, w2, False, needs[10], needs[11])
+        g_w2, g_b2 = _weight_grads(g_out, a, needs[10], needs[11])
         del a
         g_h = g_out.matmul(w2)
         torch.ops.aten.gelu_backward.grad_input(g_h, h, approximate="tanh", grad_input=g_h)
-        x, stats = _modulated_input(video, text, w, b, ctx.eps, mods)
-        g_x, g_w1, g_b1 = _linear_backward(g_h, x, w1, any(needs[:8]), needs[8], needs[9])
-        del x, g_h
-        grads = _modulated_input_backward(g_x, video, text, w, b, mods, stats, needs[:8]) if g_x is not None else [None] * 8
+        x = _modulated_input(video, text, w, b, ctx.eps, mods)
+        g_w1, g_b1 = _weight_grads(g_h, x, needs[8], needs[9])
+        del x
+        grads = [None] * 8
+        if any(needs[:8]):
+            g_x = g_h.matmul(w1)
+            del g_h
+            grads = _modulated_input_backward(g_x, video, text, w, b, ctx.eps, mods, needs[:8])
         return (*grads, g_w1, g_b1, g_w2, g_b2, None)
 
 
