@@ -9,7 +9,9 @@ autograd would and recomputes only elementwise work there (no matmul is run twic
 
 text may be None (video tokens only). mods = (shift, scale, text_shift, text_scale), each [B, 1, D]
 (the text pair None without text). Standard aten ops only (CPU and CUDA, any float dtype); the same
-forward ops as the autograd path, so outputs are bitwise those of the module code.
+forward ops as the module code (fp32 outputs bitwise equal; bf16 within an ulp: buffer layouts differ).
+Backward recomputes the LayerNorm, modulation and GELU; a second backward through the same graph
+(retain_graph) works, double backward (create_graph) does not.
 """
 from __future__ import annotations
 
