@@ -1,6 +1,6 @@
 """model/ benchmark against diffusers, on the same weights and inputs, in one run.
 
-    .venv/bin/python bench/model.py [--reps 5] [--quick] [--skip-vae] [--skip-2b] [--bound]
+    .venv/bin/python bench/model.py [--reps 5] [--quick] [--skip-vae] [--skip-2b] [--bound] [--compile]
 
 1. Transformer training step (forward + backward of an MSE on the output), head dim 64: our
    ExpertTransformer vs diffusers' CogVideoXTransformer3DModel (+ the pipeline's RoPE), for the sin-cos
@@ -28,6 +28,8 @@ backward) that each step calls, recorded from one step and replayed alone with t
 shapes, strides, kernels): no eager implementation doing those FLOPs with those kernels is faster. It
 prints diffusers' step / our kernels (the highest speed ratio any eager step with our FLOPs could reach)
 and each step / its own kernels (the overhead above them).
+--compile: torch.compile each of our blocks (both policies) after the eager checks (the kernels of --bound
+are the eager ones); the warm-up round compiles.
 """
 from __future__ import annotations
 
@@ -246,7 +248,7 @@ def kernel_replay(step):
     return replay, len(calls)
 
 
-def bench_transformer(device: str, reps: int, quick: bool, bound: bool = False) -> list[str]:
+def bench_transformer(device: str, reps: int, quick: bool, bound: bool = False, compile_: bool = False) -> list[str]:
     lines = []
     for variant in ("sincos", "rope"):
         kw = dict(TRANSFORMER_CPU, use_rotary_positional_embeddings=variant == "rope")
@@ -267,17 +269,23 @@ def bench_transformer(device: str, reps: int, quick: bool, bound: bool = False) 
         kernels = {}
         if bound:
             (kernels["kernels-diffusers"], n_ref), (kernels["kernels-ours"], n_ours) = map(kernel_replay, (step_ref, step_ours))
+        if compile_:  # after the eager checks and kernel recording; the first calls below compile
+            for block in ours.blocks:
+                block.compile()
+            diff = max(diff, (step_ref() - step_ours()).abs().max().item())
         times = alternate({**fns, **kernels}, reps, device)
         # CPU: each peak in a fresh process (the profiler's allocator totals are only right in the first
         # profiled call of a process: a second call under-reports, by up to 60 MiB here)
-        peaks = {k: peak(fn, device) if device == "cuda" else peak_in_child(variant, k, quick) for k, fn in fns.items()}
+        peaks = {k: peak(fn, device) if device == "cuda" else peak_in_child(variant, k, quick, compile_)
+                 for k, fn in fns.items()}
         tokens = shape[1] * (shape[3] // 2) * (shape[4] // 2) + kw["max_text_seq_length"]
         # CPU: median of the per-round ratios of CPU time (rounds alternate the sides, so each ratio
         # compares runs under the same load); GPU: of wall time.
         metric = "cpu" if device == "cpu" else "wall"
         ratios = {k: statistics.median(a / b for a, b in zip(times["diffusers"][metric]["all"], times[k][metric]["all"]))
                   for k in ("ours", "ours-keep")}
-        lines.append(f"### transformer fwd+bwd, {variant}, 8x64 heads, 2 blocks, {tokens} tokens "
+        lines.append(f"### transformer fwd+bwd, {variant}, 8x64 heads, 2 blocks, {tokens} tokens"
+                     f"{', our blocks compiled' if compile_ else ''} "
                      f"(max |diff| {diff:.1e}), load avg {os.getloadavg()[0]:.1f}")
         for side in fns:
             tm = times[side]
@@ -310,17 +318,17 @@ def bound_lines(times: dict, metric: str, n_ref: int, n_ours: int) -> list[str]:
     return out
 
 
-def peak_in_child(variant: str, side: str, quick: bool) -> int:
+def peak_in_child(variant: str, side: str, quick: bool, compile_: bool = False) -> int:
     """Peak CPU bytes of one training step of `side`, measured in a fresh process (see bench_transformer)."""
     import subprocess
 
     cmd = [sys.executable, os.path.abspath(__file__), "--peak-of", f"{variant}:{side}", "--threads",
-           str(torch.get_num_threads())] + (["--quick"] if quick else [])
+           str(torch.get_num_threads())] + (["--quick"] if quick else []) + (["--compile"] if compile_ else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return int(out.strip().splitlines()[-1])
 
 
-def peak_of(spec: str, quick: bool) -> int:
+def peak_of(spec: str, quick: bool, compile_: bool = False) -> int:
     """--peak-of variant:side: build, warm up (weight grads allocated), then one profiled step."""
     variant, side = spec.split(":")
     kw = dict(TRANSFORMER_CPU, use_rotary_positional_embeddings=variant == "rope")
@@ -328,6 +336,9 @@ def peak_of(spec: str, quick: bool) -> int:
     x, text, t = transformer_inputs(kw, LATENTS_CPU if not quick else QUICK_LATENTS, "cpu")
     step_ref, step_ours = train_steps(ref, ours, x, text, t)
     ours.selective_recompute = side != "ours-keep"
+    if compile_:
+        for block in ours.blocks:
+            block.compile()
     fn = step_ref if side == "diffusers" else step_ours
     fn()
     fn()
@@ -415,18 +426,19 @@ def main() -> None:
     ap.add_argument("--skip-vae", action="store_true")
     ap.add_argument("--skip-2b", action="store_true")
     ap.add_argument("--bound", action="store_true", help="also time the step's matmul/attention kernels alone")
+    ap.add_argument("--compile", action="store_true", help="torch.compile our blocks (both policies; slow first steps)")
     ap.add_argument("--peak-of", help=argparse.SUPPRESS)  # internal: one peak measurement (peak_in_child)
     args = ap.parse_args()
     if args.peak_of:
         torch.set_num_threads(args.threads)
-        print(peak_of(args.peak_of, args.quick))
+        print(peak_of(args.peak_of, args.quick, args.compile))
         return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         # One thread: CPU time then measures work, not OpenMP spin-waiting on a shared, loaded machine.
         torch.set_num_threads(args.threads)
     print(f"# bench/model.py — {versions()}")
-    for line in bench_transformer(device, args.reps, args.quick, args.bound):
+    for line in bench_transformer(device, args.reps, args.quick, args.bound, args.compile):
         print(line, flush=True)
     if not args.skip_vae:
         for line in bench_vae(device, args.reps, args.quick):
