@@ -10,8 +10,9 @@ Model (bytes, per GPU, FSDP over `gpus` ranks, bf16 compute):
   16 A / gpus for the adapters (A = 8 r d per block: to_q/to_k/to_v/to_out, A and B);
 - gathered blocks: with more than one GPU, FSDP holds 2 blocks' bf16 weights (2 x 2 P / L: the one computing and
   the prefetched one); on one GPU nothing is gathered (LoRA) or the same two blocks are cast (full);
-- activations (bf16): bench/train_cp.py's count, 23 x (226 + N) x d per block without checkpointing, L x (226 +
-  N) x d + one block with it (LoRA: the same count, an upper bound: frozen layers need not keep their inputs);
+- activations (bf16): bench/train_cp.py's counts, 14.7 x (226 + N) x d per block without checkpointing (the
+  default model/lean.py pieces; LoRA 22.9, every activation kept: an upper bound, its adapters make the
+  attention piece fall back to modules), L x (226 + N) x d + one block with it;
 - frozen encoders, unless the latent cache is on: T5-XXL encoder (4.76 B) and the VAE (0.22 B) in bf16, plus
   the VAE's encode working set (3 tensors of the first block's 128 channels over a 10-frame chunk, bf16);
   the encode runs before the transformer's forward, so only the larger of the two working sets counts;
@@ -30,7 +31,7 @@ from functools import lru_cache
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.train_cp import SAVED_PER_TOKEN_DIM, video_tokens  # noqa: E402
+from bench.train_cp import SAVED_PER_TOKEN_DIM, SAVED_PER_TOKEN_DIM_KEEP, video_tokens  # noqa: E402
 
 GIB = 2**30
 T5_XXL_PARAMS = 4.762e9  # google/t5-v1_1-xxl encoder
@@ -100,7 +101,9 @@ def predict(model: str, clip: str, mode: str, checkpointing: bool, latent_cache:
         adapters = layers * 8 * int(mode.split("-")[1]) * d
         weights = 2 * p / gpus + 16 * adapters / gpus
     gathered = 2 * 2 * p / layers if gpus > 1 or mode == "full" else 0.0
-    per_block = SAVED_PER_TOKEN_DIM * s * d * 2
+    # LoRA's adapters replace the attention projections, where model/lean.py's pieces fall back to the
+    # modules: count every activation kept (an upper bound: its feed-forward half stays lean)
+    per_block = (SAVED_PER_TOKEN_DIM if mode == "full" else SAVED_PER_TOKEN_DIM_KEEP) * s * d * 2
     acts = (layers * s * d * 2 + per_block) if checkpointing else layers * per_block
     if cfg.learned_positions:
         weights += s * d * 4  # the stored position table (fp32 buffer)

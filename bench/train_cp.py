@@ -25,11 +25,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-# Activations saved for backward per block, in units of (tokens x width) elements, for our Block
-# (counted from the ops: AdaLN norm in/out + the joined input (3), q/k norm inputs (2), SDPA's q, k, v
-# and output (4), gated residual (1), second AdaLN (3), FFN hidden before/after GELU (8), residual (1)
-# and the attention output projection's input (1)).
-SAVED_PER_TOKEN_DIM = 23.0
+# Activations saved for backward per block, in units of (tokens x width) elements, for our Block with its
+# default model/lean.py pieces (the block inputs, q/k/v, SDPA's q/k/out, the out projection's input, the
+# FFN input and fc1's 4x-wide pre-activation, fc2's output, residual inputs); and keeping every
+# activation (selective_recompute off, or projections replaced by adapters: LoRA, where the pieces call
+# the modules): AdaLN in/out and the joined input, q/k norm inputs, the FFN hidden before and after GELU
+# too. Both measured with autograd's saved-tensor hooks (tests/model/test_model_lean.py checks them).
+SAVED_PER_TOKEN_DIM = 14.7
+SAVED_PER_TOKEN_DIM_KEEP = 22.9
 
 
 def config(num_heads: int = 4, head_dim: int = 64, layers: int = 4):
@@ -48,12 +51,12 @@ def params_of(dim: int, layers: int, text_dim: int = 4096, patch_in: int = 64, o
 
 
 def activation_bytes(dim: int, layers: int, text: int, video: int, cp: int, checkpointing: bool,
-                     attention: str = "ulysses", bytes_per: int = 2) -> float:
-    """Activation memory per rank of one sample: every block's saved tensors (SAVED_PER_TOKEN_DIM x S x d with
+                     attention: str = "ulysses", bytes_per: int = 2, saved: float = SAVED_PER_TOKEN_DIM) -> float:
+    """Activation memory per rank of one sample: every block's saved tensors (`saved` x S x d with
     S = text + video / cp); with checkpointing only each block's input (S x d) plus one block recomputed.
     allgather keeps the full-sequence K and V per block too."""
     s = text + video / cp
-    per_block = SAVED_PER_TOKEN_DIM * s * dim
+    per_block = saved * s * dim
     if attention == "allgather" and cp > 1:
         per_block += 2 * (video - video / cp) * dim
     if checkpointing:

@@ -391,7 +391,8 @@ class ExpertTransformer(nn.Module):
         for i, block in enumerate(self.blocks):
             last = i == len(self.blocks) - 1  # its text output is never read
             if self.gradient_checkpointing and grad:
-                video, text = checkpoint(block, video, text, temb, rope, n, last, use_reentrant=False)
+                video, text = checkpoint(block, video, text, temb, rope, n, last, self.selective_recompute,
+                                         use_reentrant=False)
             else:
                 video, text = block(video, text, temb, rope, n, last, self.selective_recompute)
 

@@ -201,8 +201,8 @@ def apply_context_parallel(model: nn.Module, cp) -> Callable[[], None]:
     from outside the model, as torchtitan's parallelize applies its parallelisms: a pre-hook on every block
     hands it this rank's slice of the video tokens and of their RoPE rotations (text tokens stay whole on
     every rank), each Attention.core becomes the exact distributed attention, and a hook on proj_out
-    all-gathers the prediction, so every rank returns the whole output. Selective recomputation is turned
-    off (it would re-run the collectives in backward). Returns the function that undoes all of it."""
+    all-gathers the prediction, so every rank returns the whole output. model/lean.py's pieces stay on
+    (they hold no collective: attention is outside them). Returns the function that undoes all of it."""
     from model.context_parallel import ContextParallelAttention
     from model.transformer import Attention
 
@@ -226,14 +226,12 @@ def apply_context_parallel(model: nn.Module, cp) -> Callable[[], None]:
     cores = [(m, m.core) for m in model.modules() if isinstance(m, Attention)]
     for m, _ in cores:
         m.core = ContextParallelAttention(cp)
-    selective, model.selective_recompute = model.selective_recompute, False
 
     def undo() -> None:
         for h in handles:
             h.remove()
         for m, core in cores:
             m.core = core
-        model.selective_recompute = selective
 
     return undo
 

@@ -50,8 +50,8 @@ def _step(model, latents, text, t, target):
 
 def _check(rank: int, world: int, attention: str, checkpointing: bool, lean: bool = False) -> dict:
     """Every rank: the single-process reference, then the CP run; returns the largest differences.
-    lean: the CP run with model/lean.py's pieces back on (apply_context_parallel turns them off; they do
-    not touch the attention core, so they hold under CP too)."""
+    lean: the CP run with model/lean.py's pieces (the default, left on by apply_context_parallel: they do
+    not touch the attention core), else keeping every activation."""
     worst = {}
     for name, (kw, shape) in VARIANTS.items():
         model = _model(kw)
@@ -59,7 +59,7 @@ def _check(rank: int, world: int, attention: str, checkpointing: bool, lean: boo
         inputs = _inputs(shape)
         ref_out, ref_grads = _step(model, *inputs)
         undo = apply_context_parallel(model, ContextParallel(dist.group.WORLD, attention))
-        model.selective_recompute = model.selective_recompute or lean
+        model.selective_recompute = lean
         out, grads = _step(model, *inputs)
         undo()
         diffs = {"out": float((out - ref_out).abs().max())}

@@ -71,3 +71,12 @@ def test_lean_blocks_save_less_for_backward():
     everything: fails if the GELU output (4 units) or the normalised / concatenated copies (4) come back."""
     lean, keep = _saved_per_block(True), _saved_per_block(False)
     assert lean < 16 and keep > 20, (lean, keep)
+
+
+def test_memory_model_counts_are_the_measured_ones():
+    """bench/train_cp.py's per-block activation counts (the memory table of docs/fine-tuning.md and the CP
+    predictions use them) are what autograd saves, with the lean pieces and keeping everything."""
+    from bench.train_cp import SAVED_PER_TOKEN_DIM, SAVED_PER_TOKEN_DIM_KEEP
+
+    assert abs(_saved_per_block(True) - SAVED_PER_TOKEN_DIM) < 0.2
+    assert abs(_saved_per_block(False) - SAVED_PER_TOKEN_DIM_KEEP) < 0.2
