@@ -13,7 +13,7 @@ from captioning.engines.transformers_local import KeyedSampler
 def test_request_seed_depends_on_the_seed_and_the_key_only():
     assert request_seed(1, "clip-a") == request_seed(1, "clip-a")
     assert len({request_seed(1, "clip-a"), request_seed(2, "clip-a"), request_seed(1, "clip-b")}) == 3
-    assert 0 <= request_seed(0, "x") < 2 ** 63
+    assert 0 <= request_seed(0, "x") < 2 ** 31
 
 
 def test_keyed_sampler_draws_from_the_tempered_softmax():
@@ -37,3 +37,13 @@ def test_keyed_sampler_keeps_to_the_top_p_set_and_each_row_to_its_own_stream():
     three = KeyedSampler([5, 7, 9], 1.0, 1.0)(torch.zeros(3, 1, dtype=torch.long), logits.repeat(3, 1))
     assert torch.equal(one[0], three[1]) and not torch.equal(three[0], three[1])
     assert math.isfinite(three[:, :2].max().item())
+
+
+def test_served_requests_carry_their_own_seed_when_sampling():
+    from captioning.engines import SamplingParams, TextRequest
+    from captioning.engines.openai import text_payload
+
+    hot, greedy = SamplingParams(32, 0.7, 1.0, seed=1), SamplingParams(32, 0.0, 1.0, seed=1)
+    a, b = TextRequest("clip-a", None, "x"), TextRequest("clip-b", None, "x")
+    assert text_payload("m", a, hot)["seed"] == request_seed(1, "clip-a") != text_payload("m", b, hot)["seed"]
+    assert "seed" not in text_payload("m", a, greedy)
