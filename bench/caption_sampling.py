@@ -9,7 +9,8 @@ HF sampling (do_sample=True after one torch.manual_seed: every row draws from on
 depends on its batch) and ours (greedy over Gumbel-perturbed logits, one generator per request). Every
 arm generates exactly --max-tokens tokens per row (min_new_tokens), so the times compare the same work.
 Prints the medians and the median of the paired ratios ours / HF sampling; also whether each arm gives a
-request the same text in a batch as alone (the point of the fix).
+request the same text in a batch as alone (the point of the fix), and the time of the alternative that
+needs no per-row streams, one request per `generate` (greedy, timed in every repeat too).
 """
 from __future__ import annotations
 
@@ -57,6 +58,26 @@ def run(engine: "object", reqs: list[TextRequest], arm: str, params: SamplingPar
     return dt, [str(row) for row in out[:, inputs["input_ids"].shape[1]:].tolist()]
 
 
+def sampler_step_ms(engine: "object", batch: int, repeats: int = 50) -> tuple[float, float]:
+    """Milliseconds of one decoding step's token choice on [batch, vocab] logits, alternated, medians:
+    ours (KeyedSampler + argmax) and HF's (temperature, softmax, multinomial). Short enough to repeat many
+    times, so it holds under a loaded machine where whole `generate` calls swing."""
+    torch = engine.torch
+    vocab = engine.hf_model.config.vocab_size
+    logits, ids = torch.randn(batch, vocab), torch.zeros(batch, 1, dtype=torch.long)
+    sampler = decode_kwargs(SamplingParams(1, 0.7, 1.0), [f"k{i}" for i in range(batch)])["logits_processor"]
+    ours, hf = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sampler(ids, logits).argmax(-1)
+        t1 = time.perf_counter()
+        torch.multinomial(torch.softmax(logits / 0.7, -1), 1)
+        t2 = time.perf_counter()
+        ours.append(t1 - t0)
+        hf.append(t2 - t1)
+    return 1000 * statistics.median(ours), 1000 * statistics.median(hf)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=8)
@@ -66,28 +87,37 @@ def main() -> None:
     engine = make_text_engine(TextLMConfig(model=smollm2_folder()))
     reqs = requests(a.requests)
     params = SamplingParams(a.max_tokens, 0.7, 1.0, seed=1)  # the retry's temperature (postprocess)
-    arms = ("greedy", "hf", "ours")
+    arms = ("greedy", "hf", "ours", "greedy-alone")
     times: dict[str, list[float]] = {k: [] for k in arms}
-    batch_texts: dict[str, list[str]] = {}
+    texts: dict[str, list[str]] = {}
     run(engine, reqs[:2], "greedy", params)  # warm-up
     for rep in range(a.repeats):
         for arm in (arms if rep % 2 == 0 else arms[::-1]):
-            dt, texts = run(engine, reqs, arm, params)
+            if arm == "greedy-alone":
+                outs = [run(engine, [r], "greedy", params) for r in reqs]
+                times[arm].append(sum(dt for dt, _ in outs))
+                texts[arm] = [t[0] for _, t in outs]
+                continue
+            dt, texts[arm] = run(engine, reqs, arm, params)
             times[arm].append(dt)
-            batch_texts[arm] = texts
-    alone = {arm: [run(engine, [r], arm, params)[1][0] for r in reqs[:3]] for arm in arms}
+    alone = {"greedy": texts["greedy-alone"], "ours": [run(engine, [r], "ours", params)[1][0] for r in reqs],
+             "hf": [run(engine, [r], "hf", params)[1][0] for r in reqs]}
     load = os.getloadavg()[0]
     toks = a.requests * a.max_tokens
     print(f"SmolLM2-135M-Instruct, {a.requests} requests x {a.max_tokens} tokens, batch of {a.requests}, "
           f"{a.repeats} repeats, load average {load:.1f}, {os.cpu_count()} CPUs")
-    print("| arm | median s | tokens/s | first 3 requests: same text alone as in the batch |\n|---|---|---|---|")
+    print("| arm | median s | tokens/s | requests with the same text alone as in the batch |\n|---|---|---|---|")
     for arm in arms:
         m = statistics.median(times[arm])
-        same = sum(x == y for x, y in zip(alone[arm], batch_texts[arm][:3]))
-        print(f"| {arm} | {m:.2f} | {toks / m:.1f} | {same}/3 |")
-    paired = statistics.median(o / h for o, h in zip(times["ours"], times["hf"]))
-    print(f"ours / HF sampling (median of paired ratios): {paired:.3f}x time; "
-          f"ours / greedy: {statistics.median(o / g for o, g in zip(times['ours'], times['greedy'])):.3f}x")
+        same = f"{sum(x == y for x, y in zip(alone[arm], texts[arm]))}/{len(reqs)}" if arm in alone else ""
+        print(f"| {arm} | {m:.2f} | {toks / m:.1f} | {same} |")
+    ms_ours, ms_hf = sampler_step_ms(engine, a.requests)
+    step = 1000 * statistics.median(times["greedy"]) / a.max_tokens
+    print(f"token choice per decoding step, batch {a.requests}: ours {ms_ours:.2f} ms, HF sampling {ms_hf:.2f} ms "
+          f"(a greedy step takes {step:.0f} ms)")
+    ratio = lambda x, y: statistics.median(p / q for p, q in zip(times[x], times[y]))  # noqa: E731
+    print(f"median of paired ratios (time): ours / HF sampling {ratio('ours', 'hf'):.3f}x, ours / greedy "
+          f"{ratio('ours', 'greedy'):.3f}x, one request per generate / batched greedy {ratio('greedy-alone', 'greedy'):.2f}x")
 
 
 if __name__ == "__main__":
