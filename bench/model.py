@@ -1,6 +1,6 @@
 """model/ benchmark against diffusers, on the same weights and inputs, in one run.
 
-    .venv/bin/python bench/model.py [--reps 5] [--quick] [--skip-vae] [--skip-2b]
+    .venv/bin/python bench/model.py [--reps 5] [--quick] [--skip-vae] [--skip-2b] [--bound] [--compile]
 
 1. Transformer training step (forward + backward of an MSE on the output), head dim 64: our
    ExpertTransformer vs diffusers' CogVideoXTransformer3DModel (+ the pipeline's RoPE), for the sin-cos
@@ -20,7 +20,16 @@ each in a fresh process: only the first profiled call of a process gets the tota
 For the training step each call starts with zero_grad(set_to_none=True), as a training loop does, so
 the peak is that of activations + transient buffers + the weight gradients allocated so far in
 backward (the same gradients on both sides; where in backward the peak falls decides how many count).
-"ours" is the default model (selective recomputation per half block), "ours-keep" keeps every activation.
+"ours" is the default model (model/lean.py's autograd pieces: AdaLN + q/k/v and AdaLN + FFN save only
+their inputs and fc1's pre-activation), "ours-keep" keeps everything autograd saves.
+
+--bound: the same rounds also time the matmuls, convolutions and attention kernels (forward and
+backward) that each step calls, recorded from one step and replayed alone with the same arguments (same
+shapes, strides, kernels): no eager implementation doing those FLOPs with those kernels is faster. It
+prints diffusers' step / our kernels (the highest speed ratio any eager step with our FLOPs could reach)
+and each step / its own kernels (the overhead above them).
+--compile: torch.compile each of our blocks (both policies) after the eager checks (the kernels of --bound
+are the eager ones); the warm-up round compiles.
 """
 from __future__ import annotations
 
@@ -202,7 +211,44 @@ def versions() -> str:
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 
 
-def bench_transformer(device: str, reps: int, quick: bool) -> list[str]:
+# the kernels a step cannot avoid: matmuls, convolutions, attention (forward and backward)
+_KERNELS = {"mm", "addmm", "bmm", "baddbmm", "convolution", "convolution_backward",
+            "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention_for_cpu_backward",
+            "_scaled_dot_product_flash_attention", "_scaled_dot_product_flash_attention_backward",
+            "_scaled_dot_product_efficient_attention", "_scaled_dot_product_efficient_attention_backward",
+            "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_cudnn_attention_backward"}
+
+
+def kernel_replay(step):
+    """One call of step() recorded at the dispatcher: a closure replaying only its matmul / convolution /
+    attention calls with the same arguments (the recorded tensors, kept alive)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_map
+
+    calls = []
+
+    def keep(a):
+        return a.detach() if isinstance(a, torch.Tensor) else a
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func.overloadpacket.__name__ in _KERNELS:
+                calls.append((func, tree_map(keep, args), tree_map(keep, kwargs)))
+            return func(*args, **kwargs)
+
+    with Record():
+        step()
+
+    def replay():
+        with torch.no_grad():
+            for func, args, kwargs in calls:
+                func(*args, **kwargs)
+
+    return replay, len(calls)
+
+
+def bench_transformer(device: str, reps: int, quick: bool, bound: bool = False, compile_: bool = False) -> list[str]:
     lines = []
     for variant in ("sincos", "rope"):
         kw = dict(TRANSFORMER_CPU, use_rotary_positional_embeddings=variant == "rope")
@@ -211,7 +257,7 @@ def bench_transformer(device: str, reps: int, quick: bool) -> list[str]:
         x, text, t = transformer_inputs(kw, shape, device)
         step_ref, step_ours = train_steps(ref, ours, x, text, t)
 
-        def step_keep():  # ours keeping every activation (selective recomputation off)
+        def step_keep():  # ours keeping everything autograd saves (lean pieces off)
             ours.selective_recompute = False
             try:
                 return step_ours()
@@ -220,17 +266,26 @@ def bench_transformer(device: str, reps: int, quick: bool) -> list[str]:
 
         diff = (step_ref() - step_ours()).abs().max().item()
         fns = {"diffusers": step_ref, "ours": step_ours, "ours-keep": step_keep}
-        times = alternate(fns, reps, device)
+        kernels = {}
+        if bound:
+            (kernels["kernels-diffusers"], n_ref), (kernels["kernels-ours"], n_ours) = map(kernel_replay, (step_ref, step_ours))
+        if compile_:  # after the eager checks and kernel recording; the first calls below compile
+            for block in ours.blocks:
+                block.compile()
+            diff = max(diff, (step_ref() - step_ours()).abs().max().item())
+        times = alternate({**fns, **kernels}, reps, device)
         # CPU: each peak in a fresh process (the profiler's allocator totals are only right in the first
         # profiled call of a process: a second call under-reports, by up to 60 MiB here)
-        peaks = {k: peak(fn, device) if device == "cuda" else peak_in_child(variant, k, quick) for k, fn in fns.items()}
+        peaks = {k: peak(fn, device) if device == "cuda" else peak_in_child(variant, k, quick, compile_)
+                 for k, fn in fns.items()}
         tokens = shape[1] * (shape[3] // 2) * (shape[4] // 2) + kw["max_text_seq_length"]
         # CPU: median of the per-round ratios of CPU time (rounds alternate the sides, so each ratio
         # compares runs under the same load); GPU: of wall time.
         metric = "cpu" if device == "cpu" else "wall"
         ratios = {k: statistics.median(a / b for a, b in zip(times["diffusers"][metric]["all"], times[k][metric]["all"]))
                   for k in ("ours", "ours-keep")}
-        lines.append(f"### transformer fwd+bwd, {variant}, 8x64 heads, 2 blocks, {tokens} tokens "
+        lines.append(f"### transformer fwd+bwd, {variant}, 8x64 heads, 2 blocks, {tokens} tokens"
+                     f"{', our blocks compiled' if compile_ else ''} "
                      f"(max |diff| {diff:.1e}), load avg {os.getloadavg()[0]:.1f}")
         for side in fns:
             tm = times[side]
@@ -239,21 +294,41 @@ def bench_transformer(device: str, reps: int, quick: bool) -> list[str]:
         for k in ("ours", "ours-keep"):
             lines.append(f"  {k}: step speed vs diffusers {ratios[k]:.3f}x (median of per-round {metric} time ratios, "
                          f"target >= 1.2); peak memory diffusers/{k}: {peaks['diffusers'] / peaks[k]:.2f}x (target >= 1.3)")
+        if bound:
+            lines.extend(bound_lines(times, metric, n_ref, n_ours))
         del ref, ours
     return lines
 
 
-def peak_in_child(variant: str, side: str, quick: bool) -> int:
+def bound_lines(times: dict, metric: str, n_ref: int, n_ours: int) -> list[str]:
+    """--bound: the kernel-only replays against the steps (per-round ratios, medians)."""
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(times[a][metric]["all"], times[b][metric]["all"]))
+
+    out = []
+    for side, n in (("kernels-diffusers", n_ref), ("kernels-ours", n_ours)):
+        tm = times[side]
+        out.append(f"  {side:17s} wall {tm['wall']['median']:.3f}s  cpu {tm['cpu']['median']:.3f}s  "
+                   f"({n} matmul/conv/attention calls of one step, replayed alone)")
+    out.append(f"  bound: diffusers step / our kernels {ratio('diffusers', 'kernels-ours'):.3f}x (the most any eager "
+               f"step with our FLOPs and kernels could reach vs diffusers); our kernels are "
+               f"{ratio('kernels-diffusers', 'kernels-ours'):.3f}x faster than diffusers' kernels")
+    out.append(f"  overhead above own kernels: diffusers {ratio('diffusers', 'kernels-diffusers'):.3f}x, "
+               f"ours {ratio('ours', 'kernels-ours'):.3f}x, ours-keep {ratio('ours-keep', 'kernels-ours'):.3f}x")
+    return out
+
+
+def peak_in_child(variant: str, side: str, quick: bool, compile_: bool = False) -> int:
     """Peak CPU bytes of one training step of `side`, measured in a fresh process (see bench_transformer)."""
     import subprocess
 
     cmd = [sys.executable, os.path.abspath(__file__), "--peak-of", f"{variant}:{side}", "--threads",
-           str(torch.get_num_threads())] + (["--quick"] if quick else [])
+           str(torch.get_num_threads())] + (["--quick"] if quick else []) + (["--compile"] if compile_ else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return int(out.strip().splitlines()[-1])
 
 
-def peak_of(spec: str, quick: bool) -> int:
+def peak_of(spec: str, quick: bool, compile_: bool = False) -> int:
     """--peak-of variant:side: build, warm up (weight grads allocated), then one profiled step."""
     variant, side = spec.split(":")
     kw = dict(TRANSFORMER_CPU, use_rotary_positional_embeddings=variant == "rope")
@@ -261,6 +336,9 @@ def peak_of(spec: str, quick: bool) -> int:
     x, text, t = transformer_inputs(kw, LATENTS_CPU if not quick else QUICK_LATENTS, "cpu")
     step_ref, step_ours = train_steps(ref, ours, x, text, t)
     ours.selective_recompute = side != "ours-keep"
+    if compile_:
+        for block in ours.blocks:
+            block.compile()
     fn = step_ref if side == "diffusers" else step_ours
     fn()
     fn()
@@ -347,18 +425,20 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer frames (smoke run)")
     ap.add_argument("--skip-vae", action="store_true")
     ap.add_argument("--skip-2b", action="store_true")
+    ap.add_argument("--bound", action="store_true", help="also time the step's matmul/attention kernels alone")
+    ap.add_argument("--compile", action="store_true", help="torch.compile our blocks (both policies; slow first steps)")
     ap.add_argument("--peak-of", help=argparse.SUPPRESS)  # internal: one peak measurement (peak_in_child)
     args = ap.parse_args()
     if args.peak_of:
         torch.set_num_threads(args.threads)
-        print(peak_of(args.peak_of, args.quick))
+        print(peak_of(args.peak_of, args.quick, args.compile))
         return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         # One thread: CPU time then measures work, not OpenMP spin-waiting on a shared, loaded machine.
         torch.set_num_threads(args.threads)
     print(f"# bench/model.py — {versions()}")
-    for line in bench_transformer(device, args.reps, args.quick):
+    for line in bench_transformer(device, args.reps, args.quick, args.bound, args.compile):
         print(line, flush=True)
     if not args.skip_vae:
         for line in bench_vae(device, args.reps, args.quick):

@@ -16,18 +16,20 @@ all-to-all, so the per-rank parameter gradients add up to the gradient of the su
 
 VAE (`TimeSplit`): the frame axis of a clip split across ranks; each causal conv gets the k-1 frames
 before its first frame from the previous rank (halo exchange, point to point, gradient sent back in
-backward), GroupNorm statistics are all-reduced over the group.
+backward: `TimeSplit.halo_hook`), GroupNorm statistics are all-reduced over the group (`SplitGroupNorm`).
+training.parallelize.apply_vae_context_parallel puts both on a plain model.vae.CausalVAE.
 
 Everything uses plain torch.distributed collectives (all_to_all_single, all_gather_single,
 reduce_scatter_single, isend/irecv), which gloo (CPU tests) and NCCL (GPU) both implement.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 
 AttentionKind = Literal["ulysses", "allgather"]
 
@@ -365,6 +367,24 @@ class TimeSplit:
         var = all_reduce_sum((xg - mean[:, :, None]).pow(2).sum(2), self.group) / count
         return mean, torch.rsqrt(var + eps)
 
+    def halo_hook(self, conv: nn.Module, args: tuple, kwargs: dict[str, Any]):
+        """Forward pre-hook (with_kwargs) for a model.vae.CausalConv3d with a time kernel: a call without a
+        cache gets, as its cache, the `conv.time_pad` frames in front of this rank's first one (the
+        previous rank's last frames; on rank 0 the first frame repeated, as the conv's own padding). A
+        streamed input (model.vae.Slices: frames made on demand) sends only its last frames and, on rank
+        0, its first one."""
+        x, *rest = args
+        if conv.time_pad == 0 or (rest[0] if rest else kwargs.get("cache")) is not None:
+            return None  # nothing to pad, or a later chunk on this rank: the conv's cache is the front
+        h = conv.time_pad
+        if isinstance(x, torch.Tensor):
+            front = self.front(x, h)
+        else:
+            first = x.produce(0, 1) if self.first else None
+            front = self.front(x.produce(max(0, x.frames - h), x.frames), h, first)
+        kwargs.pop("cache", None)
+        return (x, front, *rest[1:]), kwargs
+
     def group_norm(self, x: torch.Tensor, norm: torch.nn.GroupNorm) -> torch.Tensor:
         """nn.GroupNorm with statistics of the whole clip."""
         b, c = x.shape[:2]
@@ -374,3 +394,21 @@ class TimeSplit:
         y = y.reshape(x.shape).to(x.dtype)
         shape = (1, c) + (1,) * (x.dim() - 2)
         return y * norm.weight.view(shape) + norm.bias.view(shape)
+
+
+class SplitGroupNorm(nn.GroupNorm):
+    """GroupNorm whose statistics cover every rank's frames of `split` (all-reduced, differentiable), holding
+    the very parameters of the norm it replaces (state-dict keys and FSDP sharding are unchanged).
+    `stats` serves model.vae's streaming path, `forward` the autograd one."""
+
+    def __init__(self, norm: nn.GroupNorm, split: TimeSplit):
+        super().__init__(norm.num_groups, norm.num_channels, norm.eps, norm.affine, device="meta")
+        self.weight, self.bias = norm.weight, norm.bias
+        self.split = split
+
+    def stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, rstd) [B, G] over every rank's frames, in float32."""
+        return self.split.group_stats(x, self.num_groups, self.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.split.group_norm(x, self)

@@ -1,4 +1,5 @@
-"""Exact peak CPU tensor memory of a call, for the VAE memory tests and bench/model.py."""
+"""Exact peak CPU tensor memory of a call (VAE memory tests, bench/model.py) and the bytes autograd saves
+for backward (transformer memory tests)."""
 from __future__ import annotations
 
 from typing import Callable, TypeVar
@@ -29,3 +30,25 @@ def cpu_peak_bytes(fn: Callable[[], T]) -> tuple[T, int]:
     events.sort()
     before = events[0][1] - events[0][2]
     return out, max(total for _, total, _ in events) - before
+
+
+def saved_tensor_bytes(fn: Callable[[], T]) -> tuple[T, int]:
+    """(fn(), bytes of the tensors autograd saves for backward during the call), each storage counted
+    once, parameters and their views left out (weights stacked into a new tensor count): what a training
+    step holds from forward into backward."""
+    import torch
+
+    params: set[int] = set()
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if isinstance(t, torch.nn.Parameter) or isinstance(t._base, torch.nn.Parameter):  # a weight or its .t()
+            params.add(t.untyped_storage().data_ptr())
+        else:
+            st = t.untyped_storage()
+            storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(n for ptr, n in storages.items() if ptr not in params)

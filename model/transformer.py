@@ -11,14 +11,13 @@ Weights load from / export to the published diffusers checkpoints through model/
 from __future__ import annotations
 
 from dataclasses import dataclass, asdict
-from functools import partial
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+from torch.utils.checkpoint import checkpoint
 
 from model.embeddings import apply_rope, rope_3d, rope_complex, sincos_3d, timestep_embedding
+from model.lean import Mods, modulated_linear, modulated_mlp
 
 
 @dataclass
@@ -83,20 +82,6 @@ class TransformerConfig:
         return asdict(self)
 
 
-# Ops whose outputs a block keeps for backward under selective recomputation: the matmuls and attention
-# (the FLOPs). Everything else (LayerNorms, AdaLN addcmul, concatenation, GELU, RoPE) is recomputed from
-# them in backward (ExpertTransformer.selective_recompute, Block.forward).
-_KEEP = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
-         torch.ops.aten.convolution.default, torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
-         torch.ops.aten._scaled_dot_product_flash_attention.default,
-         torch.ops.aten._scaled_dot_product_efficient_attention.default,
-         torch.ops.aten._scaled_dot_product_cudnn_attention.default}
-
-
-def _keep_matmuls(ctx, op, *args, **kwargs) -> CheckpointPolicy:
-    return CheckpointPolicy.MUST_SAVE if op in _KEEP else CheckpointPolicy.PREFER_RECOMPUTE
-
-
 class ExpertAdaLN(nn.Module):
     """One LayerNorm for both modalities; the time embedding gives each its own shift, scale and gate."""
 
@@ -105,16 +90,17 @@ class ExpertAdaLN(nn.Module):
         self.mod = nn.Linear(temb_dim, 6 * dim)
         self.norm = nn.LayerNorm(dim, eps=eps)
 
-    def forward(self, video: torch.Tensor, text: torch.Tensor, temb: torch.Tensor):
-        shift, scale, gate, t_shift, t_scale, t_gate = self.mod(F.silu(temb)).unsqueeze(1).chunk(6, dim=2)
-        video = torch.addcmul(shift, self.norm(video), 1 + scale)
-        text = torch.addcmul(t_shift, self.norm(text), 1 + t_scale)
-        return video, text, gate, t_gate
+    def modulation(self, temb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(shift, scale, gate, text shift, text scale, text gate), each [B, 1, dim]."""
+        return self.mod(F.silu(temb)).unsqueeze(1).chunk(6, dim=2)
 
-    def video_only(self, video: torch.Tensor, temb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(modulated video, video gate): the text half of the modulation is not computed."""
-        shift, scale, gate = self.mod(F.silu(temb)).unsqueeze(1).chunk(6, dim=2)[:3]
-        return torch.addcmul(shift, self.norm(video), 1 + scale), gate
+    def modulate(self, video: torch.Tensor, text: torch.Tensor | None, mods: Mods) -> torch.Tensor:
+        """[LN(text) * (1 + text scale) + text shift ; the same for video] (video alone when text is None)."""
+        shift, scale, t_shift, t_scale = mods
+        video = torch.addcmul(shift, self.norm(video), 1 + scale)
+        if text is None:
+            return video
+        return torch.cat([torch.addcmul(t_shift, self.norm(text), 1 + t_scale), video], dim=1)
 
 
 class Attention(nn.Module):
@@ -133,19 +119,24 @@ class Attention(nn.Module):
         # (training.parallelize.apply_context_parallel puts an exact distributed one here)
         self.core = SDPA()
 
+    def _stacked(self, *lin: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) of several projections stacked: one matmul over x for all of them (and one
+        grad-input matmul in backward)."""
+        bias = None if lin[0].bias is None else torch.cat([m.bias for m in lin])
+        return torch.cat([m.weight for m in lin]), bias
+
+    def _plain(self) -> bool:
+        """Whether q/k/v are plain Linears (adapters, e.g. LoRA layers in their place, are called as modules)."""
+        return all(type(m) is nn.Linear for m in (self.to_q, self.to_k, self.to_v))
+
     def _qkv(self, x: torch.Tensor, text_len: int, video_only: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v projections as one matmul over the stacked weights (one pass over x, one grad-input
-        matmul in backward); with video_only, q of the video tokens only (k/v of all: text keys stay
-        visible). Adapters (LoRA layers in place of a Linear) are called as modules."""
-        lin = (self.to_q, self.to_k, self.to_v)
+        """q, k, v projections; with video_only, q of the video tokens only (k/v of all: text keys stay visible)."""
         xq = x[:, text_len:] if video_only else x
-        if not all(type(m) is nn.Linear for m in lin):
+        if not self._plain():
             return self.to_q(xq), self.to_k(x), self.to_v(x)
         if not video_only:
-            bias = None if self.to_q.bias is None else torch.cat([m.bias for m in lin])
-            return F.linear(x, torch.cat([m.weight for m in lin]), bias).chunk(3, dim=-1)
-        bias = None if self.to_k.bias is None else torch.cat([self.to_k.bias, self.to_v.bias])
-        k, v = F.linear(x, torch.cat([self.to_k.weight, self.to_v.weight]), bias).chunk(2, dim=-1)
+            return F.linear(x, *self._stacked(self.to_q, self.to_k, self.to_v)).chunk(3, dim=-1)
+        k, v = F.linear(x, *self._stacked(self.to_k, self.to_v)).chunk(2, dim=-1)
         return self.to_q(xq), k, v
 
     def forward(self, x: torch.Tensor, text_len: int, rope: torch.Tensor | None, video_tokens: int | None = None,
@@ -154,8 +145,25 @@ class Attention(nn.Module):
         When the video tokens are split over ranks from outside, x holds this rank's video tokens of
         `video_tokens` in all (the swapped `core` knows how to attend over all of them). video_only:
         only the video tokens' outputs [B, S - text_len, dim] (queries of video tokens over all keys)."""
-        b, s, _ = x.shape
-        q, k, v = self._qkv(x, text_len, video_only)
+        return self._attend(*self._qkv(x, text_len, video_only), text_len, rope, video_tokens, video_only)
+
+    def modulated(self, video: torch.Tensor, text: torch.Tensor, adaln: "ExpertAdaLN", mods: Mods,
+                  rope: torch.Tensor | None, video_tokens: int | None, video_only: bool) -> torch.Tensor:
+        """forward(adaln.modulate(video, text, mods), ...) with the AdaLN, concatenation and q/k/v
+        projection as one autograd piece that saves only its inputs (model.lean)."""
+        text_len = text.shape[1]
+        if not self._plain():
+            return self(adaln.modulate(video, text, mods), text_len, rope, video_tokens, video_only)
+        if video_only:
+            k, v = modulated_linear(video, text, adaln.norm, mods, *self._stacked(self.to_k, self.to_v)).chunk(2, -1)
+            q = modulated_linear(video, None, adaln.norm, mods, self.to_q.weight, self.to_q.bias)
+        else:
+            q, k, v = modulated_linear(video, text, adaln.norm, mods,
+                                       *self._stacked(self.to_q, self.to_k, self.to_v)).chunk(3, -1)
+        return self._attend(q, k, v, text_len, rope, video_tokens, video_only)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_len: int, rope: torch.Tensor | None,
+                video_tokens: int | None, video_only: bool) -> torch.Tensor:
         q = self.norm_q(q.unflatten(-1, (self.num_heads, self.head_dim)))  # [B, Sq, H, hd]
         k = self.norm_k(k.unflatten(-1, (self.num_heads, self.head_dim)))
         v = v.unflatten(-1, (self.num_heads, self.head_dim))
@@ -186,6 +194,13 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
+    def modulated(self, video: torch.Tensor, text: torch.Tensor | None, adaln: "ExpertAdaLN", mods: Mods) -> torch.Tensor:
+        """forward(adaln.modulate(video, text, mods)) as one autograd piece that saves its inputs and fc1's
+        pre-activation only (model.lean); adapters in place of fc1/fc2 are called as modules."""
+        if type(self.fc1) is nn.Linear and type(self.fc2) is nn.Linear:
+            return modulated_mlp(video, text, adaln.norm, mods, self.fc1, self.fc2)
+        return self(adaln.modulate(video, text, mods))
+
 
 class Block(nn.Module):
     """One expert transformer block; video and text streams share every weight but the AdaLN outputs."""
@@ -200,40 +215,40 @@ class Block(nn.Module):
 
     def forward(self, video: torch.Tensor, text: torch.Tensor, temb: torch.Tensor,
                 rope: torch.Tensor | None = None, video_tokens: int | None = None,
-                video_only: bool = False, selective: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                video_only: bool = False, lean: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(video, text) streams after the block. video_only (the last block: nothing reads its text
         output) returns (video, None) and skips the work that only feeds the text stream: text queries,
-        their attention rows, out projection, norm and feed-forward (same video output). selective: keep
-        only matmul/attention outputs for backward, each half (attention, feed-forward) recomputed on its
-        own, so backward holds one half's recomputed activations at a time, not the whole block's."""
-        if not (selective and torch.is_grad_enabled()):
-            video, text = self._attention(video, text, temb, rope, video_tokens, video_only)
-            return self._feed_forward(video, text, temb, video_only)
-        ctx = partial(create_selective_checkpoint_contexts, _keep_matmuls)
-        video, text = checkpoint(self._attention, video, text, temb, rope, video_tokens, video_only,
-                                 use_reentrant=False, context_fn=ctx)
-        return checkpoint(self._feed_forward, video, text, temb, video_only, use_reentrant=False, context_fn=ctx)
-
-    def _attention(self, video: torch.Tensor, text: torch.Tensor, temb: torch.Tensor, rope: torch.Tensor | None,
-                   video_tokens: int | None, video_only: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        their attention rows, out projection, norm and feed-forward (same video output). lean (with
+        grad): AdaLN + concatenation + q/k/v, and AdaLN + concatenation + FFN, as hand-written autograd
+        pieces that keep only their inputs and fc1's pre-activation for backward (model.lean)."""
+        lean = lean and torch.is_grad_enabled()
         text_len = text.shape[1]
-        h_video, h_text, gate, t_gate = self.norm1(video, text, temb)
-        out = self.attn(torch.cat([h_text, h_video], dim=1), text_len, rope, video_tokens, video_only)
+        shift, scale, gate, t_shift, t_scale, t_gate = self.norm1.modulation(temb)
+        mods = (shift, scale, t_shift, t_scale)
+        if lean:
+            out = self.attn.modulated(video, text, self.norm1, mods, rope, video_tokens, video_only)
+        else:
+            out = self.attn(self.norm1.modulate(video, text, mods), text_len, rope, video_tokens, video_only)
+        video, text = self._gated(video, text, gate, t_gate, out, video_only)
+
+        shift, scale, gate, t_shift, t_scale, t_gate = self.norm2.modulation(temb)
+        mods = (shift, scale, t_shift, t_scale)
+        if lean:
+            out = self.ff.modulated(video, text, self.norm2, mods)
+        else:
+            out = self.ff(self.norm2.modulate(video, text, mods))
+        return self._gated(video, text, gate, t_gate, out, video_only)
+
+    @staticmethod
+    def _gated(video: torch.Tensor, text: torch.Tensor | None, gate: torch.Tensor, t_gate: torch.Tensor,
+               out: torch.Tensor, video_only: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Gated residuals: (video + gate * out_video, text + text gate * out_text); out holds video
+        tokens only when video_only (text then None)."""
         if video_only:
             return torch.addcmul(video, gate, out), None
         # split, not two slices: backward joins the two gradients with one cat instead of two zero-filled
         # full-size buffers added together
-        out_text, out_video = out.split([text_len, out.shape[1] - text_len], dim=1)
-        return torch.addcmul(video, gate, out_video), torch.addcmul(text, t_gate, out_text)
-
-    def _feed_forward(self, video: torch.Tensor, text: torch.Tensor | None, temb: torch.Tensor,
-                      video_only: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if video_only:
-            h_video, gate = self.norm2.video_only(video, temb)
-            return torch.addcmul(video, gate, self.ff(h_video)), None
-        text_len = text.shape[1]
-        h_video, h_text, gate, t_gate = self.norm2(video, text, temb)
-        out_text, out_video = self.ff(torch.cat([h_text, h_video], dim=1)).split([text_len, video.shape[1]], dim=1)
+        out_text, out_video = out.split([text.shape[1], out.shape[1] - text.shape[1]], dim=1)
         return torch.addcmul(video, gate, out_video), torch.addcmul(text, t_gate, out_text)
 
 
@@ -267,9 +282,10 @@ class ExpertTransformer(nn.Module):
         pt = cfg.patch_size_t or 1
         self.proj_out = nn.Linear(dim, p * p * pt * cfg.out_channels)
         self.gradient_checkpointing = False  # recompute whole blocks in backward (least memory)
-        # keep only matmul / attention outputs for backward and recompute the cheap rest, per half block: at
-        # 2 blocks x 1058 tokens on CPU, 1.33x less peak memory than keeping all (78.0 vs 103.7 MiB) for ~6%
-        # more step time (bench/model.py, docs/measurements.md); False keeps all
+        # AdaLN + q/k/v and AdaLN + FFN as hand-written autograd pieces (model.lean) that save only their
+        # inputs and fc1's pre-activation, recomputing LayerNorm/modulation/GELU in backward: at 2 blocks x
+        # 1058 tokens on CPU 1.42x less peak memory than diffusers (78.9 vs 111.7 MiB; keeping all: 103.7)
+        # for 2-4% more step time than keeping all (bench/model.py, docs/measurements.md); False keeps all
         self.selective_recompute = True
         self._pos_cache: dict = {}
 
@@ -369,7 +385,7 @@ class ExpertTransformer(nn.Module):
         else:
             video = video + pos
 
-        # blocks are called with positional arguments (video, text, temb, rope, video tokens, last, selective): an
+        # blocks are called with positional arguments (video, text, temb, rope, video tokens, last, lean): an
         # outside parallelism hooks them there (training.parallelize.apply_context_parallel)
         n, grad = video.shape[1], torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):

@@ -14,11 +14,18 @@ spatial conditioning, SiLU and the causal conv run slice by slice into a preallo
 residuals are added in place. Peak memory is about two activations of one chunk instead of six, and
 the decoded video is written into one preallocated tensor. With autograd (VAE training) the plain
 layer-by-layer path runs; both give the same numbers.
+
+This is a single-process model. Context parallelism (a clip's frames split over ranks) is applied from
+outside (training.parallelize.apply_vae_context_parallel) through three seams: GroupNorm statistics come
+from `GroupNorm.stats` (a split-statistics subclass is swapped in), the frames in front of a causal conv's
+input come from its `cache` argument (a pre-hook passes the previous rank's last frames), and Upsample's
+`first_apart` argument says whether the input's frame 0 is the clip's first frame.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -78,27 +85,27 @@ def _streaming() -> bool:
 
 
 # -- GroupNorm with statistics over a whole chunk ------------------------------------------------------
-def _group_affine(x: torch.Tensor, norm: nn.GroupNorm, split=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-(batch, channel) scale and shift so that norm(x) == x * scale + shift (statistics of all of x,
-    and of the other ranks' frames under a context-parallel `split`)."""
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm that also hands out its statistics, for the streaming path's per-slice normalisation
+    (one place to compute them, so a subclass can take them over more than x, e.g. every rank's frames)."""
+
+    def stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, rstd) [B, G] of x [B, C, ...] in float32."""
+        var, mean = torch.var_mean(x.reshape(x.shape[0], self.num_groups, -1).float(), dim=2, correction=0)
+        return mean, torch.rsqrt(var + self.eps)
+
+
+def _group_affine(x: torch.Tensor, norm: GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(batch, channel) scale and shift so that norm(x) == x * scale + shift (norm.stats of x)."""
     b, c = x.shape[:2]
     g = norm.num_groups
-    if split is not None:
-        mean, rstd = split.group_stats(x, g, norm.eps)
-    else:
-        var, mean = torch.var_mean(x.reshape(b, g, -1).float(), dim=2, correction=0)
-        rstd = torch.rsqrt(var + norm.eps)  # [B, G]
+    mean, rstd = norm.stats(x)
     rstd = rstd.repeat_interleave(c // g, dim=1)
     mean = mean.repeat_interleave(c // g, dim=1)
     scale = rstd * norm.weight.float()[None]
     shift = norm.bias.float()[None] - mean * scale
     shape = (b, c) + (1,) * (x.dim() - 2)
     return scale.to(x.dtype).view(shape), shift.to(x.dtype).view(shape)
-
-
-def _group_norm(norm: nn.GroupNorm, x: torch.Tensor, split) -> torch.Tensor:
-    """norm(x), with statistics over every rank's frames under a context-parallel split."""
-    return norm(x) if split is None else split.group_norm(x, norm)
 
 
 # -- nearest resize of the latent to a feature map, as broadcastable views ----------------------------
@@ -136,6 +143,14 @@ def _mul_add_upsampled(h: torch.Tensor, y: torch.Tensor, b: torch.Tensor, inplac
 
 
 # -- layers ---------------------------------------------------------------------------------------------
+@dataclass
+class Slices:
+    """A conv input made slice by slice (the streaming path): produce(a, b) returns frames [a, b)."""
+
+    frames: int  # input frames in all
+    produce: Callable[[int, int], torch.Tensor]
+
+
 class CausalConv3d(nn.Conv3d):
     """3D conv, zero padding in space, causal in time: k-1 frames in front come from the previous chunk
     (cache) or, at the clip start, repeat frame 0."""
@@ -143,13 +158,10 @@ class CausalConv3d(nn.Conv3d):
     def __init__(self, cin: int, cout: int, kernel: int = 3):
         super().__init__(cin, cout, kernel, padding=(0, kernel // 2, kernel // 2))
         self.time_pad = kernel - 1
-        self.split = None  # model.context_parallel.TimeSplit: the frames in front come from the previous rank
 
     def pad(self, x: torch.Tensor, cache: torch.Tensor | None) -> torch.Tensor:
         if self.time_pad == 0:
             return x
-        if cache is None and self.split is not None:
-            return torch.cat([self.split.front(x, self.time_pad), x], dim=2)
         front = cache if cache is not None else x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1)
         return torch.cat([front, x], dim=2)
 
@@ -162,20 +174,20 @@ class CausalConv3d(nn.Conv3d):
                                             self.groups)
         return super().forward(x)
 
-    def forward(self, x: torch.Tensor, cache: torch.Tensor | None = None):
-        """Returns (output, new cache)."""
+    def forward(self, x: torch.Tensor | Slices, cache: torch.Tensor | None = None, step: int = 2,
+                out: torch.Tensor | None = None, accumulate: bool = False):
+        """Returns (output, new cache). `cache`: the k-1 input frames in front of x's first (None: the
+        clip start). A Slices input is streamed `step` frames at a time into (or, with accumulate, added
+        onto) `out` if given."""
+        if isinstance(x, Slices):
+            return self._stream(x.frames, x.produce, cache, step, out, accumulate)
         x = self.pad(x, cache)
         new_cache = x[:, :, x.shape[2] - self.time_pad:].clone() if self.time_pad else None
         return self.conv(x), new_cache
 
-    def stream(self, frames: int, produce, cache: torch.Tensor | None, step: int, out: torch.Tensor | None = None,
-               accumulate: bool = False):
-        """Causal conv of an input produced slice by slice: produce(a, b) returns input frames [a, b).
-        Writes into (or, with accumulate, adds onto) `out` if given. Returns (output, new cache)."""
+    def _stream(self, frames: int, produce, cache: torch.Tensor | None, step: int, out: torch.Tensor | None,
+                accumulate: bool):
         prev = cache
-        if prev is None and self.split is not None and self.time_pad:  # halo: the previous rank's last frames
-            first = produce(0, 1) if self.split.rank == 0 else None
-            prev = self.split.front(produce(max(0, frames - self.time_pad), frames), self.time_pad, first)
         for a in range(0, frames, step):
             b = min(frames, a + step)
             cur = produce(a, b)
@@ -205,10 +217,9 @@ class SpatialNorm(nn.Module):
 
     def __init__(self, channels: int, z_channels: int, groups: int, eps: float = 1e-6):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels, eps=eps)
+        self.norm = GroupNorm(groups, channels, eps=eps)
         self.conv_y = CausalConv3d(z_channels, channels, kernel=1)
         self.conv_b = CausalConv3d(z_channels, channels, kernel=1)
-        self.split = None  # context-parallel TimeSplit (statistics over every rank's frames)
 
     def modulation(self, z: torch.Tensor, frames: int, a: int = 0, b: int | None = None):
         """conv_y(z), conv_b(z) for feature frames [a, b), at the latent's spatial size."""
@@ -219,7 +230,7 @@ class SpatialNorm(nn.Module):
 
     def forward(self, f: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         y, b = self.modulation(z, f.shape[2])
-        return _mul_add_upsampled(_group_norm(self.norm, f, self.split), y, b, inplace=False)
+        return _mul_add_upsampled(self.norm(f), y, b, inplace=False)
 
     def apply_slice(self, f_slice: torch.Tensor, affine, z: torch.Tensor, frames: int, a: int, b: int):
         """Streaming form: normalise frames [a, b) with whole-chunk statistics, then modulate (in place)."""
@@ -234,8 +245,8 @@ class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int, groups: int, eps: float, z_channels: int | None = None):
         super().__init__()
         if z_channels is None:
-            self.norm1 = nn.GroupNorm(groups, cin, eps=eps)
-            self.norm2 = nn.GroupNorm(groups, cout, eps=eps)
+            self.norm1 = GroupNorm(groups, cin, eps=eps)
+            self.norm2 = GroupNorm(groups, cout, eps=eps)
         else:
             # the published decoder's spatial norms use eps 1e-6 whatever norm_eps says
             self.norm1 = SpatialNorm(cin, z_channels, groups)
@@ -244,10 +255,9 @@ class ResBlock(nn.Module):
         self.conv2 = CausalConv3d(cout, cout)
         self.conv_shortcut = nn.Conv3d(cin, cout, 1) if cin != cout else None
         self.gradient_checkpointing = False
-        self.split = None  # context-parallel TimeSplit
 
     def _norm(self, norm, x, z):
-        return _group_norm(norm, x, self.split) if z is None else norm(x, z)
+        return norm(x) if z is None else norm(x, z)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None, cache: dict | None = None,
                 step: int = 2):
@@ -268,7 +278,7 @@ class ResBlock(nn.Module):
     def _activation(self, norm, src: torch.Tensor, z):
         """produce(a, b) for streaming: SiLU(norm(src))[:, :, a:b] with statistics of all of src."""
         spatial = isinstance(norm, SpatialNorm)
-        affine = _group_affine(src, norm.norm if spatial else norm, self.split)
+        affine = _group_affine(src, norm.norm if spatial else norm)
         frames = src.shape[2]
 
         def produce(a: int, b: int) -> torch.Tensor:
@@ -282,13 +292,13 @@ class ResBlock(nn.Module):
 
     def _stream(self, x, z, cache, step):
         frames = x.shape[2]
-        h, c1 = self.conv1.stream(frames, self._activation(self.norm1, x, z), cache.get("conv1"), step)
+        h, c1 = self.conv1(Slices(frames, self._activation(self.norm1, x, z)), cache.get("conv1"), step)
         if self.conv_shortcut is not None:
             out = self.conv_shortcut(x)
         else:
             out = x  # the residual is accumulated in place on the block input (an internal activation)
-        out, c2 = self.conv2.stream(frames, self._activation(self.norm2, h, z), cache.get("conv2"), step,
-                                    out=out, accumulate=True)
+        out, c2 = self.conv2(Slices(frames, self._activation(self.norm2, h, z)), cache.get("conv2"), step,
+                             out=out, accumulate=True)
         return out, {"conv1": c1, "conv2": c2}
 
 
@@ -337,15 +347,14 @@ class Upsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
         self.compress_time = compress_time
-        self.split = None  # context-parallel TimeSplit: only the rank with the clip's first frame keeps it apart
 
-    def frame_index(self, frames: int) -> list[int]:
-        """Source frame of each output frame."""
+    def frame_index(self, frames: int, first_apart: bool | None = None) -> list[int]:
+        """Source frame of each output frame; see forward for first_apart."""
         if not self.compress_time:
             return list(range(frames))
-        if self.split is not None:  # a slice of an odd-length clip: frame 0 apart on rank 0 only
-            return [0] + [1 + i // 2 for i in range(2 * (frames - 1))] if self.split.first else \
-                [i // 2 for i in range(2 * frames)]
+        if first_apart is not None:
+            rest = [1 + i // 2 for i in range(2 * (frames - 1))] if first_apart else [i // 2 for i in range(2 * frames)]
+            return [0] * first_apart + rest
         if frames == 1:
             return [0]
         if frames % 2 == 1:
@@ -360,8 +369,10 @@ class Upsample(nn.Module):
             return out.view(b, len(idx), *out.shape[1:]).transpose(1, 2)
         return _channels_first(out, b, len(idx))
 
-    def forward(self, x: torch.Tensor, step: int = 2) -> torch.Tensor:
-        idx = self.frame_index(x.shape[2])
+    def forward(self, x: torch.Tensor, step: int = 2, first_apart: bool | None = None) -> torch.Tensor:
+        """first_apart: whether x's frame 0 is kept apart (not doubled). None: the published rule, when
+        the count is odd (each chunk); True: x is the start of a longer clip; False: a later piece of one."""
+        idx = self.frame_index(x.shape[2], first_apart)
         if not _streaming():
             return self._frames(x, idx)
         b, c, _, h, w = x.shape
@@ -414,21 +425,20 @@ class Encoder(nn.Module):
             DownBlock(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block, g, eps, i < len(ch) - 1, i < levels)
             for i in range(len(ch))])
         self.mid = nn.ModuleList([ResBlock(ch[-1], ch[-1], g, eps) for _ in range(2)])
-        self.norm_out = nn.GroupNorm(g, ch[-1], eps=1e-6)
+        self.norm_out = GroupNorm(g, ch[-1], eps=1e-6)
         self.conv_out = CausalConv3d(ch[-1], 2 * cfg.latent_channels)
-        self.split = None  # context-parallel TimeSplit
 
     def forward(self, x: torch.Tensor, cache: dict | None = None, step: int = 2):
         cache, new = cache or {}, {}
         if _streaming():
-            x, new["conv_in"] = self.conv_in.stream(x.shape[2], lambda a, b: x[:, :, a:b], cache.get("conv_in"), step)
+            x, new["conv_in"] = self.conv_in(Slices(x.shape[2], lambda a, b: x[:, :, a:b]), cache.get("conv_in"), step)
         else:
             x, new["conv_in"] = self.conv_in(x, cache.get("conv_in"))
         for i, blk in enumerate(self.down_blocks):
             x, new[f"down{i}"] = blk(x, cache.get(f"down{i}", {}), step)
         for i, r in enumerate(self.mid):
             x, new[f"mid{i}"] = r(x, None, cache.get(f"mid{i}"), step)
-        x, new["conv_out"] = self.conv_out(F.silu(_group_norm(self.norm_out, x, self.split)), cache.get("conv_out"))
+        x, new["conv_out"] = self.conv_out(F.silu(self.norm_out(x)), cache.get("conv_out"))
         return x, new
 
 
@@ -453,13 +463,13 @@ class Decoder(nn.Module):
         for i, blk in enumerate(self.up_blocks):
             x, new[f"up{i}"] = blk(x, z, cache.get(f"up{i}", {}), step)
         if _streaming():
-            affine = _group_affine(x, self.norm_out.norm, self.norm_out.split)
+            affine = _group_affine(x, self.norm_out.norm)
             frames = x.shape[2]
 
             def produce(a, b):
                 return F.silu(self.norm_out.apply_slice(x[:, :, a:b], affine, z, frames, a, b), inplace=True)
 
-            out, new["conv_out"] = self.conv_out.stream(frames, produce, cache.get("conv_out"), step)
+            out, new["conv_out"] = self.conv_out(Slices(frames, produce), cache.get("conv_out"), step)
         else:
             out, new["conv_out"] = self.conv_out(F.silu(self.norm_out(x, z)), cache.get("conv_out"))
         return out, new
@@ -523,17 +533,6 @@ class CausalVAE(nn.Module):
         self.use_tiling = False
         self.tile_sample_height = config.sample_height // 2
         self.tile_sample_width = config.sample_width // 2
-        self.split = None  # context-parallel TimeSplit (enable_context_parallel)
-
-    def enable_context_parallel(self, split) -> None:
-        """Encode/decode this rank's frames of a clip split over the ranks of `split`
-        (model.context_parallel.TimeSplit; None turns it off). Results equal the unchunked single-process
-        encode/decode (GroupNorm statistics over the whole clip): encode takes `split.shard(x, 4)`
-        (rank 0: 1 + 4m frames, others 4m), decode `split.shard(z, 1)`; `split.gather` joins the pieces."""
-        self.split = split
-        for m in self.modules():
-            if hasattr(m, "split") and m is not self:
-                m.split = split
 
     @property
     def down_blocks(self) -> nn.ModuleList:
@@ -570,7 +569,7 @@ class CausalVAE(nn.Module):
     # -- chunked encode/decode of one tile --------------------------------------------------------------
     def _encode_frames(self, x: torch.Tensor) -> torch.Tensor:
         step = self.config.stream_frames
-        if not self.chunked or self.split is not None:
+        if not self.chunked:
             return self.encoder(x, step=step)[0]
         cache, parts = None, []
         for a, b in _chunks(x.shape[2], self.config.encode_chunk_frames):
@@ -580,7 +579,7 @@ class CausalVAE(nn.Module):
 
     def _decode_frames(self, z: torch.Tensor) -> torch.Tensor:
         step = self.config.stream_frames
-        if not self.chunked or self.split is not None:
+        if not self.chunked:
             return self.decoder(z, step=step)[0]
         chunks = _chunks(z.shape[2], self.config.decode_chunk_latents)
         if not _streaming():

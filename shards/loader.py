@@ -37,8 +37,9 @@ How it works
 Each rank runs `num_workers` DataLoader workers ("streams", class Stream; 0 workers = one stream in-process). The
 epoch's shard list (shuffled with seed+epoch) is dealt round-robin to the world_size * num_workers
 streams. A stream reads its tars, shuffles samples in a seeded buffer, picks each sample's bucket and
-frame indices from its metadata (shards.buckets), decodes it (PyAV, or decord) and emits a batch when a
-bucket is full; at the end partial batches are emitted (unless drop_last), so every sample appears
+frame indices from its metadata (shards.buckets), decodes it (PyAV, or decord) straight into its slot of
+the bucket's batch array (tar members come from shards.tars, READ_AHEAD samples at a time) and emits a
+batch when a bucket is full; at the end partial batches are emitted (unless drop_last), so every sample appears
 exactly once per epoch. Batches from streams are handed out in a fixed round-robin order.
 
 Exact resume: a stream's output is a deterministic function of (seed, epoch, rank, stream, shards) and
@@ -50,6 +51,7 @@ from __future__ import annotations
 
 import glob
 import io
+import itertools
 import json
 import os
 import random
@@ -66,6 +68,7 @@ from shards.buckets import Plan, choose_bucket, picture_box, plan_sample, sample
 from shards.weights import SampleWeights, copies, score_caption
 from shards.config import Bucket, LoaderConfig, ShardConfig
 from shards.pixels import to_unit
+from shards.tars import tar_members
 from curation.filters.borders import content_box
 from curation.uris import redact
 
@@ -138,7 +141,7 @@ def open_shard(url: str) -> Any:
 
 def iter_tar_samples(url: str, errors: list[tuple[str, str]]) -> Iterator[dict]:
     """Samples ({"__key__", ext: bytes, ...}) of one tar; a broken tar records an error and ends early."""
-    from webdataset.tariterators import group_by_keys, tar_file_expander
+    from webdataset.tariterators import group_by_keys
 
     def handler(exn: Exception) -> bool:
         errors.append((redact(url), f"unreadable tar: {type(exn).__name__}: {exn.args[0] if exn.args else exn}"))
@@ -150,8 +153,7 @@ def iter_tar_samples(url: str, errors: list[tuple[str, str]]) -> Iterator[dict]:
         errors.append((redact(url), f"cannot open shard: {type(e).__name__}: {e}"))
         return
     try:
-        files = tar_file_expander([{"url": url, "stream": stream}], handler=handler)
-        yield from group_by_keys(files, handler=handler)
+        yield from group_by_keys(tar_members(stream, url, handler), handler=handler)
     finally:
         stream.close()
 
@@ -247,7 +249,8 @@ class _FrameRGB:
         self.crop = (slice(y, y + bucket.height), slice(x, x + bucket.width))
         self.scaler, self.to_rgb = VideoReformatter(), VideoReformatter()
 
-    def __call__(self, fr: Any) -> np.ndarray:
+    def __call__(self, fr: Any, dst: np.ndarray) -> None:
+        """Write the frame's crop into `dst` (H, W, 3): the one copy out of swscale's frame buffer."""
         # Resize in the coded pixel format (planar YUV: half the bytes, SIMD paths), then convert to RGB
         # at the small size: ~2x cheaper than one scaling RGB conversion. swscale's BILINEAR filters
         # over the whole footprint when shrinking (no aliasing).
@@ -257,7 +260,7 @@ class _FrameRGB:
         arr = self.to_rgb.reformat(fr, format="rgb24").to_ndarray()
         if self.turns:
             arr = np.rot90(arr, k=-self.turns)
-        return arr[self.crop]
+        dst[...] = arr[self.crop]
 
 
 class _ByCount(Exception):
@@ -265,8 +268,11 @@ class _ByCount(Exception):
 
 
 def decode_video_pyav(data: bytes, plan: Plan, bucket: Bucket, info: Info, threads: int = 1,
-                      seek: bool = True) -> np.ndarray:
+                      seek: bool = True, out: np.ndarray | None = None) -> np.ndarray:
     """Decode the planned frames from mp4 bytes in memory -> (F, H, W, 3) uint8, resized and cropped.
+
+    Each frame is written straight into its place in `out` (e.g. its slot of a batch array; a new
+    array when None), which is returned.
 
     A window that starts late in the clip is reached by seeking. In a stream with B frames, the packets
     of frames that are not sampled are sent with skip_frame=NONREF: the decoder drops those that no
@@ -275,18 +281,20 @@ def decode_video_pyav(data: bytes, plan: Plan, bucket: Bucket, info: Info, threa
     frame at or after it. Without usable timestamps, or when a seek lands past the window (a container
     with a broken index), the clip is decoded again from the start, every frame, counting frames.
     """
+    if out is None:
+        out = np.empty((len(plan.indices), bucket.height, bucket.width, 3), np.uint8)
     try:
-        return _decode_pyav(data, plan, bucket, info, threads, by_time=seek)
+        return _decode_pyav(data, plan, bucket, info, threads, seek, out)
     except _ByCount:
-        return _decode_pyav(data, plan, bucket, info, threads, by_time=False)
+        return _decode_pyav(data, plan, bucket, info, threads, False, out)
 
 
-def _decode_pyav(data: bytes, plan: Plan, bucket: Bucket, info: Info, threads: int, by_time: bool) -> np.ndarray:
+def _decode_pyav(data: bytes, plan: Plan, bucket: Bucket, info: Info, threads: int, by_time: bool,
+                 out: np.ndarray) -> np.ndarray:
     import av
 
     targets = sorted((i, k) for k, i in enumerate(plan.indices))
     first, last = targets[0][0], targets[-1][0]
-    out = np.empty((len(plan.indices), bucket.height, bucket.width, 3), np.uint8)
     got, prev, rgb = 0, None, _FrameRGB(plan, bucket, info)
     try:
         with av.open(io.BytesIO(data), "r") as c:
@@ -294,36 +302,40 @@ def _decode_pyav(data: bytes, plan: Plan, bucket: Bucket, info: Info, threads: i
             cc = st.codec_context
             st.thread_type = "AUTO" if threads != 1 else "SLICE"
             cc.thread_count = threads
-            fps = float(st.average_rate or 0) or info.fps
-            tb, t0 = st.time_base, st.start_time or 0
+            # Timestamps (Fractions: slow to make) only matter to a seek or to skipping B frames.
+            by_time = by_time and (first >= SEEK_MIN_FRAMES or bool(cc.has_b_frames))
+            fps, tb, t0 = (float(st.average_rate or 0) or info.fps, st.time_base, st.start_time or 0) if by_time \
+                else (0.0, None, 0)
             by_time = by_time and fps > 0 and tb is not None
             seeking = by_time and first >= SEEK_MIN_FRAMES
             skipping = by_time and bool(cc.has_b_frames)
             if seeking:
                 c.seek(t0 + int((first - 0.5) / fps / tb), stream=st, backward=True, any_frame=False)
-            wanted = {i for i, _ in targets}
+            # Only skipping needs a say per packet; otherwise PyAV's own demux+decode loop (compiled)
+            # saves a Python iteration per packet.
+            frames = _skipping(c, st, {i for i, _ in targets}, t0, tb, fps) if skipping else c.decode(st)
+            timed = seeking or skipping
             n = 0
-            for pkt in c.demux(st):
-                if skipping and pkt.pts is not None:
-                    cc.skip_frame = "DEFAULT" if round(float((pkt.pts - t0) * tb) * fps) in wanted else "NONREF"
-                for fr in pkt.decode():
-                    if seeking or skipping:
-                        if fr.pts is None:
-                            raise _ByCount
-                        i = round(float((fr.pts - t0) * tb) * fps)
-                        if seeking and n == 0 and i > first:
-                            raise _ByCount
-                    else:
-                        i = n
-                    n += 1
-                    if i < targets[got][0]:
-                        continue
-                    prev = rgb(fr)
-                    while got < len(targets) and targets[got][0] <= i:
-                        out[targets[got][1]] = prev
-                        got += 1
-                    if got == len(targets):
-                        return out
+            for fr in frames:
+                if timed:
+                    if fr.pts is None:
+                        raise _ByCount
+                    i = round(float((fr.pts - t0) * tb) * fps)
+                    if seeking and n == 0 and i > first:
+                        raise _ByCount
+                else:
+                    i = n
+                n += 1
+                if i < targets[got][0]:
+                    continue
+                prev = targets[got][1]  # the slot holding the latest decoded frame
+                rgb(fr, out[prev])
+                got += 1
+                while got < len(targets) and targets[got][0] <= i:  # a frame missing from the stream
+                    out[targets[got][1]] = out[prev]
+                    got += 1
+                if got == len(targets):
+                    return out
     except av.error.FFmpegError as e:
         raise SampleError(f"decode failed after {got} of {len(plan.indices)} frames ({e})") from None
     short = prev is None or len(targets) - got > 2
@@ -334,11 +346,21 @@ def _decode_pyav(data: bytes, plan: Plan, bucket: Bucket, info: Info, threads: i
     if short:
         raise SampleError(f"clip ended after {got} of {len(plan.indices)} sampled frames (needs frame {last})")
     for _, k in targets[got:]:
-        out[k] = prev
+        out[k] = out[prev]
     return out
 
 
-def decode_video_decord(data: bytes, plan: Plan, bucket: Bucket, info: Info, threads: int = 1) -> np.ndarray:
+def _skipping(c: Any, st: Any, wanted: set[int], t0: int, tb: Any, fps: float) -> Iterator[Any]:
+    """The stream's frames, each packet of an unsampled frame sent with skip_frame=NONREF."""
+    cc = st.codec_context
+    for pkt in c.demux(st):
+        if pkt.pts is not None:
+            cc.skip_frame = "DEFAULT" if round(float((pkt.pts - t0) * tb) * fps) in wanted else "NONREF"
+        yield from pkt.decode()
+
+
+def decode_video_decord(data: bytes, plan: Plan, bucket: Bucket, info: Info, threads: int = 1,
+                        out: np.ndarray | None = None) -> np.ndarray:
     """Same as decode_video_pyav with decord (no rotation support: decord ignores the display matrix)."""
     import decord
 
@@ -355,7 +377,10 @@ def decode_video_decord(data: bytes, plan: Plan, bucket: Bucket, info: Info, thr
     except Exception as e:
         raise SampleError(f"decord failed ({type(e).__name__}: {e})") from None
     x, y = plan.crop
-    return np.ascontiguousarray(arr[:, y:y + bucket.height, x:x + bucket.width])
+    if out is None:
+        return np.ascontiguousarray(arr[:, y:y + bucket.height, x:x + bucket.width])
+    out[...] = arr[:, y:y + bucket.height, x:x + bucket.width]
+    return out
 
 
 def decode_image(data: bytes, plan: Plan, bucket: Bucket) -> np.ndarray:
@@ -371,14 +396,10 @@ def decode_image(data: bytes, plan: Plan, bucket: Bucket) -> np.ndarray:
     return arr[None, y:y + bucket.height, x:x + bucket.width]
 
 
-def to_tensor(frames: list[np.ndarray], dtype: str = "uint8") -> torch.Tensor:
-    """B arrays (F, H, W, 3) uint8 -> (B, F, 3, H, W) uint8 (a channels-last view), or float32 in [-1, 1]."""
-    one = frames[0]
-    if len(frames) == 1 and one.flags.c_contiguous and one.flags.writeable:
-        arr = one[None]  # a lone sample's decode buffer becomes the batch: no copy
-    else:
-        arr = np.stack(frames)
-    x = torch.from_numpy(arr).permute(0, 1, 4, 2, 3)
+def to_tensor(frames: np.ndarray, dtype: str = "uint8") -> torch.Tensor:
+    """A batch array (B, F, H, W, 3) uint8 -> (B, F, 3, H, W) uint8 (a channels-last view of it, no
+    copy), or float32 in [-1, 1]."""
+    x = torch.from_numpy(frames).permute(0, 1, 4, 2, 3)
     return to_unit(x) if dtype == "float32" else x
 
 
@@ -446,6 +467,7 @@ class Stream:
         self.rng = random.Random(f"buffer/{spec.seed}/{spec.epoch}/{g}")  # the shuffle buffer's draws
         self.emitted = 0  # batches completed so far, replayed ones included
         self.pending: dict[int, list[_Pending]] = {}  # bucket -> samples waiting for a full batch
+        self.slots: dict[int, np.ndarray] = {}  # bucket -> the batch array its pending samples decode into
         self.tar_errors: list[tuple[str, str]] = []  # (shard, reason) of broken tars, reported as bad keys
         self._new_report()
 
@@ -470,7 +492,7 @@ class Stream:
     # -- reading -------------------------------------------------------------------------------------
     def _samples(self) -> Iterator[dict]:
         for url in self.shards:
-            for s in iter_tar_samples(url, self.tar_errors):
+            for s in _read_ahead(iter_tar_samples(url, self.tar_errors)):
                 s["__url__"] = url
                 for _ in range(_copies(s, self.spec)):  # 1 without training.data.weights; 0 leaves it out
                     yield s
@@ -540,7 +562,9 @@ class Stream:
             plan = Plan(plan.bucket, tuple(i - plan.indices[0] for i in plan.indices), plan.fps, plan.resize,
                         plan.crop)
         data = s[info.ext]
-        frames = None if replay or spec.plan_only else self._decode(data, plan, info)
+        # Decoded straight into its slot of the bucket's batch array: the place it takes in pending[b].
+        frames = (None if replay or spec.plan_only
+                  else self._decode(data, plan, info, self._batch_array(b)[len(self.pending.get(b, ()))]))
         return b, self._pending(s, key, meta, plan, info, content, data if replay else None, frames)
 
     def _pending(self, s: dict, key: str, meta: dict, plan: Plan, info: Info, content: Any,
@@ -559,12 +583,25 @@ class Stream:
                         "resize": list(plan.resize), "crop": list(plan.crop)}
         return _Pending(key, caption, m, plan, info, data, frames)
 
-    def _decode(self, data: bytes, plan: Plan, info: Info) -> np.ndarray:
+    def _decode(self, data: bytes, plan: Plan, info: Info, dst: np.ndarray) -> np.ndarray:
+        """The sample's frames written into `dst` (F, H, W, 3), which is returned."""
         b = self.buckets[plan.bucket]
         if info.kind == "image":
-            return decode_image(data, plan, b)
-        fn = decode_video_decord if self.cfg.decoder == "decord" else decode_video_pyav
-        return fn(data, plan, b, info, self.cfg.decode_threads)
+            dst[...] = decode_image(data, plan, b)
+        elif self.cfg.decoder == "decord":
+            decode_video_decord(data, plan, b, info, self.cfg.decode_threads, out=dst)
+        else:
+            decode_video_pyav(data, plan, b, info, self.cfg.decode_threads, out=dst)
+        return dst
+
+    def _batch_array(self, b: int) -> np.ndarray:
+        """The batch array (B, F, H, W, 3) the pending samples of bucket b are decoded into."""
+        arr = self.slots.get(b)
+        if arr is None:
+            bk = self.buckets[b]
+            shape = (bk.batch_size or self.cfg.batch_size, bk.frames, bk.height, bk.width, 3)
+            arr = self.slots[b] = np.empty(shape, np.uint8)
+        return arr
 
     # -- batches -------------------------------------------------------------------------------------
     def _emit(self, b: int, members: list[_Pending]) -> dict | None:
@@ -572,21 +609,28 @@ class Stream:
         self.emitted += 1
         if self.emitted <= self.skip:
             # Replayed prefix: consumed before the resume, its bad/skipped keys already reported.
+            self.slots.pop(b, None)
             self._new_report()
             return None
         plan_only = self.spec.plan_only
-        for p in members:
+        arr = None if plan_only else self._batch_array(b)
+        self.slots.pop(b, None)
+        for j, p in enumerate(members):
             if p.frames is None and not plan_only:  # decoded lazily: it was buffered during the replay
                 try:
-                    p.frames = self._decode(p.data, p.plan, p.info)
+                    p.frames = self._decode(p.data, p.plan, p.info, arr[j])
                 except Exception as e:  # decoded fine before the resume: only a flaky read gets here
                     self.bad[p.key] = f"{type(e).__name__}: {e}"
-        members = [p for p in members if p.frames is not None or plan_only]
+        kept = [p for p in members if p.frames is not None or plan_only]
+        frames = None
+        if kept and arr is not None:
+            # Samples sit in their slots in order; a late decode failure leaves a gap to close (a copy).
+            frames = arr[:len(kept)] if len(kept) == len(members) else np.stack([p.frames for p in kept])
+        members = kept
         bucket = self.buckets[b]
         item = {"kind": "batch" if members else "empty", "stream": self.logical, "index": self.emitted - 1,
                 "bucket": (bucket.frames, bucket.height, bucket.width),
-                "frames": (to_tensor([p.frames for p in members], self.cfg.frames_dtype)
-                           if members and not plan_only else None),
+                "frames": to_tensor(frames, self.cfg.frames_dtype) if frames is not None else None,
                 "captions": [p.caption for p in members], "keys": [p.key for p in members],
                 "meta": [p.meta for p in members], "bad": self.bad, "skipped": self.skipped,
                 "uncaptioned": self.uncaptioned}
@@ -599,6 +643,7 @@ class Stream:
             if self.cfg.drop_last:
                 for p in self.pending[b]:
                     self.skipped[p.key] = "dropped with the last partial batch (drop_last)"
+                self.slots.pop(b, None)
                 continue
             item = self._emit(b, self.pending[b])
             if item is not None:
@@ -618,7 +663,34 @@ def _copies(sample: dict, spec: StreamSpec) -> int:
                   sample["__key__"])
 
 
+READ_AHEAD = 8  # samples read from a tar (and their .json parsed) in one go
+
+
+def _read_ahead(samples: Iterator[dict], n: int = READ_AHEAD) -> Iterator[dict]:
+    """The same samples, read and their .json parsed `n` at a time: run back to back, this Python work
+    finds its code and data in the CPU caches, which every decode in between flushes (~3x slower cold)."""
+    it = iter(samples)
+    while chunk := list(itertools.islice(it, n)):
+        for s in chunk:
+            try:
+                s["__json__"] = _parse_json(s)
+            except SampleError as e:
+                s["__json__"] = e
+        yield from chunk
+
+
 def _json(sample: dict) -> dict:
+    """The sample's .json as a dict; the read-ahead's parse is used once (later calls parse again, so
+    every placement of a sample gets its own dicts, as before)."""
+    m = sample.pop("__json__", None)
+    if m is None:
+        return _parse_json(sample)
+    if isinstance(m, SampleError):
+        raise SampleError(str(m))
+    return m
+
+
+def _parse_json(sample: dict) -> dict:
     raw = sample.get("json")
     if raw is None:
         return {}

@@ -127,3 +127,51 @@ def test_the_table_path_check_finds_plain_and_fstring_paths(tmp_path):
         '    b = storage.list(f"captions/{run}", ".parquet")\n'
         '    return a, b, "shards: give a path", "no captions yet"\n')  # messages, not paths: fine
     assert [v.split(":")[1] for v in higher_table_paths(str(tmp_path))] == ["3", "4"]
+
+
+# Model files that must stay plain single-process models: parallelism is applied from outside
+# (training.parallelize.apply_context_parallel / apply_vae_context_parallel), as torchtitan does.
+PLAIN_MODELS = ("model/transformer.py", "model/vae.py")
+_PARALLEL_MODULES = ("torch.distributed", "model.context_parallel")
+_PARALLEL_NAMES = {"dist", "split", "cp", "TimeSplit", "ContextParallel", "process_group"}
+
+
+def parallelism_code(source: str) -> list[tuple[int, str]]:
+    """(line, what) of every distributed import, and of every name, attribute, argument or definition
+    that names a split, a process group or context parallelism (method calls like x.split(...) aside)."""
+    found, tree = [], ast.parse(source)
+    calls = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            found += [(node.lineno, m) for m in mods if m.startswith(_PARALLEL_MODULES)]
+            continue
+        if isinstance(node, ast.Attribute) and id(node) not in calls:
+            name = node.attr
+        elif isinstance(node, ast.Name):
+            name = node.id
+        elif isinstance(node, ast.arg):
+            name = node.arg
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            name = node.name
+        else:
+            continue
+        if name in _PARALLEL_NAMES or "context_parallel" in name:
+            found.append((node.lineno, name))
+    return found
+
+
+def test_models_hold_no_parallelism_code():
+    bad = {p: parallelism_code(open(os.path.join(REPO, p)).read()) for p in PLAIN_MODELS}
+    assert not any(bad.values()), bad
+
+
+def test_the_parallelism_check_finds_split_attributes_and_dist_imports():
+    src = ("import torch.distributed as dist\n"
+           "class Conv:\n"
+           "    def __init__(self):\n"
+           "        self.split = None\n"
+           "    def enable_context_parallel(self, split):\n"
+           "        return x.split(2)\n")  # a tensor's split method: fine
+    assert sorted(parallelism_code(src)) == [(1, "torch.distributed"), (4, "split"),
+                                             (5, "enable_context_parallel"), (5, "split")]

@@ -15,7 +15,7 @@ import datetime
 import os
 import socket
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.distributed as dist
@@ -26,6 +26,8 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from training.config import ParallelConfig
 
+if TYPE_CHECKING:
+    from model.context_parallel import TimeSplit
 
 
 @dataclass
@@ -232,6 +234,43 @@ def apply_context_parallel(model: nn.Module, cp) -> Callable[[], None]:
         for m, core in cores:
             m.core = core
         model.selective_recompute = selective
+
+    return undo
+
+
+def apply_vae_context_parallel(vae: nn.Module, split: "TimeSplit") -> Callable[[], None]:
+    """Split a CausalVAE's frames over the ranks of `split` (model.context_parallel.TimeSplit) from outside
+    the model: every GroupNorm becomes a SplitGroupNorm (statistics of the whole clip, same parameters),
+    every causal conv with a time kernel gets a pre-hook passing the previous rank's last frames as its
+    cache, each Upsample is told whether its input's frame 0 is the clip's first (kept apart on the first
+    rank whatever the count, doubled on the others), and chunking is turned off (one pass over the rank's
+    frames). Encode then takes `split.shard(x, 4)`, decode `split.shard(z, 1)`, and `split.gather` joins
+    the pieces; results equal the unchunked single-process encode/decode. Returns the undo function."""
+    from model.context_parallel import SplitGroupNorm
+    from model.vae import CausalConv3d, Upsample
+
+    swapped = []
+    for parent in list(vae.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.GroupNorm) and not isinstance(child, SplitGroupNorm):
+                setattr(parent, name, SplitGroupNorm(child, split))
+                swapped.append((parent, name, child))
+    handles = [m.register_forward_pre_hook(split.halo_hook, with_kwargs=True)
+               for m in vae.modules() if isinstance(m, CausalConv3d) and m.time_pad]
+
+    def first_apart(up: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return args, {**kwargs, "first_apart": split.first}
+
+    handles += [m.register_forward_pre_hook(first_apart, with_kwargs=True)
+                for m in vae.modules() if isinstance(m, Upsample)]
+    chunked, vae.chunked = vae.chunked, False
+
+    def undo() -> None:
+        for h in handles:
+            h.remove()
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
+        vae.chunked = chunked
 
     return undo
 

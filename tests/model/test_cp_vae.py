@@ -1,6 +1,8 @@
 """Context-parallel causal VAE on 2 and 4 gloo processes: frames split over ranks with a halo exchange
-per causal conv and GroupNorm statistics over the group. Encode, decode and their gradients equal the
-unchunked single-process VAE within 1e-5 (fp32); the no-grad streaming path too."""
+per causal conv and GroupNorm statistics over the group, applied from outside the model
+(training.parallelize.apply_vae_context_parallel). Encode, decode and their gradients equal the
+unchunked single-process VAE within 1e-5 (fp32), with and without gradient checkpointing; the no-grad
+streaming path too; undoing it gives the plain model back."""
 from __future__ import annotations
 
 import pytest
@@ -10,6 +12,7 @@ import torch.distributed as dist
 from model.context_parallel import TimeSplit
 from model.vae import CausalVAE, VAEConfig
 from tests.model.cp_helpers import spawn
+from training.parallelize import apply_vae_context_parallel
 
 
 def _vae() -> CausalVAE:
@@ -48,21 +51,38 @@ def _check(rank: int, world: int, frames: int) -> dict:
     vae = _vae()
     x = torch.rand(1, 3, frames, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
     ref_h, ref_video, ref_grads = _run(vae, x, None)
+    state = {k: v.clone() for k, v in vae.state_dict().items()}
     split = TimeSplit(dist.group.WORLD)
-    vae.enable_context_parallel(split)
-    h, video, grads = _run(vae, x, split)
-    diffs = {"latents": float((h - ref_h).abs().max()), "video": float((video - ref_video).abs().max())}
-    for k, g in grads.items():  # per-rank gradients sum to cp x the gradient of the replicated loss
-        dist.all_reduce(g)
-        diffs[k] = float((g / world - ref_grads[k]).abs().max() / max(1.0, float(ref_grads[k].abs().max())))
+    undo = apply_vae_context_parallel(vae, split)
+    assert vae.state_dict().keys() == state.keys()  # the same parameters, under the same names
+    diffs = _diffs(_run(vae, x, split), (ref_h, ref_video, ref_grads), world)
+    vae.gradient_checkpointing = True  # blocks recomputed in backward: the halo exchange runs again there
+    diffs.update({f"checkpointed {k}": v for k, v in _diffs(_run(vae, x, split), (ref_h, ref_video, ref_grads),
+                                                             world).items()})
+    vae.gradient_checkpointing = False
     with torch.no_grad():  # the streaming (memory-lean) path under the split
-        vae.enable_context_parallel(None)
+        undo()
         ref_stream = vae.decode(vae.encode(x).mode())
-        vae.enable_context_parallel(split)
+        undo = apply_vae_context_parallel(vae, split)
         z = split.gather(vae.encode(split.shard(x, 4)).mode(), split.frame_counts((frames - 1) // 4 + 1, 1))
         stream = split.gather(vae.decode(split.shard(z, 1)), split.frame_counts(frames, 4))
     diffs["stream"] = float((stream - ref_stream).abs().max())
     diffs["stream_vs_grad_path"] = float((ref_stream - ref_video).abs().max())
+    undo()  # the plain model again: local statistics, no hooks
+    assert not any(type(m).__name__ == "SplitGroupNorm" or m._forward_pre_hooks for m in vae.modules())
+    diffs.update({f"undone {k}": v for k, v in _diffs(_run(vae, x, None), (ref_h, ref_video, ref_grads), 1,
+                                                       reduce=False).items()})
+    return diffs
+
+
+def _diffs(got: tuple, ref: tuple, world: int, reduce: bool = True) -> dict:
+    """Max differences of latents, video and every gradient (relative to its largest entry)."""
+    (h, video, grads), (ref_h, ref_video, ref_grads) = got, ref
+    diffs = {"latents": float((h - ref_h).abs().max()), "video": float((video - ref_video).abs().max())}
+    for k, g in grads.items():  # per-rank gradients sum to cp x the gradient of the replicated loss
+        if reduce:
+            dist.all_reduce(g)
+        diffs[k] = float((g / world - ref_grads[k]).abs().max() / max(1.0, float(ref_grads[k].abs().max())))
     return diffs
 
 

@@ -295,3 +295,25 @@ def test_black_bars_of_the_borders_scorer_are_cropped(tmp_path):
     assert k["bucket"] == (5, 64, 80)
     rows = k["frames"][0].permute(0, 2, 3, 1).float().mean(dim=(0, 2, 3))
     assert rows[0] < 5 and rows[-1] < 5  # the bars are still there
+
+
+def test_samples_decoded_into_batch_slots_equal_lone_decodes(demo_shards):
+    _, folder = demo_shards
+    one = {k: f.clone() for b in _loader(folder, batch_size=1) for k, f in zip(b["keys"], b["frames"])}
+    held = list(_loader(folder, batch_size=3))
+    assert sum(len(b["keys"]) for b in held) == len(one) and any(len(b["keys"]) > 1 for b in held)
+    for b in held:  # each sample decoded into its slot equals the same sample decoded alone
+        for k, f in zip(b["keys"], b["frames"]):
+            assert torch.equal(f, one[k]), k
+
+
+def test_read_ahead_parses_each_json_once_for_the_first_placement():
+    from shards.loader import SampleError, _json, _read_ahead
+
+    good, bad = {"__key__": "g", "json": b'{"a": {"b": 1}}'}, {"__key__": "b", "json": b"{"}
+    assert list(_read_ahead(iter([good, bad]), n=8)) == [good, bad]
+    first, again = _json(good), _json(good)  # a second placement (score-aware copies) parses anew
+    assert first == again == {"a": {"b": 1}} and first["a"] is not again["a"] and "__json__" not in good
+    for _ in range(2):
+        with pytest.raises(SampleError, match="not valid JSON"):
+            _json(bad)

@@ -69,9 +69,10 @@ class VAETask(Task):
         self.split = None
         if self.info.cp_size > 1:  # frames of each clip split over the cp group (model/context_parallel.py)
             from model.context_parallel import TimeSplit
+            from training.parallelize import apply_vae_context_parallel
 
             self.split = TimeSplit(self.info.cp_group)
-            vae.enable_context_parallel(self.split)
+            apply_vae_context_parallel(vae, self.split)
         self.model_config = vae.config
         return models
 
