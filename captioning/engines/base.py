@@ -5,6 +5,7 @@ writes an error row for that clip and a re-run retries exactly those.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -32,7 +33,8 @@ class SamplingParams:
     max_tokens: int
     temperature: float
     top_p: float
-    seed: int = 0
+    seed: int = 0  # with temperature > 0: each request samples from its own stream, seeded by
+    # request_seed(seed, request key), so its text does not depend on which requests share its batch
     json_schema: dict | None = None  # answer must be JSON of this schema: vLLM (offline or served) constrains
     # decoding to it (structured outputs); transformers generates freely and the caller validates
     regex: str | None = None  # vLLM only: the same answer as one regular expression (compact JSON, no free
@@ -53,6 +55,16 @@ class Generation:
     error: str | None = None  # set when no caption came back; the clip is retried on re-run
     first_logprobs: dict[str, float] | None = None  # with SamplingParams.logprobs: token text -> log-probability
     # of the first generated token's top candidates (yes/no answers of caption.checks)
+
+
+def request_seed(seed: int, key: str) -> int:
+    """The sampling seed of one request: a hash of the call's seed and the request's key (clip id).
+
+    Every engine seeds each request on its own (never one stream for a whole batch), so a sampled caption
+    (a retry of a bad one) is the same whichever clips Ray's scheduling put in its batch, and two clips of
+    one retry batch do not draw the same noise."""
+    digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & (2 ** 31 - 1)  # 31 bits: every server's seed field takes it
 
 
 class Engine(ABC):

@@ -17,7 +17,7 @@ import time
 
 from captioning.config import CaptionConfig
 from captioning.engines.base import (CaptionRequest, Engine, Generation, SamplingParams, TextEngine, TextRequest,
-                                    text_messages)
+                                    request_seed, text_messages)
 from captioning.prompts import Prompt
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,8 @@ def chat_payload(model: str, req: CaptionRequest, prompt: Prompt, params: Sampli
     msgs = [{"role": "system", "content": prompt.system}] if prompt.system else []
     body = {"model": model, "messages": msgs + [{"role": "user", "content": parts}],
             "max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p}
-    if params.temperature > 0:
-        body["seed"] = params.seed
+    if params.temperature > 0:  # the request's own seed: vLLM gives a seeded request its own generator
+        body["seed"] = request_seed(params.seed, req.clip_id)
     if params.json_schema is not None and structured == "vllm":  # vLLM's own: compact JSON only
         body["structured_outputs"] = {"regex": params.regex} if params.regex else {"json": params.json_schema}
     elif params.json_schema is not None:  # OpenAI's structured output; `vllm serve` enforces it while decoding
@@ -173,7 +173,7 @@ def text_payload(model: str, req: TextRequest, params: SamplingParams) -> dict:
     body = {"model": model, "messages": text_messages(req), "max_tokens": params.max_tokens,
             "temperature": params.temperature, "top_p": params.top_p}
     if params.temperature > 0:
-        body["seed"] = params.seed
+        body["seed"] = request_seed(params.seed, req.key)
     return body
 
 

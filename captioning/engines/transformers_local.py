@@ -1,7 +1,9 @@
 """transformers in this process: small models, CPU runs, and the default when nothing is served.
 
 A batch is one padded `generate` call (left padding, so every row's new tokens start at the same
-column). Clips go in as one video each (with the sampling fps, so temporal positions are right) or
+column). Sampling (temperature > 0: a retry of a bad caption) never draws from one random stream for the
+whole batch: each row samples from its own generator, seeded per request (`KeyedSampler`), so a clip's
+caption does not depend on which clips share its batch. Clips go in as one video each (with the sampling fps, so temporal positions are right) or
 as a list of images, as `caption.video_input` says.
 """
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from captioning.config import CaptionConfig
 from captioning.engines.base import (CaptionRequest, Engine, Generation, SamplingParams, TextEngine, TextRequest,
-                                    decode_frames, messages, text_messages, video_metadata)
+                                    decode_frames, messages, request_seed, text_messages, video_metadata)
 from captioning.prompts import Prompt
 
 if TYPE_CHECKING:  # torch and transformers load in the engine's worker, not at import
@@ -68,19 +70,55 @@ class TransformersEngine(Engine):
             inputs = self.processor(text=texts, images=[img for f in frames for img in f], padding=True,
                                     return_tensors="pt")
         inputs = inputs.to(self.device)
-        sample = params.temperature > 0
-        if sample:
-            self.torch.manual_seed(params.seed)
         with self.torch.inference_mode():
-            out = self.hf_model.generate(**inputs, max_new_tokens=params.max_tokens, do_sample=sample,
-                                      temperature=params.temperature if sample else None,
-                                      top_p=params.top_p if sample else None, top_k=None,
-                                      output_scores=bool(params.logprobs), return_dict_in_generate=True)
+            out = self.hf_model.generate(**inputs, max_new_tokens=params.max_tokens,
+                                         **decode_kwargs(params, [r.clip_id for r in requests]),
+                                         output_scores=bool(params.logprobs), return_dict_in_generate=True)
         gens = split_generations(out.sequences, inputs, self.eos, self.processor.tokenizer, time.perf_counter() - t0)
         if params.logprobs:
             for g, tops in zip(gens, first_token_logprobs(out.scores[0], params.logprobs, self.processor.tokenizer)):
                 g.first_logprobs = tops
         return gens
+
+
+class KeyedSampler:
+    """A logits processor that turns greedy decoding into sampling with one random stream per row.
+
+    HF's own sampling draws the whole batch's tokens from the global generator, so a row's draw depends on
+    the rows beside it (and on their count): the same clip got a different retry caption whenever Ray
+    batched it differently. Here each row has its own `torch.Generator` (seeded by `request_seed`) and the
+    Gumbel-max trick samples from it: argmax(logits / T + Gumbel noise) over the top-p set is a draw from
+    softmax(logits / T) restricted to that set. The noise is drawn on the CPU whatever the device, so a
+    request's stream is the same on CPU and GPU."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float) -> None:
+        import torch
+        from transformers.generation.logits_process import TopPLogitsWarper
+
+        self.torch = torch
+        self.gens = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature = temperature
+        self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        torch = self.torch
+        scores = scores.float() / self.temperature
+        if self.top_p is not None:
+            scores = self.top_p(input_ids, scores)
+        u = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in self.gens]).to(scores.device)
+        return scores - torch.log(-torch.log(u.clamp_min(1e-20)))  # + Gumbel(0, 1) noise
+
+
+def decode_kwargs(params: SamplingParams, keys: list[str]) -> dict:
+    """`generate` arguments of `params` for requests with these keys: greedy at temperature 0, else greedy
+    over per-row Gumbel-perturbed logits (`KeyedSampler`), never HF's batch-wide random stream."""
+    kw: dict = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    if params.temperature > 0:
+        from transformers import LogitsProcessorList
+
+        sampler = KeyedSampler([request_seed(params.seed, k) for k in keys], params.temperature, params.top_p)
+        kw["logits_processor"] = LogitsProcessorList([sampler])
+    return kw
 
 
 def first_token_logprobs(scores: torch.Tensor, k: int, tokenizer: PreTrainedTokenizerBase) -> list[dict[str, float]]:
@@ -152,11 +190,7 @@ class TransformersTextEngine(TextEngine):
         texts = [self.tokenizer.apply_chat_template(text_messages(r), add_generation_prompt=True, tokenize=False)
                  for r in requests]
         inputs = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False).to(self.device)
-        sample = params.temperature > 0
-        if sample:
-            self.torch.manual_seed(params.seed)
         with self.torch.inference_mode():
-            out = self.hf_model.generate(**inputs, max_new_tokens=params.max_tokens, do_sample=sample,
-                                         temperature=params.temperature if sample else None,
-                                         top_p=params.top_p if sample else None, top_k=None)
+            out = self.hf_model.generate(**inputs, max_new_tokens=params.max_tokens,
+                                         **decode_kwargs(params, [r.key for r in requests]))
         return split_generations(out, inputs, self.eos, self.tokenizer, time.perf_counter() - t0)

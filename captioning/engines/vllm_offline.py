@@ -12,11 +12,13 @@ import time
 
 from captioning.config import CaptionConfig
 from captioning.engines.base import (CaptionRequest, Engine, Generation, SamplingParams, TextEngine, TextRequest,
-                                    decode_frames, messages, text_messages, video_metadata)
+                                    decode_frames, messages, request_seed, text_messages, video_metadata)
 from captioning.prompts import Prompt
 
 
-def vllm_sampling(params: SamplingParams) -> "object":
+def vllm_sampling(params: SamplingParams, key: str = "") -> "object":
+    """vLLM's SamplingParams of one request: seeded by `request_seed(params.seed, key)` when sampling (vLLM
+    gives a seeded request its own generator, so its draws do not depend on the rest of the batch)."""
     from vllm import SamplingParams as VSP
 
     kw = {}
@@ -35,7 +37,7 @@ def vllm_sampling(params: SamplingParams) -> "object":
     if params.logprobs:
         kw["logprobs"] = params.logprobs
     return VSP(max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
-               seed=params.seed if params.temperature > 0 else None, **kw)
+               seed=request_seed(params.seed, key) if params.temperature > 0 else None, **kw)
 
 
 def engine_kwargs(model: str, v: "object") -> dict:
@@ -87,7 +89,7 @@ class VLLMEngine(Engine):
                 inputs.append((i, {"prompt": text, "multi_modal_data": mm}))
             except Exception as e:  # a broken clip fails alone
                 gens[i] = Generation(error=f"input: {type(e).__name__}: {e}")
-        sp = vllm_sampling(params)
+        sp = [vllm_sampling(params, requests[i].clip_id) for i, _ in inputs]  # one per prompt, in order
         try:
             outs = self.llm.generate([x for _, x in inputs], sp, use_tqdm=False) if inputs else []
         except Exception as e:  # e.g. a prompt over max_model_len: retry one by one to isolate it
@@ -133,7 +135,7 @@ class VLLMTextEngine(TextEngine):
         prompts = [self.tokenizer.apply_chat_template(text_messages(r), add_generation_prompt=True, tokenize=False)
                    for r in requests]
         try:
-            outs = self.llm.generate(prompts, vllm_sampling(params), use_tqdm=False)
+            outs = self.llm.generate(prompts, [vllm_sampling(params, r.key) for r in requests], use_tqdm=False)
         except Exception as e:  # e.g. one prompt over max_model_len: one by one to isolate it
             if len(requests) == 1:
                 return [Generation(error=f"generate: {type(e).__name__}: {e}")]

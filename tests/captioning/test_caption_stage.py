@@ -165,3 +165,24 @@ def test_duplicates_are_never_captioned(tiny_vlm, clip_root, monkeypatch):
     assert c["clips"] == 2 and c["captioned"] + c["flagged"] == 2
     assert sorted(set(asked)) == [ids[0], ids[2]] and len(asked) == 2  # 3 kept by the filter: 1 VLM call saved
     assert sorted(read_captions(st, "default").column("clip_id").to_pylist()) == [ids[0], ids[2]]
+
+
+def test_a_sampled_vlm_caption_does_not_depend_on_its_batch(tiny_vlm, tmp_path):
+    """The transformers VLM engine at a retry's temperature: a clip's caption is the same in a batch of three,
+    alone and in reverse order (each request samples from its own seeded stream)."""
+    from captioning.engines import CaptionRequest, SamplingParams, make_engine
+    from captioning.prompts import get_prompt
+    from curation.synth import Scene, make_video
+
+    cfg = tiny_cfg(tiny_vlm, max_tokens=8, max_frames=2)
+    reqs = []
+    for k, seconds in enumerate((1.0, 2.0, 1.5)):  # different lengths: different frame counts and padding
+        path = str(tmp_path / f"c{k}.mp4")
+        make_video(path, [Scene(int(12 * seconds), 2.0, k)], 112, 64, 12.0)
+        frames, fps = sample_frames(path, seconds, cfg)
+        reqs.append(CaptionRequest(f"c{k}", frames, fps))
+    engine, prompt, hot = make_engine(cfg), get_prompt("dense-v1"), SamplingParams(8, 0.7, 1.0, seed=1)
+    together = [g.text for g in engine.generate(reqs, prompt, hot)]
+    assert together == [engine.generate([r], prompt, hot)[0].text for r in reqs]
+    assert together == [g.text for g in engine.generate(reqs[::-1], prompt, hot)][::-1]
+    assert together != [g.text for g in engine.generate(reqs, prompt, SamplingParams(8, 0.7, 1.0, seed=2))]
