@@ -5,6 +5,7 @@ work). Every knob of the caption stage and of `python -m captioning recaption` l
 """
 from __future__ import annotations
 
+import os
 from typing import ClassVar, Literal
 
 from pydantic import Field, RootModel, ValidationInfo, field_validator, model_validator
@@ -12,6 +13,36 @@ from pydantic import Field, RootModel, ValidationInfo, field_validator, model_va
 from captioning.prompts import check_placeholders
 from curation.config import ConfigError, apply_overrides
 from curation.schema import Resources, Step, Strict as _Strict, deprecated, move_key, warnings_at
+
+
+def local_model(value: str, info: ValidationInfo) -> str:
+    """A model value that names a folder relative to pipelines.yaml becomes that folder's absolute path:
+    when the folder exists there, or lies under demo.models (where the demo builds it). Anything else stays
+    as written: a hub name (org/name), packaged:<name>, an absolute path, an OpenAI-served model name. Paths
+    were once taken relative to the working directory; the file's rule (relative to the file) holds now,
+    so a copied pipelines.yaml finds its models from anywhere. A relative path with two or more slashes
+    that names no folder is refused (it cannot be a hub name either)."""
+    ctx = info.context or {}
+    base = ctx.get("base_dir")
+    if (not base or not value or info.data.get("engine") == "openai" or os.path.isabs(value)
+            or "://" in value or ":" in value.split("/", 1)[0]):
+        return value
+    local = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+    if os.path.exists(local) or _under_demo_models(local, ctx.get("file") or {}, base):
+        return local
+    if value.count("/") >= 2:
+        raise ValueError(f"no model folder {local} (relative paths are relative to the file) and {value!r} is "
+                         "not a hub name (org/name)")
+    return value
+
+
+def _under_demo_models(path: str, whole: dict, base: str) -> bool:
+    demo = whole.get("demo") if isinstance(whole, dict) else None
+    folder = demo.get("models") if isinstance(demo, dict) else None
+    if not isinstance(folder, str) or "://" in folder:
+        return False
+    folder = os.path.normpath(os.path.join(base, os.path.expanduser(folder)))
+    return path.startswith(folder + os.sep)
 
 
 class OpenAIEngineConfig(_Strict):
@@ -63,6 +94,8 @@ class EngineConfig(_Strict):
     openai: OpenAIEngineConfig = OpenAIEngineConfig()  # engine openai: the server
     vllm: VLLMEngineConfig = VLLMEngineConfig()  # engine vllm: vllm.LLM settings
     transformers: TransformersEngineConfig = TransformersEngineConfig()  # engine transformers: device, dtype
+
+    _model = field_validator("model")(local_model)
 
 
 class EnginesConfig(RootModel[dict[str, EngineConfig]]):
@@ -119,6 +152,8 @@ class TextLMConfig(_Strict):
         if v is not None:
             check_placeholders(v, info.data.get("prompt", "summary-v1"))
         return v
+
+    _model = field_validator("model")(local_model)
 
     @model_validator(mode="before")
     @classmethod
@@ -285,6 +320,8 @@ class CaptionConfig(_Strict):
     windows: WindowsConfig = WindowsConfig()  # long clips in windows, merged (window_captions column)
     checks: ChecksConfig = ChecksConfig()  # yes/no VLM questions per clip (columns check_<name>, check_<name>_yes)
 
+    _model = field_validator("model")(local_model)
+
     @model_validator(mode="before")
     @classmethod
     def _old_keys(cls, data: object, info: ValidationInfo) -> object:
@@ -334,7 +371,9 @@ def load_caption_config(path: str | None, overrides: list[str], run: str | None)
         data["run"] = run
     try:
         with warnings_at(path or "pipelines.yaml"):
-            return CaptionConfig.model_validate(data, context={"file": whole})  # file: the `engines:` table
+            # file: the `engines:` table and demo.models; base_dir: relative model folders are the file's
+            base = os.path.dirname(os.path.abspath(path)) if path else None
+            return CaptionConfig.model_validate(data, context={"file": whole, "base_dir": base})
     except ValidationError as e:
         lines = [f"  caption.{'.'.join(map(str, err['loc']))}: "
                  f"{'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}" for err in e.errors()]
