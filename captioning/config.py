@@ -21,7 +21,7 @@ def local_model(value: str, info: ValidationInfo) -> str:
     as written: a hub name (org/name), packaged:<name>, an absolute path, an OpenAI-served model name. Paths
     were once taken relative to the working directory; the file's rule (relative to the file) holds now,
     so a copied pipelines.yaml finds its models from anywhere. A relative path with two or more slashes
-    that names no folder is refused (it cannot be a hub name either)."""
+    (it cannot be a hub name) is taken as a folder of the file's even when it is missing."""
     ctx = info.context or {}
     base = ctx.get("base_dir")
     if (not base or not value or info.data.get("engine") == "openai" or os.path.isabs(value)
@@ -30,10 +30,9 @@ def local_model(value: str, info: ValidationInfo) -> str:
     local = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
     if os.path.exists(local) or _under_demo_models(local, ctx.get("file") or {}, base):
         return local
-    if value.count("/") >= 2:
-        raise ValueError(f"no model folder {local} (relative paths are relative to the file) and {value!r} is "
-                         "not a hub name (org/name)")
-    return value
+    # two or more slashes cannot be a hub name (org/name): the file's folder even while missing (built
+    # later, or on worker nodes only); runs of other stages are not refused over it
+    return local if value.count("/") >= 2 else value
 
 
 def _under_demo_models(path: str, whole: dict, base: str) -> bool:
