@@ -18,9 +18,8 @@ from curation.schema import Resources, Step, Strict as _Strict, deprecated, move
 def local_model(value: str, info: ValidationInfo) -> str:
     """A model value that names a folder relative to pipelines.yaml becomes that folder's absolute path:
     when the folder exists there, or lies under demo.models (where the demo builds it). Anything else stays
-    as written: a hub name (org/name), packaged:<name>, an absolute path, an OpenAI-served model name. Paths
-    were once taken relative to the working directory; the file's rule (relative to the file) holds now,
-    so a copied pipelines.yaml finds its models from anywhere. A relative path with two or more slashes
+    as written: a hub name (org/name), packaged:<name>, an absolute path, an OpenAI-served model name. So a
+    copied pipelines.yaml finds its models whatever the working directory. A relative path with two or more slashes
     (it cannot be a hub name) is taken as a folder of the file's even when it is missing."""
     ctx = info.context or {}
     base = ctx.get("base_dir")
@@ -35,14 +34,18 @@ def local_model(value: str, info: ValidationInfo) -> str:
     return local if value.count("/") >= 2 else value
 
 
-def _under_demo_models(path: str, whole: dict, base: str) -> bool:
+def _demo_folder(whole: dict, base: str) -> str | None:
+    """The file's `demo.models` folder resolved against the file's folder (a URI as written; None: off)."""
     demo = whole.get("demo") if isinstance(whole, dict) else None
     folder = demo.get("models") if isinstance(demo, dict) else None
     if not isinstance(folder, str) or "://" in folder:
-        return False
-    folder = os.path.normpath(os.path.join(base, os.path.expanduser(folder)))
-    return path.startswith(folder + os.sep)
+        return folder if isinstance(folder, str) else None
+    return os.path.join(base, os.path.expanduser(folder))
 
+
+def _under_demo_models(path: str, whole: dict, base: str) -> bool:
+    folder = _demo_folder(whole, base)
+    return bool(folder) and "://" not in folder and path.startswith(os.path.normpath(folder) + os.sep)
 
 class OpenAIEngineConfig(_Strict):
     """Any OpenAI-compatible chat endpoint (`vllm serve`, `transformers serve`, a hosted API)."""
@@ -382,15 +385,10 @@ def load_caption_config(path: str | None, overrides: list[str], run: str | None)
 def demo_models_of(path: str | None) -> str | None:
     """The file's `demo.models` folder (relative to the file), for the captioning commands that read only the
     caption section (recaption, enhance, prompt expansion); None without a file or the switch."""
-    import os
-
     import yaml
 
     if not path or not os.path.isfile(path):
         return None
     with open(path) as f:
-        demo = (yaml.safe_load(f) or {}).get("demo") or {}
-    folder = demo.get("models") if isinstance(demo, dict) else None
-    if not isinstance(folder, str) or "://" in folder:
-        return folder if isinstance(folder, str) else None
-    return os.path.join(os.path.dirname(os.path.abspath(path)), os.path.expanduser(folder))
+        whole = yaml.safe_load(f) or {}
+    return _demo_folder(whole, os.path.dirname(os.path.abspath(path)))
